@@ -1,0 +1,5 @@
+"""The `explore` command line: the composition root above `interests`, `exporters` and `streams`.
+
+It is the only place that may reach every package; each subcommand imports what it needs when it
+runs, so `explore serve` never loads PyTorch.
+"""

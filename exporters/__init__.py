@@ -1,0 +1,1 @@
+"""PyTorch/ONNX -> Triton: exports, parity checks, and writing the Triton model repository."""

@@ -1,0 +1,6 @@
+"""The modelling core: datasets, interest clusters, the sequence recommender, the novelty LM.
+
+Depends on no other package of this project (see DESIGN.md).
+"""
+
+__version__ = "0.1.0"

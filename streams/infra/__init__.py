@@ -1,0 +1,1 @@
+"""Kafka (embedded Tansu or real Apache Kafka) and Triton (embedded tritonserver), managed."""
