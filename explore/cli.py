@@ -77,10 +77,10 @@ def cmd_infra_status(args: argparse.Namespace) -> int:
 
 
 def _print_records(rows: list) -> None:
-    print(f"  {'service':8} {'kind':9} {'address':22} {'pid':>7}  state")
+    print(f"  {'service':8} {'kind':9} {'address':22} {'process':11}  state")
     for r, ok, why in rows:
-        pid = str(r.pid) if r.pid else "-"
-        print(f"  {r.name:8} {r.kind:9} {r.address:22} {pid:>7}  {'ok' if ok else 'DOWN'}: {why}")
+        pid = f"pid {r.pid}" if r.pid else "-"
+        print(f"  {r.name:8} {r.kind:9} {r.address:22} {pid:11}  {'ok' if ok else 'DOWN'}: {why}")
         for key, value in r.extra.items():
             print(f"  {'':8} {'':9} {key}: {value}")
         if r.log:

@@ -137,6 +137,9 @@ class EmbeddedTriton:
         self.process.start()
         try:
             wait_until(self.ready, timeout_s, "embedded Triton", self.process, interval_s=0.25)
+        except InfraError as e:
+            self.process.stop()
+            raise InfraError(f"{e}\nErrors in the Triton log:\n{triton_errors(self.process.log_path)}") from e
         except BaseException:
             self.process.stop()
             raise
@@ -150,6 +153,21 @@ class EmbeddedTriton:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# Logged on every machine without a GPU; not why a start failed.
+_GPU_NOISE = ("CudaDriverHelper", "NVML", "DCGM", "pinned memory", "CUDA driver")
+
+
+def triton_errors(log_path: Path, limit: int = 15) -> str:
+    """The error lines of a Triton log (model load failures first), without the GPU-less noise."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    errors = [ln for ln in lines if (ln.startswith("E") or "UNAVAILABLE" in ln or ln.startswith("error:"))
+              and not any(noise in ln for noise in _GPU_NOISE)]
+    return "\n".join(errors[:limit]) or "(none)"
 
 
 def http_ready(http_url: str, timeout_s: float = 2.0) -> bool:

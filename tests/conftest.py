@@ -1,0 +1,78 @@
+"""Session-scoped real infrastructure for the integration tests.
+
+Every integration test gets a real broker and a real Triton server, started here and stopped at
+the end of the session, also when tests fail. Nothing is skipped: a fixture that cannot start
+its service fails the tests that need it, with the reason.
+
+- `tansu_bootstrap`: the embedded Tansu broker.
+- `apache_bootstrap`: real Apache Kafka (KRaft). `KAFKA_BOOTSTRAP` names an existing cluster to
+  use instead; otherwise one is started from jars resolved through Maven (cached outside the repo).
+- `broker`: parametrised over both, for tests that must hold on either.
+- `triton`: the embedded tritonserver over a repository with `tiny_linear`, or the server that
+  `TRITON_URL` names (which must serve `tiny_linear` built with seed 0).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass
+class TritonEndpoints:
+    grpc: str
+    http: str | None
+    metrics: str | None
+    onnx_path: Path  # the same tiny_linear weights, for in-process reference answers
+
+
+@pytest.fixture(scope="session")
+def tansu_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from streams.infra.tansu import EmbeddedKafka
+
+    with EmbeddedKafka(tmp_path_factory.mktemp("tansu")) as kafka:
+        yield kafka.bootstrap
+
+
+@pytest.fixture(scope="session")
+def apache_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    from streams.infra.apache_kafka import ApacheKafka
+
+    with ApacheKafka(tmp_path_factory.mktemp("apache-kafka")) as kafka:
+        yield kafka.bootstrap
+
+
+@pytest.fixture(params=["tansu", "apache"])
+def broker(request: pytest.FixtureRequest) -> str:
+    """The bootstrap address of each real broker in turn."""
+    return request.getfixturevalue(f"{request.param}_bootstrap")
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from exporters.repository import write_tiny_repository
+
+    return write_tiny_repository(tmp_path_factory.mktemp("model_repository"))
+
+
+@pytest.fixture(scope="session")
+def triton(tmp_path_factory: pytest.TempPathFactory, tiny_repository: Path) -> Iterator[TritonEndpoints]:
+    from streams.infra.stack import external_triton
+
+    onnx_path = tiny_repository / "tiny_linear" / "1" / "model.onnx"
+    ext = external_triton()
+    if ext:
+        yield TritonEndpoints(ext[0], ext[1], ext[2], onnx_path)
+        return
+    from streams.infra.triton import EmbeddedTriton
+
+    with EmbeddedTriton(tiny_repository, tmp_path_factory.mktemp("triton")) as server:
+        yield TritonEndpoints(server.grpc_url, server.http_url, server.metrics_url, onnx_path)

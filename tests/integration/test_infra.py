@@ -1,0 +1,148 @@
+"""The managers and `explore infra`/`explore demo` as a user runs them: start, check, stop, no leftovers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from streams.infra.process import InfraError, pid_alive
+from streams.infra.stack import Stack
+from streams.infra.tansu import EmbeddedKafka
+
+pytestmark = pytest.mark.integration
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    """A clean environment: no external Kafka or Triton, state under tmp_path."""
+    env = {k: v for k, v in os.environ.items() if k not in {"KAFKA_BOOTSTRAP", "TRITON_URL"}}
+    env["EXPLORE_HOME"] = str(tmp_path / "home")
+    return env
+
+
+def _explore(tmp_path: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "explore", *args], env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def _pids(text: str) -> list[int]:
+    import re
+
+    return [int(p) for p in re.findall(r"pid (\d+)", text)]
+
+
+def test_infra_up_status_check_down(tmp_path: Path) -> None:
+    up = _explore(tmp_path, "infra", "up")
+    assert up.returncode == 0, up.stderr
+    try:
+        status = _explore(tmp_path, "infra", "status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "kafka" in status.stdout and "tansu" in status.stdout
+        assert "triton" in status.stdout and "embedded" in status.stdout
+        check = _explore(tmp_path, "infra", "check")
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "read back in order" in check.stdout
+        assert "matches onnxruntime" in check.stdout
+        again = _explore(tmp_path, "infra", "up")
+        assert again.returncode == 1 and "Already up" in again.stderr
+    finally:
+        down = _explore(tmp_path, "infra", "down")
+    assert down.returncode == 0, down.stderr
+    pids = _pids(down.stdout)
+    assert len(pids) == 2
+    assert not [p for p in pids if pid_alive(p)]
+    after = _explore(tmp_path, "infra", "status")
+    assert "Nothing is up" in after.stdout
+
+
+def test_status_reports_a_dead_service(tmp_path: Path) -> None:
+    up = _explore(tmp_path, "infra", "up")
+    assert up.returncode == 0, up.stderr
+    try:
+        tansu_pid = next(p for line in up.stdout.splitlines() if "tansu" in line for p in _pids(line))
+        os.kill(tansu_pid, signal.SIGKILL)
+        time.sleep(0.5)
+        status = _explore(tmp_path, "infra", "status")
+        assert status.returncode == 1
+        assert "DOWN" in status.stdout
+    finally:
+        _explore(tmp_path, "infra", "down")
+
+
+def test_demo_round_trips_and_leaves_nothing_running(tmp_path: Path) -> None:
+    run = _explore(tmp_path, "demo", "--run-dir", str(tmp_path / "run"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "read back in order" in run.stdout and "matches onnxruntime" in run.stdout
+    pids = _pids(run.stdout)
+    assert len(pids) == 2 and not [p for p in pids if pid_alive(p)]
+
+
+def test_stack_stops_everything_when_the_body_fails(tmp_path: Path, tiny_repository: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.delenv("TRITON_URL", raising=False)
+    pids: list[int] = []
+    with pytest.raises(RuntimeError, match="boom"), Stack(tmp_path, tiny_repository) as stack:
+        pids = [r.pid for r in stack.records if r.pid]
+        raise RuntimeError("boom")
+    assert len(pids) == 2 and not [p for p in pids if pid_alive(p)]
+
+
+def test_children_die_with_a_killed_owner(tmp_path: Path) -> None:
+    """SIGKILL the process that owns a stack: the kernel takes its broker and Triton down too."""
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from exporters.repository import write_tiny_repository\n"
+        "from streams.infra.stack import Stack\n"
+        f"w = Path({str(tmp_path)!r})\n"
+        "s = Stack(w, write_tiny_repository(w / 'repo')).start()\n"
+        "print(' '.join(str(r.pid) for r in s.records), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], env=_env(tmp_path), stdout=subprocess.PIPE, text=True)
+    try:
+        line = owner.stdout.readline() if owner.stdout else ""
+        pids = [int(p) for p in line.split()]
+        assert len(pids) == 2, f"owner printed {line!r}"
+        assert all(pid_alive(p) for p in pids)
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+        time.sleep(0.2)
+    assert not [p for p in pids if pid_alive(p)]
+
+
+def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
+    with EmbeddedKafka(tmp_path / "a") as first, pytest.raises(InfraError, match="already in use"):
+        EmbeddedKafka(tmp_path / "b", port=first.port)
+
+
+def test_a_missing_model_repository_is_a_clear_error(tmp_path: Path) -> None:
+    from streams.infra.triton import EmbeddedTriton
+
+    with pytest.raises(InfraError, match="does not exist"):
+        EmbeddedTriton(tmp_path / "nowhere", tmp_path / "work")
+
+
+def test_a_broken_model_fails_start_with_the_log(tmp_path: Path, tiny_repository: Path) -> None:
+    """Triton exits when a model cannot load; the error carries the server's log tail."""
+    import shutil
+
+    from streams.infra.triton import EmbeddedTriton
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repository, repo)
+    (repo / "tiny_linear" / "1" / "model.onnx").write_bytes(b"not an onnx file")
+    server = EmbeddedTriton(repo, tmp_path / "work")
+    with pytest.raises(InfraError, match="exited") as err:
+        server.start()
+    assert "tiny_linear" in str(err.value)
+    assert not server.process.alive()
