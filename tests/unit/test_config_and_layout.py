@@ -1,0 +1,127 @@
+"""Pure logic: environment parsing, broker configuration, the CLI surface, the package layering."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from explore.cli import build_parser
+from streams.infra.apache_kafka import _cluster_id, server_properties
+from streams.infra.stack import external_kafka, external_triton, strip_scheme
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_strip_scheme() -> None:
+    assert strip_scheme("grpc://triton:8001") == "triton:8001"
+    assert strip_scheme("http://triton:8000/") == "triton:8000"
+    assert strip_scheme("triton:8001") == "triton:8001"
+
+
+def test_external_endpoints_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.delenv("TRITON_URL", raising=False)
+    assert external_kafka() is None and external_triton() is None
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", " k1:9092,k2:9092 ")
+    monkeypatch.setenv("TRITON_URL", "grpc://triton:8001")
+    monkeypatch.setenv("TRITON_HTTP_URL", "http://triton:8000")
+    monkeypatch.delenv("TRITON_METRICS_URL", raising=False)
+    assert external_kafka() == "k1:9092,k2:9092"
+    assert external_triton() == ("triton:8001", "triton:8000", None)
+
+
+def test_kraft_properties_for_one_node(tmp_path: Path) -> None:
+    props = dict(line.split("=", 1) for line in server_properties(tmp_path, 9092, 9093).splitlines() if line)
+    assert props["process.roles"] == "broker,controller"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:9093"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:9092"
+    assert props["offsets.topic.replication.factor"] == "1"
+    assert props["log.dirs"] == str(tmp_path / "data")
+
+
+def test_cluster_id_is_a_base64_uuid() -> None:
+    ids = {_cluster_id() for _ in range(10)}
+    assert len(ids) == 10
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", i) for i in ids)
+
+
+def test_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("infra", "demo", "KAFKA_BOOTSTRAP", "TRITON_URL"):
+        assert command in out
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["infra", "--help"])
+    out = capsys.readouterr().out
+    for action in ("up", "down", "status", "check"):
+        assert action in out
+
+
+def test_the_console_script_runs() -> None:
+    exe = Path(sys.executable).parent / "explore"
+    res = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=False)
+    assert res.returncode == 0 and "infra" in res.stdout
+
+
+def test_tiny_onnx_model_is_x_w_plus_b(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from exporters.tiny import tiny_linear_weights, write_tiny_linear_onnx
+
+    path = write_tiny_linear_onnx(tmp_path / "m.onnx", seed=3)
+    w, b = tiny_linear_weights(3)
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    y = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["y"], {"x": x})[0]
+    np.testing.assert_allclose(y, x @ w + b, atol=1e-5)
+
+
+def test_repository_writes_only_named_models(tmp_path: Path) -> None:
+    from exporters.repository import write_tiny_repository
+
+    repo = write_tiny_repository(tmp_path / "repo")
+    assert sorted(p.name for p in repo.iterdir()) == ["tiny_linear"]
+    assert (repo / "tiny_linear" / "config.pbtxt").is_file()
+    assert (repo / "tiny_linear" / "1" / "model.py").is_file()
+    assert (repo / "tiny_linear" / "1" / "model.onnx").stat().st_size > 0
+
+
+# --- layering (DESIGN.md): interests <- exporters <- streams; explore is the root ----------
+
+_ALLOWED = {"interests": set(), "exporters": {"interests"}, "streams": {"interests"}}
+
+
+def _imports(py: Path) -> set[str]:
+    tree = ast.parse(py.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(_ALLOWED))
+def test_packages_import_only_downward(package: str) -> None:
+    ours = set(_ALLOWED) | {"explore"}
+    for py in (ROOT / package).rglob("*.py"):
+        bad = (_imports(py) & ours) - _ALLOWED[package] - {package}
+        assert not bad, f"{py.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_streams_never_imports_torch() -> None:
+    modules = [".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "streams").rglob("*.py")]
+    modules = [m.removesuffix(".__init__") for m in modules]
+    code = ("import importlib, sys\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            "print('torch' in sys.modules)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert res.stdout.strip() == "False"
