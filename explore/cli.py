@@ -7,10 +7,8 @@ never import PyTorch.
 from __future__ import annotations
 
 import argparse
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -125,7 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from streams.infra.process import pid_alive
     from streams.infra.stack import Stack
 
-    work = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="explore-demo-"))
+    work = Path(args.run_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     work.mkdir(parents=True, exist_ok=True)
     print(f"Run directory: {work}")
     from exporters.repository import write_tiny_repository
@@ -143,9 +141,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if left:
         print(f"error: processes still running after stop: {left}", file=sys.stderr)
         return 1
-    print(f"Stopped everything it started ({len(pids)} processes); logs are in {work}.")
-    if not args.run_dir and not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+    print(f"Stopped everything it started ({len(pids)} processes). Artifacts and logs: {work}")
     return 0
 
 
@@ -182,8 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Start the embedded broker and Triton, make a round trip through "
                                       "each, and stop everything it started.")
     demo.add_argument("--kafka", choices=["tansu", "apache"], default="tansu", help="which broker to start")
-    demo.add_argument("--run-dir", default=None, help="keep every artifact and log here")
-    demo.add_argument("--keep", action="store_true", help="keep the temporary run directory")
+    demo.add_argument("--run-dir", default=None,
+                      help="where every artifact and log goes (default: runs/demo-YYYYmmdd-HHMMSS)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -125,3 +125,34 @@ def test_streams_never_imports_torch() -> None:
             "print('torch' in sys.modules)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert res.stdout.strip() == "False"
+
+
+# --- clear errors when a tool is missing ---------------------------------------------------
+
+
+def test_no_java_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.infra.apache_kafka import ApacheKafka
+    from streams.infra.process import InfraError
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no java, no mvn
+    with pytest.raises(InfraError, match=r"Java 17 or newer.*apt-get install"):
+        ApacheKafka(tmp_path / "kafka")
+
+
+def test_no_maven_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.infra.apache_kafka import kafka_libs
+    from streams.infra.process import InfraError
+
+    monkeypatch.setenv("EXPLORE_HOME", str(tmp_path / "home"))  # nothing cached yet
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(InfraError, match=r"needs Maven.*apt-get install"):
+        kafka_libs()
+
+
+def test_missing_tansu_binary_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.infra.process import InfraError
+    from streams.infra.tansu import tansu_binary
+
+    monkeypatch.setenv("CALF_TANSU_BIN", str(tmp_path / "no-tansu"))
+    with pytest.raises(InfraError, match="Tansu binary not found"):
+        tansu_binary()
