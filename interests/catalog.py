@@ -107,3 +107,12 @@ class Catalog:
             raise CatalogError(f"{directory}: content does not match version {doc['version']} "
                                f"(it hashes to {catalog.version}); the files were changed after the build")
         return catalog
+
+
+def check_same_items(catalog: Catalog, item_ids: list[str] | np.ndarray, what: str = "the dataset") -> None:
+    """Refuse to pair a catalog with data or a model over other items (ids and their order)."""
+    ids = [str(i) for i in item_ids]
+    if ids != catalog.item_ids:
+        missing = len(set(ids) - set(catalog.item_ids))
+        raise CatalogError(f"catalog {catalog.version} and {what} disagree on the items ({len(catalog.item_ids)} vs "
+                           f"{len(ids)} items, {missing} unknown to the catalog): build the catalog from the same data")

@@ -1,0 +1,85 @@
+"""SASRec with the cluster-restricted top-N -> ONNX, checked against PyTorch, -> Triton's `seqrec`.
+
+The exported graph: inputs `history` int64 [B, L] and `allowed` bool [B, C]; outputs `items`
+int64 [B, N] (1-based item ids) and `scores` float32 [B, N]. Batch and history length are
+dynamic; opset 17.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interests.topn import RestrictedTopN
+
+OPSET = 17
+
+
+def export_onnx(module: RestrictedTopN, path: Path) -> Path:
+    """Export `module` (in eval mode) to `path` with dynamic batch and history length."""
+    module.eval()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    length = module.model.cfg.max_len
+    history = torch.randint(1, module.model.cfg.n_items + 1, (2, length))
+    allowed = torch.ones(2, module.n_clusters, dtype=torch.bool)
+    torch.onnx.export(module, (history, allowed), str(path), opset_version=OPSET, dynamo=False,
+                      input_names=["history", "allowed"], output_names=["items", "scores"],
+                      dynamic_axes={"history": {0: "batch", 1: "length"}, "allowed": {0: "batch"},
+                                    "items": {0: "batch"}, "scores": {0: "batch"}})
+    return path
+
+
+@dataclass
+class Parity:
+    cases: int
+    max_abs_score_diff: float
+    identical_ids: bool
+
+    def ok(self, tol: float = 1e-4) -> bool:
+        return self.identical_ids and self.max_abs_score_diff <= tol
+
+
+def random_inputs(n_items: int, n_clusters: int, batch: int, length: int, rng: np.random.Generator,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Histories with random left padding and random non-empty cluster masks."""
+    history = rng.integers(1, n_items + 1, size=(batch, length))
+    for row, pad in enumerate(rng.integers(0, length, size=batch)):
+        history[row, :pad] = 0
+    allowed = rng.random((batch, n_clusters)) < 0.3
+    allowed[np.arange(batch), rng.integers(0, n_clusters, size=batch)] = True
+    return history.astype(np.int64), allowed
+
+
+def check_parity(module: RestrictedTopN, onnx_path: Path, inputs: list[tuple[np.ndarray, np.ndarray]],
+                 providers: list[str] | None = None) -> Parity:
+    """Compare PyTorch and onnxruntime on each (history, allowed) pair: score diff and top-N ids.
+
+    Ids are compared where scores are not tied (a tie may be broken either way by either runtime).
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=providers or ["CPUExecutionProvider"])
+    worst, same = 0.0, True
+    module.eval()
+    for history, allowed in inputs:
+        with torch.no_grad():
+            t_items, t_scores = (t.numpy() for t in module(torch.from_numpy(history), torch.from_numpy(allowed)))
+        o_items, o_scores = session.run(["items", "scores"], {"history": history, "allowed": allowed})
+        worst = max(worst, float(np.abs(t_scores - o_scores).max()))
+        gaps = np.abs(np.diff(t_scores, axis=1)) > 1e-5
+        untied = np.concatenate([gaps[:, :1], gaps[:, 1:] & gaps[:, :-1], gaps[:, -1:]], axis=1)
+        same &= bool(np.all((t_items == o_items) | ~untied))
+    return Parity(len(inputs), worst, same)
+
+
+def write_seqrec_model(dest: Path, module: RestrictedTopN, meta: dict) -> Path:
+    """Write `dest` (a Triton model version directory, e.g. repo/seqrec/1): model.onnx + meta.json."""
+    dest = Path(dest)
+    export_onnx(module, dest / "model.onnx")
+    (dest / "meta.json").write_text(json.dumps(meta, indent=1))
+    return dest

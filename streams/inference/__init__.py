@@ -1,0 +1,1 @@
+"""Inference clients of the streaming engine: Triton over gRPC, with in-process onnxruntime twins."""

@@ -1,0 +1,73 @@
+"""Clients of the `seqrec` model (cluster-restricted top-N): Triton over gRPC and an in-process twin.
+
+Both take histories [B, L] of 1-based item ids (left-padded with 0) and allowed clusters [B, C]
+and return (items [B, N], scores [B, N]); slots that no eligible item fills carry EXCLUDED and
+are dropped by `valid_slots`. The twin runs the very ONNX file that Triton serves, so the answers
+are the same; it is the fallback when Triton is unreachable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+EXCLUDED = -1e9  # the score the graph gives unfilled slots (interests.topn.EXCLUDED)
+
+
+def pad_histories(histories: list[list[int]] | list[np.ndarray], length: int) -> np.ndarray:
+    """[B, length] int64: each history's newest `length` items right-aligned, 0-padded."""
+    out = np.zeros((len(histories), length), dtype=np.int64)
+    for i, h in enumerate(histories):
+        tail = np.asarray(h, dtype=np.int64)[-length:]
+        if len(tail):
+            out[i, length - len(tail):] = tail
+    return out
+
+
+def valid_slots(scores: np.ndarray) -> np.ndarray:
+    """Mask of the slots that hold an eligible item."""
+    return scores > EXCLUDED / 2
+
+
+class OnnxSeqRec:
+    """The exported graph in-process (onnxruntime, CPU)."""
+
+    def __init__(self, onnx_path: Path, threads: int = 2) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+
+    def top_n(self, history: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        items, scores = self.session.run(["items", "scores"], {"history": np.asarray(history, np.int64),
+                                                                "allowed": np.asarray(allowed, bool)})
+        return items, scores
+
+
+class TritonSeqRec:
+    """`seqrec` on a Triton server over gRPC; one long-lived connection."""
+
+    def __init__(self, url: str, model: str = "seqrec", timeout_s: float = 5.0) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self._grpc = grpcclient
+        self.client = grpcclient.InferenceServerClient(url=url)
+        self.model, self.timeout_s = model, timeout_s
+
+    def top_n(self, history: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        g = self._grpc
+        history = np.asarray(history, np.int64)
+        allowed = np.asarray(allowed, bool)
+        inputs = [g.InferInput("history", list(history.shape), "INT64"),
+                  g.InferInput("allowed", list(allowed.shape), "BOOL")]
+        inputs[0].set_data_from_numpy(history)
+        inputs[1].set_data_from_numpy(allowed)
+        outputs = [g.InferRequestedOutput("items"), g.InferRequestedOutput("scores")]
+        result = self.client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
+        return result.as_numpy("items"), result.as_numpy("scores")
+
+    def close(self) -> None:
+        self.client.close()

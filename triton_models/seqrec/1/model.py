@@ -1,0 +1,61 @@
+"""Triton Python-backend model `seqrec`: cluster-restricted top-N from the exported SASRec graph.
+
+All requests of a dynamic batch run as one onnxruntime call: histories are left-padded with 0
+to the longest (the padding convention of the model), stacked, run, and split back.
+"""
+
+import json
+import os
+import sys
+
+# The embedded stub ignores PYTHONPATH when it builds sys.path; the launcher puts the engine's
+# site-packages there (streams/infra/triton.py), so honour it before importing numpy/onnxruntime.
+for _path in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+    if _path and _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+
+def left_pad(histories: list, length: int) -> np.ndarray:
+    """Stack [b_i, L_i] int64 arrays into [sum b_i, length], right-aligned, 0-padded."""
+    out = np.zeros((sum(h.shape[0] for h in histories), length), dtype=np.int64)
+    row = 0
+    for h in histories:
+        out[row:row + h.shape[0], length - h.shape[1]:] = h
+        row += h.shape[0]
+    return out
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        here = os.path.join(args["model_repository"], args["model_version"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(os.path.join(here, params.get("onnx_file", "model.onnx")),
+                                            sess_options=options, providers=["CPUExecutionProvider"])
+
+    def execute(self, requests: list) -> list:
+        histories = [pb_utils.get_input_tensor_by_name(r, "history").as_numpy().astype(np.int64) for r in requests]
+        allowed = [pb_utils.get_input_tensor_by_name(r, "allowed").as_numpy().astype(bool) for r in requests]
+        sizes = [h.shape[0] for h in histories]
+        try:
+            if len({a.shape[1] for a in allowed}) != 1:
+                raise ValueError("requests in one batch disagree on the number of clusters")
+            items, scores = self.session.run(["items", "scores"], {
+                "history": left_pad(histories, max(h.shape[1] for h in histories)),
+                "allowed": np.concatenate(allowed)})
+        except Exception as e:  # one bad batch must not take the model down: answer each request with it
+            error = pb_utils.TritonError(f"seqrec: {e}")
+            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+        responses, start = [], 0
+        for n in sizes:
+            responses.append(pb_utils.InferenceResponse(output_tensors=[
+                pb_utils.Tensor("items", items[start:start + n]), pb_utils.Tensor("scores", scores[start:start + n])]))
+            start += n
+        return responses
