@@ -49,7 +49,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """x [B, L, D]; allowed [B, 1, L, L] bool (query, key)."""
         b, length, d = x.shape
-        q, k, v = self.qkv(x).view(b, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).view(b, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         att = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
         att = att.masked_fill(~allowed, float("-inf")).softmax(-1)
         y = (self.drop(att) @ v).transpose(1, 2).reshape(b, length, d)
@@ -91,14 +91,14 @@ class SASRec(nn.Module):
         history = history[:, -self.cfg.max_len:]
         length = history.shape[1]
         # Newest item at position 0, whatever the length of the history.
-        positions = torch.arange(length - 1, -1, -1, device=history.device)
+        positions = (length - 1) - torch.arange(length, device=history.device)  # (a descending arange exports wrongly)
         x = self.item_emb(history) * math.sqrt(self.cfg.dim) + self.pos_emb(positions)[None]
         real = history > 0
         x = self.drop(x) * real[..., None]
-        causal = torch.ones(length, length, dtype=torch.bool, device=history.device).tril()
-        allowed = causal[None, None] & real[:, None, None, :]
+        idx = torch.arange(length, device=history.device)  # comparisons, not tril/eye: ONNX-friendly for bool
+        allowed = (idx[None, :] <= idx[:, None])[None, None] & real[:, None, None, :]
         # A padding query may see nothing; let it see itself so the softmax stays finite.
-        allowed = allowed | torch.eye(length, dtype=torch.bool, device=history.device)[None, None]
+        allowed = allowed | (idx[None, :] == idx[:, None])[None, None]
         for block in self.blocks:
             x = block(x, allowed)
         return self.norm(x)

@@ -1,0 +1,166 @@
+"""SASRec: split, metrics, training, the restricted top-N and its ONNX export (no Triton here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exporters.seqrec_onnx import check_parity, export_onnx, random_inputs
+from interests.build import BuildConfig, build_catalog
+from interests.sasrec import SASRec, SASRecConfig
+from interests.seqsplit import (
+    leave_one_out,
+    pad_left,
+    popularity_ranks,
+    ranking_metrics,
+    ranks_of,
+    training_windows,
+)
+from interests.synthetic import make_synthetic
+from interests.topn import EXCLUDED, RestrictedTopN
+from interests.train_seqrec import TrainConfig, evaluate, load_checkpoint, train
+
+SMALL = TrainConfig(max_len=20, dim=32, heads=2, blocks=1, dropout=0.1, lr=5e-3, batch_size=64, epochs=12,
+                    patience=4, seed=0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds, truth = make_synthetic(n_clusters=6, items_per_cluster=15, n_users=300, min_len=15, max_len=40, seed=2)
+    return ds, truth, leave_one_out(ds)
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    _, _, split = data
+    path = tmp_path_factory.mktemp("seqrec") / "model.pt"
+    model, result = train(split, SMALL, progress=False, checkpoint=path, extra={"catalog_version": "abc"})
+    return model, result, path
+
+
+def test_leave_one_out_holds_out_the_last_two(data) -> None:
+    ds, _, split = data
+    seqs = ds.sequences()
+    u = int(split.valid_users[0])
+    s = seqs[u] + 1
+    assert split.test_target[0] == s[-1] and split.valid_target[0] == s[-2]
+    assert np.array_equal(split.train[u], s[:-2]) and np.array_equal(split.test_history[0], s[:-1])
+    assert "leave-one-out" in split.protocol() and "all" in split.protocol()
+
+
+def test_training_windows_target_each_position_once() -> None:
+    train_seqs = [np.arange(1, 31), np.array([5, 6]), np.array([7])]
+    x, y = training_windows(train_seqs, max_len=8)
+    targets = y[y > 0]
+    assert sorted(targets.tolist()) == sorted([*range(2, 31), 6])
+    for row_x, row_y in zip(x, y, strict=True):  # the target is the item after the input
+        real = row_y > 0
+        assert np.all(row_y[real][:-1] == row_x[real][1:])
+
+
+def test_metrics_by_hand() -> None:
+    m = ranking_metrics(np.array([1, 2, 11, 5]), k=10)
+    assert m["HR@10"] == pytest.approx(3 / 4)
+    assert m["NDCG@10"] == pytest.approx((1 + 1 / np.log2(3) + 1 / np.log2(6)) / 4)
+    assert m["MRR@10"] == pytest.approx((1 + 1 / 2 + 1 / 5) / 4)
+    scores = np.array([[0.1, 0.5, 0.5, 0.9]])
+    assert ranks_of(scores, np.array([2])).tolist() == [3]  # ties count against the target
+
+
+def test_sasrec_learns_the_planted_transitions(data, trained) -> None:
+    _, _, split = data
+    model, result, _ = trained
+    test = evaluate(model, split.test_history, split.test_target)
+    pop = ranking_metrics(popularity_ranks(split))
+    assert test["NDCG@10"] > 1.5 * pop["NDCG@10"], (test, pop)
+    assert result.best_epoch >= 1 and result.history[0]["loss"] > result.history[result.best_epoch - 1]["loss"]
+
+
+def test_training_is_deterministic_by_seed(data) -> None:
+    _, _, split = data
+    cfg = TrainConfig(**{**vars(SMALL), "epochs": 2, "patience": 2})
+    a = train(split, cfg, progress=False)[1].history
+    b = train(split, cfg, progress=False)[1].history
+    assert [h["loss"] for h in a] == [h["loss"] for h in b]
+
+
+def test_sampled_negative_loss_trains(data) -> None:
+    _, _, split = data
+    cfg = TrainConfig(**{**vars(SMALL), "epochs": 3, "patience": 3, "loss": "bce"})
+    _, result = train(split, cfg, progress=False)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+
+
+def test_checkpoint_round_trip_records_the_catalog(trained, data) -> None:
+    model, _, path = trained
+    back, ckpt = load_checkpoint(path)
+    assert ckpt["catalog_version"] == "abc" and ckpt["best_epoch"] >= 1
+    x = torch.from_numpy(pad_left(data[2].test_history[:5], SMALL.max_len))
+    torch.testing.assert_close(back.last_scores(x), model.last_scores(x))
+
+
+def test_left_padding_and_shorter_histories_agree() -> None:
+    """Positions count back from the newest item, so padding never changes the answer."""
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(n_items=30, max_len=12, dim=16, heads=2, blocks=2, dropout=0.0)).eval()
+    short = torch.tensor([[3, 9, 4, 17]])
+    padded = torch.tensor([[0] * 8 + [3, 9, 4, 17]])
+    with torch.no_grad():
+        torch.testing.assert_close(model.last_scores(short), model.last_scores(padded), atol=1e-5, rtol=1e-5)
+
+
+def _restricted(n_items: int, n_clusters: int, top_n: int, seed: int) -> RestrictedTopN:
+    torch.manual_seed(seed)
+    model = SASRec(SASRecConfig(n_items=n_items, max_len=10, dim=16, heads=2, blocks=1, dropout=0.0)).eval()
+    item_cluster = torch.from_numpy(np.random.default_rng(seed).integers(0, n_clusters, n_items))
+    return RestrictedTopN(model, item_cluster, n_clusters, top_n).eval()
+
+
+def _check_restriction(module: RestrictedTopN, history: np.ndarray, allowed: np.ndarray,
+                       items: np.ndarray, scores: np.ndarray) -> None:
+    cluster_of = module.item_cluster.numpy()
+    for row in range(len(history)):
+        eligible = {i + 1 for i in range(module.model.cfg.n_items)
+                    if allowed[row, cluster_of[i]] and (i + 1) not in set(history[row].tolist())}
+        got = [int(i) for i, s in zip(items[row], scores[row], strict=True) if s > EXCLUDED / 2]
+        assert set(got) <= eligible, "an item outside the allowed clusters or already consumed"
+        assert len(got) == min(len(eligible), module.top_n), "eligible items were left out"
+        assert len(set(got)) == len(got)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n_items=st.integers(5, 60), n_clusters=st.integers(1, 8), top_n=st.integers(1, 12), batch=st.integers(1, 5),
+       seed=st.integers(0, 10_000))
+def test_restricted_top_n_only_returns_eligible_items(n_items: int, n_clusters: int, top_n: int, batch: int,
+                                                     seed: int) -> None:
+    module = _restricted(n_items, n_clusters, top_n, seed)
+    history, allowed = random_inputs(n_items, n_clusters, batch, 10, np.random.default_rng(seed))
+    with torch.no_grad():
+        items, scores = (t.numpy() for t in module(torch.from_numpy(history), torch.from_numpy(allowed)))
+    assert items.shape == scores.shape == (batch, module.top_n)
+    _check_restriction(module, history, allowed, items, scores)
+
+
+def test_onnx_export_matches_pytorch(tmp_path: Path, data, trained) -> None:
+    ds, _, split = data
+    model, _, _ = trained
+    catalog = build_catalog(ds, BuildConfig(levels=(6,)), progress=False)
+    module = RestrictedTopN(model, torch.from_numpy(catalog.item_clusters().astype(np.int64)), 6, top_n=10)
+    path = export_onnx(module, tmp_path / "seqrec.onnx")
+    rng = np.random.default_rng(0)
+    real = pad_left(split.test_history[:32], SMALL.max_len)
+    cases = [random_inputs(ds.n_items, 6, b, length, rng) for b, length in ((1, 20), (9, 20), (4, 3), (64, 20))]
+    cases += [(real, np.ones((32, 6), bool)), (real, random_inputs(ds.n_items, 6, 32, 1, rng)[1])]
+    parity = check_parity(module, path, cases)
+    assert parity.ok(), parity
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for history, allowed in cases:
+        items, scores = session.run(["items", "scores"], {"history": history, "allowed": allowed})
+        _check_restriction(module, history, allowed, items, scores)
