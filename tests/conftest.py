@@ -8,8 +8,10 @@ its service fails the tests that need it, with the reason.
 - `apache_bootstrap`: real Apache Kafka (KRaft). `KAFKA_BOOTSTRAP` names an existing cluster to
   use instead; otherwise one is started from jars resolved through Maven (cached outside the repo).
 - `broker`: parametrised over both, for tests that must hold on either.
-- `triton`: the embedded tritonserver over a repository with `tiny_linear`, or the server that
-  `TRITON_URL` names (which must serve `tiny_linear` built with seed 0).
+- `triton`: the embedded tritonserver over a repository with `tiny_linear` and `seqrec` (a small
+  SASRec trained here on planted synthetic data), or the server that `TRITON_URL` names (which
+  must serve `tiny_linear` built with seed 0; the seqrec tests then need `seqrec` from
+  `seqrec_artifacts`, so leave TRITON_URL unset to run them).
 """
 
 from __future__ import annotations
@@ -28,6 +30,18 @@ class TritonEndpoints:
     http: str | None
     metrics: str | None
     onnx_path: Path  # the same tiny_linear weights, for in-process reference answers
+    repository: Path
+
+
+@dataclass
+class SeqRecArtifacts:
+    """A small SASRec on planted data, its catalog, and its export into the test repository."""
+
+    dataset: object
+    catalog: object
+    checkpoint: Path
+    module: object  # interests.topn.RestrictedTopN
+    onnx_path: Path
 
 
 @pytest.fixture(scope="session")
@@ -64,15 +78,39 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def triton(tmp_path_factory: pytest.TempPathFactory, tiny_repository: Path) -> Iterator[TritonEndpoints]:
+def seqrec_artifacts(tmp_path_factory: pytest.TempPathFactory, tiny_repository: Path) -> SeqRecArtifacts:
+    """Train a small SASRec on planted synthetic data and export it next to tiny_linear."""
+    from exporters.seqrec_export import export_seqrec, restricted_model
+    from interests.build import BuildConfig, build_catalog
+    from interests.seqsplit import leave_one_out, pad_left
+    from interests.synthetic import make_synthetic
+    from interests.train_seqrec import TrainConfig, train
+
+    work = tmp_path_factory.mktemp("seqrec")
+    ds, _ = make_synthetic(n_clusters=6, items_per_cluster=20, n_users=200, seed=4)
+    catalog = build_catalog(ds, BuildConfig(levels=(3, 6)), progress=False)
+    catalog.save(work / "catalog")
+    split = leave_one_out(ds)
+    cfg = TrainConfig(max_len=20, dim=32, heads=2, blocks=1, lr=5e-3, epochs=6, patience=6, seed=0)
+    train(split, cfg, progress=False, checkpoint=work / "model.pt",
+          extra={"catalog_version": catalog.version, "sample_histories": pad_left(split.test_history[:16], 20)})
+    result = export_seqrec(work / "model.pt", work / "catalog", tiny_repository, top_n=10)
+    assert result.parity.ok(), result.parity
+    module, _ = restricted_model(work / "model.pt", catalog, top_n=10, level=None)
+    return SeqRecArtifacts(ds, catalog, work / "model.pt", module, result.onnx_path)
+
+
+@pytest.fixture(scope="session")
+def triton(tmp_path_factory: pytest.TempPathFactory, tiny_repository: Path,
+           seqrec_artifacts: SeqRecArtifacts) -> Iterator[TritonEndpoints]:
     from streams.infra.stack import external_triton
 
     onnx_path = tiny_repository / "tiny_linear" / "1" / "model.onnx"
     ext = external_triton()
     if ext:
-        yield TritonEndpoints(ext[0], ext[1], ext[2], onnx_path)
+        yield TritonEndpoints(ext[0], ext[1], ext[2], onnx_path, tiny_repository)
         return
     from streams.infra.triton import EmbeddedTriton
 
     with EmbeddedTriton(tiny_repository, tmp_path_factory.mktemp("triton")) as server:
-        yield TritonEndpoints(server.grpc_url, server.http_url, server.metrics_url, onnx_path)
+        yield TritonEndpoints(server.grpc_url, server.http_url, server.metrics_url, onnx_path, tiny_repository)
