@@ -164,3 +164,34 @@ def test_onnx_export_matches_pytorch(tmp_path: Path, data, trained) -> None:
     for history, allowed in cases:
         items, scores = session.run(["items", "scores"], {"history": history, "allowed": allowed})
         _check_restriction(module, history, allowed, items, scores)
+
+
+def test_cli_train_eval_export(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def explore(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "explore", *args], capture_output=True, text=True, check=False)
+
+    data = ["--synthetic", "--synthetic-clusters", "4", "--synthetic-users", "120"]
+    assert explore("clusters", "build", *data, "--levels", "2,4", "--out", str(tmp_path / "cat"), "--quiet"
+                   ).returncode == 0
+    trained = explore("seqrec", "train", *data, "--catalog", str(tmp_path / "cat"), "--out", str(tmp_path / "m.pt"),
+                      "--epochs", "2", "--max-len", "16", "--dim", "16", "--blocks", "1", "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    assert "leave-one-out" in trained.stdout and "popularity (test)" in trained.stdout
+    assert (tmp_path / "m.json").is_file()
+    evaluated = explore("seqrec", "eval", *data, "--checkpoint", str(tmp_path / "m.pt"))
+    assert evaluated.returncode == 0 and "SASRec (test)" in evaluated.stdout, evaluated.stderr
+    exported = explore("seqrec", "export", "--checkpoint", str(tmp_path / "m.pt"), "--catalog", str(tmp_path / "cat"),
+                       "--repository", str(tmp_path / "repo"), "--top-n", "5")
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    assert "top-N ids identical" in exported.stdout
+    assert (tmp_path / "repo" / "seqrec" / "1" / "model.onnx").is_file()
+    assert (tmp_path / "repo" / "seqrec" / "config.pbtxt").is_file()
+    other = explore("clusters", "build", *data, "--levels", "2,4", "--seed", "1", "--out", str(tmp_path / "cat2"),
+                    "--quiet")
+    assert other.returncode == 0
+    refused = explore("seqrec", "export", "--checkpoint", str(tmp_path / "m.pt"), "--catalog", str(tmp_path / "cat2"),
+                      "--repository", str(tmp_path / "repo2"))
+    assert refused.returncode == 1 and "trained with catalog" in refused.stderr
