@@ -13,7 +13,8 @@ from recbole.model.sequential_recommender import SASRec
 from recbole.trainer import Trainer
 from recbole.utils import init_seed
 
-data_dir, name, epochs, max_len, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+data_dir, name = sys.argv[1], sys.argv[2]
+epochs, max_len, threads = (int(v) for v in sys.argv[3:6])
 torch.set_num_threads(threads)
 config = Config(model="SASRec", dataset=name, config_dict={
     "data_path": data_dir, "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
