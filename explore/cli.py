@@ -294,13 +294,18 @@ def cmd_seqrec_eval(args: argparse.Namespace) -> int:
 def cmd_seqrec_export(args: argparse.Namespace) -> int:
     from exporters.seqrec_export import export_seqrec
 
-    result = export_seqrec(args.checkpoint, args.catalog, args.repository, args.top_n, args.level)
+    result = export_seqrec(args.checkpoint, args.catalog, args.repository, args.top_n, args.level,
+                           tensorrt=args.check_tensorrt)
     p = result.parity
     print(f"wrote {result.repository / 'seqrec'} (top-{result.meta['top_n']} over {result.meta['n_clusters']} clusters "
           f"of catalog {result.meta['catalog_version']}, level {result.meta['level']})")
     print(f"ONNX vs PyTorch on {p.cases} batches (random and real histories): max |score diff| "
           f"{p.max_abs_score_diff:.2e}, top-N ids {'identical' if p.identical_ids else 'DIFFERENT'}")
-    return 0 if p.ok() else 1
+    if result.tensorrt is not None:
+        t = result.tensorrt
+        print(f"TensorRT (onnxruntime provider) vs PyTorch: max |score diff| {t.max_abs_score_diff:.2e}, "
+              f"top-N ids {'identical' if t.identical_ids else 'DIFFERENT'}")
+    return 0 if p.ok() and (result.tensorrt is None or result.tensorrt.identical_ids) else 1
 
 
 # --- argument parsing ---------------------------------------------------------------------
@@ -399,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--repository", type=Path, default=Path("runs/triton"), help="Triton model repository to write")
     x.add_argument("--top-n", type=int, default=20, help="items per slate")
     x.add_argument("--level", type=int, default=None, help="catalog level of the clusters (default: the finest)")
+    x.add_argument("--check-tensorrt", action="store_true",
+                   help="also build and check the TensorRT engine (needs the gpu extra and an NVIDIA GPU)")
     x.set_defaults(func=cmd_seqrec_export)
 
     demo = sub.add_parser("demo", help="the main job: start everything embedded, run it, stop it",

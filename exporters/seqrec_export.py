@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from exporters.repository import write_repository
-from exporters.seqrec_onnx import Parity, check_parity, random_inputs, write_seqrec_model
+from exporters.seqrec_onnx import Parity, check_parity, check_tensorrt, random_inputs, write_seqrec_model
 from interests.catalog import Catalog, CatalogError
 from interests.topn import RestrictedTopN
 from interests.train_seqrec import load_checkpoint
@@ -21,6 +21,7 @@ class ExportResult:
     onnx_path: Path
     parity: Parity
     meta: dict
+    tensorrt: Parity | None = None
 
 
 def restricted_model(checkpoint: Path, catalog: Catalog, top_n: int, level: int | None) -> tuple[RestrictedTopN, dict]:
@@ -35,7 +36,7 @@ def restricted_model(checkpoint: Path, catalog: Catalog, top_n: int, level: int 
 
 
 def export_seqrec(checkpoint: Path, catalog_dir: Path, repository: Path, top_n: int = 20,
-                  level: int | None = None, seed: int = 0) -> ExportResult:
+                  level: int | None = None, seed: int = 0, tensorrt: bool = False) -> ExportResult:
     """Write `repository/seqrec` and check ONNX against PyTorch on random and real histories."""
     catalog = Catalog.load(catalog_dir)
     module, ckpt = restricted_model(checkpoint, catalog, top_n, level)
@@ -54,4 +55,5 @@ def export_seqrec(checkpoint: Path, catalog_dir: Path, repository: Path, top_n: 
         allowed = random_inputs(cfg.n_items, module.n_clusters, len(real), 1, rng)[1]
         cases.append((real, allowed))
         cases.append((real, np.ones_like(allowed)))
-    return ExportResult(Path(repository), onnx_path, check_parity(module, onnx_path, cases), meta)
+    trt = check_tensorrt(module, onnx_path, cases) if tensorrt else None
+    return ExportResult(Path(repository), onnx_path, check_parity(module, onnx_path, cases), meta, trt)

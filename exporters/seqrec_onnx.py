@@ -83,3 +83,29 @@ def write_seqrec_model(dest: Path, module: RestrictedTopN, meta: dict) -> Path:
     export_onnx(module, dest / "model.onnx")
     (dest / "meta.json").write_text(json.dumps(meta, indent=1))
     return dest
+
+
+TENSORRT = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def tensorrt_available() -> bool:
+    """True when onnxruntime offers the TensorRT execution provider (the `gpu` extra on a GPU machine)."""
+    import onnxruntime as ort
+
+    return "TensorrtExecutionProvider" in ort.get_available_providers()
+
+
+def check_tensorrt(module: RestrictedTopN, onnx_path: Path, inputs: list[tuple[np.ndarray, np.ndarray]],
+                   tol: float = 1e-2) -> Parity:
+    """Build the TensorRT engine through onnxruntime's TensorRT provider and compare with PyTorch.
+
+    TensorRT may fuse and reorder float math (and runs FP32 here, FP16 only when asked), so the
+    score tolerance is looser than the CPU check; ids must still agree where scores are not tied.
+    """
+    if not tensorrt_available():
+        raise RuntimeError("onnxruntime has no TensorrtExecutionProvider here: install the 'gpu' extra "
+                           "(onnxruntime-gpu with TensorRT libraries) on a machine with an NVIDIA GPU")
+    parity = check_parity(module, onnx_path, inputs, providers=TENSORRT)
+    if parity.max_abs_score_diff > tol:
+        raise AssertionError(f"TensorRT differs from PyTorch by {parity.max_abs_score_diff:.3g} (> {tol})")
+    return parity

@@ -195,3 +195,16 @@ def test_cli_train_eval_export(tmp_path: Path) -> None:
     refused = explore("seqrec", "export", "--checkpoint", str(tmp_path / "m.pt"), "--catalog", str(tmp_path / "cat2"),
                       "--repository", str(tmp_path / "repo2"))
     assert refused.returncode == 1 and "trained with catalog" in refused.stderr
+
+
+def test_tensorrt_check_says_what_it_needs_without_a_gpu(tmp_path: Path, trained) -> None:
+    from exporters.seqrec_onnx import check_tensorrt, tensorrt_available
+
+    model, _, _ = trained
+    module = RestrictedTopN(model, torch.zeros(model.cfg.n_items, dtype=torch.long), 1, top_n=5)
+    path = export_onnx(module, tmp_path / "m.onnx")
+    if tensorrt_available():  # a GPU machine with the gpu extra: the real check
+        assert check_tensorrt(module, path, [random_inputs(model.cfg.n_items, 1, 8, 20, np.random.default_rng(0))])
+    else:
+        with pytest.raises(RuntimeError, match="TensorrtExecutionProvider"):
+            check_tensorrt(module, path, [])
