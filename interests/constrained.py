@@ -1,0 +1,111 @@
+"""Constrained beam search over a token trie of the catalog's descriptions.
+
+Every output is exactly one catalog cluster, by construction: the search only ever extends a
+hypothesis with a token that keeps it on the path of some description that is still allowed,
+and a hypothesis ends only on a description's end token. Excluded clusters (those the user
+already knows) are removed from the trie for the request, so the known trap of constrained
+decoding, a beam whose every next token is masked falling back to free text, cannot happen: a
+node is only entered while at least one allowed description lies below it.
+
+Scores are total log-probabilities of a description's tokens (end token included). They only
+decrease as a hypothesis grows, so the search stops as soon as M finished clusters score at least
+as well as every live hypothesis: with a beam as wide as the catalog it is exhaustive, which the
+tests check against scoring every description.
+
+numpy and the standard library only: Triton's `interest_generator` model runs this very file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+NextLogProbs = Callable[[list[list[int]]], np.ndarray]  # token sequences -> [n, vocab] log-probs
+
+
+@dataclass
+class Node:
+    children: dict[int, Node] = field(default_factory=dict)
+    clusters: frozenset[int] = frozenset()  # clusters whose description passes through this node
+    cluster: int | None = None  # set on the node reached by a description's end token
+
+
+class DescriptionTrie:
+    """Token sequences (each ending with the end token) of every cluster description."""
+
+    def __init__(self, sequences: Sequence[Sequence[int]]) -> None:
+        self.root = Node()
+        self.n_clusters = len(sequences)
+        members: dict[int, set[int]] = {}
+        for cluster, tokens in enumerate(sequences):
+            if not tokens:
+                raise ValueError(f"cluster {cluster} has an empty token sequence")
+            node = self.root
+            members.setdefault(id(node), set()).add(cluster)
+            for tok in tokens:
+                node = node.children.setdefault(int(tok), Node())
+                members.setdefault(id(node), set()).add(cluster)
+            if node.cluster is not None or node.children:
+                raise ValueError(f"clusters {node.cluster} and {cluster} have the same token sequence "
+                                 "(or one is another's prefix without an end token)")
+            node.cluster = cluster
+        self._freeze(self.root, members)
+
+    def _freeze(self, node: Node, members: dict[int, set[int]]) -> None:
+        node.clusters = frozenset(members[id(node)])
+        for child in node.children.values():
+            self._freeze(child, members)
+
+
+@dataclass
+class _Hyp:
+    request: int
+    score: float
+    node: Node
+    tokens: list[int]
+
+
+def beam_search(next_logprobs: NextLogProbs, trie: DescriptionTrie, prompts: Sequence[Sequence[int]],
+                excludes: Sequence[set[int] | frozenset[int]], top_m: int, beam: int) -> list[list[tuple[int, float]]]:
+    """Top-M (cluster, log-probability) per prompt, best first; excluded clusters never appear.
+
+    All hypotheses of all prompts go to `next_logprobs` together, one call per decoding step.
+    """
+    results: list[list[tuple[int, float]]] = [[] for _ in prompts]
+    live = [_Hyp(r, 0.0, trie.root, []) for r in range(len(prompts)) if trie.root.clusters - set(excludes[r])]
+    while live:
+        logprobs = next_logprobs([list(prompts[h.request]) + h.tokens for h in live])
+        grown: dict[int, list[_Hyp]] = {}
+        for h, row in zip(live, logprobs, strict=True):
+            banned = excludes[h.request]
+            for tok, child in h.node.children.items():
+                if not (child.clusters - banned):
+                    continue  # every description below is excluded: never enter
+                score = h.score + float(row[tok])
+                if child.cluster is not None:
+                    results[h.request].append((child.cluster, score))
+                else:
+                    grown.setdefault(h.request, []).append(_Hyp(h.request, score, child, [*h.tokens, tok]))
+        live = []
+        for request, hyps in grown.items():
+            hyps.sort(key=lambda h: -h.score)
+            done = sorted(results[request], key=lambda cs: -cs[1])[:top_m]
+            if len(done) >= top_m:  # nothing live can still beat the M-th finished one
+                hyps = [h for h in hyps if h.score > done[-1][1]]
+            live += hyps[:beam]
+    return [sorted(r, key=lambda cs: -cs[1])[:top_m] for r in results]
+
+
+def exhaustive_scores(next_logprobs: NextLogProbs, prompt: Sequence[int],
+                      sequences: Sequence[Sequence[int]]) -> np.ndarray:
+    """Log-probability of every description after `prompt`, token by token (the reference)."""
+    prefixes = [list(prompt) + list(s[:t]) for s in sequences for t in range(len(s))]
+    logprobs = next_logprobs(prefixes)
+    scores, row = np.zeros(len(sequences)), 0
+    for c, s in enumerate(sequences):
+        for t, tok in enumerate(s):
+            scores[c] += logprobs[row + t, tok]
+        row += len(s)
+    return scores

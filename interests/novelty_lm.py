@@ -1,0 +1,210 @@
+"""The novelty language model: prompts in words -> the description of a novel cluster.
+
+Default: a small GPT-2 (Hugging Face `transformers`) with a word-level tokenizer trained on the
+prompt template and the catalog's descriptions, trained from scratch in minutes on a CPU. With
+`base_model`, any Hugging Face causal LM on disk is fine-tuned instead (optionally through LoRA
+with `peft`); nothing is downloaded unless the caller allows it.
+
+Training teaches the target tokens only (prompt tokens are masked out of the loss); the best
+epoch by validation loss is kept. Inference left-pads and passes position ids, so a batch of
+prompts of any lengths scores as each prompt would alone.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interests.novelty_data import PROMPT, SEPARATOR, TARGET, NoveltyExamples, prompt, target_text
+
+PAD, EOS, UNK = "[PAD]", "[EOS]", "[UNK]"
+
+
+def train_tokenizer(descriptions: list[str]):  # type: ignore[no-untyped-def]
+    """A word-level tokenizer over the template and the descriptions (closed vocabulary)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    corpus = [PROMPT.format(context=SEPARATOR.join(descriptions[:2])), *descriptions]
+    tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=[PAD, EOS, UNK]))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK)
+
+
+@dataclass
+class LMConfig:
+    layers: int = 2
+    dim: int = 128
+    heads: int = 4
+    dropout: float = 0.1
+    lr: float = 2e-3
+    batch_size: int = 64
+    epochs: int = 30
+    patience: int = 4
+    seed: int = 0
+    base_model: str | None = None  # a path (or, with allow_download, a hub name) of a causal LM
+    lora: bool = False
+    allow_download: bool = False
+
+
+def small_gpt2(vocab_size: int, cfg: LMConfig, pad_id: int, eos_id: int, max_positions: int = 256):  # type: ignore[no-untyped-def]
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=vocab_size, n_positions=max_positions, n_embd=cfg.dim, n_layer=cfg.layers,
+                        n_head=cfg.heads, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
+                        bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=pad_id)
+    config._attn_implementation = "eager"  # a plain graph for the ONNX export
+    return GPT2LMHeadModel(config)
+
+
+def load_base(cfg: LMConfig):  # type: ignore[no-untyped-def]
+    """(model, tokenizer) of `cfg.base_model`, offline unless downloads are allowed; LoRA if asked."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = not cfg.allow_download
+    tokenizer = AutoTokenizer.from_pretrained(cfg.base_model, local_files_only=local)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(cfg.base_model, local_files_only=local, attn_implementation="eager")
+    if cfg.lora:
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError as e:
+            raise RuntimeError("LoRA needs the peft package: pip install peft") from e
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, task_type="CAUSAL_LM"))
+    return model, tokenizer
+
+
+class NoveltyLM:
+    """A causal LM and its tokenizer, with the token sequences of every cluster description."""
+
+    def __init__(self, model, tokenizer, descriptions: list[str], meta: dict | None = None) -> None:  # type: ignore[no-untyped-def]
+        self.model, self.tokenizer, self.descriptions = model, tokenizer, descriptions
+        self.meta = meta or {}
+        self.eos_id = int(tokenizer.eos_token_id)
+        self.pad_id = int(tokenizer.pad_token_id)
+        self.sequences = [self.encode(target_text(c, descriptions)) + [self.eos_id] for c in range(len(descriptions))]
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_ids(self, context: np.ndarray | list[int]) -> list[int]:
+        return self.encode(prompt(context, self.descriptions))
+
+    @torch.no_grad()
+    def next_logprobs(self, sequences: list[list[int]]) -> np.ndarray:
+        """Log-probabilities of the next token after each sequence: [n, vocab]."""
+        self.model.eval()
+        ids, mask = left_pad(sequences, self.pad_id)
+        out = []
+        for start in range(0, len(ids), 256):
+            i, m = torch.from_numpy(ids[start:start + 256]), torch.from_numpy(mask[start:start + 256])
+            logits = self.model(input_ids=i, attention_mask=m, position_ids=(m.cumsum(-1) - 1).clamp(min=0)).logits
+            out.append(torch.log_softmax(logits[:, -1].float(), -1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.tokenizer)))
+
+    def save(self, directory: Path) -> Path:
+        directory = Path(directory)
+        model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
+        model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        (directory / "novelty.json").write_text(json.dumps({**self.meta, "descriptions": self.descriptions}, indent=1))
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> NoveltyLM:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        directory = Path(directory)
+        meta = json.loads((directory / "novelty.json").read_text())
+        model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, attn_implementation="eager")
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        return cls(model.eval(), tokenizer, meta.pop("descriptions"), meta)
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, attention mask) [n, max_len], sequences right-aligned."""
+    length = max((len(s) for s in sequences), default=1)
+    ids = np.full((len(sequences), length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), length), dtype=np.int64)
+    for i, s in enumerate(sequences):
+        if s:
+            ids[i, length - len(s):] = s
+            mask[i, length - len(s):] = 1
+    return ids, mask
+
+
+def _batches(lm: NoveltyLM, ex: NoveltyExamples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded input ids, attention masks and labels (-100 on the prompt and the padding)."""
+    rows = [(lm.prompt_ids(c), lm.sequences[int(t)]) for c, t in zip(ex.contexts, ex.targets, strict=True)]
+    length = max(len(p) + len(t) for p, t in rows)
+    ids = torch.full((len(rows), length), lm.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    labels = torch.full((len(rows), length), -100, dtype=torch.long)
+    for i, (p, t) in enumerate(rows):
+        seq = p + t
+        ids[i, :len(seq)] = torch.tensor(seq)
+        mask[i, :len(seq)] = 1
+        labels[i, len(p):len(seq)] = torch.tensor(t)
+    return ids, mask, labels
+
+
+def _loss(lm: NoveltyLM, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return lm.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+
+def train_novelty_lm(descriptions: list[str], train: NoveltyExamples, valid: NoveltyExamples, cfg: LMConfig,
+                     meta: dict | None = None, progress: bool = True) -> tuple[NoveltyLM, dict]:
+    """Train (or fine-tune) the LM on prompt -> novel-cluster description; keep the best epoch."""
+    from tqdm import tqdm
+
+    torch.manual_seed(cfg.seed)
+    if cfg.base_model:
+        model, tokenizer = load_base(cfg)
+    else:
+        tokenizer = train_tokenizer(descriptions)
+        model = small_gpt2(len(tokenizer), cfg, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    lm = NoveltyLM(model, tokenizer, descriptions, {**(meta or {}), "lm_config": asdict(cfg)})
+    x, m, y = _batches(lm, train)
+    vx, vm, vy = _batches(lm, valid) if len(valid) else (x[:0], m[:0], y[:0])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    best, best_state, since, history = float("inf"), None, 0, []
+    t0 = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        order = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for start in tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", leave=False,
+                          disable=not progress):
+            idx = order[start:start + cfg.batch_size]
+            loss = _loss(lm, x[idx], m[idx], y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        model.eval()
+        with torch.no_grad():
+            val = float(np.mean([_loss(lm, vx[s:s + 256], vm[s:s + 256], vy[s:s + 256]).item()
+                                 for s in range(0, len(vx), 256)])) if len(vx) else total / len(x)
+        history.append({"epoch": epoch, "loss": total / len(x), "valid_loss": val})
+        if progress:
+            tqdm.write(f"epoch {epoch:3d}  loss {total / len(x):.4f}  valid loss {val:.4f}  "
+                       f"({time.perf_counter() - t0:.0f} s)")
+        if val < best - 1e-4:
+            best, since = val, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            since += 1
+            if since >= cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return lm, {"history": history, "best_valid_loss": best, "seconds": time.perf_counter() - t0}
