@@ -7,6 +7,7 @@ never import PyTorch.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -308,6 +309,170 @@ def cmd_seqrec_export(args: argparse.Namespace) -> int:
     return 0 if p.ok() and (result.tensorrt is None or result.tensorrt.identical_ids) else 1
 
 
+# --- explore novelty -----------------------------------------------------------------------
+
+
+def _novelty_split(args: argparse.Namespace, k: int, level: int | None):  # type: ignore[no-untyped-def]
+    """(dataset, catalog, level, all examples, time split) for the novelty commands."""
+    from interests.catalog import Catalog, check_same_items
+    from interests.novelty_data import novel_transitions, split_by_time
+
+    ds = dataset_from_args(args)
+    catalog = Catalog.load(args.catalog)
+    check_same_items(catalog, ds.item_ids)
+    lv = catalog.finest if level is None else level
+    examples = novel_transitions(ds, catalog.item_clusters(lv), k)
+    if len(examples) < 10:
+        raise ValueError(f"only {len(examples)} novel transitions with {k} distinct clusters before them: "
+                         "use a smaller K or a finer catalog level")
+    return ds, catalog, lv, examples, split_by_time(examples)
+
+
+def _auto_cap(values: np.ndarray, floor: int) -> int:
+    """Twice the median count per key: popular keys are cut to a few times a typical one."""
+    _, counts = np.unique(values, axis=0, return_counts=True)
+    return max(floor, int(2 * np.median(counts)))
+
+
+def cmd_novelty_train(args: argparse.Namespace) -> int:
+    from interests.novelty_data import distribution, diversify
+    from interests.novelty_lm import LMConfig, train_novelty_lm
+
+    ds, catalog, level, examples, split = _novelty_split(args, args.k, args.level)
+    n = catalog.levels[level]
+    cap_t = args.max_per_target or _auto_cap(split.train.targets, 1)
+    cap_c = args.max_per_context or _auto_cap(split.train.contexts, 5)
+    train = diversify(split.train, cap_t, cap_c, args.seed)
+    print(ds.summary())
+    print(f"catalog {catalog.version}, level {level} ({n} clusters), K = {args.k}: {len(examples):,} novel "
+          f"transitions; by time: train {len(split.train):,}, valid {len(split.valid):,}, test {len(split.test):,}")
+    print(f"diversified training set (at most {cap_t} per target, {cap_c} per context):")
+    before, after = distribution(split.train, n), distribution(train, n)
+    print(f"  {'':8}" + "".join(f"{k:>14}" for k in before))
+    for name, d in (("before", before), ("after", after)):
+        print(f"  {name:8}" + "".join(f"{v:>14.3f}" if v % 1 else f"{int(v):>14}" for v in d.values()))
+    cfg = LMConfig(layers=args.layers, dim=args.dim, heads=args.heads, lr=args.lr, batch_size=args.batch_size,
+                   epochs=args.epochs, patience=args.patience, seed=args.seed, base_model=args.base_model,
+                   lora=args.lora, allow_download=args.allow_download)
+    meta = {"catalog_version": catalog.version, "level": level, "k": args.k, "dataset": ds.name,
+            "cut_valid": split.cut_valid, "cut_test": split.cut_test, "max_per_target": cap_t,
+            "max_per_context": cap_c, "distribution_before": before, "distribution_after": after}
+    lm, info = train_novelty_lm(catalog.descriptions(level), train, split.valid, cfg, meta, progress=not args.quiet)
+    lm.save(args.out)
+    print(f"trained in {info['seconds']:.0f} s ({len(info['history'])} epochs, best valid loss "
+          f"{info['best_valid_loss']:.4f}); model: {args.out}")
+    return 0
+
+
+def cmd_novelty_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from interests.catalog import CatalogError
+    from interests.novelty_eval import (
+        context_frequency_buckets,
+        diversity,
+        greedy_match_rate,
+        hit_rate,
+        lm_proposals,
+        popular_proposals,
+        random_proposals,
+        transition_proposals,
+    )
+    from interests.novelty_lm import NoveltyLM
+
+    lm = NoveltyLM.load(args.model)
+    meta = lm.meta
+    _, catalog, level, examples, split = _novelty_split(args, meta["k"], meta["level"])
+    if catalog.version != meta["catalog_version"]:
+        raise CatalogError(f"{args.model} was trained with catalog {meta['catalog_version']}, not {catalog.version}")
+    n, m, test = catalog.levels[level], args.m, split.test
+    excludes = [set(k) for k in test.known]
+    t0 = time.perf_counter()
+    methods = {"novelty LM (constrained)": lm_proposals(lm, test.contexts, excludes, m, args.beam)[0]}
+    lm_s = time.perf_counter() - t0
+    methods["random novel cluster"] = random_proposals(n, excludes, m, args.seed)
+    methods["popular novel clusters"] = popular_proposals(split.train, n, excludes, m)
+    methods["transition counts"] = transition_proposals(split.train, n, test.contexts, excludes, m)
+    contexts = np.unique(examples.contexts, axis=0)
+    ctx_ex = [set(c.tolist()) for c in contexts]
+    all_ctx = {"novel-transition targets": None,
+               "novelty LM (constrained)": lm_proposals(lm, contexts, ctx_ex, m, args.beam)[0],
+               "random novel cluster": random_proposals(n, ctx_ex, m, args.seed),
+               "popular novel clusters": popular_proposals(split.train, n, ctx_ex, m),
+               "transition counts": transition_proposals(split.train, n, contexts, ctx_ex, m)}
+    rng = np.random.default_rng(args.seed)
+    sample = contexts[rng.permutation(len(contexts))[:args.greedy_sample]]
+    greedy = greedy_match_rate(lm, sample)
+    buckets = context_frequency_buckets(split.train, test.contexts)
+    print(f"test: {len(test):,} novel transitions after {time.strftime('%Y-%m-%d', time.gmtime(split.cut_test))}; "
+          f"{len(contexts):,} distinct contexts; M = {m}; clusters the user knows are excluded for every method")
+    head = f"  {'method':26} {'hit@' + str(m):>8} {'unseen ctx':>11} {'rare ctx':>9} {'common ctx':>11} " \
+           f"{'coverage':>9} {'entropy':>8} {'JSD':>7}"
+    print(head)
+    report = {}
+    for name, props in methods.items():
+        d = diversity(all_ctx[name], n, examples.targets)
+        by = [hit_rate([p for p, b in zip(props, buckets, strict=True) if b == k], test.targets[buckets == k])
+              for k in range(3)]
+        report[name] = {"hit": hit_rate(props, test.targets), "hit_by_context_frequency": by, **d}
+        print(f"  {name:26} {report[name]['hit']:>8.3f} {by[0]:>11.3f} {by[1]:>9.3f} {by[2]:>11.3f} "
+              f"{d['coverage']:>9.3f} {d['entropy_bits']:>8.2f} {d['jsd_bits']:>7.3f}")
+    emp = diversity([[int(t)] for t in examples.targets], n, examples.targets)
+    print(f"  {'(empirical novel targets)':26} {'':>8} {'':>11} {'':>9} {'':>11} {emp['coverage']:>9.3f} "
+          f"{emp['entropy_bits']:>8.2f} {0.0:>7.3f}")
+    print(f"  test contexts unseen / rare (1-4) / common (5+) in training: "
+          f"{[int((buckets == k).sum()) for k in range(3)]}")
+    print(f"match rate (outputs that are catalog clusters): constrained 100 % by construction; "
+          f"unconstrained greedy {100 * greedy:.1f} % on {len(sample)} contexts")
+    print(f"LM proposals for {len(test):,} test moments took {lm_s:.1f} s")
+    (Path(args.model) / "eval.json").write_text(json.dumps(
+        {"m": m, "methods": report, "greedy_match_rate": greedy, "test_examples": len(test),
+         "buckets": [int((buckets == k).sum()) for k in range(3)]}, indent=1))
+    return 0
+
+
+def cmd_novelty_precompute(args: argparse.Namespace) -> int:
+    import itertools
+    import json
+
+    from tqdm import tqdm
+
+    from interests.constrained import DescriptionTrie, beam_search
+    from interests.novelty_lm import NoveltyLM
+
+    lm = NoveltyLM.load(args.model)
+    n, k = len(lm.descriptions), lm.meta["k"]
+    if args.all_contexts:
+        contexts = [list(c) for c in itertools.permutations(range(n), k)]
+    else:
+        _, _, _, examples, _ = _novelty_split(args, k, lm.meta["level"])
+        contexts = np.unique(examples.contexts, axis=0).tolist()
+    trie = DescriptionTrie(lm.sequences)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rows = []
+    with open(out, "w") as f, tqdm(total=len(contexts), desc="contexts", unit="ctx", disable=args.quiet) as bar:
+        for start in range(0, len(contexts), args.batch):
+            chunk = contexts[start:start + args.batch]
+            results = beam_search(lm.next_logprobs, trie, [lm.prompt_ids(c) for c in chunk],
+                                  [set(c) for c in chunk], args.top, max(args.beam, args.top))
+            for ctx, r in zip(chunk, results, strict=True):
+                row = {"context": ctx, "clusters": [c for c, _ in r], "scores": [round(s, 5) for _, s in r],
+                       "catalog_version": lm.meta["catalog_version"]}
+                rows.append(row)
+                f.write(json.dumps(row) + "\n")
+            bar.update(len(chunk))
+    secs = time.perf_counter() - t0
+    print(f"{len(rows):,} contexts in {secs:.1f} s ({len(rows) / secs:.0f} contexts/s); table: {out}")
+    if args.publish:
+        from streams.novelty_table import publish_table
+
+        sent = publish_table(args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP", ""), args.topic, rows)
+        print(f"published {sent:,} records to the compacted topic {args.topic!r}")
+    return 0
+
+
 # --- argument parsing ---------------------------------------------------------------------
 
 
@@ -407,6 +572,61 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--check-tensorrt", action="store_true",
                    help="also build and check the TensorRT engine (needs the gpu extra and an NVIDIA GPU)")
     x.set_defaults(func=cmd_seqrec_export)
+
+    novelty = sub.add_parser("novelty", help="the language policy: train, evaluate, precompute the novelty LM",
+                             description="A language model names a novel interest cluster from the user's last K "
+                                         "clusters, constrained to the catalog.")
+    nsub = novelty.add_subparsers(dest="novelty_command", metavar="ACTION", required=True)
+    nt = nsub.add_parser("train", help="novel-transition prompts -> train the LM (or fine-tune --base-model)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataset_args(nt)
+    nt.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
+    nt.add_argument("--level", type=int, default=None, help="catalog level (default: the finest)")
+    nt.add_argument("--k", type=int, default=2, help="context: the user's last K distinct clusters")
+    nt.add_argument("--max-per-target", type=int, default=0, help="cap of training examples per target (0: auto)")
+    nt.add_argument("--max-per-context", type=int, default=0, help="cap of training examples per context (0: auto)")
+    nt.add_argument("--layers", type=int, default=2)
+    nt.add_argument("--dim", type=int, default=128)
+    nt.add_argument("--heads", type=int, default=4)
+    nt.add_argument("--lr", type=float, default=2e-3)
+    nt.add_argument("--batch-size", type=int, default=64)
+    nt.add_argument("--epochs", type=int, default=30)
+    nt.add_argument("--patience", type=int, default=4)
+    nt.add_argument("--base-model", default=None,
+                    help="fine-tune this Hugging Face causal LM (a directory; a hub name needs --allow-download)")
+    nt.add_argument("--lora", action="store_true", help="fine-tune --base-model through LoRA (needs peft)")
+    nt.add_argument("--allow-download", action="store_true", help="let --base-model come from the Hugging Face hub")
+    nt.add_argument("--seed", type=int, default=0)
+    nt.add_argument("--out", type=Path, default=Path("runs/novelty"), help="model directory")
+    nt.add_argument("--quiet", action="store_true")
+    nt.set_defaults(func=cmd_novelty_train)
+    ne = nsub.add_parser("eval", help="hit rate@M against baselines, coverage/entropy/JSD, match rates",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataset_args(ne)
+    ne.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
+    ne.add_argument("--model", type=Path, default=Path("runs/novelty"))
+    ne.add_argument("--m", type=int, default=5, help="proposals per moment")
+    ne.add_argument("--beam", type=int, default=8, help="beam width of the constrained search")
+    ne.add_argument("--greedy-sample", type=int, default=300, help="contexts for the unconstrained match rate")
+    ne.add_argument("--seed", type=int, default=0)
+    ne.set_defaults(func=cmd_novelty_eval)
+    npc = nsub.add_parser("precompute", help="the novelty table: top clusters for every context, to a file "
+                                             "and optionally to the compacted Kafka topic",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataset_args(npc)
+    npc.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
+    npc.add_argument("--model", type=Path, default=Path("runs/novelty"))
+    npc.add_argument("--all-contexts", action="store_true",
+                     help="every ordered K-tuple of clusters, not only those seen")
+    npc.add_argument("--top", type=int, default=10, help="clusters kept per context (workers drop the known ones)")
+    npc.add_argument("--beam", type=int, default=10)
+    npc.add_argument("--batch", type=int, default=64, help="contexts per decoding batch")
+    npc.add_argument("--out", type=Path, default=Path("runs/novelty/table.jsonl"))
+    npc.add_argument("--publish", action="store_true", help="also publish to the compacted topic")
+    npc.add_argument("--topic", default="novel-interests")
+    npc.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default: $KAFKA_BOOTSTRAP)")
+    npc.add_argument("--quiet", action="store_true")
+    npc.set_defaults(func=cmd_novelty_precompute)
 
     demo = sub.add_parser("demo", help="the main job: start everything embedded, run it, stop it",
                           description="Start the embedded broker and Triton, make a round trip through "

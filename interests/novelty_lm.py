@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interests.novelty_data import PROMPT, SEPARATOR, TARGET, NoveltyExamples, prompt, target_text
+from interests.novelty_data import PROMPT, SEPARATOR, NoveltyExamples, prompt, target_text
 
 PAD, EOS, UNK = "[PAD]", "[EOS]", "[UNK]"
 
@@ -89,7 +89,7 @@ class NoveltyLM:
         self.meta = meta or {}
         self.eos_id = int(tokenizer.eos_token_id)
         self.pad_id = int(tokenizer.pad_token_id)
-        self.sequences = [self.encode(target_text(c, descriptions)) + [self.eos_id] for c in range(len(descriptions))]
+        self.sequences = [[*self.encode(target_text(c, descriptions)), self.eos_id] for c in range(len(descriptions))]
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
