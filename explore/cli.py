@@ -348,9 +348,9 @@ def cmd_novelty_train(args: argparse.Namespace) -> int:
           f"transitions; by time: train {len(split.train):,}, valid {len(split.valid):,}, test {len(split.test):,}")
     print(f"diversified training set (at most {cap_t} per target, {cap_c} per context):")
     before, after = distribution(split.train, n), distribution(train, n)
-    print(f"  {'':8}" + "".join(f"{k:>14}" for k in before))
+    print(f"  {'':8}" + "".join(f"{k:>18}" for k in before))
     for name, d in (("before", before), ("after", after)):
-        print(f"  {name:8}" + "".join(f"{v:>14.3f}" if v % 1 else f"{int(v):>14}" for v in d.values()))
+        print(f"  {name:8}" + "".join(f"{v:>18.3f}" if v % 1 else f"{int(v):>18}" for v in d.values()))
     cfg = LMConfig(layers=args.layers, dim=args.dim, heads=args.heads, lr=args.lr, batch_size=args.batch_size,
                    epochs=args.epochs, patience=args.patience, seed=args.seed, base_model=args.base_model,
                    lora=args.lora, allow_download=args.allow_download)
@@ -415,7 +415,8 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
         by = [hit_rate([p for p, b in zip(props, buckets, strict=True) if b == k], test.targets[buckets == k])
               for k in range(3)]
         report[name] = {"hit": hit_rate(props, test.targets), "hit_by_context_frequency": by, **d}
-        print(f"  {name:26} {report[name]['hit']:>8.3f} {by[0]:>11.3f} {by[1]:>9.3f} {by[2]:>11.3f} "
+        by_text = [f"{h:.3f}" if h == h else "-" for h in by]  # nan: no such test moment
+        print(f"  {name:26} {report[name]['hit']:>8.3f} {by_text[0]:>11} {by_text[1]:>9} {by_text[2]:>11} "
               f"{d['coverage']:>9.3f} {d['entropy_bits']:>8.2f} {d['jsd_bits']:>7.3f}")
     emp = diversity([[int(t)] for t in examples.targets], n, examples.targets)
     print(f"  {'(empirical novel targets)':26} {'':>8} {'':>11} {'':>9} {'':>11} {emp['coverage']:>9.3f} "

@@ -92,7 +92,10 @@ def transition_proposals(train: NoveltyExamples, n_clusters: int, contexts: np.n
 
 
 def hit_rate(proposals: Proposals, targets: np.ndarray) -> float:
-    return float(np.mean([int(t) in p for p, t in zip(proposals, targets, strict=True)])) if len(targets) else 0.0
+    """Share of moments whose target is among the proposals (nan when there are none)."""
+    if not len(targets):
+        return float("nan")
+    return float(np.mean([int(t) in p for p, t in zip(proposals, targets, strict=True)]))
 
 
 def _entropy(p: np.ndarray) -> float:

@@ -110,6 +110,9 @@ class NoveltyLM:
         return np.concatenate(out) if out else np.zeros((0, len(self.tokenizer)))
 
     def save(self, directory: Path) -> Path:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         directory = Path(directory)
         model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
         model.save_pretrained(directory)
@@ -120,7 +123,9 @@ class NoveltyLM:
     @classmethod
     def load(cls, directory: Path) -> NoveltyLM:
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         directory = Path(directory)
         meta = json.loads((directory / "novelty.json").read_text())
         model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, attn_implementation="eager")
