@@ -71,8 +71,11 @@ def beam_search(next_logprobs: NextLogProbs, trie: DescriptionTrie, prompts: Seq
                 excludes: Sequence[set[int] | frozenset[int]], top_m: int, beam: int) -> list[list[tuple[int, float]]]:
     """Top-M (cluster, log-probability) per prompt, best first; excluded clusters never appear.
 
-    All hypotheses of all prompts go to `next_logprobs` together, one call per decoding step.
+    All hypotheses of all prompts go to `next_logprobs` together, one call per decoding step. The
+    beam is at least M wide: every live hypothesis still leads to an allowed cluster, so M live
+    ones guarantee M answers (or all the allowed clusters, when fewer).
     """
+    beam = max(beam, top_m)
     results: list[list[tuple[int, float]]] = [[] for _ in prompts]
     live = [_Hyp(r, 0.0, trie.root, []) for r in range(len(prompts)) if trie.root.clusters - set(excludes[r])]
     while live:

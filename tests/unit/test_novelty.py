@@ -1,0 +1,237 @@
+"""The novelty policy: examples, time split, caps, constrained decoding (proved against exhaustive
+scoring), the small LM on planted data, the --base-model path on a tiny model built here."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from interests.build import BuildConfig, build_catalog
+from interests.constrained import DescriptionTrie, beam_search, exhaustive_scores
+from interests.datasets import build_dataset
+from interests.novelty_data import diversify, novel_transitions, prompt, split_by_time
+from interests.novelty_eval import (
+    diversity,
+    hit_rate,
+    lm_proposals,
+    popular_proposals,
+    random_proposals,
+    transition_proposals,
+)
+from interests.novelty_lm import LMConfig, NoveltyLM, train_novelty_lm, train_tokenizer
+from interests.synthetic import make_synthetic
+
+
+def test_novel_transitions_by_hand() -> None:
+    # one user; items named by cluster: a a b a c b d
+    items = ["a1", "a2", "b1", "a1", "c1", "b2", "d1"]
+    ds = build_dataset("hand", ["u"] * 7, items, np.arange(7))
+    cluster_of = {"a": 0, "b": 1, "c": 2, "d": 3}
+    item_cluster = np.array([cluster_of[i[0]] for i in ds.item_ids])
+    ex = novel_transitions(ds, item_cluster, k=2)
+    # c is novel after distinct clusters [b, a] (most recent last); d after [c, b]
+    assert ex.contexts.tolist() == [[1, 0], [2, 1]]
+    assert ex.targets.tolist() == [2, 3]
+    assert ex.known == [frozenset({0, 1}), frozenset({0, 1, 2})]
+    assert ex.timestamps.tolist() == [4, 6]
+
+
+@pytest.fixture(scope="module")
+def planted():
+    ds, _truth = make_synthetic(n_clusters=8, items_per_cluster=20, n_users=500, seed=1)
+    catalog = build_catalog(ds, BuildConfig(levels=(8,)), progress=False)
+    examples = novel_transitions(ds, catalog.item_clusters(), 2)
+    return ds, catalog, examples, split_by_time(examples)
+
+
+def test_split_by_time_leaks_no_future(planted) -> None:
+    _, _, examples, split = planted
+    assert len(split.train) + len(split.valid) + len(split.test) == len(examples)
+    assert split.train.timestamps.max() <= split.valid.timestamps.min()
+    assert split.valid.timestamps.max() <= split.test.timestamps.min()
+
+
+def test_diversify_caps_per_target_and_context(planted) -> None:
+    _, _, _, split = planted
+    capped = diversify(split.train, max_per_target=30, max_per_context=5, seed=0)
+    assert np.bincount(capped.targets).max() <= 30
+    _, per_ctx = np.unique(capped.contexts, axis=0, return_counts=True)
+    assert per_ctx.max() <= 5
+    again = diversify(split.train, 30, 5, seed=0)
+    assert np.array_equal(capped.targets, again.targets)
+
+
+def test_prompts_are_written_with_descriptions(planted) -> None:
+    _, catalog, examples, _ = planted
+    d = catalog.descriptions()
+    text = prompt(examples.contexts[0], d)
+    assert text.startswith("The user enjoyed: ") and text.endswith("A new interest for the user:")
+    assert d[examples.contexts[0][0]] in text and d[examples.contexts[0][1]] in text
+
+
+def test_tokenizer_covers_every_description(planted) -> None:
+    _, catalog, _, _ = planted
+    tok = train_tokenizer(catalog.descriptions())
+    for d in catalog.descriptions():
+        ids = tok(d, add_special_tokens=False)["input_ids"]
+        assert tok.unk_token_id not in ids
+
+
+# --- constrained decoding ----------------------------------------------------------------
+
+
+def fake_lm(vocab: int, seed: int):
+    """A deterministic pseudo-LM: log-probs from a hash of the whole sequence (pure logic, no model)."""
+    def next_logprobs(seqs: list[list[int]]) -> np.ndarray:
+        out = np.empty((len(seqs), vocab))
+        for i, s in enumerate(seqs):
+            digest = hashlib.sha256(f"{seed}:{s}".encode()).digest()
+            logits = np.random.default_rng(int.from_bytes(digest[:8], "little")).normal(size=vocab) * 2
+            out[i] = logits - np.log(np.exp(logits).sum())
+        return out
+    return next_logprobs
+
+
+catalogs = st.integers(2, 9).flatmap(lambda n: st.lists(
+    st.lists(st.integers(1, 7), min_size=1, max_size=4), min_size=n, max_size=n, unique_by=tuple))
+
+
+@settings(max_examples=60, deadline=None)
+@given(bodies=catalogs, seed=st.integers(0, 10_000), data=st.data())
+def test_every_proposal_is_an_allowed_catalog_cluster(bodies, seed: int, data) -> None:
+    eos = 0
+    sequences = [[*b, eos] for b in bodies]
+    n = len(sequences)
+    trie = DescriptionTrie(sequences)
+    context = data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=2, unique=True))
+    known = set(context) | set(data.draw(st.lists(st.integers(0, n - 1), max_size=n)))
+    m = data.draw(st.integers(1, n))
+    beam = data.draw(st.integers(1, 4))
+    lm = fake_lm(8, seed)
+    [result] = beam_search(lm, trie, [[5, 6]], [known], top_m=m, beam=beam)
+    clusters = [c for c, _ in result]
+    assert len(clusters) == len(set(clusters))
+    assert all(0 <= c < n for c in clusters), "not a catalog cluster"
+    assert not set(clusters) & known, "an excluded or context cluster was proposed"
+    assert len(clusters) == min(m, n - len(known)), "allowed clusters went missing"
+    scores = [s for _, s in result]
+    assert scores == sorted(scores, reverse=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(bodies=catalogs, seed=st.integers(0, 10_000))
+def test_a_wide_beam_equals_exhaustive_scoring(bodies, seed: int) -> None:
+    sequences = [[*b, 0] for b in bodies]
+    lm = fake_lm(8, seed)
+    exact = exhaustive_scores(lm, [3], sequences)
+    [result] = beam_search(lm, DescriptionTrie(sequences), [[3]], [set()], top_m=len(sequences), beam=len(sequences))
+    assert [c for c, _ in result] == list(np.argsort(-exact, kind="stable"))
+    np.testing.assert_allclose([s for _, s in result], np.sort(exact)[::-1], atol=1e-9)
+
+
+def test_dead_ends_never_fall_back_to_free_text() -> None:
+    """Two descriptions share a prefix; excluding one must leave only the other, whatever the LM prefers."""
+    sequences = [[1, 2, 0], [1, 3, 0], [4, 0]]
+
+    def loves_token_2(seqs: list[list[int]]) -> np.ndarray:  # strongly prefers the excluded branch
+        out = np.full((len(seqs), 5), np.log(0.01))
+        out[:, 2] = np.log(0.96)
+        return out
+
+    [result] = beam_search(loves_token_2, DescriptionTrie(sequences), [[9]], [{0}], top_m=3, beam=1)
+    assert [c for c, _ in result] == [2, 1]  # scores: 2 x log 0.01 beats 3 x log 0.01; 0 never appears
+    assert beam_search(loves_token_2, DescriptionTrie(sequences), [[9]], [{0, 1, 2}], 3, 2) == [[]]
+
+
+def test_duplicate_descriptions_are_refused() -> None:
+    with pytest.raises(ValueError, match="same token sequence"):
+        DescriptionTrie([[1, 2, 0], [1, 2, 0]])
+
+
+# --- the LM itself -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_lm(planted, tmp_path_factory):
+    _, catalog, _, split = planted
+    cfg = LMConfig(layers=1, dim=64, heads=2, epochs=8, patience=3, seed=0)
+    lm, info = train_novelty_lm(catalog.descriptions(), split.train, split.valid, cfg,
+                                {"catalog_version": catalog.version, "k": 2, "level": 0}, progress=False)
+    path = lm.save(tmp_path_factory.mktemp("novelty") / "lm")
+    return lm, info, path
+
+
+def test_small_lm_learns_the_planted_transitions(planted, small_lm) -> None:
+    _, _catalog, _examples, split = planted
+    lm, info, _ = small_lm
+    assert info["history"][-1]["loss"] < info["history"][0]["loss"]
+    test = split.test
+    excludes = [set(k) for k in test.known]
+    ours = hit_rate(lm_proposals(lm, test.contexts, excludes, m=2)[0], test.targets)
+    rand = hit_rate(random_proposals(8, excludes, 2, seed=0), test.targets)
+    pop = hit_rate(popular_proposals(split.train, 8, excludes, 2), test.targets)
+    assert ours > rand + 0.15 and ours > pop + 0.15, (ours, rand, pop)
+    trans = hit_rate(transition_proposals(split.train, 8, test.contexts, excludes, 2), test.targets)
+    assert trans > rand  # the baseline itself works
+
+
+def test_real_lm_beam_equals_exhaustive(planted, small_lm) -> None:
+    _, _catalog, examples, _ = planted
+    lm, _, _ = small_lm
+    p = lm.prompt_ids(examples.contexts[0])
+    exact = exhaustive_scores(lm.next_logprobs, p, lm.sequences)
+    [result] = beam_search(lm.next_logprobs, DescriptionTrie(lm.sequences), [p], [set()], 8, 8)
+    assert [c for c, _ in result] == list(np.argsort(-exact, kind="stable"))
+    np.testing.assert_allclose([s for _, s in result], np.sort(exact)[::-1], atol=1e-4)
+
+
+def test_saved_lm_answers_the_same(planted, small_lm) -> None:
+    _, _, examples, _ = planted
+    lm, _, path = small_lm
+    back = NoveltyLM.load(path)
+    assert back.meta["k"] == 2 and back.descriptions == lm.descriptions
+    seqs = [lm.prompt_ids(c) for c in examples.contexts[:5]]
+    np.testing.assert_allclose(back.next_logprobs(seqs), lm.next_logprobs(seqs), atol=1e-5)
+
+
+def test_batched_left_padding_scores_like_one_by_one(planted, small_lm) -> None:
+    _, _, examples, _ = planted
+    lm, _, _ = small_lm
+    seqs = [lm.prompt_ids(examples.contexts[0]), lm.prompt_ids(examples.contexts[1])[:-3]]
+    together = lm.next_logprobs(seqs)
+    np.testing.assert_allclose(together[1], lm.next_logprobs([seqs[1]])[0], atol=1e-4)
+
+
+def test_diversity_metrics() -> None:
+    d = diversity([[0], [0], [1]], 4, np.array([0, 1, 2, 3]))
+    assert d["coverage"] == 0.5
+    assert d["entropy_bits"] == pytest.approx(-(2 / 3 * np.log2(2 / 3) + 1 / 3 * np.log2(1 / 3)))
+    assert 0 < d["jsd_bits"] <= 1
+    assert diversity([[0], [1], [2], [3]], 4, np.array([0, 1, 2, 3]))["jsd_bits"] == pytest.approx(0)
+
+
+def test_base_model_path_fine_tunes_a_local_model(planted, tmp_path: Path) -> None:
+    """--base-model with a tiny randomly initialised Llama and its own tokenizer, built here: no download."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, catalog, _, split = planted
+    tok = train_tokenizer(catalog.descriptions())
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    lm, info = train_novelty_lm(catalog.descriptions(), split.train.subset(np.arange(200)), split.valid,
+                                LMConfig(epochs=2, patience=2, base_model=str(tmp_path / "base")), progress=False)
+    assert type(lm.model).__name__ == "LlamaForCausalLM"
+    assert info["history"][-1]["loss"] < info["history"][0]["loss"] + 1e-6 or len(info["history"]) == 2
+    [result] = beam_search(lm.next_logprobs, DescriptionTrie(lm.sequences), [lm.prompt_ids([0, 1])], [{0, 1}], 3, 3)
+    assert len(result) == 3 and not {c for c, _ in result} & {0, 1}
+    with pytest.raises(OSError):
+        train_novelty_lm(catalog.descriptions(), split.train, split.valid,
+                         LMConfig(base_model="surely-not-on-disk/model"), progress=False)
