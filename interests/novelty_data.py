@@ -19,8 +19,9 @@ import numpy as np
 
 from interests.datasets import Dataset
 
-PROMPT = "The user enjoyed: {context}. A new interest for the user:"
-SEPARATOR = "; "
+HEAD, SEP, TAIL = "The user enjoyed:", ";", ". A new interest for the user:"
+PROMPT = HEAD + " {context}" + TAIL
+SEPARATOR = SEP + " "
 TARGET = " {description}"
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interests.novelty_data import PROMPT, SEPARATOR, NoveltyExamples, prompt, target_text
+from interests.novelty_data import HEAD, PROMPT, SEP, SEPARATOR, TAIL, NoveltyExamples, target_text
 
 PAD, EOS, UNK = "[PAD]", "[EOS]", "[UNK]"
 
@@ -89,13 +89,27 @@ class NoveltyLM:
         self.meta = meta or {}
         self.eos_id = int(tokenizer.eos_token_id)
         self.pad_id = int(tokenizer.pad_token_id)
-        self.sequences = [[*self.encode(target_text(c, descriptions)), self.eos_id] for c in range(len(descriptions))]
+        # A description is the same tokens in a context and as a target: " <description>".
+        self.pieces = [self.encode(target_text(c, descriptions)) for c in range(len(descriptions))]
+        self.sequences = [[*piece, self.eos_id] for piece in self.pieces]
+        self.head, self.sep, self.tail = self.encode(HEAD), self.encode(SEP), self.encode(TAIL)
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def prompt_ids(self, context: np.ndarray | list[int]) -> list[int]:
-        return self.encode(prompt(context, self.descriptions))
+        """The prompt's tokens, assembled from pre-tokenised pieces (what Triton's model does too),
+        so that serving never depends on how a tokenizer splits text at piece boundaries."""
+        ids = list(self.head)
+        for i, c in enumerate(context):
+            ids += (self.sep if i else []) + self.pieces[int(c)]
+        return ids + self.tail
+
+    def decoder_spec(self) -> dict:
+        """Everything a tokenizer-free server needs to build prompts and decode clusters."""
+        return {"head": self.head, "sep": self.sep, "tail": self.tail, "pieces": self.pieces,
+                "sequences": self.sequences, "pad_id": self.pad_id, "eos_id": self.eos_id,
+                "vocab_size": len(self.tokenizer)}
 
     @torch.no_grad()
     def next_logprobs(self, sequences: list[list[int]]) -> np.ndarray:
