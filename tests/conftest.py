@@ -8,10 +8,10 @@ its service fails the tests that need it, with the reason.
 - `apache_bootstrap`: real Apache Kafka (KRaft). `KAFKA_BOOTSTRAP` names an existing cluster to
   use instead; otherwise one is started from jars resolved through Maven (cached outside the repo).
 - `broker`: parametrised over both, for tests that must hold on either.
-- `triton`: the embedded tritonserver over a repository with `tiny_linear` and `seqrec` (a small
-  SASRec trained here on planted synthetic data), or the server that `TRITON_URL` names (which
-  must serve `tiny_linear` built with seed 0; the seqrec tests then need `seqrec` from
-  `seqrec_artifacts`, so leave TRITON_URL unset to run them).
+- `triton`: the embedded tritonserver over a repository with `tiny_linear`, `seqrec` (a small
+  SASRec trained here on planted synthetic data) and `interest_generator` (a small novelty LM),
+  or the server that `TRITON_URL` names (which must serve `tiny_linear` built with seed 0; the
+  seqrec and novelty tests need the models trained here, so leave TRITON_URL unset for them).
 """
 
 from __future__ import annotations
@@ -100,9 +100,33 @@ def seqrec_artifacts(tmp_path_factory: pytest.TempPathFactory, tiny_repository: 
     return SeqRecArtifacts(ds, catalog, work / "model.pt", module, result.onnx_path)
 
 
+@dataclass
+class NoveltyArtifacts:
+    """A small novelty LM on planted data, exported as `interest_generator` into the test repository."""
+
+    lm: object  # interests.novelty_lm.NoveltyLM
+    split: object  # interests.novelty_data.TimeSplit
+    model_dir: Path  # repo/interest_generator/1
+
+
+@pytest.fixture(scope="session")
+def novelty_artifacts(seqrec_artifacts: SeqRecArtifacts, tiny_repository: Path) -> NoveltyArtifacts:
+    from exporters.novelty_onnx import export_generator
+    from interests.novelty_data import novel_transitions, split_by_time
+    from interests.novelty_lm import LMConfig, train_novelty_lm
+
+    catalog = seqrec_artifacts.catalog
+    split = split_by_time(novel_transitions(seqrec_artifacts.dataset, catalog.item_clusters(), 2))
+    lm, _ = train_novelty_lm(catalog.descriptions(), split.train, split.valid,
+                             LMConfig(layers=1, dim=48, heads=2, epochs=4, patience=4),
+                             {"catalog_version": catalog.version, "k": 2, "level": catalog.finest}, progress=False)
+    onnx_path = export_generator(lm, tiny_repository)
+    return NoveltyArtifacts(lm, split, onnx_path.parent)
+
+
 @pytest.fixture(scope="session")
 def triton(tmp_path_factory: pytest.TempPathFactory, tiny_repository: Path,
-           seqrec_artifacts: SeqRecArtifacts) -> Iterator[TritonEndpoints]:
+           seqrec_artifacts: SeqRecArtifacts, novelty_artifacts: NoveltyArtifacts) -> Iterator[TritonEndpoints]:
     from streams.infra.stack import external_triton
 
     onnx_path = tiny_repository / "tiny_linear" / "1" / "model.onnx"

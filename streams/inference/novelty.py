@@ -1,0 +1,88 @@
+"""Clients of the `interest_generator` model: Triton over gRPC and an in-process twin.
+
+Both take contexts [B, K] (cluster ids, most recent last) and exclusion flags [B, C] (clusters
+the user already knows) and return (clusters [B, M], scores [B, M]); empty slots hold cluster -1.
+The twin runs the same exported graph and the same decoding code (`interests.constrained`) as
+the Triton model, over the same `decoder.json`, so it answers the same.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from interests.constrained import DescriptionTrie, beam_search
+
+EXCLUDED = -1e9
+
+
+class OnnxNovelty:
+    """The Triton model's work in-process: `model_dir` is repo/interest_generator/1."""
+
+    def __init__(self, model_dir: Path, top_m: int = 5, beam: int = 8, threads: int = 2) -> None:
+        import onnxruntime as ort
+
+        model_dir = Path(model_dir)
+        self.spec = json.loads((model_dir / "decoder.json").read_text())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(model_dir / "model.onnx"), sess_options=options,
+                                            providers=["CPUExecutionProvider"])
+        self.trie = DescriptionTrie(self.spec["sequences"])
+        self.top_m, self.beam = top_m, beam
+        self.n_clusters = len(self.spec["pieces"])
+
+    def _next_logprobs(self, sequences: list[list[int]]) -> np.ndarray:
+        length = max(len(s) for s in sequences)
+        ids = np.full((len(sequences), length), self.spec["pad_id"], dtype=np.int64)
+        mask = np.zeros((len(sequences), length), dtype=np.int64)
+        for i, s in enumerate(sequences):
+            ids[i, length - len(s):] = s
+            mask[i, length - len(s):] = 1
+        return self.session.run(["logprobs"], {"input_ids": ids, "attention_mask": mask})[0]
+
+    def _prompt(self, context: np.ndarray) -> list[int]:
+        ids = list(self.spec["head"])
+        for i, c in enumerate(context.tolist()):
+            ids += (self.spec["sep"] if i else []) + self.spec["pieces"][int(c)]
+        return ids + self.spec["tail"]
+
+    def propose(self, contexts: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        contexts = np.asarray(contexts, np.int64)
+        excludes = [set(np.flatnonzero(m).tolist()) | set(c.tolist()) for c, m in zip(contexts, exclude, strict=True)]
+        results = beam_search(self._next_logprobs, self.trie, [self._prompt(c) for c in contexts], excludes,
+                              self.top_m, self.beam)
+        clusters = np.full((len(contexts), self.top_m), -1, dtype=np.int64)
+        scores = np.full((len(contexts), self.top_m), EXCLUDED, dtype=np.float32)
+        for i, r in enumerate(results):
+            for j, (c, s) in enumerate(r):
+                clusters[i, j], scores[i, j] = c, s
+        return clusters, scores
+
+
+class TritonNovelty:
+    """`interest_generator` on a Triton server over gRPC; one long-lived connection."""
+
+    def __init__(self, url: str, model: str = "interest_generator", timeout_s: float = 10.0) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self._grpc = grpcclient
+        self.client = grpcclient.InferenceServerClient(url=url)
+        self.model, self.timeout_s = model, timeout_s
+
+    def propose(self, contexts: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        g = self._grpc
+        contexts, exclude = np.asarray(contexts, np.int64), np.asarray(exclude, bool)
+        inputs = [g.InferInput("context", list(contexts.shape), "INT64"),
+                  g.InferInput("exclude", list(exclude.shape), "BOOL")]
+        inputs[0].set_data_from_numpy(contexts)
+        inputs[1].set_data_from_numpy(exclude)
+        result = self.client.infer(self.model, inputs, outputs=[g.InferRequestedOutput("clusters"),
+                                                                g.InferRequestedOutput("scores")],
+                                   client_timeout=self.timeout_s)
+        return result.as_numpy("clusters"), result.as_numpy("scores")
+
+    def close(self) -> None:
+        self.client.close()
