@@ -474,6 +474,21 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_novelty_export(args: argparse.Namespace) -> int:
+    from exporters.novelty_onnx import check_lm_parity, export_generator
+    from interests.novelty_lm import NoveltyLM
+
+    lm = NoveltyLM.load(args.model)
+    onnx_path = export_generator(lm, args.repository)
+    rng = np.random.default_rng(0)
+    n, k = len(lm.descriptions), lm.meta.get("k", 2)
+    contexts = np.stack([rng.permutation(n)[:k] for _ in range(32)])
+    diff = check_lm_parity(lm, onnx_path, contexts)
+    print(f"wrote {onnx_path.parent.parent} (catalog {lm.meta.get('catalog_version')}, {n} clusters, K = {k})")
+    print(f"ONNX vs PyTorch next-token log-probabilities on 64 sequences: max |diff| {diff:.2e}")
+    return 0 if diff <= 1e-3 else 1
+
+
 # --- argument parsing ---------------------------------------------------------------------
 
 
@@ -611,6 +626,11 @@ def build_parser() -> argparse.ArgumentParser:
     ne.add_argument("--greedy-sample", type=int, default=300, help="contexts for the unconstrained match rate")
     ne.add_argument("--seed", type=int, default=0)
     ne.set_defaults(func=cmd_novelty_eval)
+    nx = nsub.add_parser("export", help="the LM to ONNX, checked against PyTorch, as Triton's interest_generator",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    nx.add_argument("--model", type=Path, default=Path("runs/novelty"))
+    nx.add_argument("--repository", type=Path, default=Path("runs/triton"), help="Triton model repository to write")
+    nx.set_defaults(func=cmd_novelty_export)
     npc = nsub.add_parser("precompute", help="the novelty table: top clusters for every context, to a file "
                                              "and optionally to the compacted Kafka topic",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
