@@ -235,3 +235,23 @@ def test_base_model_path_fine_tunes_a_local_model(planted, tmp_path: Path) -> No
     with pytest.raises(OSError):
         train_novelty_lm(catalog.descriptions(), split.train, split.valid,
                          LMConfig(base_model="surely-not-on-disk/model"), progress=False)
+
+
+def test_lora_fine_tunes_only_adapters_and_saves_merged(planted, tmp_path: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, catalog, _, split = planted
+    tok = train_tokenizer(catalog.descriptions())
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=128)
+                    ).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    lm, _ = train_novelty_lm(catalog.descriptions(), split.train.subset(np.arange(100)), split.valid,
+                             LMConfig(epochs=1, patience=1, base_model=str(tmp_path / "base"), lora=True),
+                             {"k": 2}, progress=False)
+    trainable = [n for n, p in lm.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora" in n for n in trainable)
+    lm.save(tmp_path / "tuned")
+    back = NoveltyLM.load(tmp_path / "tuned")  # merged: a plain causal LM again
+    assert not any("lora" in n for n, _ in back.model.named_parameters())
+    seq = [lm.prompt_ids([0, 1])]
+    np.testing.assert_allclose(back.next_logprobs(seq), lm.next_logprobs(seq), atol=1e-4)
