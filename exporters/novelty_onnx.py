@@ -22,7 +22,8 @@ from torch import nn
 
 from exporters.repository import write_repository
 from interests import constrained
-from interests.novelty_lm import NoveltyLM, left_pad
+from interests.constrained import left_pad
+from interests.novelty_lm import NoveltyLM
 
 OPSET = 17
 

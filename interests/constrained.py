@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 NextLogProbs = Callable[[list[list[int]]], np.ndarray]  # token sequences -> [n, vocab] log-probs
+EXCLUDED = -1e9  # the score of a slot that no allowed cluster fills (its cluster is -1)
 
 
 @dataclass
@@ -112,3 +113,59 @@ def exhaustive_scores(next_logprobs: NextLogProbs, prompt: Sequence[int],
             scores[c] += logprobs[row + t, tok]
         row += len(s)
     return scores
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, attention mask) [n, longest], each sequence right-aligned."""
+    length = max((len(s) for s in sequences), default=1)
+    ids = np.full((len(sequences), length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), length), dtype=np.int64)
+    for i, s in enumerate(sequences):
+        if len(s):
+            ids[i, length - len(s):] = s
+            mask[i, length - len(s):] = 1
+    return ids, mask
+
+
+class Generator:
+    """Novel clusters from an exported LM: what Triton's `interest_generator` and its twin run.
+
+    `spec` is the exporter's decoder.json (pre-tokenised prompt pieces and description sequences);
+    `run(ids, mask)` returns next-token log-probabilities [n, vocab] (an onnxruntime session).
+    """
+
+    def __init__(self, spec: dict, run: Callable[[np.ndarray, np.ndarray], np.ndarray], top_m: int,
+                 beam: int) -> None:
+        self.spec, self.run, self.top_m, self.beam = spec, run, top_m, beam
+        self.trie = DescriptionTrie(spec["sequences"])
+        self.n_clusters = len(spec["pieces"])
+
+    def next_logprobs(self, sequences: list[list[int]]) -> np.ndarray:
+        return self.run(*left_pad(sequences, self.spec["pad_id"]))
+
+    def prompt(self, context: Sequence[int]) -> list[int]:
+        ids = list(self.spec["head"])
+        for i, c in enumerate(context):
+            ids += (self.spec["sep"] if i else []) + self.spec["pieces"][int(c)]
+        return ids + self.spec["tail"]
+
+    def validate(self, contexts: np.ndarray, exclude: np.ndarray) -> None:
+        """ValueError unless contexts [B, K] hold catalog ids and exclude is [B, n_clusters]."""
+        if contexts.ndim != 2 or np.shape(exclude) != (len(contexts), self.n_clusters) or \
+                (contexts.size and (contexts.min() < 0 or contexts.max() >= self.n_clusters)):
+            raise ValueError(f"context ids must lie in [0, {self.n_clusters}) and exclude must have "
+                             f"{self.n_clusters} flags per context")
+
+    def propose(self, contexts: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(clusters [B, M], scores [B, M]) for contexts [B, K] and exclusion flags [B, C]."""
+        contexts = np.asarray(contexts, dtype=np.int64)
+        self.validate(contexts, exclude)
+        excludes = [set(np.flatnonzero(m).tolist()) | set(c.tolist()) for c, m in zip(contexts, exclude, strict=True)]
+        results = beam_search(self.next_logprobs, self.trie, [self.prompt(c.tolist()) for c in contexts], excludes,
+                              self.top_m, self.beam)
+        clusters = np.full((len(contexts), self.top_m), -1, dtype=np.int64)
+        scores = np.full((len(contexts), self.top_m), EXCLUDED, dtype=np.float32)
+        for i, r in enumerate(results):
+            for j, (c, score) in enumerate(r):
+                clusters[i, j], scores[i, j] = c, score
+        return clusters, scores

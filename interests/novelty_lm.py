@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from interests.constrained import left_pad
 from interests.novelty_data import HEAD, PROMPT, SEP, SEPARATOR, TAIL, NoveltyExamples, target_text
 
 PAD, EOS, UNK = "[PAD]", "[EOS]", "[UNK]"
@@ -145,18 +146,6 @@ class NoveltyLM:
         model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, attn_implementation="eager")
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         return cls(model.eval(), tokenizer, meta.pop("descriptions"), meta)
-
-
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, attention mask) [n, max_len], sequences right-aligned."""
-    length = max((len(s) for s in sequences), default=1)
-    ids = np.full((len(sequences), length), pad_id, dtype=np.int64)
-    mask = np.zeros((len(sequences), length), dtype=np.int64)
-    for i, s in enumerate(sequences):
-        if s:
-            ids[i, length - len(s):] = s
-            mask[i, length - len(s):] = 1
-    return ids, mask
 
 
 def _batches(lm: NoveltyLM, ex: NoveltyExamples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interests.constrained import DescriptionTrie, beam_search
-
-EXCLUDED = -1e9
+from interests.constrained import Generator
 
 
 class OnnxNovelty:
@@ -25,41 +23,17 @@ class OnnxNovelty:
         import onnxruntime as ort
 
         model_dir = Path(model_dir)
-        self.spec = json.loads((model_dir / "decoder.json").read_text())
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(model_dir / "model.onnx"), sess_options=options,
-                                            providers=["CPUExecutionProvider"])
-        self.trie = DescriptionTrie(self.spec["sequences"])
-        self.top_m, self.beam = top_m, beam
-        self.n_clusters = len(self.spec["pieces"])
-
-    def _next_logprobs(self, sequences: list[list[int]]) -> np.ndarray:
-        length = max(len(s) for s in sequences)
-        ids = np.full((len(sequences), length), self.spec["pad_id"], dtype=np.int64)
-        mask = np.zeros((len(sequences), length), dtype=np.int64)
-        for i, s in enumerate(sequences):
-            ids[i, length - len(s):] = s
-            mask[i, length - len(s):] = 1
-        return self.session.run(["logprobs"], {"input_ids": ids, "attention_mask": mask})[0]
-
-    def _prompt(self, context: np.ndarray) -> list[int]:
-        ids = list(self.spec["head"])
-        for i, c in enumerate(context.tolist()):
-            ids += (self.spec["sep"] if i else []) + self.spec["pieces"][int(c)]
-        return ids + self.spec["tail"]
+        session = ort.InferenceSession(str(model_dir / "model.onnx"), sess_options=options,
+                                       providers=["CPUExecutionProvider"])
+        self.generator = Generator(json.loads((model_dir / "decoder.json").read_text()),
+                                   lambda ids, mask: session.run(["logprobs"], {"input_ids": ids,
+                                                                                "attention_mask": mask})[0],
+                                   top_m, beam)
 
     def propose(self, contexts: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        contexts = np.asarray(contexts, np.int64)
-        excludes = [set(np.flatnonzero(m).tolist()) | set(c.tolist()) for c, m in zip(contexts, exclude, strict=True)]
-        results = beam_search(self._next_logprobs, self.trie, [self._prompt(c) for c in contexts], excludes,
-                              self.top_m, self.beam)
-        clusters = np.full((len(contexts), self.top_m), -1, dtype=np.int64)
-        scores = np.full((len(contexts), self.top_m), EXCLUDED, dtype=np.float32)
-        for i, r in enumerate(results):
-            for j, (c, s) in enumerate(r):
-                clusters[i, j], scores[i, j] = c, s
-        return clusters, scores
+        return self.generator.propose(contexts, exclude)
 
 
 class TritonNovelty:
