@@ -1,9 +1,10 @@
 """The novelty LM -> ONNX (next-token log-probabilities) -> Triton's `interest_generator`.
 
 The graph: `input_ids` int64 [B, T] and `attention_mask` int64 [B, T] (left-padded) -> `logprobs`
-float32 [B, vocab] for the token after each sequence. No KV cache: prompts are ~20 tokens and
-descriptions ~8, so each decoding step re-reads the whole sequence; benchmarks/novelty_serving.py
-measures what that costs against the PyTorch path that has the same shape of work.
+float32 [B, vocab] for the token after each sequence. There is no KV cache yet, so each decoding
+step re-reads the whole sequence (~32 tokens). benchmarks/novelty_serving.py measured that a
+cache would pay: on this machine a step that reads one token costs 1/20 of one that reads the
+whole sequence at batch 64, so decoding could run several times faster with one (not done yet).
 
 The Triton model runs `interests/constrained.py` (copied next to its model.py) over this graph,
 with `decoder.json` holding the pre-tokenised prompt pieces and description sequences, so the
