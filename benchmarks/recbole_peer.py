@@ -74,8 +74,9 @@ def main() -> None:
     env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1", "OMP_NUM_THREADS": str(args.threads)}
     t0 = time.perf_counter()
     # cwd=work: RecBole writes its logs and tensorboard files into the working directory.
-    proc = subprocess.run([str(python), str(RUNNER.resolve()), str(work), "peer", str(args.recbole_epochs), str(args.max_len),
-                           str(args.threads)], env=env, cwd=work, capture_output=True, text=True, check=False)
+    argv = [str(python), str(RUNNER.resolve()), str(work), "peer", str(args.recbole_epochs), str(args.max_len),
+            str(args.threads)]
+    proc = subprocess.run(argv, env=env, cwd=work, capture_output=True, text=True, check=False)
     recbole_s = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"RecBole failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
