@@ -1,6 +1,7 @@
 """Runs RecBole's SASRec inside RecBole's own virtualenv (see recbole_peer.py); prints JSON last.
 
-Args: data_dir dataset_name max_epochs max_len threads.
+Args: data_dir dataset_name max_epochs max_len threads [checkpoint]. With a checkpoint (a run cut
+off before it finished), nothing trains: that model is evaluated on the test split.
 """
 
 import json
@@ -43,8 +44,11 @@ def tracked(*args, **kwargs):  # record the validation curve
 
 
 trainer._valid_epoch = tracked
-trainer.fit(train_data, valid_data, saved=True, show_progress=False)
-test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+if len(sys.argv) > 6:
+    test = trainer.evaluate(test_data, load_best_model=True, model_file=sys.argv[6], show_progress=False)
+else:
+    trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
 best = max(range(len(valid_ndcg)), key=valid_ndcg.__getitem__) + 1 if valid_ndcg else 0
 print(json.dumps({**{k: float(v) for k, v in test.items()}, "epochs_run": len(valid_ndcg), "best_epoch": best,
                   "valid_ndcg": valid_ndcg}))
