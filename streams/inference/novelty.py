@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from interests.constrained import Generator
+from streams.inference.grpc import GrpcModel
 
 
 class OnnxNovelty:
@@ -36,27 +37,13 @@ class OnnxNovelty:
         return self.generator.propose(contexts, exclude)
 
 
-class TritonNovelty:
+class TritonNovelty(GrpcModel):
     """`interest_generator` on a Triton server over gRPC; one long-lived connection."""
 
     def __init__(self, url: str, model: str = "interest_generator", timeout_s: float = 10.0) -> None:
-        import tritonclient.grpc as grpcclient
-
-        self._grpc = grpcclient
-        self.client = grpcclient.InferenceServerClient(url=url)
-        self.model, self.timeout_s = model, timeout_s
+        super().__init__(url, model, timeout_s)
 
     def propose(self, contexts: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        g = self._grpc
-        contexts, exclude = np.asarray(contexts, np.int64), np.asarray(exclude, bool)
-        inputs = [g.InferInput("context", list(contexts.shape), "INT64"),
-                  g.InferInput("exclude", list(exclude.shape), "BOOL")]
-        inputs[0].set_data_from_numpy(contexts)
-        inputs[1].set_data_from_numpy(exclude)
-        result = self.client.infer(self.model, inputs, outputs=[g.InferRequestedOutput("clusters"),
-                                                                g.InferRequestedOutput("scores")],
-                                   client_timeout=self.timeout_s)
-        return result.as_numpy("clusters"), result.as_numpy("scores")
-
-    def close(self) -> None:
-        self.client.close()
+        clusters, scores = self.infer({"context": np.asarray(contexts, np.int64), "exclude": np.asarray(exclude, bool)},
+                                      ["clusters", "scores"])
+        return clusters, scores

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from streams.inference.grpc import GrpcModel
+
 EXCLUDED = -1e9  # the score the graph gives unfilled slots (interests.topn.EXCLUDED)
 
 
@@ -47,27 +49,13 @@ class OnnxSeqRec:
         return items, scores
 
 
-class TritonSeqRec:
+class TritonSeqRec(GrpcModel):
     """`seqrec` on a Triton server over gRPC; one long-lived connection."""
 
     def __init__(self, url: str, model: str = "seqrec", timeout_s: float = 5.0) -> None:
-        import tritonclient.grpc as grpcclient
-
-        self._grpc = grpcclient
-        self.client = grpcclient.InferenceServerClient(url=url)
-        self.model, self.timeout_s = model, timeout_s
+        super().__init__(url, model, timeout_s)
 
     def top_n(self, history: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        g = self._grpc
-        history = np.asarray(history, np.int64)
-        allowed = np.asarray(allowed, bool)
-        inputs = [g.InferInput("history", list(history.shape), "INT64"),
-                  g.InferInput("allowed", list(allowed.shape), "BOOL")]
-        inputs[0].set_data_from_numpy(history)
-        inputs[1].set_data_from_numpy(allowed)
-        outputs = [g.InferRequestedOutput("items"), g.InferRequestedOutput("scores")]
-        result = self.client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
-        return result.as_numpy("items"), result.as_numpy("scores")
-
-    def close(self) -> None:
-        self.client.close()
+        items, scores = self.infer({"history": np.asarray(history, np.int64), "allowed": np.asarray(allowed, bool)},
+                                   ["items", "scores"])
+        return items, scores

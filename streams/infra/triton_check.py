@@ -11,15 +11,11 @@ import numpy as np
 
 def infer_grpc(url: str, model: str, x: np.ndarray, timeout_s: float = 10.0) -> np.ndarray:
     """Run `model` on input `x` over gRPC and return output `y`."""
-    import tritonclient.grpc as grpcclient
+    from streams.inference.grpc import GrpcModel
 
-    client = grpcclient.InferenceServerClient(url=url)
+    client = GrpcModel(url, model, timeout_s)
     try:
-        inp = grpcclient.InferInput("x", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
-        result = client.infer(model, [inp], outputs=[grpcclient.InferRequestedOutput("y")],
-                              client_timeout=timeout_s)
-        return result.as_numpy("y")
+        return client.infer({"x": x}, ["y"])[0]
     finally:
         client.close()
 
