@@ -1,0 +1,121 @@
+"""Engine configuration: defaults, then a config file, then the environment, then the command line.
+
+Every setting has one name in three spellings: the field (`batch_size`), the environment
+variable (`EXPLORE_BATCH_SIZE`; a few keep their common names such as `KAFKA_BOOTSTRAP` and
+`TRITON_URL`) and the config-file key (TOML or JSON, the field name). `explore serve --help`
+prints the table below, so the documentation and the code cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+def _setting(default: Any, help: str, env: str | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "env": env})
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    bootstrap: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers (host:port[,host:port])", "KAFKA_BOOTSTRAP")
+    app_id: str = _setting("interest-explorer", "Faust app id: consumer group and prefix of the changelog topics")
+    interactions_topic: str = _setting("interactions", "input topic, keyed by user id")
+    dlq_topic: str = _setting("interactions-dlq", "rejected input records, unchanged, reason in the headers")
+    recommendations_topic: str = _setting("recommendations", "output topic: novel clusters and slates")
+    novelty_topic: str = _setting("novel-interests", "compacted topic with the precomputed novelty table")
+    partitions: int = _setting(8, "partitions of the topics the engine creates (the interactions topic too)")
+    catalog: str = _setting("", "catalog directory (`explore clusters build --out`)")
+    repository: str = _setting("", "Triton model repository with seqrec/ and interest_generator/ "
+                                   "(the in-process fallback runs the same files)")
+    triton_url: str = _setting("", "Triton gRPC host:port; empty: in-process onnxruntime only", "TRITON_URL")
+    triton_timeout_s: float = _setting(2.0, "timeout of one Triton request")
+    triton_retries: int = _setting(1, "retries of a failed Triton request before falling back")
+    triton_retry_after_s: float = _setting(5.0, "after a failure, time on the fallback before Triton is tried again")
+    k: int = _setting(2, "context length: the user's last K distinct clusters")
+    m: int = _setting(3, "novel clusters per slate")
+    n: int = _setting(10, "items per slate")
+    recent_items: int = _setting(200, "items kept per user (the model sees its max_len newest; "
+                                      "slates never repeat any of them)")
+    dedupe_ids: int = _setting(64, "recent event ids kept per user to drop duplicate deliveries")
+    slate_max_age_s: float = _setting(86400.0, "event-time age after which a slate is renewed without a context change")
+    batch_size: int = _setting(500, "events per micro-batch (Faust take)")
+    batch_within_ms: int = _setting(20, "longest wait to fill a micro-batch")
+    max_payload_bytes: int = _setting(4096, "larger input records go to the DLQ")
+    max_future_s: float = _setting(86400.0, "event timestamps further ahead of the worker's clock go to the DLQ")
+    store: str = _setting("memory://", "table store: memory:// or rocksdb:// (rocksdict)")
+    data_dir: str = _setting("", "worker data directory (default: $EXPLORE_HOME/worker/APP_ID)")
+    web_port: int = _setting(6066, "port of /metrics, /health, /ready and /users/{id}")
+    web_host: str = _setting("127.0.0.1", "address the web server binds")
+    threads: int = _setting(1, "onnxruntime threads of the in-process fallback")
+
+    @classmethod
+    def env_name(cls, name: str) -> str:
+        meta = next(f for f in fields(cls) if f.name == name).metadata
+        return meta.get("env") or f"EXPLORE_{name.upper()}"
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, env: dict[str, str] | None = None,
+             **overrides: Any) -> EngineConfig:
+        """Defaults < config file (`path` or $EXPLORE_CONFIG) < environment < `overrides` (not None)."""
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        path = path or env.get("EXPLORE_CONFIG")
+        if path:
+            values.update(read_file(Path(path)))
+        for f in fields(cls):
+            name = cls.env_name(f.name)
+            if env.get(name, "") != "":
+                values[f.name] = env[name]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls().with_values(values)
+
+    def with_values(self, values: dict[str, Any]) -> EngineConfig:
+        known = {f.name: f for f in fields(self)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        typed = {}
+        for name, value in values.items():
+            kind = type(known[name].default)
+            try:
+                typed[name] = kind(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"setting {name} ({self.env_name(name)}): {value!r} "
+                                 f"is not a {kind.__name__}") from None
+        cfg = replace(self, **typed)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        for name in ("k", "m", "n", "partitions", "batch_size", "recent_items", "dedupe_ids", "max_payload_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"setting {name} must be at least 1, got {getattr(self, name)}")
+        if self.store not in ("memory://", "rocksdb://"):
+            raise ValueError(f"setting store must be memory:// or rocksdb://, got {self.store!r}")
+
+    def as_env(self) -> dict[str, str]:
+        """The configuration as environment variables (to start a worker process with)."""
+        return {self.env_name(f.name): str(getattr(self, f.name)) for f in fields(self)}
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"config file {path} not found")
+    text = path.read_text()
+    try:
+        doc = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"config file {path}: {exc}") from None
+    return doc.get("engine", doc) if isinstance(doc, dict) else {}
+
+
+def describe() -> str:
+    """The settings table for `--help`: name, environment variable, default, meaning."""
+    rows = [(f.name, EngineConfig.env_name(f.name), repr(f.default), f.metadata["help"]) for f in fields(EngineConfig)]
+    w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
+    return "\n".join(f"  {a:<{w0}}  {b:<{w1}}  {d} (default {c})" for a, b, c, d in rows)

@@ -1,0 +1,102 @@
+"""Triton first, in-process onnxruntime when Triton is unreachable, Triton again when it returns.
+
+One long-lived asyncio gRPC client per worker (`tritonclient.grpc.aio`), created on first use
+inside the worker's event loop. A request that fails or times out is retried `retries` times;
+then the router marks Triton down and serves every request from the local twins (the very ONNX
+files Triton serves, in a thread so the event loop keeps running) for `retry_after_s`, after
+which the next request probes Triton again. A request is never dropped: whatever Triton does,
+the answer comes from one path or the other, and `on_call` reports which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+LocalModel = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+class CallObserver(Protocol):
+    def __call__(self, model: str, path: str, seconds: float, ok: bool) -> None: ...
+
+
+class ModelRouter:
+    """`await infer(model, inputs, outputs)` -> (arrays, path) with path "triton" or "onnx"."""
+
+    def __init__(self, url: str, local: dict[str, LocalModel], timeout_s: float = 2.0, retries: int = 1,
+                 retry_after_s: float = 5.0, on_call: CallObserver | None = None,
+                 on_state: Callable[[bool], None] | None = None) -> None:
+        self.url, self.local = url, local
+        self.timeout_s, self.retries, self.retry_after_s = timeout_s, retries, retry_after_s
+        self.on_call = on_call or (lambda *a: None)
+        self.on_state = on_state or (lambda up: None)
+        self.client = None
+        self.down_until = 0.0 if url else float("inf")
+        self.last_error = "" if url else "no Triton URL configured"
+
+    @property
+    def triton_up(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    def _client(self):  # type: ignore[no-untyped-def]
+        if self.client is None:
+            import tritonclient.grpc.aio as grpcaio
+
+            self.client = grpcaio.InferenceServerClient(url=self.url)
+        return self.client
+
+    async def _triton(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        import tritonclient.grpc.aio as grpcaio
+        from tritonclient.utils import np_to_triton_dtype
+
+        tensors = []
+        for name, array in inputs.items():
+            tensor = grpcaio.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        result = await asyncio.wait_for(
+            self._client().infer(model, tensors, outputs=[grpcaio.InferRequestedOutput(o) for o in outputs],
+                                 client_timeout=self.timeout_s),
+            self.timeout_s + 0.5)
+        return [result.as_numpy(o) for o in outputs]
+
+    async def infer(self, model: str, inputs: dict[str, np.ndarray],
+                    outputs: list[str]) -> tuple[list[np.ndarray], str]:
+        if self.triton_up:
+            for _attempt in range(self.retries + 1):
+                t0 = time.perf_counter()
+                try:
+                    arrays = await self._triton(model, inputs, outputs)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # any transport or server error: retry, then fall back
+                    self.on_call(model, "triton", time.perf_counter() - t0, False)
+                    self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                    await self._reset_client()
+                    continue
+                self.on_call(model, "triton", time.perf_counter() - t0, True)
+                self.on_state(True)
+                return arrays, "triton"
+            self.down_until = time.monotonic() + self.retry_after_s
+            self.on_state(False)
+        if model not in self.local:
+            raise RuntimeError(f"Triton is unreachable ({self.last_error}) and {model!r} has no local fallback")
+        t0 = time.perf_counter()
+        arrays = await asyncio.get_running_loop().run_in_executor(None, self.local[model], inputs)
+        self.on_call(model, "onnx", time.perf_counter() - t0, True)
+        return arrays, "onnx"
+
+    async def _reset_client(self) -> None:
+        """A failed channel may stay broken: start the next attempt on a fresh one."""
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):  # closing a broken channel may fail too; nothing to keep
+                await client.close()
+
+    async def close(self) -> None:
+        await self._reset_client()

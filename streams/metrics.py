@@ -1,0 +1,58 @@
+"""The engine's Prometheus metrics, in their own registry (one per worker app).
+
+Names follow Prometheus conventions: an `explore_` prefix, base units (seconds), `_total` on
+counters. The share of slate items from novel clusters is
+`explore_slate_novel_items_total / explore_slate_items_total`; the table hit rate is
+`explore_novelty_table_lookups_total{result="hit"}` over all lookups.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+INFER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.events = Counter("explore_events", "Input records by outcome: applied, duplicate (already in the "
+                              "state), invalid (sent to the DLQ), revoked (partition moved to another worker)",
+                              ["outcome"], registry=r)
+        self.dlq = Counter("explore_dlq_records", "Records sent to the dead-letter topic, by reason", ["reason"],
+                           registry=r)
+        self.slates = Counter("explore_slates", "Recommendations sent, by where the novel clusters came from "
+                              "(table or live)", ["source"], registry=r)
+        self.no_slate = Counter("explore_slates_skipped", "Context changes without a slate, by reason "
+                                "(no_novel_cluster: the user knows every cluster; no_items: nothing eligible)",
+                                ["reason"], registry=r)
+        self.latency = Histogram("explore_event_to_slate_seconds", "Kafka timestamp of the triggering event to "
+                                 "the slate being sent", buckets=LATENCY_BUCKETS, registry=r)
+        self.inference = Histogram("explore_inference_seconds", "Model call latency by model and path "
+                                   "(triton or onnx fallback)", ["model", "path"], buckets=INFER_BUCKETS, registry=r)
+        self.inference_errors = Counter("explore_inference_errors", "Failed Triton calls (retried, then "
+                                        "served by the fallback)", ["model"], registry=r)
+        self.triton_up = Gauge("explore_triton_up", "1 while the worker uses Triton, 0 while on the "
+                               "in-process fallback", registry=r)
+        self.table_lookups = Counter("explore_novelty_table_lookups", "Novelty table lookups by result "
+                                     "(hit or miss)", ["result"], registry=r)
+        self.table_size = Gauge("explore_novelty_table_contexts", "Contexts in the worker's novelty table",
+                                registry=r)
+        self.slate_items = Counter("explore_slate_items", "Items sent in slates", registry=r)
+        self.slate_novel_items = Counter("explore_slate_novel_items", "Items sent in slates that lie in one of "
+                                         "the slate's novel clusters", registry=r)
+        self.batch = Histogram("explore_batch_size", "Events per micro-batch", buckets=BATCH_BUCKETS, registry=r)
+        self.lag = Gauge("explore_consumer_lag", "Records behind the end of each assigned interactions "
+                         "partition", ["partition"], registry=r)
+        self.triton_up.set(0)
+
+    def observe_call(self, model: str, path: str, seconds: float, ok: bool) -> None:
+        if ok:
+            self.inference.labels(model, path).observe(seconds)
+        else:
+            self.inference_errors.labels(model).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

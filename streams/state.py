@@ -1,0 +1,98 @@
+"""Per-user state and the decisions made on it: pure functions, no Kafka, no models.
+
+The state is a plain dict (the Faust table stores it as JSON in its changelog):
+
+- `items`: the user's newest item indices (dense catalog order), oldest first, bounded;
+- `known`: every cluster the user has touched (sorted), never forgotten;
+- `context`: the last K distinct clusters, most recent last (the definition the novelty LM is
+  trained on, `interests.novelty_data.novel_transitions`);
+- `pos`: [partition, offset] of the last input record applied, and `ids`: recent event ids.
+  Together they make re-deliveries harmless: after a restart or a rebalance Kafka hands out
+  again every record after the last committed offset, and a record at or before `pos` (or with
+  an event id already seen) is recognised and leaves the state as it is;
+- `n`: interactions applied, `ts`: the newest event time;
+- `slate`: the last recommendation sent (context, clusters, items, event time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from streams.records import Interaction
+
+
+def new_state() -> dict:
+    return {"items": [], "known": [], "context": [], "pos": None, "ids": [], "n": 0, "ts": 0.0, "slate": None}
+
+
+def is_duplicate(state: dict, partition: int, offset: int, event_id: str | None) -> bool:
+    """Already applied: a re-delivered record (same partition, offset not after `pos`) or a repeated event id."""
+    pos = state["pos"]
+    if pos is not None and pos[0] == partition and offset <= pos[1]:
+        return True
+    return event_id is not None and event_id in state["ids"]
+
+
+def apply(state: dict, event: Interaction, cluster: int, partition: int, offset: int, k: int,
+          recent_items: int, dedupe_ids: int) -> bool:
+    """Apply one interaction in place; False (and no change) when it was applied before."""
+    if is_duplicate(state, partition, offset, event.event_id):
+        return False
+    items = state["items"]
+    items.append(event.item)
+    if len(items) > recent_items:
+        del items[: len(items) - recent_items]
+    known = state["known"]
+    if cluster not in known:
+        known.append(cluster)
+        known.sort()
+    context = state["context"]
+    if cluster in context:
+        context.remove(cluster)
+    context.append(cluster)
+    if len(context) > k:
+        del context[: len(context) - k]
+    state["pos"] = [partition, offset]
+    if event.event_id is not None:
+        ids = state["ids"]
+        ids.append(event.event_id)
+        if len(ids) > dedupe_ids:
+            del ids[: len(ids) - dedupe_ids]
+    state["n"] += 1
+    state["ts"] = max(state["ts"], event.ts)
+    return True
+
+
+def needs_slate(state: dict, k: int, max_age_s: float) -> bool:
+    """A full context (K distinct clusters) that differs from the last slate's, or a slate too old."""
+    context = state["context"]
+    if len(context) < k:
+        return False
+    slate = state["slate"]
+    return slate is None or slate["context"] != context or state["ts"] - slate["ts"] > max_age_s
+
+
+def novel_from_table(ranked: Sequence[int], scores: Sequence[float], known: Sequence[int],
+                     m: int) -> list[tuple[int, float]]:
+    """The best `m` of a context's ranked clusters that the user does not know yet."""
+    known_set = set(known)
+    out = []
+    for c, s in zip(ranked, scores, strict=False):
+        if c >= 0 and c not in known_set:
+            out.append((int(c), float(s)))
+            if len(out) == m:
+                break
+    return out
+
+
+def slate_items(items: Sequence[int], scores: Sequence[float], seen: Sequence[int], n: int,
+                floor: float) -> list[tuple[int, float]]:
+    """The model's top items (1-based ids) as 0-based indices, minus padding slots and anything seen."""
+    seen_set = set(seen)
+    out = []
+    for i, s in zip(items, scores, strict=True):
+        if s > floor and (i - 1) not in seen_set:
+            out.append((int(i) - 1, float(s)))
+            if len(out) == n:
+                break
+    return out

@@ -1,0 +1,171 @@
+"""The Faust worker: Kafka in, `Engine.handle` per micro-batch, Kafka out.
+
+`create_app(cfg)` builds it; `explore serve` runs it, and `streams.app` holds one built from the
+environment for a plain Faust command line.
+
+Delivery guarantees, and why the agent is written the way it is:
+
+- Events are taken with `noack_take` and acked only after their batch's state, DLQ records and
+  recommendations have been handed to the producer. Faust's `take`/`take_events` ack a batch in
+  a `finally`, so a worker stopped while it awaits a model call acks (and then commits) events it
+  never applied: that loses in-flight events on restart. With manual acks they are delivered
+  again instead, and the offset kept in each user's state makes the re-delivery harmless.
+- Faust flushes the producer before it commits offsets, so a committed offset never runs ahead of
+  the changelog writes of the events before it.
+- The user table is written once per user per batch, to the changelog partition of the user's
+  input partition (co-partitioned: `interactions` is keyed by user, so no repartition hop).
+- Records of partitions that were revoked while the batch was buffered are not applied: the
+  worker that owns the partition now will see them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+
+import faust
+from faust.web import Request, Response, View, Web
+
+from streams.config import EngineConfig
+from streams.engine import Engine, RawRecord, finish_record, user_view
+from streams.faust_app import make_app
+from streams.infra.paths import explore_home
+from streams.metrics import Metrics
+
+
+def ensure_topics(cfg: EngineConfig) -> None:
+    """Create the engine's topics if they do not exist (the compacted novelty topic included)."""
+    from streams.infra.kafka_check import create_topic
+
+    for name, compacted, partitions in ((cfg.interactions_topic, False, cfg.partitions),
+                                        (cfg.dlq_topic, False, cfg.partitions),
+                                        (cfg.recommendations_topic, False, cfg.partitions),
+                                        (cfg.novelty_topic, True, 1)):
+        create_topic(cfg.bootstrap, name, partitions=partitions, compacted=compacted)
+
+
+def create_app(cfg: EngineConfig) -> faust.App:
+    metrics = Metrics()
+    engine = Engine(cfg, metrics)
+    data_dir = Path(cfg.data_dir) if cfg.data_dir else explore_home() / "worker" / cfg.app_id
+    app = make_app(cfg.app_id, cfg.bootstrap, data_dir, web_port=cfg.web_port, web_bind=cfg.web_host,
+                   web_host=cfg.web_host, topic_partitions=cfg.partitions, store=cfg.store)
+    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+    interactions = app.topic(cfg.interactions_topic, partitions=cfg.partitions, **raw)
+    dlq = app.topic(cfg.dlq_topic, **raw)
+    recommendations = app.topic(cfg.recommendations_topic, **raw)
+    novelty = app.topic(cfg.novelty_topic, **raw)
+    users = app.Table("users", default=None, partitions=cfg.partitions, key_type=str, value_type=None,
+                      value_serializer="json")
+    app.engine, app.metrics = engine, metrics  # type: ignore[attr-defined]
+    status = {"table_loaded": False, "processing": False}
+    last_offset: dict[int, int] = {}
+
+    @app.task
+    async def follow_novelty_table() -> None:
+        """Keep the whole compacted novelty topic in memory: the global table every worker reads."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False, group_id=None,
+                                    fetch_max_wait_ms=200)
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(cfg.novelty_topic) or {0}
+            tps = [TopicPartition(cfg.novelty_topic, p) for p in parts]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            while True:
+                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+                for records in batches.values():
+                    for r in records:
+                        engine.learn(r.key, r.value)
+                if not status["table_loaded"]:
+                    positions = {tp: await consumer.position(tp) for tp in tps}
+                    if all(positions[tp] >= end[tp] for tp in tps):
+                        status["table_loaded"] = True
+                        app.log.info(f"novelty table loaded: {len(engine.table)} contexts")
+        finally:
+            await consumer.stop()
+
+    @app.agent(interactions)
+    async def process(stream) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 30
+        while not status["table_loaded"] and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # start with the table, not with a burst of misses
+        status["processing"] = True
+        async for events in stream.noack_take(cfg.batch_size, within=cfg.batch_within_ms / 1000):
+            assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == cfg.interactions_topic}
+            mine = [e for e in events if e.message.partition in assigned]
+            metrics.events.labels("revoked").inc(len(events) - len(mine))
+            metrics.batch.observe(len(events))
+            records = [RawRecord(e.message.key, e.message.value, e.message.partition, e.message.offset,
+                                 e.message.timestamp) for e in mine]
+            result = await engine.handle(records, users.get)
+            by_offset = {(e.message.partition, e.message.offset): e for e in mine}
+            for rec, rej in result.dlq:
+                headers = [("reason", rej.reason.encode()), ("detail", rej.detail.encode()),
+                           ("source", f"{cfg.interactions_topic}/{rec.partition}/{rec.offset}".encode())]
+                await dlq.send(key=rec.key, value=rec.value, headers=headers)
+            for key, value in result.table_fills:
+                await novelty.send(key=key, value=value)
+            for user, (state, rec) in result.states.items():
+                stream._set_current_event(by_offset[(rec.partition, rec.offset)])  # changelog partition = input's
+                users[user] = state
+            stream._set_current_event(None)
+            now = time.time()
+            for key, value, trigger in result.recommendations:
+                metrics.latency.observe(now - trigger)
+                await recommendations.send(key=key, value=finish_record(value, trigger, now))
+            for e in events:
+                last_offset[e.message.partition] = max(last_offset.get(e.message.partition, -1), e.message.offset)
+                await stream.ack(e)
+            _update_lag(app, cfg, metrics, last_offset)
+
+    @app.page("/metrics")
+    async def metrics_view(web: Web, request: Request) -> Response:
+        return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.page("/health")
+    async def health(web: Web, request: Request) -> Response:
+        return web.json({"status": "ok", "triton": "up" if engine.router.triton_up else "fallback",
+                         "triton_error": engine.router.last_error})
+
+    @app.page("/ready")
+    async def ready(web: Web, request: Request) -> Response:
+        ok = status["table_loaded"] and status["processing"] and not app.rebalancing
+        body = {"ready": ok, "novelty_table_loaded": status["table_loaded"], "rebalancing": app.rebalancing,
+                "novelty_contexts": len(engine.table)}
+        return web.json(body, status=200 if ok else 503)
+
+    @app.page("/users/{user_id}")
+    class UserView(View):
+        async def get(self, request: Request, user_id: str) -> Response:
+            state = users.get(user_id)
+            if state is None:
+                mine = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == cfg.interactions_topic)
+                return self.json({"error": f"user {user_id!r} has no state on this worker",
+                                  "partitions_here": mine}, status=404)
+            return self.json({"user_id": user_id, **user_view(state, engine)})
+
+    @app.timer(5.0)
+    async def refresh_lag() -> None:
+        _update_lag(app, cfg, metrics, last_offset)
+
+    @app.on_before_shutdown.connect
+    async def close_router(app: faust.App, **kwargs: object) -> None:
+        with contextlib.suppress(Exception):
+            await engine.router.close()
+
+    return app
+
+
+def _update_lag(app: faust.App, cfg: EngineConfig, metrics: Metrics, last_offset: dict[int, int]) -> None:
+    for tp in app.consumer.assignment():
+        if tp.topic != cfg.interactions_topic:
+            continue
+        high = app.consumer.highwater(tp)
+        if high is not None and tp.partition in last_offset:
+            metrics.lag.labels(str(tp.partition)).set(max(0, high - last_offset[tp.partition] - 1))
