@@ -23,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from pathlib import Path
 
 import faust
+from faust.streams import _current_event
 from faust.web import Request, Response, View, Web
 
 from streams.config import EngineConfig
@@ -50,6 +52,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
     metrics = Metrics()
     engine = Engine(cfg, metrics)
     data_dir = Path(cfg.data_dir) if cfg.data_dir else explore_home() / "worker" / cfg.app_id
+    data_dir.mkdir(parents=True, exist_ok=True)
     app = make_app(cfg.app_id, cfg.bootstrap, data_dir, web_port=cfg.web_port, web_bind=cfg.web_host,
                    web_host=cfg.web_host, topic_partitions=cfg.partitions, store=cfg.store)
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
@@ -57,8 +60,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
     dlq = app.topic(cfg.dlq_topic, **raw)
     recommendations = app.topic(cfg.recommendations_topic, **raw)
     novelty = app.topic(cfg.novelty_topic, **raw)
-    users = app.Table("users", default=None, partitions=cfg.partitions, key_type=str, value_type=None,
-                      value_serializer="json")
+    users = app.Table("users", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
     app.engine, app.metrics = engine, metrics  # type: ignore[attr-defined]
     status = {"table_loaded": False, "processing": False}
     last_offset: dict[int, int] = {}
@@ -112,9 +114,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
             for key, value in result.table_fills:
                 await novelty.send(key=key, value=value)
             for user, (state, rec) in result.states.items():
-                stream._set_current_event(by_offset[(rec.partition, rec.offset)])  # changelog partition = input's
-                users[user] = state
-            stream._set_current_event(None)
+                write_state(users, user, state, by_offset[(rec.partition, rec.offset)])
             now = time.time()
             for key, value, trigger in result.recommendations:
                 metrics.latency.observe(now - trigger)
@@ -126,7 +126,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
 
     @app.page("/metrics")
     async def metrics_view(web: Web, request: Request) -> Response:
-        return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
+        return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
     @app.page("/health")
     async def health(web: Web, request: Request) -> Response:
@@ -160,6 +160,20 @@ def create_app(cfg: EngineConfig) -> faust.App:
             await engine.router.close()
 
     return app
+
+
+def write_state(users: faust.Table, user: str, state: dict, event: faust.types.EventT) -> None:
+    """`users[user] = state`, its changelog record in the partition of `event` (the user's input partition).
+
+    Faust picks the changelog partition from the "current event" context variable, which a batch
+    agent does not set per event; setting it around the write (and restoring it) keeps the table
+    co-partitioned with `interactions`, which recovery after a rebalance relies on.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        users[user] = state
+    finally:
+        _current_event.reset(token)
 
 
 def _update_lag(app: faust.App, cfg: EngineConfig, metrics: Metrics, last_offset: dict[int, int]) -> None:

@@ -1,0 +1,75 @@
+"""An engine worker as a child process: what `explore demo`, the benchmark and the tests start."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+from streams.config import EngineConfig
+from streams.infra.process import ManagedProcess, free_port, wait_until
+
+
+def http_json(url: str, timeout_s: float = 2.0) -> tuple[int, dict]:
+    """(status, JSON body) of a GET; status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        try:
+            return e.code, json.loads(e.read() or b"{}")
+        except ValueError:
+            return e.code, {}
+    except (OSError, ValueError):
+        return 0, {}
+
+
+class WorkerProcess:
+    """`python -m streams.app worker` with `cfg` in its environment; its own web port and data dir."""
+
+    def __init__(self, cfg: EngineConfig, work_dir: Path, name: str = "worker",
+                 extra_env: dict[str, str] | None = None) -> None:
+        work_dir = Path(work_dir)
+        self.cfg = replace(cfg, web_port=cfg.web_port if cfg.web_port != 6066 else free_port(),
+                           data_dir=cfg.data_dir or str(work_dir / name / "data"))
+        env = {**os.environ, **self.cfg.as_env(), **(extra_env or {})}
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+        self.proc = ManagedProcess(name, [sys.executable, "-m", "streams.app", "worker", "-l", "info"],
+                                   work_dir / f"{name}.log", env=env)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.cfg.web_port}"
+
+    def start(self, wait_s: float = 90.0) -> WorkerProcess:
+        self.proc.start()
+        if wait_s:
+            self.wait_ready(wait_s)
+        return self
+
+    def wait_ready(self, timeout_s: float = 90.0) -> float:
+        return wait_until(lambda: http_json(self.url + "/ready")[0] == 200, timeout_s,
+                          f"engine worker {self.proc.name}", self.proc, interval_s=0.25)
+
+    def get(self, path: str) -> tuple[int, dict]:
+        return http_json(self.url + path)
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        self.proc.stop(grace_s=grace_s)
+
+    def alive(self) -> bool:
+        return self.proc.alive()
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
