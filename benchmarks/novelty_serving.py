@@ -1,36 +1,71 @@
-"""Does a KV cache pay for the novelty LM? And what the constrained search costs, PyTorch vs ONNX vs Triton.
+"""The novelty LM's KV cache, measured: no cache vs cache, per step and per proposal, PyTorch vs ONNX vs Triton.
 
-A KV cache saves re-reading the prompt at every decoding step. Its best case is a step that reads
-one new token; without it a step reads the whole sequence (prompt + description so far, ~20-40
-tokens). This measures the exported graph's cost per step at both lengths for the batch sizes the
-beam search uses: if reading the whole sequence costs little more than one token, the cache (and
-the past-key-value inputs and outputs it adds to the graph and to every Triton call) cannot pay.
-Then it times proposals for real contexts through the PyTorch LM, the ONNX twin and Triton.
+Without a cache every decoding step re-reads each hypothesis's whole sequence (prompt + description
+so far, ~30-40 tokens) through `model.onnx`; with it, `prefill.onnx` encodes each prompt once and
+every step feeds one token per hypothesis to `step.onnx` over its parent's keys and values. This
+prints, side by side:
 
-Run: python benchmarks/novelty_serving.py --model runs/ml-novelty [--contexts 256]
+1. the cost of one graph call at the batch sizes the beam search uses: the full sequence through the
+   no-cache graph vs one token through the step graph (past as long as the sequence), and the ratio;
+2. top-M proposals for the same contexts through PyTorch, the onnxruntime twin and Triton, each with
+   and without the cache (Triton: the `kv_cache` parameter of `interest_generator`), with contexts/s,
+   the speed-up, and the largest difference between the two paths' answers (clusters must be equal,
+   scores within 1e-4).
+
+Run: python benchmarks/novelty_serving.py --model runs/ml-novelty [--contexts 256] [--no-triton]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from exporters.novelty_onnx import OnnxNextLogProbs, export_generator
-from interests.constrained import DescriptionTrie, beam_search
+from exporters.novelty_onnx import OnnxNextLogProbs, export_generator, onnx_kv_cache
+from interests.constrained import DescriptionTrie, beam_search, beam_search_cached
 from interests.novelty_lm import NoveltyLM
 from streams.inference.novelty import OnnxNovelty, TritonNovelty
 
 
-def per_call_ms(fn, arg, repeat: int = 20) -> float:  # type: ignore[no-untyped-def]
-    fn(arg)
+def per_call_ms(fn, repeat: int = 20) -> float:  # type: ignore[no-untyped-def]
+    fn()
     t0 = time.perf_counter()
     for _ in range(repeat):
-        fn(arg)
+        fn()
     return (time.perf_counter() - t0) / repeat * 1000
+
+
+def timed(fn):  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def as_arrays(results: list[list[tuple[int, float]]], m: int) -> tuple[np.ndarray, np.ndarray]:
+    clusters, scores = np.full((len(results), m), -1), np.full((len(results), m), -1e9, dtype=np.float32)
+    for i, r in enumerate(results):
+        for j, (c, s) in enumerate(r):
+            clusters[i, j], scores[i, j] = c, s
+    return clusters, scores
+
+
+def same(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> str:
+    if not np.array_equal(a[0], b[0]):
+        return f"CLUSTERS DIFFER in {int((a[0] != b[0]).any(1).sum())} rows"
+    return f"same clusters, max |score diff| {float(np.abs(a[1] - b[1]).max()):.1e}"
+
+
+def no_cache_repository(repo: Path, dest: Path) -> Path:
+    """A copy of the repository whose interest_generator runs without the cache."""
+    shutil.copytree(repo, dest)
+    config = dest / "interest_generator" / "config.pbtxt"
+    config.write_text(re.sub(r'(key: "kv_cache", value: \{ string_value: )"true"', r'\1"false"', config.read_text()))
+    return dest
 
 
 def main() -> None:
@@ -39,49 +74,75 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, default=256)
     parser.add_argument("--m", type=int, default=5)
     parser.add_argument("--beam", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-triton", action="store_true")
     args = parser.parse_args()
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     lm = NoveltyLM.load(args.model)
     work = Path(tempfile.mkdtemp(prefix="bench-novelty-"))
     onnx_path = export_generator(lm, work / "repo")
-    onnx = OnnxNextLogProbs(onnx_path, lm.pad_id, threads=2)
+    full_graph = OnnxNextLogProbs(onnx_path, lm.pad_id, threads=args.threads)
+    cache = onnx_kv_cache(onnx_path.parent, lm.pad_id, threads=args.threads)
     n, k = len(lm.descriptions), lm.meta.get("k", 2)
     rng = np.random.default_rng(0)
     contexts = np.stack([rng.permutation(n)[:k] for _ in range(args.contexts)]).astype(np.int64)
     full = [lm.prompt_ids(c) + lm.pieces[int(c[0])][:3] for c in contexts]
-    print(f"novelty LM: {n} clusters, vocab {len(lm.tokenizer)}, prompt+prefix length "
-          f"{int(np.mean([len(s) for s in full]))} tokens\n")
-    print(f"{'batch':>5} {'1 token ms':>11} {'full seq ms':>12} {'ratio':>6}")
-    for batch in (8, 64, 256):
-        one = [[s[-1]] for s in full[:batch]]
-        a, b = per_call_ms(onnx, one), per_call_ms(onnx, full[:batch])
-        print(f"{batch:>5} {a:>11.2f} {b:>12.2f} {b / a:>6.2f}")
+    length = int(np.mean([len(s) for s in full]))
+    prior = lm.prior
+    print(f"novelty LM: {n} clusters, vocab {len(lm.tokenizer)}, {lm.meta.get('lm_config', {}).get('layers')} layers; "
+          f"prompt + prefix ~{length} tokens; prior alpha {(lm.meta.get('prior') or {}).get('alpha', 0):g}; "
+          f"{args.threads} threads\n")
+    print("one decoding step (onnxruntime):")
+    print(f"{'batch':>7} {'no cache: full seq ms':>22} {'cache: 1 token ms':>18} {'ratio':>6}")
+    for batch in (8, 64, 256, 512):
+        seqs = [full[i % len(full)] for i in range(batch)]
+        _, state = cache.prefill([s[:-1] for s in seqs])
+        parents, last = np.arange(batch), np.array([s[-1] for s in seqs])
+        a = per_call_ms(lambda seqs=seqs: full_graph(seqs))
+        b = per_call_ms(lambda state=state, parents=parents, last=last: cache.step(state, parents, last))
+        print(f"{batch:>7} {a:>22.2f} {b:>18.2f} {a / b:>6.1f}")
 
     exclude = np.zeros((len(contexts), n), bool)
     trie = DescriptionTrie(lm.sequences)
-    t0 = time.perf_counter()
-    beam_search(lm.next_logprobs, trie, [lm.prompt_ids(c) for c in contexts], [set(c.tolist()) for c in contexts],
-                args.m, args.beam)
-    torch_s = time.perf_counter() - t0
-    twin = OnnxNovelty(onnx_path.parent, args.m, args.beam)
-    t0 = time.perf_counter()
-    twin.propose(contexts, exclude)
-    onnx_s = time.perf_counter() - t0
-    from streams.infra.triton import EmbeddedTriton
+    prompts, excludes = [lm.prompt_ids(c) for c in contexts], [set(c.tolist()) for c in contexts]
+    rows: list[tuple[str, float, float, str]] = []
 
-    with EmbeddedTriton(work / "repo", work / "triton") as server:
-        client = TritonNovelty(server.grpc_url, timeout_s=120)
-        client.propose(contexts[:2], exclude[:2])
-        t0 = time.perf_counter()
-        for start in range(0, len(contexts), 64):
-            client.propose(contexts[start:start + 64], exclude[start:start + 64])
-        triton_s = time.perf_counter() - t0
-        client.close()
-    print(f"\ntop-{args.m} novel clusters (beam {args.beam}) for {len(contexts)} contexts:")
-    for name, secs in (("PyTorch", torch_s), ("onnxruntime twin", onnx_s), ("Triton (batches of 64)", triton_s)):
-        print(f"  {name:24} {secs:6.2f} s  {len(contexts) / secs:7.0f} contexts/s")
+    def chunks(fn):  # type: ignore[no-untyped-def]
+        parts = [fn(slice(s, s + 64)) for s in range(0, len(contexts), 64)]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    # PyTorch: batches of 64 contexts, as explore novelty precompute and eval run
+    torch_nc, t_nc = timed(lambda: chunks(lambda s: as_arrays(beam_search(
+        lm.next_logprobs, trie, prompts[s], excludes[s], args.m, args.beam, prior), args.m)))
+    torch_c, t_c = timed(lambda: chunks(lambda s: as_arrays(beam_search_cached(
+        lm, trie, prompts[s], excludes[s], args.m, args.beam, prior), args.m)))
+    rows.append(("PyTorch", t_nc, t_c, same(torch_nc, torch_c)))
+    twin_nc = OnnxNovelty(onnx_path.parent, args.m, args.beam, args.threads, kv_cache=False)
+    twin_c = OnnxNovelty(onnx_path.parent, args.m, args.beam, args.threads, kv_cache=True)
+    onnx_nc, o_nc = timed(lambda: chunks(lambda s: twin_nc.propose(contexts[s], exclude[s])))
+    onnx_c, o_c = timed(lambda: chunks(lambda s: twin_c.propose(contexts[s], exclude[s])))
+    rows.append(("onnxruntime twin", o_nc, o_c, same(onnx_nc, onnx_c)))
+    if not args.no_triton:
+        from streams.infra.triton import EmbeddedTriton
+
+        answers = {}
+        repos = {"cache": work / "repo", "no cache": no_cache_repository(work / "repo", work / "repo-nc")}
+        for name, repo in repos.items():
+            with EmbeddedTriton(repo, work / f"triton-{name.replace(' ', '-')}") as server:
+                client = TritonNovelty(server.grpc_url, timeout_s=120)
+                client.propose(contexts[:2], exclude[:2])
+                answers[name] = timed(lambda client=client: chunks(lambda s: client.propose(contexts[s], exclude[s])))
+                client.close()
+        rows.append(("Triton (gRPC)", answers["no cache"][1], answers["cache"][1],
+                     same(answers["no cache"][0], answers["cache"][0])))
+        print(f"\nTriton (cache) vs PyTorch (no cache): {same(torch_nc, answers['cache'][0])}")
+    print(f"onnxruntime twin (cache) vs PyTorch (no cache): {same(torch_nc, onnx_c)}")
+    print(f"\ntop-{args.m} novel clusters (beam {args.beam}) for {len(contexts)} contexts in batches of 64:")
+    print(f"  {'':18} {'no cache ctx/s':>15} {'cache ctx/s':>12} {'speed-up':>9}  answers (no cache vs cache)")
+    for name, a, b, agree in rows:
+        print(f"  {name:18} {len(contexts) / a:>15.0f} {len(contexts) / b:>12.0f} {a / b:>8.1f}x  {agree}")
 
 
 if __name__ == "__main__":

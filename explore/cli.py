@@ -311,6 +311,9 @@ def cmd_seqrec_export(args: argparse.Namespace) -> int:
 
 # --- explore novelty -----------------------------------------------------------------------
 
+# the same as interests.novelty_prior.DEFAULT_ALPHAS (not imported here: the parser stays light)
+DEFAULT_PRIOR_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 50.0)
+
 
 def _novelty_split(args: argparse.Namespace, k: int, level: int | None):  # type: ignore[no-untyped-def]
     """(dataset, catalog, level, all examples, time split) for the novelty commands."""
@@ -351,16 +354,59 @@ def cmd_novelty_train(args: argparse.Namespace) -> int:
     print(f"  {'':8}" + "".join(f"{k:>18}" for k in before))
     for name, d in (("before", before), ("after", after)):
         print(f"  {name:8}" + "".join(f"{v:>18.3f}" if v % 1 else f"{int(v):>18}" for v in d.values()))
-    cfg = LMConfig(layers=args.layers, dim=args.dim, heads=args.heads, lr=args.lr, batch_size=args.batch_size,
-                   epochs=args.epochs, patience=args.patience, seed=args.seed, base_model=args.base_model,
-                   lora=args.lora, allow_download=args.allow_download)
+    cfg = LMConfig(layers=args.layers, dim=args.dim, heads=args.heads, dropout=args.dropout, lr=args.lr,
+                   batch_size=args.batch_size, epochs=args.epochs, patience=args.patience, seed=args.seed,
+                   base_model=args.base_model, lora=args.lora, allow_download=args.allow_download)
     meta = {"catalog_version": catalog.version, "level": level, "k": args.k, "dataset": ds.name,
             "cut_valid": split.cut_valid, "cut_test": split.cut_test, "max_per_target": cap_t,
             "max_per_context": cap_c, "distribution_before": before, "distribution_after": after}
     lm, info = train_novelty_lm(catalog.descriptions(level), train, split.valid, cfg, meta, progress=not args.quiet)
-    lm.save(args.out)
     print(f"trained in {info['seconds']:.0f} s ({len(info['history'])} epochs, best valid loss "
-          f"{info['best_valid_loss']:.4f}); model: {args.out}")
+          f"{info['best_valid_loss']:.4f})")
+    if args.prior_alphas:
+        _choose_prior(lm, split, n, args.prior_m, [float(a) for a in args.prior_alphas.split(",")])
+    lm.save(args.out)
+    print(f"model: {args.out}")
+    return 0
+
+
+def _choose_prior(lm, split, n_clusters: int, m: int, alphas: list[float]) -> None:  # type: ignore[no-untyped-def]
+    """alpha of the popularity prior by validation hit rate@M (never the test split); stored in lm.meta."""
+    from interests.novelty_prior import choose_alpha, popularity_log_prior
+
+    t0 = time.perf_counter()
+    log_p = popularity_log_prior(split.train, n_clusters)
+    best, curve = choose_alpha(lm, split.valid, log_p, m, alphas)
+    print(f"popularity prior: score = log P_LM(desc | ctx) + alpha * log P_pop(cluster); validation hit@{m} "
+          f"({len(split.valid):,} moments, {time.perf_counter() - t0:.0f} s):")
+    print("  alpha  " + "".join(f"{a:>7g}" for a in curve))
+    print("  hit    " + "".join(f"{h:>7.3f}" for h in curve.values()))
+    from interests.novelty_eval import hit_rate, popular_proposals
+
+    pop = hit_rate(popular_proposals(split.train, n_clusters, [set(k) for k in split.valid.known], m),
+                   split.valid.targets)
+    print(f"  chosen alpha = {best:g} (validation hit@{m} {curve[best]:.3f}, without the prior "
+          f"{curve.get(0.0, float('nan')):.3f}; popular baseline on validation {pop:.3f})")
+    lm.meta["prior"] = {"alpha": best, "log_p": log_p.tolist(), "smoothing": 1.0, "m": m,
+                        "source": "novel targets of the training split (uncapped)",
+                        "validation_curve": {f"{a:g}": h for a, h in curve.items()}}
+
+
+def cmd_novelty_prior(args: argparse.Namespace) -> int:
+    import json
+
+    from interests.novelty_lm import NoveltyLM
+
+    lm = NoveltyLM.load(args.model)
+    _, catalog, level, _, split = _novelty_split(args, lm.meta["k"], lm.meta["level"])
+    if catalog.version != lm.meta["catalog_version"]:
+        from interests.catalog import CatalogError
+
+        raise CatalogError(f"{args.model} was trained with catalog {lm.meta['catalog_version']}, not {catalog.version}")
+    _choose_prior(lm, split, catalog.levels[level], args.m, [float(a) for a in args.alphas.split(",")])
+    path = Path(args.model) / "novelty.json"
+    path.write_text(json.dumps({**lm.meta, "descriptions": lm.descriptions}, indent=1))
+    print(f"prior written to {path} (re-export the model for Triton: explore novelty export)")
     return 0
 
 
@@ -387,16 +433,21 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
         raise CatalogError(f"{args.model} was trained with catalog {meta['catalog_version']}, not {catalog.version}")
     n, m, test = catalog.levels[level], args.m, split.test
     excludes = [set(k) for k in test.known]
+    prior = lm.prior
+    with_prior = f"novelty LM + prior a={meta['prior']['alpha']:g}" if prior is not None else None
     t0 = time.perf_counter()
-    methods = {"novelty LM (constrained)": lm_proposals(lm, test.contexts, excludes, m, args.beam)[0]}
+    methods = {"novelty LM": lm_proposals(lm, test.contexts, excludes, m, args.beam)[0]}
     lm_s = time.perf_counter() - t0
+    if with_prior:
+        methods[with_prior] = lm_proposals(lm, test.contexts, excludes, m, args.beam, prior=prior)[0]
     methods["random novel cluster"] = random_proposals(n, excludes, m, args.seed)
     methods["popular novel clusters"] = popular_proposals(split.train, n, excludes, m)
     methods["transition counts"] = transition_proposals(split.train, n, test.contexts, excludes, m)
     contexts = np.unique(examples.contexts, axis=0)
     ctx_ex = [set(c.tolist()) for c in contexts]
     all_ctx = {"novel-transition targets": None,
-               "novelty LM (constrained)": lm_proposals(lm, contexts, ctx_ex, m, args.beam)[0],
+               "novelty LM": lm_proposals(lm, contexts, ctx_ex, m, args.beam)[0],
+               **({with_prior: lm_proposals(lm, contexts, ctx_ex, m, args.beam, prior=prior)[0]} if with_prior else {}),
                "random novel cluster": random_proposals(n, ctx_ex, m, args.seed),
                "popular novel clusters": popular_proposals(split.train, n, ctx_ex, m),
                "transition counts": transition_proposals(split.train, n, contexts, ctx_ex, m)}
@@ -406,7 +457,7 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
     buckets = context_frequency_buckets(split.train, test.contexts)
     print(f"test: {len(test):,} novel transitions after {time.strftime('%Y-%m-%d', time.gmtime(split.cut_test))}; "
           f"{len(contexts):,} distinct contexts; M = {m}; clusters the user knows are excluded for every method")
-    head = f"  {'method':26} {'hit@' + str(m):>8} {'unseen ctx':>11} {'rare ctx':>9} {'common ctx':>11} " \
+    head = f"  {'method':30} {'hit@' + str(m):>8} {'unseen ctx':>11} {'rare ctx':>9} {'common ctx':>11} " \
            f"{'coverage':>9} {'entropy':>8} {'JSD':>7}"
     print(head)
     report = {}
@@ -416,16 +467,19 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
               for k in range(3)]
         report[name] = {"hit": hit_rate(props, test.targets), "hit_by_context_frequency": by, **d}
         by_text = [f"{h:.3f}" if h == h else "-" for h in by]  # nan: no such test moment
-        print(f"  {name:26} {report[name]['hit']:>8.3f} {by_text[0]:>11} {by_text[1]:>9} {by_text[2]:>11} "
+        print(f"  {name:30} {report[name]['hit']:>8.3f} {by_text[0]:>11} {by_text[1]:>9} {by_text[2]:>11} "
               f"{d['coverage']:>9.3f} {d['entropy_bits']:>8.2f} {d['jsd_bits']:>7.3f}")
     emp = diversity([[int(t)] for t in examples.targets], n, examples.targets)
-    print(f"  {'(empirical novel targets)':26} {'':>8} {'':>11} {'':>9} {'':>11} {emp['coverage']:>9.3f} "
+    print(f"  {'(empirical novel targets)':30} {'':>8} {'':>11} {'':>9} {'':>11} {emp['coverage']:>9.3f} "
           f"{emp['entropy_bits']:>8.2f} {0.0:>7.3f}")
     print(f"  test contexts unseen / rare (1-4) / common (5+) in training: "
           f"{[int((buckets == k).sum()) for k in range(3)]}")
     print(f"match rate (outputs that are catalog clusters): constrained 100 % by construction; "
           f"unconstrained greedy {100 * greedy:.1f} % on {len(sample)} contexts")
-    print(f"LM proposals for {len(test):,} test moments took {lm_s:.1f} s")
+    print(f"LM proposals for {len(test):,} test moments took {lm_s:.1f} s (beam {args.beam}, KV cache)")
+    if with_prior:
+        print(f"prior: alpha {meta['prior']['alpha']:g} chosen on the validation split "
+              f"(hit@{meta['prior'].get('m', m)} by alpha: {meta['prior'].get('validation_curve')})")
     (Path(args.model) / "eval.json").write_text(json.dumps(
         {"m": m, "methods": report, "greedy_match_rate": greedy, "test_examples": len(test),
          "buckets": [int((buckets == k).sum()) for k in range(3)]}, indent=1))
@@ -438,10 +492,11 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from interests.constrained import DescriptionTrie, beam_search
+    from interests.constrained import DescriptionTrie, beam_search, beam_search_cached
     from interests.novelty_lm import NoveltyLM
 
     lm = NoveltyLM.load(args.model)
+    prior = None if args.no_prior else lm.prior
     n, k = len(lm.descriptions), lm.meta["k"]
     if args.all_contexts:
         contexts = [list(c) for c in itertools.permutations(range(n), k)]
@@ -456,8 +511,12 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
     with open(out, "w") as f, tqdm(total=len(contexts), desc="contexts", unit="ctx", disable=args.quiet) as bar:
         for start in range(0, len(contexts), args.batch):
             chunk = contexts[start:start + args.batch]
-            results = beam_search(lm.next_logprobs, trie, [lm.prompt_ids(c) for c in chunk],
-                                  [set(c) for c in chunk], args.top, max(args.beam, args.top))
+            prompts, excludes = [lm.prompt_ids(c) for c in chunk], [set(c) for c in chunk]
+            if args.no_cache:
+                results = beam_search(lm.next_logprobs, trie, prompts, excludes, args.top, max(args.beam, args.top),
+                                      prior)
+            else:
+                results = beam_search_cached(lm, trie, prompts, excludes, args.top, max(args.beam, args.top), prior)
             for ctx, r in zip(chunk, results, strict=True):
                 row = {"context": ctx, "clusters": [c for c, _ in r], "scores": [round(s, 5) for _, s in r],
                        "catalog_version": lm.meta["catalog_version"]}
@@ -465,7 +524,10 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
                 f.write(json.dumps(row) + "\n")
             bar.update(len(chunk))
     secs = time.perf_counter() - t0
-    print(f"{len(rows):,} contexts in {secs:.1f} s ({len(rows) / secs:.0f} contexts/s); table: {out}")
+    how = "no cache" if args.no_cache else "KV cache"
+    print(f"{len(rows):,} contexts in {secs:.1f} s ({len(rows) / secs:.0f} contexts/s; top {args.top}, beam "
+          f"{max(args.beam, args.top)}, {how}, prior alpha {0 if prior is None else lm.meta['prior']['alpha']:g}); "
+          f"table: {out}")
     if args.publish:
         from streams.novelty_table import publish_table
 
@@ -483,10 +545,13 @@ def cmd_novelty_export(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
     n, k = len(lm.descriptions), lm.meta.get("k", 2)
     contexts = np.stack([rng.permutation(n)[:k] for _ in range(32)])
-    diff = check_lm_parity(lm, onnx_path, contexts)
-    print(f"wrote {onnx_path.parent.parent} (catalog {lm.meta.get('catalog_version')}, {n} clusters, K = {k})")
-    print(f"ONNX vs PyTorch next-token log-probabilities on 64 sequences: max |diff| {diff:.2e}")
-    return 0 if diff <= 1e-3 else 1
+    diffs = check_lm_parity(lm, onnx_path, contexts)
+    alpha = (lm.meta.get("prior") or {}).get("alpha", 0)
+    print(f"wrote {onnx_path.parent.parent} (catalog {lm.meta.get('catalog_version')}, {n} clusters, K = {k}, "
+          f"prior alpha {alpha:g})")
+    print("ONNX vs PyTorch (no cache) next-token log-probabilities, max |diff|: "
+          + ", ".join(f"{name} {d:.2e}" for name, d in diffs.items()))
+    return 0 if max(diffs.values()) <= 1e-3 else 1
 
 
 # --- argument parsing ---------------------------------------------------------------------
@@ -604,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     nt.add_argument("--layers", type=int, default=2)
     nt.add_argument("--dim", type=int, default=128)
     nt.add_argument("--heads", type=int, default=4)
+    nt.add_argument("--dropout", type=float, default=0.1)
     nt.add_argument("--lr", type=float, default=2e-3)
     nt.add_argument("--batch-size", type=int, default=64)
     nt.add_argument("--epochs", type=int, default=30)
@@ -613,6 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
     nt.add_argument("--lora", action="store_true", help="fine-tune --base-model through LoRA (needs peft)")
     nt.add_argument("--allow-download", action="store_true", help="let --base-model come from the Hugging Face hub")
     nt.add_argument("--seed", type=int, default=0)
+    nt.add_argument("--prior-alphas", default=",".join(f"{a:g}" for a in DEFAULT_PRIOR_ALPHAS),
+                    help="alphas of the popularity prior to try on the validation split ('' for no prior)")
+    nt.add_argument("--prior-m", type=int, default=5, help="M of the validation hit rate that chooses alpha")
     nt.add_argument("--out", type=Path, default=Path("runs/novelty"), help="model directory")
     nt.add_argument("--quiet", action="store_true")
     nt.set_defaults(func=cmd_novelty_train)
@@ -626,6 +695,15 @@ def build_parser() -> argparse.ArgumentParser:
     ne.add_argument("--greedy-sample", type=int, default=300, help="contexts for the unconstrained match rate")
     ne.add_argument("--seed", type=int, default=0)
     ne.set_defaults(func=cmd_novelty_eval)
+    npr = nsub.add_parser("prior", help="choose alpha of the popularity prior on the validation split",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataset_args(npr)
+    npr.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
+    npr.add_argument("--model", type=Path, default=Path("runs/novelty"))
+    npr.add_argument("--m", type=int, default=5, help="M of the validation hit rate")
+    npr.add_argument("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_PRIOR_ALPHAS),
+                     help="alphas to try (0 = no prior)")
+    npr.set_defaults(func=cmd_novelty_prior)
     nx = nsub.add_parser("export", help="the LM to ONNX, checked against PyTorch, as Triton's interest_generator",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     nx.add_argument("--model", type=Path, default=Path("runs/novelty"))
@@ -642,6 +720,8 @@ def build_parser() -> argparse.ArgumentParser:
     npc.add_argument("--top", type=int, default=10, help="clusters kept per context (workers drop the known ones)")
     npc.add_argument("--beam", type=int, default=10)
     npc.add_argument("--batch", type=int, default=64, help="contexts per decoding batch")
+    npc.add_argument("--no-cache", action="store_true", help="re-read whole sequences at every step (reference)")
+    npc.add_argument("--no-prior", action="store_true", help="decode without the model's popularity prior")
     npc.add_argument("--out", type=Path, default=Path("runs/novelty/table.jsonl"))
     npc.add_argument("--publish", action="store_true", help="also publish to the compacted topic")
     npc.add_argument("--topic", default="novel-interests")

@@ -7,10 +7,18 @@ already knows) are removed from the trie for the request, so the known trap of c
 decoding, a beam whose every next token is masked falling back to free text, cannot happen: a
 node is only entered while at least one allowed description lies below it.
 
-Scores are total log-probabilities of a description's tokens (end token included). They only
-decrease as a hypothesis grows, so the search stops as soon as M finished clusters score at least
-as well as every live hypothesis: with a beam as wide as the catalog it is exhaustive, which the
-tests check against scoring every description.
+A cluster's score is the total log-probability of its description's tokens (end token included)
+plus an optional per-cluster prior (`prior[c]`, e.g. alpha * log P_pop(c)), added at the leaf.
+Log-probabilities only decrease as a hypothesis grows, so a live hypothesis can at best reach its
+score plus the largest prior among the allowed clusters below it: the search ranks live
+hypotheses by that bound and stops as soon as M finished clusters score at least as well as
+every live bound. With a beam as wide as the catalog it is exhaustive, which the tests check
+against scoring every description.
+
+Two ways to get next-token log-probabilities, same answers: `beam_search` re-reads every
+sequence at every step (`next_logprobs`, the reference); `beam_search_cached` encodes each
+prompt once (`lm.prefill`) and then feeds one token per hypothesis over the key/value cache of its
+parent (`lm.step`), which is several times cheaper.
 
 numpy and the standard library only: Triton's `interest_generator` model runs this very file.
 """
@@ -19,11 +27,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
 NextLogProbs = Callable[[list[list[int]]], np.ndarray]  # token sequences -> [n, vocab] log-probs
 EXCLUDED = -1e9  # the score of a slot that no allowed cluster fills (its cluster is -1)
+
+
+class CachedLM(Protocol):
+    """Next-token log-probabilities with a key/value cache; the state is opaque to the search."""
+
+    def prefill(self, prompts: list[list[int]]) -> tuple[np.ndarray, Any]:
+        """Log-probs [n, vocab] after each prompt, and a state whose row i is prompt i."""
+
+    def step(self, state: Any, parents: np.ndarray, tokens: np.ndarray) -> tuple[np.ndarray, Any]:
+        """Row i of the new state is row `parents[i]` of `state` followed by `tokens[i]`; its log-probs."""
 
 
 @dataclass
@@ -63,43 +82,84 @@ class DescriptionTrie:
 @dataclass
 class _Hyp:
     request: int
-    score: float
+    score: float  # log-probability of the tokens so far
+    bound: float  # score + the best prior among the allowed clusters below: the best it can end with
     node: Node
     tokens: list[int]
+    parent: int  # row of the parent hypothesis in the previous step's batch (-1 for a root)
 
 
-def beam_search(next_logprobs: NextLogProbs, trie: DescriptionTrie, prompts: Sequence[Sequence[int]],
-                excludes: Sequence[set[int] | frozenset[int]], top_m: int, beam: int) -> list[list[tuple[int, float]]]:
-    """Top-M (cluster, log-probability) per prompt, best first; excluded clusters never appear.
-
-    All hypotheses of all prompts go to `next_logprobs` together, one call per decoding step. The
-    beam is at least M wide: every live hypothesis still leads to an allowed cluster, so M live
-    ones guarantee M answers (or all the allowed clusters, when fewer).
-    """
+def _search(first: Callable[[list[int]], np.ndarray], advance: Callable[[list[_Hyp]], np.ndarray],
+            trie: DescriptionTrie, n_prompts: int, excludes: Sequence[set[int] | frozenset[int]], top_m: int,
+            beam: int, prior: Sequence[float] | np.ndarray | None) -> list[list[tuple[int, float]]]:
     beam = max(beam, top_m)
-    results: list[list[tuple[int, float]]] = [[] for _ in prompts]
-    live = [_Hyp(r, 0.0, trie.root, []) for r in range(len(prompts)) if trie.root.clusters - set(excludes[r])]
+    bonus = np.zeros(trie.n_clusters) if prior is None else np.asarray(prior, dtype=np.float64)
+    if bonus.shape != (trie.n_clusters,):
+        raise ValueError(f"the prior needs one value per cluster ({trie.n_clusters}), not {bonus.shape}")
+    flat = not bonus.any()  # no prior: the bound is the score itself
+    results: list[list[tuple[int, float]]] = [[] for _ in range(n_prompts)]
+    roots = [r for r in range(n_prompts) if trie.root.clusters - set(excludes[r])]
+    live = [_Hyp(r, 0.0, 0.0, trie.root, [], -1) for r in roots]
+    logprobs = first(roots) if live else None
     while live:
-        logprobs = next_logprobs([list(prompts[h.request]) + h.tokens for h in live])
         grown: dict[int, list[_Hyp]] = {}
-        for h, row in zip(live, logprobs, strict=True):
+        for row_index, (h, row) in enumerate(zip(live, logprobs, strict=True)):
             banned = excludes[h.request]
             for tok, child in h.node.children.items():
-                if not (child.clusters - banned):
+                allowed = child.clusters - banned
+                if not allowed:
                     continue  # every description below is excluded: never enter
                 score = h.score + float(row[tok])
                 if child.cluster is not None:
-                    results[h.request].append((child.cluster, score))
+                    results[h.request].append((child.cluster, score + float(bonus[child.cluster])))
                 else:
-                    grown.setdefault(h.request, []).append(_Hyp(h.request, score, child, [*h.tokens, tok]))
+                    bound = score if flat else score + max(float(bonus[c]) for c in allowed)
+                    grown.setdefault(h.request, []).append(
+                        _Hyp(h.request, score, bound, child, [*h.tokens, tok], row_index))
         live = []
         for request, hyps in grown.items():
-            hyps.sort(key=lambda h: -h.score)
+            hyps.sort(key=lambda h: -h.bound)
             done = sorted(results[request], key=lambda cs: -cs[1])[:top_m]
             if len(done) >= top_m:  # nothing live can still beat the M-th finished one
-                hyps = [h for h in hyps if h.score > done[-1][1]]
+                hyps = [h for h in hyps if h.bound > done[-1][1]]
             live += hyps[:beam]
+        if live:
+            logprobs = advance(live)
     return [sorted(r, key=lambda cs: -cs[1])[:top_m] for r in results]
+
+
+def beam_search(next_logprobs: NextLogProbs, trie: DescriptionTrie, prompts: Sequence[Sequence[int]],
+                excludes: Sequence[set[int] | frozenset[int]], top_m: int, beam: int,
+                prior: Sequence[float] | np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+    """Top-M (cluster, score) per prompt, best first; excluded clusters never appear (no cache).
+
+    All hypotheses of all prompts go to `next_logprobs` together, one call per decoding step, each
+    as its whole sequence (prompt + description so far). The beam is at least M wide: every live
+    hypothesis still leads to an allowed cluster, so M live ones guarantee M answers (or all the
+    allowed clusters, when fewer).
+    """
+    return _search(lambda roots: next_logprobs([list(prompts[r]) for r in roots]),
+                   lambda live: next_logprobs([list(prompts[h.request]) + h.tokens for h in live]),
+                   trie, len(prompts), excludes, top_m, beam, prior)
+
+
+def beam_search_cached(lm: CachedLM, trie: DescriptionTrie, prompts: Sequence[Sequence[int]],
+                       excludes: Sequence[set[int] | frozenset[int]], top_m: int, beam: int,
+                       prior: Sequence[float] | np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+    """`beam_search` over a key/value cache: each prompt is encoded once, then every step feeds one
+    token per hypothesis after the cached keys and values of its parent. Same answers."""
+    state: list[Any] = [None]
+
+    def first(roots: list[int]) -> np.ndarray:
+        logprobs, state[0] = lm.prefill([list(prompts[r]) for r in roots])
+        return logprobs
+
+    def advance(live: list[_Hyp]) -> np.ndarray:
+        logprobs, state[0] = lm.step(state[0], np.array([h.parent for h in live], dtype=np.int64),
+                                     np.array([h.tokens[-1] for h in live], dtype=np.int64))
+        return logprobs
+
+    return _search(first, advance, trie, len(prompts), excludes, top_m, beam, prior)
 
 
 def exhaustive_scores(next_logprobs: NextLogProbs, prompt: Sequence[int],
@@ -127,20 +187,55 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarra
     return ids, mask
 
 
+class KVCache:
+    """`CachedLM` over two exported graphs (onnxruntime sessions, or anything with their signature).
+
+    `prefill(ids [n, T], mask [n, T]) -> (logprobs [n, vocab], present [layers, 2, n, heads, T, dim])`
+    over left-padded prompts; `step(ids [n, 1], mask [n, P + 1], past [layers, 2, n, heads, P, dim])
+    -> (logprobs, present [.., P + 1, ..])`. The state is (past, mask); a step gathers the parents'
+    rows and appends the new token to the mask (the padding stays masked out).
+    """
+
+    def __init__(self, prefill: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+                 step: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+                 pad_id: int) -> None:
+        self._prefill, self._step, self.pad_id = prefill, step, pad_id
+
+    def prefill(self, prompts: list[list[int]]) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        ids, mask = left_pad(prompts, self.pad_id)
+        logprobs, present = self._prefill(ids, mask)
+        return logprobs, (present, mask)
+
+    def step(self, state: tuple[np.ndarray, np.ndarray], parents: np.ndarray,
+             tokens: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+        past, mask = state
+        past = np.ascontiguousarray(past[:, :, parents])
+        mask = np.concatenate([mask[parents], np.ones((len(parents), 1), dtype=np.int64)], axis=1)
+        logprobs, present = self._step(np.asarray(tokens, dtype=np.int64).reshape(-1, 1), mask, past)
+        return logprobs, (present, mask)
+
+
 class Generator:
     """Novel clusters from an exported LM: what Triton's `interest_generator` and its twin run.
 
-    `spec` is the exporter's decoder.json (pre-tokenised prompt pieces and description sequences);
-    `run(ids, mask)` returns next-token log-probabilities [n, vocab] (an onnxruntime session).
+    `spec` is the exporter's decoder.json (pre-tokenised prompt pieces, description sequences and
+    the per-cluster prior, if any); `run(ids, mask)` returns next-token log-probabilities
+    [n, vocab] (an onnxruntime session over model.onnx, no cache). With `cached` (a `KVCache` over
+    prefill.onnx and step.onnx) the search runs over the key/value cache instead; same answers.
     """
 
-    def __init__(self, spec: dict, run: Callable[[np.ndarray, np.ndarray], np.ndarray], top_m: int,
-                 beam: int) -> None:
-        self.spec, self.run, self.top_m, self.beam = spec, run, top_m, beam
+    def __init__(self, spec: dict, run: Callable[[np.ndarray, np.ndarray], np.ndarray] | None, top_m: int,
+                 beam: int, cached: CachedLM | None = None) -> None:
+        if run is None and cached is None:
+            raise ValueError("Generator needs `run` (no cache) or `cached` (a KV cache)")
+        self.spec, self.run, self.top_m, self.beam, self.cached = spec, run, top_m, beam, cached
         self.trie = DescriptionTrie(spec["sequences"])
         self.n_clusters = len(spec["pieces"])
+        self.prior = np.asarray(spec["prior"], dtype=np.float64) if spec.get("prior") else None
 
     def next_logprobs(self, sequences: list[list[int]]) -> np.ndarray:
+        if self.run is None:
+            raise RuntimeError("this Generator was built without the no-cache graph")
         return self.run(*left_pad(sequences, self.spec["pad_id"]))
 
     def prompt(self, context: Sequence[int]) -> list[int]:
@@ -161,8 +256,11 @@ class Generator:
         contexts = np.asarray(contexts, dtype=np.int64)
         self.validate(contexts, exclude)
         excludes = [set(np.flatnonzero(m).tolist()) | set(c.tolist()) for c, m in zip(contexts, exclude, strict=True)]
-        results = beam_search(self.next_logprobs, self.trie, [self.prompt(c.tolist()) for c in contexts], excludes,
-                              self.top_m, self.beam)
+        prompts = [self.prompt(c.tolist()) for c in contexts]
+        if self.cached is not None:
+            results = beam_search_cached(self.cached, self.trie, prompts, excludes, self.top_m, self.beam, self.prior)
+        else:
+            results = beam_search(self.next_logprobs, self.trie, prompts, excludes, self.top_m, self.beam, self.prior)
         clusters = np.full((len(contexts), self.top_m), -1, dtype=np.int64)
         scores = np.full((len(contexts), self.top_m), EXCLUDED, dtype=np.float32)
         for i, r in enumerate(results):

@@ -19,27 +19,34 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from interests.constrained import DescriptionTrie, beam_search
+from interests.constrained import DescriptionTrie, beam_search, beam_search_cached
 from interests.novelty_data import NoveltyExamples
 
 Proposals = list[list[int]]
 
 
 def lm_proposals(lm, contexts: np.ndarray, excludes: Sequence[set[int] | frozenset[int]], m: int,  # type: ignore[no-untyped-def]
-                 beam: int = 8, batch: int = 64) -> tuple[Proposals, list[list[float]]]:
-    """The LM's top-M clusters (and log-probabilities) per context, by constrained beam search."""
+                 beam: int = 8, batch: int = 64, prior: np.ndarray | None = None,
+                 cache: bool = True) -> tuple[Proposals, list[list[float]]]:
+    """The LM's top-M clusters (and scores) per context, by constrained beam search (over the LM's
+    key/value cache unless `cache` is False), with an optional per-cluster prior added to the scores."""
     trie = DescriptionTrie(lm.sequences)
-    cache: dict[tuple[int, ...], list[int]] = {}
+    prompt_of: dict[tuple[int, ...], list[int]] = {}
     ids, scores = [], []
     for start in range(0, len(contexts), batch):
         chunk = contexts[start:start + batch]
         prompts = []
         for c in chunk:
             key = tuple(int(v) for v in c)
-            if key not in cache:
-                cache[key] = lm.prompt_ids(c)
-            prompts.append(cache[key])
-        for r in beam_search(lm.next_logprobs, trie, prompts, excludes[start:start + batch], m, max(beam, m)):
+            if key not in prompt_of:
+                prompt_of[key] = lm.prompt_ids(c)
+            prompts.append(prompt_of[key])
+        if cache:
+            results = beam_search_cached(lm, trie, prompts, excludes[start:start + batch], m, max(beam, m), prior)
+        else:
+            results = beam_search(lm.next_logprobs, trie, prompts, excludes[start:start + batch], m, max(beam, m),
+                                  prior)
+        for r in results:
             ids.append([c for c, _ in r])
             scores.append([s for _, s in r])
     return ids, scores

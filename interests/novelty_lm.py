@@ -82,6 +82,51 @@ def load_base(cfg: LMConfig):  # type: ignore[no-untyped-def]
     return model, tokenizer
 
 
+def stack_cache(cache) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """A transformers cache -> one tensor [layers, 2 (key, value), batch, kv heads, length, head dim]."""
+    if hasattr(cache, "layers"):
+        pairs = [(layer.keys, layer.values) for layer in cache.layers]
+    else:  # legacy tuples
+        pairs = [(k, v) for k, v, *_ in cache]
+    return torch.stack([torch.stack(pair) for pair in pairs])
+
+
+def unstack_cache(past: torch.Tensor):  # type: ignore[no-untyped-def]
+    from transformers.cache_utils import DynamicCache
+
+    return DynamicCache([(past[i, 0], past[i, 1]) for i in range(past.shape[0])])
+
+
+class Prefill(torch.nn.Module):
+    """Left-padded prompts -> (next-token log-probs [B, vocab], present keys/values [L, 2, B, H, T, D])."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+        return torch.log_softmax(out.logits[:, -1].float(), -1), stack_cache(out.past_key_values)
+
+
+class Step(torch.nn.Module):
+    """One new token per row after its cached past: (ids [B, 1], mask [B, P + 1], past [L, 2, B, H, P, D])
+    -> (log-probs [B, vocab], present [L, 2, B, H, P + 1, D]). The mask covers the past (its left padding
+    stays 0) and the new token; the new token's position is the number of real tokens before it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        position_ids = attention_mask.sum(-1, keepdim=True) - 1
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=unstack_cache(past), use_cache=True)
+        return torch.log_softmax(out.logits[:, -1].float(), -1), stack_cache(out.past_key_values)
+
+
 class NoveltyLM:
     """A causal LM and its tokenizer, with the token sequences of every cluster description."""
 
@@ -106,11 +151,21 @@ class NoveltyLM:
             ids += (self.sep if i else []) + self.pieces[int(c)]
         return ids + self.tail
 
+    @property
+    def prior(self) -> np.ndarray | None:
+        """The decoding prior per cluster (alpha * log P_pop), when one was chosen (meta["prior"])."""
+        p = self.meta.get("prior")
+        if not p or not p.get("alpha"):
+            return None
+        return p["alpha"] * np.asarray(p["log_p"], dtype=np.float64)
+
     def decoder_spec(self) -> dict:
         """Everything a tokenizer-free server needs to build prompts and decode clusters."""
+        prior = self.prior
         return {"head": self.head, "sep": self.sep, "tail": self.tail, "pieces": self.pieces,
                 "sequences": self.sequences, "pad_id": self.pad_id, "eos_id": self.eos_id,
-                "vocab_size": len(self.tokenizer)}
+                "vocab_size": len(self.tokenizer), "prior": None if prior is None else prior.tolist(),
+                "prior_alpha": (self.meta.get("prior") or {}).get("alpha", 0.0)}
 
     @torch.no_grad()
     def next_logprobs(self, sequences: list[list[int]]) -> np.ndarray:
@@ -123,6 +178,26 @@ class NoveltyLM:
             logits = self.model(input_ids=i, attention_mask=m, position_ids=(m.cumsum(-1) - 1).clamp(min=0)).logits
             out.append(torch.log_softmax(logits[:, -1].float(), -1).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.tokenizer)))
+
+    @torch.no_grad()
+    def prefill(self, prompts: list[list[int]]) -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]]:
+        """`CachedLM.prefill` in PyTorch: log-probs after each prompt; state (past keys/values, mask)."""
+        self.model.eval()
+        ids, mask = left_pad(prompts, self.pad_id)
+        m = torch.from_numpy(mask)
+        logprobs, past = Prefill(self.model)(torch.from_numpy(ids), m)
+        return logprobs.numpy(), (past, m)
+
+    @torch.no_grad()
+    def step(self, state: tuple[torch.Tensor, torch.Tensor], parents: np.ndarray,
+             tokens: np.ndarray) -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]]:
+        """`CachedLM.step` in PyTorch: row i continues row parents[i] of the state with tokens[i]."""
+        past, mask = state
+        rows = torch.from_numpy(np.asarray(parents, dtype=np.int64))
+        mask = torch.cat([mask[rows], torch.ones((len(rows), 1), dtype=mask.dtype)], 1)
+        logprobs, present = Step(self.model)(torch.from_numpy(np.asarray(tokens, dtype=np.int64)).view(-1, 1), mask,
+                                             past.index_select(2, rows))
+        return logprobs.numpy(), (present, mask)
 
     def save(self, directory: Path) -> Path:
         from transformers.utils import logging as hf_logging

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interests.build import BuildConfig, build_catalog
-from interests.constrained import DescriptionTrie, beam_search, exhaustive_scores
+from interests.constrained import DescriptionTrie, beam_search, beam_search_cached, exhaustive_scores
 from interests.datasets import build_dataset
 from interests.novelty_data import diversify, novel_transitions, prompt, split_by_time
 from interests.novelty_eval import (
@@ -24,6 +24,7 @@ from interests.novelty_eval import (
     transition_proposals,
 )
 from interests.novelty_lm import LMConfig, NoveltyLM, train_novelty_lm, train_tokenizer
+from interests.novelty_prior import choose_alpha, popularity_log_prior
 from interests.synthetic import make_synthetic
 
 
@@ -113,7 +114,8 @@ def test_every_proposal_is_an_allowed_catalog_cluster(bodies, seed: int, data) -
     m = data.draw(st.integers(1, n))
     beam = data.draw(st.integers(1, 4))
     lm = fake_lm(8, seed)
-    [result] = beam_search(lm, trie, [[5, 6]], [known], top_m=m, beam=beam)
+    prior = random_prior(n, seed, data.draw(priors))
+    [result] = beam_search(lm, trie, [[5, 6]], [known], top_m=m, beam=beam, prior=prior)
     clusters = [c for c, _ in result]
     assert len(clusters) == len(set(clusters))
     assert all(0 <= c < n for c in clusters), "not a catalog cluster"
@@ -123,15 +125,35 @@ def test_every_proposal_is_an_allowed_catalog_cluster(bodies, seed: int, data) -
     assert scores == sorted(scores, reverse=True)
 
 
-@settings(max_examples=60, deadline=None)
-@given(bodies=catalogs, seed=st.integers(0, 10_000))
-def test_a_wide_beam_equals_exhaustive_scoring(bodies, seed: int) -> None:
+priors = st.one_of(st.none(), st.floats(0.05, 20.0))
+
+
+def random_prior(n: int, seed: int, alpha: float | None) -> np.ndarray | None:
+    """alpha * log of a random distribution over the clusters (None: no prior)."""
+    if alpha is None:
+        return None
+    p = np.random.default_rng(seed).dirichlet(np.ones(n) * 0.5) + 1e-6
+    return alpha * np.log(p / p.sum())
+
+
+@settings(max_examples=80, deadline=None)
+@given(bodies=catalogs, seed=st.integers(0, 10_000), alpha=priors, data=st.data())
+def test_a_wide_beam_equals_exhaustive_scoring(bodies, seed: int, alpha: float | None, data) -> None:
+    """With or without a per-cluster prior (added at the leaf), a beam as wide as the catalog is exact;
+    so is a narrower top-M, whatever is excluded (the pruning by best reachable leaf loses nothing)."""
     sequences = [[*b, 0] for b in bodies]
+    n = len(sequences)
     lm = fake_lm(8, seed)
-    exact = exhaustive_scores(lm, [3], sequences)
-    [result] = beam_search(lm, DescriptionTrie(sequences), [[3]], [set()], top_m=len(sequences), beam=len(sequences))
+    prior = random_prior(n, seed, alpha)
+    exact = exhaustive_scores(lm, [3], sequences) + (0 if prior is None else prior)
+    [result] = beam_search(lm, DescriptionTrie(sequences), [[3]], [set()], top_m=n, beam=n, prior=prior)
     assert [c for c, _ in result] == list(np.argsort(-exact, kind="stable"))
     np.testing.assert_allclose([s for _, s in result], np.sort(exact)[::-1], atol=1e-9)
+    known = set(data.draw(st.lists(st.integers(0, n - 1), max_size=n - 1)))
+    m = data.draw(st.integers(1, n))
+    [top] = beam_search(lm, DescriptionTrie(sequences), [[3]], [known], top_m=m, beam=n, prior=prior)
+    allowed = [c for c in np.argsort(-exact, kind="stable") if c not in known]
+    assert [c for c, _ in top] == allowed[:m]
 
 
 def test_dead_ends_never_fall_back_to_free_text() -> None:
@@ -255,3 +277,127 @@ def test_lora_fine_tunes_only_adapters_and_saves_merged(planted, tmp_path: Path)
     assert not any("lora" in n for n, _ in back.model.named_parameters())
     seq = [lm.prompt_ids([0, 1])]
     np.testing.assert_allclose(back.next_logprobs(seq), lm.next_logprobs(seq), atol=1e-4)
+
+
+# --- the key/value cache and the popularity prior ----------------------------------------
+
+
+class FakeCachedLM:
+    """`CachedLM` over `fake_lm`: the state is the sequences themselves (tests the search's bookkeeping:
+    each new row must continue its parent's row with the hypothesis's last token)."""
+
+    def __init__(self, next_logprobs) -> None:  # type: ignore[no-untyped-def]
+        self.next_logprobs, self.calls = next_logprobs, []
+
+    def prefill(self, prompts):  # type: ignore[no-untyped-def]
+        return self.next_logprobs(prompts), [list(p) for p in prompts]
+
+    def step(self, state, parents, tokens):  # type: ignore[no-untyped-def]
+        self.calls.append(len(parents))
+        rows = [state[p] + [int(t)] for p, t in zip(parents.tolist(), tokens.tolist(), strict=True)]
+        return self.next_logprobs(rows), rows
+
+
+@settings(max_examples=60, deadline=None)
+@given(bodies=catalogs, seed=st.integers(0, 10_000), alpha=priors, data=st.data())
+def test_cached_search_equals_the_uncached_one(bodies, seed: int, alpha: float | None, data) -> None:
+    sequences = [[*b, 0] for b in bodies]
+    n = len(sequences)
+    prompts = data.draw(st.lists(st.lists(st.integers(1, 7), min_size=1, max_size=5), min_size=1, max_size=4))
+    excludes = [set(data.draw(st.lists(st.integers(0, n - 1), max_size=n))) for _ in prompts]
+    m, beam = data.draw(st.integers(1, n)), data.draw(st.integers(1, n))
+    lm, prior = fake_lm(8, seed), random_prior(n, seed, alpha)
+    trie = DescriptionTrie(sequences)
+    plain = beam_search(lm, trie, prompts, excludes, m, beam, prior)
+    assert beam_search_cached(FakeCachedLM(lm), trie, prompts, excludes, m, beam, prior) == plain
+
+
+def test_real_lm_cached_search_equals_uncached_and_exhaustive(planted, small_lm) -> None:
+    """PyTorch's KV cache: same proposals and scores (1e-4) as re-reading whole sequences, with a prior."""
+    _, _, examples, split = planted
+    lm, _, _ = small_lm
+    trie = DescriptionTrie(lm.sequences)
+    contexts = examples.contexts[:40]
+    prompts, excludes = [lm.prompt_ids(c) for c in contexts], [set(k) | set(c.tolist()) for c, k in
+                                                              zip(contexts, examples.known[:40], strict=True)]
+    prior = 0.7 * popularity_log_prior(split.train, 8)
+    for p in (None, prior):
+        plain = beam_search(lm.next_logprobs, trie, prompts, excludes, 3, 3, p)
+        cached = beam_search_cached(lm, trie, prompts, excludes, 3, 3, p)
+        assert [[c for c, _ in r] for r in cached] == [[c for c, _ in r] for r in plain]
+        np.testing.assert_allclose([s for r in cached for _, s in r], [s for r in plain for _, s in r], atol=1e-4)
+    exact = exhaustive_scores(lm.next_logprobs, prompts[0], lm.sequences) + prior
+    [wide] = beam_search_cached(lm, trie, prompts[:1], [set()], 8, 8, prior)
+    assert [c for c, _ in wide] == list(np.argsort(-exact, kind="stable"))
+
+
+def test_export_with_kv_cache_matches_pytorch_and_serves_the_same(planted, small_lm, tmp_path: Path) -> None:
+    """prefill/step graphs at several batch and past lengths match PyTorch; the twin answers the same with and
+    without the cache, prior from decoder.json included, as PyTorch's uncached search."""
+    import json
+
+    from exporters.novelty_onnx import check_lm_parity, export_generator
+    from streams.inference.novelty import OnnxNovelty
+
+    _, _, examples, split = planted
+    lm, _, _ = small_lm
+    lm.meta["prior"] = {"alpha": 0.7, "log_p": popularity_log_prior(split.train, 8).tolist()}
+    try:
+        onnx_path = export_generator(lm, tmp_path / "repo")
+        spec = json.loads((onnx_path.parent / "decoder.json").read_text())
+        np.testing.assert_allclose(spec["prior"], lm.prior)
+        diffs = check_lm_parity(lm, onnx_path, examples.contexts[:16])
+        assert set(diffs) == {"no_cache", "prefill", "step"} and max(diffs.values()) < 1e-4, diffs
+        contexts = examples.contexts[:24].astype(np.int64)
+        exclude = np.zeros((len(contexts), 8), bool)
+        for row, known in enumerate(examples.known[:24]):
+            exclude[row, list(known)] = True
+        cached = OnnxNovelty(onnx_path.parent, 3, 3).propose(contexts, exclude)
+        plain = OnnxNovelty(onnx_path.parent, 3, 3, kv_cache=False).propose(contexts, exclude)
+        assert np.array_equal(cached[0], plain[0])
+        np.testing.assert_allclose(cached[1], plain[1], atol=1e-4)
+        excludes = [set(np.flatnonzero(m)) | set(c.tolist()) for c, m in zip(contexts, exclude, strict=True)]
+        ref = beam_search(lm.next_logprobs, DescriptionTrie(lm.sequences), [lm.prompt_ids(c) for c in contexts],
+                          excludes, 3, 3, lm.prior)
+        for row, r in enumerate(ref):
+            assert [int(c) for c in cached[0][row] if c >= 0] == [c for c, _ in r]
+            np.testing.assert_allclose(cached[1][row][: len(r)], [s for _, s in r], atol=1e-4)
+    finally:
+        lm.meta.pop("prior")
+
+
+def test_kv_export_of_a_grouped_query_llama(planted, tmp_path: Path) -> None:
+    """The cache layout [layers, 2, B, kv heads, T, dim] holds for a --base-model with fewer KV heads (rotary
+    positions after left padding included)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from exporters.novelty_onnx import check_lm_parity, export_generator
+
+    _, catalog, examples, _ = planted
+    tok = train_tokenizer(catalog.descriptions())
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    torch_model = LlamaForCausalLM(cfg)
+    torch_model.config._attn_implementation = "eager"
+    lm = NoveltyLM(torch_model.eval(), tok, catalog.descriptions(), {"k": 2})
+    onnx_path = export_generator(lm, tmp_path / "repo")
+    diffs = check_lm_parity(lm, onnx_path, examples.contexts[:12])
+    assert max(diffs.values()) < 1e-4, diffs
+
+
+def test_popularity_prior_and_alpha_on_validation(planted, small_lm) -> None:
+    _, _, _, split = planted
+    lm, _, _ = small_lm
+    log_p = popularity_log_prior(split.train, 8)
+    assert np.exp(log_p).sum() == pytest.approx(1.0) and np.isfinite(log_p).all()
+    counts = np.bincount(split.train.targets, minlength=8)
+    assert list(np.argsort(-log_p, kind="stable")) == list(np.argsort(-counts, kind="stable"))
+    valid = split.valid.subset(np.arange(min(60, len(split.valid))))
+    best, curve = choose_alpha(lm, valid, log_p, 2, alphas=(0.0, 1.0, 1000.0))
+    assert best in curve and curve[best] == max(curve.values())
+    excludes = [set(k) for k in valid.known]
+    for alpha in (0.0, 1000.0):  # the exact table agrees with the (wide) search
+        props, _ = lm_proposals(lm, valid.contexts, excludes, 2, beam=8, prior=alpha * log_p)
+        assert curve[alpha] == pytest.approx(hit_rate(props, valid.targets))
+    assert curve[1000.0] == pytest.approx(hit_rate(popular_proposals(split.train, 8, excludes, 2), valid.targets))

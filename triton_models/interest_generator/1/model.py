@@ -1,8 +1,11 @@
 """Triton Python-backend model `interest_generator`: novel clusters by constrained beam search.
 
 Every request of a dynamic batch is decoded together: the beams of all requests go to the ONNX
-language model in one call per decoding step. The decoding is `constrained.py` (the project's
-interests/constrained.py, copied here at export), so answers equal the PyTorch path's.
+language model in one call per decoding step. With the key/value cache (parameter `kv_cache`,
+default true) each prompt is encoded once by prefill.onnx and each step feeds one token per
+hypothesis to step.onnx; without it every step re-reads whole sequences through model.onnx. The
+decoding is `constrained.py` (the project's interests/constrained.py, copied here at export),
+with the prior from decoder.json, so answers equal the PyTorch path's.
 """
 
 import json
@@ -20,7 +23,7 @@ import onnxruntime as ort  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from constrained import Generator  # noqa: E402
+from constrained import Generator, KVCache  # noqa: E402
 
 
 class TritonPythonModel:
@@ -33,11 +36,24 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
         options.inter_op_num_threads = 1
-        session = ort.InferenceSession(os.path.join(here, "model.onnx"), sess_options=options,
-                                       providers=["CPUExecutionProvider"])
-        self.generator = Generator(
-            spec, lambda ids, mask: session.run(["logprobs"], {"input_ids": ids, "attention_mask": mask})[0],
-            int(params.get("top_m", "5")), int(params.get("beam", "8")))
+
+        def session(name: str):  # type: ignore[no-untyped-def]
+            return ort.InferenceSession(os.path.join(here, name), sess_options=options,
+                                        providers=["CPUExecutionProvider"])
+
+        top_m, beam = int(params.get("top_m", "5")), int(params.get("beam", "8"))
+        if params.get("kv_cache", "true").lower() in ("1", "true", "yes"):
+            prefill, step = session("prefill.onnx"), session("step.onnx")
+            cache = KVCache(
+                lambda ids, mask: tuple(prefill.run(None, {"input_ids": ids, "attention_mask": mask})),
+                lambda ids, mask, past: tuple(step.run(None, {"input_ids": ids, "attention_mask": mask, "past": past})),
+                spec["pad_id"])
+            self.generator = Generator(spec, None, top_m, beam, cached=cache)
+        else:
+            full = session("model.onnx")
+            self.generator = Generator(
+                spec, lambda ids, mask: full.run(["logprobs"], {"input_ids": ids, "attention_mask": mask})[0],
+                top_m, beam)
 
     def execute(self, requests: list) -> list:
         """Valid requests are decoded together (one LM call per step for all); a bad one gets its error."""
