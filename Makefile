@@ -5,16 +5,23 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= embedded,data,text,train,bench,dev
 
-.PHONY: demo test venv lint fmt unit infra-up infra-status infra-down clean
+.PHONY: demo test system-deps venv lint fmt unit infra-up infra-status infra-down clean
 
 demo: venv  ## the main job: embedded broker + Triton, round trips, everything stopped
 	$(BIN)/explore demo
 
-test: venv  ## the whole suite: lint, unit tests, integration tests on real Kafka and Triton
+test: venv system-deps  ## the whole suite: lint, unit tests, integration tests on real Kafka, Triton, Prometheus
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
 venv: $(VENV)/.installed
+
+# Debian's Prometheus server and promtool: the metrics tests scrape the engine through a real one.
+system-deps:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  echo "installing Debian's prometheus package (the metrics tests start a real server)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 13) else "error: Python 3.11 or 3.12 is needed (set PYTHON=...), found " + sys.version.split()[0])'

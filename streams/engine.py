@@ -29,7 +29,7 @@ from streams.config import EngineConfig
 from streams.inference.router import ModelRouter
 from streams.metrics import Metrics
 from streams.records import Interaction, Limits, Rejection, parse_interaction
-from streams.state import apply, needs_slate, new_state, novel_from_table, slate_items
+from streams.state import apply, copy_state, needs_slate, novel_from_table, slate_items
 
 EXCLUDED = -1e9
 
@@ -161,7 +161,7 @@ class Engine:
                 continue
             user = parsed.user_id
             entry = out.states.get(user)
-            state = entry[0] if entry else (load_state(user) or new_state())
+            state = entry[0] if entry else copy_state(load_state(user))
             if apply(state, parsed, self.item_cluster[parsed.item], rec.partition, rec.offset, cfg.k,
                      cfg.recent_items, cfg.dedupe_ids):
                 out.applied += 1

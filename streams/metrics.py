@@ -46,6 +46,9 @@ class Metrics:
         self.batch = Histogram("explore_batch_size", "Events per micro-batch", buckets=BATCH_BUCKETS, registry=r)
         self.lag = Gauge("explore_consumer_lag", "Records behind the end of each assigned interactions "
                          "partition", ["partition"], registry=r)
+        self.acks_withheld = Counter("explore_acks_withheld", "Input records Faust skipped without delivering "
+                                     "them (stopping, rebalancing) whose offsets were kept uncommitted, so that "
+                                     "they are read again", registry=r)
         self.triton_up.set(0)
 
     def observe_call(self, model: str, path: str, seconds: float, ok: bool) -> None:

@@ -25,6 +25,14 @@ def new_state() -> dict:
     return {"items": [], "known": [], "context": [], "pos": None, "ids": [], "n": 0, "ts": 0.0, "slate": None}
 
 
+def copy_state(state: dict | None) -> dict:
+    """A copy to change: the table's object changes only when the batch is written back whole."""
+    if state is None:
+        return new_state()
+    return {**state, "items": list(state["items"]), "known": list(state["known"]),
+            "context": list(state["context"]), "ids": list(state["ids"])}
+
+
 def is_duplicate(state: dict, partition: int, offset: int, event_id: str | None) -> bool:
     """Already applied: a re-delivered record (same partition, offset not after `pos`) or a repeated event id."""
     pos = state["pos"]

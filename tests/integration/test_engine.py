@@ -12,8 +12,15 @@ from streams.infra.process import wait_until
 from streams.infra.worker_process import WorkerProcess
 from streams.replay import produce
 from streams.worker import ensure_topics
-from tests.integration.engine_support import (check_recommendation, engine_config, expected_states, item_cluster_map,
-                                              read_topic, recommendations, synthetic_events)
+from tests.integration.engine_support import (
+    check_recommendation,
+    engine_config,
+    expected_states,
+    item_cluster_map,
+    read_topic,
+    recommendations,
+    synthetic_events,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,176 @@
+"""The engine under stress on real Apache Kafka: restarts, rebalancing, a Triton outage.
+
+Every test checks the same invariant at the end: each user's state reflects each of its input
+events exactly once (count, context, known clusters, newest items), computed independently here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from streams.infra.process import wait_until
+from streams.infra.worker_process import WorkerProcess
+from streams.replay import produce
+from streams.worker import ensure_topics
+from tests.integration.engine_support import (
+    engine_config,
+    expected_states,
+    item_cluster_map,
+    read_topic,
+    recommendations,
+    synthetic_events,
+)
+
+pytestmark = pytest.mark.integration
+
+
+class Producer(threading.Thread):
+    """Replays records at a rate in the background, so that workers can be disturbed mid-stream."""
+
+    def __init__(self, bootstrap: str, topic: str, records: list, rate: float) -> None:
+        super().__init__(daemon=True)
+        self.args = (bootstrap, topic, records, rate)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            produce(*self.args, progress=False)
+        except BaseException as exc:  # surfaced by finish()
+            self.error = exc
+
+    def finish(self, timeout_s: float = 60.0) -> None:
+        self.join(timeout_s)
+        assert not self.is_alive(), "the producer did not finish"
+        if self.error:
+            raise self.error
+
+
+def applied(worker: WorkerProcess) -> float:
+    for line in worker.metrics_text().splitlines():
+        if line.startswith('explore_events_total{outcome="applied"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def assert_exact_states(worker: WorkerProcess, events: list, item_cluster: dict[str, int], k: int,
+                        timeout_s: float = 120.0) -> None:
+    """Every user's state on `worker` equals the state of applying each of its events exactly once."""
+    expected = expected_states(events, item_cluster, k)
+    items: dict[str, list[str]] = {}
+    for e in events:
+        items.setdefault(e.user_id, []).append(e.item_id)
+    bodies: dict[str, dict] = {}
+
+    def settled() -> bool:
+        for user, exp in expected.items():
+            if user not in bodies or bodies[user]["events_applied"] != exp["n"]:
+                status, body = worker.get(f"/users/{user}")
+                if status == 200:
+                    bodies[user] = body
+        return all(u in bodies and bodies[u]["events_applied"] == e["n"] for u, e in expected.items())
+
+    try:
+        wait_until(settled, timeout_s, "every event applied", worker.proc, interval_s=0.5)
+    except Exception:
+        wrong = {u: (bodies.get(u, {}).get("events_applied"), e["n"]) for u, e in expected.items()
+                 if bodies.get(u, {}).get("events_applied") != e["n"]}
+        raise AssertionError(f"users whose state misses or repeats events (got, expected): {wrong}") from None
+    for user, exp in expected.items():
+        body = bodies[user]
+        assert [c["id"] for c in body["context"]] == exp["context"], user
+        assert {c["id"] for c in body["known_clusters"]} == exp["known"], user
+        assert body["recent_items"] == items[user][-20:], user
+
+
+@pytest.fixture
+def engine_setup(apache_bootstrap: str, triton, seqrec_artifacts, novelty_artifacts):  # type: ignore[no-untyped-def]
+    events = synthetic_events(seqrec_artifacts.dataset, n_users=60, max_per_user=30)
+    return events, item_cluster_map(seqrec_artifacts)
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_restart_recovers_state_and_loses_nothing(how: str, apache_bootstrap: str, triton, seqrec_artifacts,  # type: ignore[no-untyped-def]
+                                                  engine_setup, tmp_path: Path) -> None:
+    events, item_cluster = engine_setup
+    cfg = engine_config(apache_bootstrap, seqrec_artifacts, triton.repository, triton.grpc,
+                        data_dir=str(tmp_path / "data"))
+    ensure_topics(cfg)
+    first = WorkerProcess(cfg, tmp_path, "first").start()
+    producer = Producer(apache_bootstrap, cfg.interactions_topic, [e.encode() for e in events], rate=400)
+    producer.start()
+    try:
+        wait_until(lambda: applied(first) > len(events) / 4, 60, "a quarter of the events applied", first.proc)
+        if how == "sigkill":
+            os.killpg(first.proc.pid, signal.SIGKILL)
+        first.stop()
+        assert not first.alive()
+        with WorkerProcess(cfg, tmp_path, "second") as second:
+            producer.finish()
+            assert_exact_states(second, events, item_cluster, cfg.k)
+            text = second.metrics_text()
+    finally:
+        first.stop()
+    assert 'explore_events_total{outcome="applied"}' in text
+
+
+def test_rebalance_second_worker_joins_and_leaves(apache_bootstrap: str, triton, seqrec_artifacts,  # type: ignore[no-untyped-def]
+                                                  engine_setup, tmp_path: Path) -> None:
+    events, item_cluster = engine_setup
+    cfg = engine_config(apache_bootstrap, seqrec_artifacts, triton.repository, triton.grpc)
+    ensure_topics(cfg)
+    with WorkerProcess(cfg, tmp_path, "first") as first:
+        producer = Producer(apache_bootstrap, cfg.interactions_topic, [e.encode() for e in events], rate=250)
+        producer.start()
+        wait_until(lambda: applied(first) > len(events) / 6, 60, "first events applied", first.proc)
+        with WorkerProcess(cfg, tmp_path, "second") as second:
+            wait_until(lambda: applied(second) > 0, 60, "the second worker took partitions", second.proc)
+            time.sleep(1.5)
+            shared = applied(second)
+        producer.finish()
+        assert shared > 0
+        assert_exact_states(first, events, item_cluster, cfg.k)
+
+
+def test_triton_outage_falls_back_and_returns(apache_bootstrap: str, tiny_repository: Path, seqrec_artifacts,  # type: ignore[no-untyped-def]
+                                              novelty_artifacts, engine_setup, tmp_path: Path) -> None:
+    from streams.infra.triton import EmbeddedTriton
+
+    events, item_cluster = engine_setup
+    server = EmbeddedTriton(tiny_repository, tmp_path / "triton").start()
+    ports = {"grpc_port": server.grpc_port, "http_port": server.http_port, "metrics_port": server.metrics_port}
+    cfg = engine_config(apache_bootstrap, seqrec_artifacts, tiny_repository, server.grpc_url)
+    ensure_topics(cfg)
+    third = len(events) // 3
+    phases = [[e.encode() for e in events[i * third:(i + 1) * third if i < 2 else None]] for i in range(3)]
+
+    def replay(records: list) -> None:
+        produce(apache_bootstrap, cfg.interactions_topic, records, rate=300, progress=False)
+
+    try:
+        with WorkerProcess(cfg, tmp_path, "worker") as worker:
+            replay(phases[0])
+            wait_until(lambda: "explore_triton_up 1.0" in worker.metrics_text(), 60, "worker on Triton", worker.proc)
+            server.stop()
+            replay(phases[1])
+            wait_until(lambda: "explore_triton_up 0.0" in worker.metrics_text(), 60, "worker on the fallback",
+                       worker.proc)
+            server = EmbeddedTriton(tiny_repository, tmp_path / "triton-again", **ports).start()
+            back = time.time()
+            replay(phases[2])
+            wait_until(lambda: "explore_triton_up 1.0" in worker.metrics_text(), 60, "worker back on Triton",
+                       worker.proc)
+            assert_exact_states(worker, events, item_cluster, cfg.k)
+            text = worker.metrics_text()
+    finally:
+        server.stop()
+    recs = recommendations(read_topic(apache_bootstrap, cfg.recommendations_topic, lambda r: False, timeout_s=5))
+    assert any(r["seqrec_path"] == "onnx" for r in recs), "no slate came through the fallback while Triton was down"
+    assert any(r["seqrec_path"] == "triton" and r["sent_at"] > back for r in recs), "never went back to Triton"
+    assert 'explore_inference_seconds_count{model="seqrec",path="onnx"}' in text
+    assert 'explore_inference_errors_total{model=' in text
