@@ -12,12 +12,13 @@ prints, side by side:
    the speed-up, and the largest difference between the two paths' answers (clusters must be equal,
    scores within 1e-4).
 
-Run: python benchmarks/novelty_serving.py --model runs/ml-novelty [--contexts 256] [--no-triton]
+Run: python benchmarks/novelty_serving.py --model runs/ml-novelty [--contexts 256] [--no-prior] [--no-triton]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shutil
 import tempfile
@@ -32,18 +33,28 @@ from interests.novelty_lm import NoveltyLM
 from streams.inference.novelty import OnnxNovelty, TritonNovelty
 
 
-def per_call_ms(fn, repeat: int = 20) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(repeat):
+def interleaved_ms(fns: list, repeat: int = 15) -> list[float]:  # type: ignore[type-arg]
+    """Median ms per call of each function, the calls alternating (a load change hits all alike)."""
+    for fn in fns:
         fn()
-    return (time.perf_counter() - t0) / repeat * 1000
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            times[i].append((time.perf_counter() - t0) * 1000)
+    return [float(np.median(t)) for t in times]
 
 
-def timed(fn):  # type: ignore[no-untyped-def]
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
+def interleaved_runs(fns: dict, rounds: int) -> dict:  # type: ignore[type-arg]
+    """(answer, median seconds) of each named function over `rounds` alternating runs."""
+    out: dict = {name: [None, []] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            out[name][0] = fn()
+            out[name][1].append(time.perf_counter() - t0)
+    return {name: (answer, float(np.median(secs))) for name, (answer, secs) in out.items()}
 
 
 def as_arrays(results: list[list[tuple[int, float]]], m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -75,12 +86,16 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=5)
     parser.add_argument("--beam", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds of every path")
     parser.add_argument("--no-triton", action="store_true")
+    parser.add_argument("--no-prior", action="store_true", help="decode without the model's popularity prior")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
     lm = NoveltyLM.load(args.model)
+    if args.no_prior:
+        lm.meta.pop("prior", None)
     work = Path(tempfile.mkdtemp(prefix="bench-novelty-"))
     onnx_path = export_generator(lm, work / "repo")
     full_graph = OnnxNextLogProbs(onnx_path, lm.pad_id, threads=args.threads)
@@ -94,55 +109,58 @@ def main() -> None:
     print(f"novelty LM: {n} clusters, vocab {len(lm.tokenizer)}, {lm.meta.get('lm_config', {}).get('layers')} layers; "
           f"prompt + prefix ~{length} tokens; prior alpha {(lm.meta.get('prior') or {}).get('alpha', 0):g}; "
           f"{args.threads} threads\n")
-    print("one decoding step (onnxruntime):")
+    print("one decoding step (onnxruntime; median of interleaved calls):")
     print(f"{'batch':>7} {'no cache: full seq ms':>22} {'cache: 1 token ms':>18} {'ratio':>6}")
     for batch in (8, 64, 256, 512):
         seqs = [full[i % len(full)] for i in range(batch)]
         _, state = cache.prefill([s[:-1] for s in seqs])
-        parents, last = np.arange(batch), np.array([s[-1] for s in seqs])
-        a = per_call_ms(lambda seqs=seqs: full_graph(seqs))
-        b = per_call_ms(lambda state=state, parents=parents, last=last: cache.step(state, parents, last))
+        parents, last = np.arange(batch)[::-1].copy(), np.array([s[-1] for s in seqs])
+        # the cached step includes gathering the parents' rows, as in the search
+        a, b = interleaved_ms([lambda seqs=seqs: full_graph(seqs),
+                               lambda state=state, parents=parents, last=last: cache.step(state, parents, last)])
         print(f"{batch:>7} {a:>22.2f} {b:>18.2f} {a / b:>6.1f}")
 
     exclude = np.zeros((len(contexts), n), bool)
     trie = DescriptionTrie(lm.sequences)
     prompts, excludes = [lm.prompt_ids(c) for c in contexts], [set(c.tolist()) for c in contexts]
-    rows: list[tuple[str, float, float, str]] = []
 
     def chunks(fn):  # type: ignore[no-untyped-def]
         parts = [fn(slice(s, s + 64)) for s in range(0, len(contexts), 64)]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    # PyTorch: batches of 64 contexts, as explore novelty precompute and eval run
-    torch_nc, t_nc = timed(lambda: chunks(lambda s: as_arrays(beam_search(
-        lm.next_logprobs, trie, prompts[s], excludes[s], args.m, args.beam, prior), args.m)))
-    torch_c, t_c = timed(lambda: chunks(lambda s: as_arrays(beam_search_cached(
-        lm, trie, prompts[s], excludes[s], args.m, args.beam, prior), args.m)))
-    rows.append(("PyTorch", t_nc, t_c, same(torch_nc, torch_c)))
     twin_nc = OnnxNovelty(onnx_path.parent, args.m, args.beam, args.threads, kv_cache=False)
     twin_c = OnnxNovelty(onnx_path.parent, args.m, args.beam, args.threads, kv_cache=True)
-    onnx_nc, o_nc = timed(lambda: chunks(lambda s: twin_nc.propose(contexts[s], exclude[s])))
-    onnx_c, o_c = timed(lambda: chunks(lambda s: twin_c.propose(contexts[s], exclude[s])))
-    rows.append(("onnxruntime twin", o_nc, o_c, same(onnx_nc, onnx_c)))
-    if not args.no_triton:
-        from streams.infra.triton import EmbeddedTriton
+    paths = {  # PyTorch in batches of 64 contexts, as explore novelty precompute and eval run
+        ("PyTorch", False): lambda: chunks(lambda s: as_arrays(beam_search(
+            lm.next_logprobs, trie, prompts[s], excludes[s], args.m, args.beam, prior), args.m)),
+        ("PyTorch", True): lambda: chunks(lambda s: as_arrays(beam_search_cached(
+            lm, trie, prompts[s], excludes[s], args.m, args.beam, prior), args.m)),
+        ("onnxruntime twin", False): lambda: chunks(lambda s: twin_nc.propose(contexts[s], exclude[s])),
+        ("onnxruntime twin", True): lambda: chunks(lambda s: twin_c.propose(contexts[s], exclude[s])),
+    }
+    with contextlib.ExitStack() as stack:
+        if not args.no_triton:
+            from streams.infra.triton import EmbeddedTriton
 
-        answers = {}
-        repos = {"cache": work / "repo", "no cache": no_cache_repository(work / "repo", work / "repo-nc")}
-        for name, repo in repos.items():
-            with EmbeddedTriton(repo, work / f"triton-{name.replace(' ', '-')}") as server:
+            repos = {True: work / "repo", False: no_cache_repository(work / "repo", work / "repo-nc")}
+            for cached, repo in repos.items():
+                server = stack.enter_context(EmbeddedTriton(repo, work / f"triton-{cached}"))
                 client = TritonNovelty(server.grpc_url, timeout_s=120)
+                stack.callback(client.close)
                 client.propose(contexts[:2], exclude[:2])
-                answers[name] = timed(lambda client=client: chunks(lambda s: client.propose(contexts[s], exclude[s])))
-                client.close()
-        rows.append(("Triton (gRPC)", answers["no cache"][1], answers["cache"][1],
-                     same(answers["no cache"][0], answers["cache"][0])))
-        print(f"\nTriton (cache) vs PyTorch (no cache): {same(torch_nc, answers['cache'][0])}")
-    print(f"onnxruntime twin (cache) vs PyTorch (no cache): {same(torch_nc, onnx_c)}")
-    print(f"\ntop-{args.m} novel clusters (beam {args.beam}) for {len(contexts)} contexts in batches of 64:")
+                paths[("Triton (gRPC)", cached)] = (
+                    lambda client=client: chunks(lambda s: client.propose(contexts[s], exclude[s])))
+        results = interleaved_runs(paths, args.rounds)
+    reference = results[("PyTorch", False)][0]
+    for name in dict.fromkeys(name for name, _ in paths):
+        if name != "PyTorch":
+            print(f"{name} (cache) vs PyTorch (no cache): {same(reference, results[(name, True)][0])}")
+    print(f"\ntop-{args.m} novel clusters (beam {args.beam}) for {len(contexts)} contexts in batches of 64 "
+          f"(median of {args.rounds} interleaved rounds):")
     print(f"  {'':18} {'no cache ctx/s':>15} {'cache ctx/s':>12} {'speed-up':>9}  answers (no cache vs cache)")
-    for name, a, b, agree in rows:
-        print(f"  {name:18} {len(contexts) / a:>15.0f} {len(contexts) / b:>12.0f} {a / b:>8.1f}x  {agree}")
+    for name in dict.fromkeys(name for name, _ in paths):
+        (a_ans, a), (b_ans, b) = results[(name, False)], results[(name, True)]
+        print(f"  {name:18} {len(contexts) / a:>15.0f} {len(contexts) / b:>12.0f} {a / b:>8.1f}x  {same(a_ans, b_ans)}")
 
 
 if __name__ == "__main__":

@@ -312,7 +312,7 @@ def cmd_seqrec_export(args: argparse.Namespace) -> int:
 # --- explore novelty -----------------------------------------------------------------------
 
 # the same as interests.novelty_prior.DEFAULT_ALPHAS (not imported here: the parser stays light)
-DEFAULT_PRIOR_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 50.0)
+DEFAULT_PRIOR_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 50.0, 100.0, 200.0)
 
 
 def _novelty_split(args: argparse.Namespace, k: int, level: int | None):  # type: ignore[no-untyped-def]
@@ -474,6 +474,15 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
           f"{emp['entropy_bits']:>8.2f} {0.0:>7.3f}")
     print(f"  test contexts unseen / rare (1-4) / common (5+) in training: "
           f"{[int((buckets == k).sum()) for k in range(3)]}")
+    base = "popular novel clusters"
+    base_hits = np.array([int(t) in p for p, t in zip(methods[base], test.targets, strict=True)])
+    print(f"paired against {base} (test moments hit only by the method / only by {base}; exact McNemar p):")
+    for name, props in methods.items():
+        if name != base:
+            hits = np.array([int(t) in p for p, t in zip(props, test.targets, strict=True)])
+            won, lost = int((hits & ~base_hits).sum()), int((~hits & base_hits).sum())
+            report[name]["vs_popular"] = {"won": won, "lost": lost, "p": _mcnemar_p(won, lost)}
+            print(f"  {name:30} +{won} / -{lost}  p = {_mcnemar_p(won, lost):.3f}")
     print(f"match rate (outputs that are catalog clusters): constrained 100 % by construction; "
           f"unconstrained greedy {100 * greedy:.1f} % on {len(sample)} contexts")
     print(f"LM proposals for {len(test):,} test moments took {lm_s:.1f} s (beam {args.beam}, KV cache)")
@@ -484,6 +493,16 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
         {"m": m, "methods": report, "greedy_match_rate": greedy, "test_examples": len(test),
          "buckets": [int((buckets == k).sum()) for k in range(3)]}, indent=1))
     return 0
+
+
+def _mcnemar_p(won: int, lost: int) -> float:
+    """Two-sided exact McNemar p-value: discordant pairs against Binomial(won + lost, 1/2)."""
+    import math
+
+    n, k = won + lost, min(won, lost)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
 def cmd_novelty_precompute(args: argparse.Namespace) -> int:

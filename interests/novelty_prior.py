@@ -19,7 +19,7 @@ import numpy as np
 from interests.constrained import DescriptionTrie, beam_search_cached
 from interests.novelty_data import NoveltyExamples
 
-DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 50.0)
+DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 50.0, 100.0, 200.0)
 
 
 def popularity_log_prior(train: NoveltyExamples, n_clusters: int, smoothing: float = 1.0) -> np.ndarray:
