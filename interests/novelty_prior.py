@@ -1,13 +1,14 @@
 """A popularity prior for decoding: score(c | ctx) = log P_LM(desc_c | ctx) + alpha * log P_pop(c).
 
-The diversification caps (by design) keep the LM from learning how popular each novel cluster is,
-yet in MovieLens the next novel cluster is mostly a popular one. The prior puts that signal back at
-decoding time, per cluster, added where a description ends (interests/constrained.py keeps the
-beam's pruning exact under it). P_pop is the add-`smoothing` frequency of novel-transition targets
-in the training split (uncapped: the same counts as the popular baseline). alpha is chosen on the
-validation split only: every alpha is scored exactly from one table of LM log-probabilities of every
-description after every validation context (the search with a beam as wide as the catalog), so the
-curve costs one decoding pass whatever the number of alphas.
+In MovieLens the next novel cluster is mostly a popular one, and the LM (trained on capped,
+diversified data, and noisy per context) ranks the popular clusters lower than popularity does. The
+prior puts that signal back at decoding time, per cluster, added where a description ends
+(interests/constrained.py keeps the beam's pruning exact under it). P_pop is the add-`smoothing`
+frequency of novel-transition targets in the training split (uncapped: the same counts as the
+popular baseline). alpha is chosen on the validation split only: every alpha is scored exactly
+from one table of LM log-probabilities of every description after every validation context (the
+search with a beam as wide as the catalog), so the curve costs one decoding pass whatever the
+number of alphas.
 """
 
 from __future__ import annotations
