@@ -29,6 +29,7 @@ from pathlib import Path
 
 import faust
 from faust.streams import _current_event
+from faust.types import TP
 from faust.web import Request, Response, View, Web
 
 from streams.config import EngineConfig
@@ -36,17 +37,26 @@ from streams.engine import Engine, RawRecord, finish_record, user_view
 from streams.faust_app import make_app
 from streams.infra.paths import explore_home
 from streams.metrics import Metrics
+from streams.state import PartitionOrder
+
+TABLES = ("users", "positions")
 
 
-def ensure_topics(cfg: EngineConfig) -> None:
-    """Create the engine's topics if they do not exist (the compacted novelty topic included)."""
-    from streams.infra.kafka_check import create_topic
+def ensure_topics(cfg: EngineConfig, timeout_s: float = 30.0) -> None:
+    """Create the engine's topics (tables' changelogs included) and wait until the broker lists them.
 
-    for name, compacted, partitions in ((cfg.interactions_topic, False, cfg.partitions),
-                                        (cfg.dlq_topic, False, cfg.partitions),
-                                        (cfg.recommendations_topic, False, cfg.partitions),
-                                        (cfg.novelty_topic, True, 1)):
+    Faust creates changelog topics itself, but subscribes right after: a topic the metadata does
+    not show yet is "ignored", and its table is then neither recovered nor writable (seen on
+    Apache Kafka). Creating them before the worker starts removes the race.
+    """
+    from streams.infra.kafka_check import create_topic, wait_for_topics
+
+    topics = [(cfg.interactions_topic, False, cfg.partitions), (cfg.dlq_topic, False, cfg.partitions),
+              (cfg.recommendations_topic, False, cfg.partitions), (cfg.novelty_topic, True, 1)]
+    topics += [(f"{cfg.app_id}-{table}-changelog", True, cfg.partitions) for table in TABLES]
+    for name, compacted, partitions in topics:
         create_topic(cfg.bootstrap, name, partitions=partitions, compacted=compacted)
+    wait_for_topics(cfg.bootstrap, {name: partitions for name, _, partitions in topics}, timeout_s)
 
 
 def create_app(cfg: EngineConfig) -> faust.App:
@@ -62,10 +72,20 @@ def create_app(cfg: EngineConfig) -> faust.App:
     recommendations = app.topic(cfg.recommendations_topic, **raw)
     novelty = app.topic(cfg.novelty_topic, **raw)
     users = app.Table("users", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
+    positions = app.Table("positions", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
     app.engine, app.metrics = engine, metrics  # type: ignore[attr-defined]
     status = {"table_loaded": False, "processing": False}
     last_offset: dict[int, int] = {}
     guard = AckGuard(cfg.interactions_topic, metrics)
+    order = PartitionOrder()
+
+    async def start_offset(partition: int) -> int:
+        """Where a partition continues: after the last offset applied (the table), else its first record."""
+        last = positions.get(str(partition))
+        if last is not None:
+            return int(last) + 1
+        tp = TP(cfg.interactions_topic, partition)
+        return int((await app.consumer.earliest_offsets(tp))[tp])
     trace = os.environ.get("EXPLORE_TRACE_BATCHES") == "1"  # log every batch's offsets (debugging delivery)
 
     @app.task
@@ -104,11 +124,22 @@ def create_app(cfg: EngineConfig) -> faust.App:
         status["processing"] = True
         async for events in stream.noack_take(cfg.batch_size, within=cfg.batch_within_ms / 1000):
             assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == cfg.interactions_topic}
+            order.forget(set(order.next) - assigned)
             mine = [e for e in events if e.message.partition in assigned]
             if len(mine) < len(events):
                 metrics.events.labels("revoked").inc(len(events) - len(mine))
                 app.log.warning(f"skipping {len(events) - len(mine)} records of partitions no longer assigned "
                                 f"(assigned: {sorted(assigned)})")
+            for p in {e.message.partition for e in mine} - set(order.next):
+                order.next[p] = await start_offset(p)
+            verdicts, seeks = order.classify([(e.message.partition, e.message.offset) for e in mine], time.monotonic())
+            duplicates = [e for e, v in zip(mine, verdicts, strict=True) if v == order.DUPLICATE]
+            mine = [e for e, v in zip(mine, verdicts, strict=True) if v == order.APPLY]
+            metrics.events.labels("duplicate").inc(len(duplicates))
+            for p, offset in seeks.items():
+                metrics.events.labels("out_of_order").inc()
+                app.log.info(f"partition {p}: offset {offset} not delivered yet, records after it wait; seeking back")
+                await app.consumer.seek(TP(cfg.interactions_topic, p), offset)
             metrics.batch.observe(len(events))
             records = [RawRecord(e.message.key, e.message.value, e.message.partition, e.message.offset,
                                  e.message.timestamp) for e in mine]
@@ -122,11 +153,14 @@ def create_app(cfg: EngineConfig) -> faust.App:
                 await novelty.send(key=key, value=value)
             for user, (state, rec) in result.states.items():
                 write_state(users, user, state, by_offset[(rec.partition, rec.offset)])
+            last_applied = {e.message.partition: e for e in mine}
+            for p, e in last_applied.items():
+                write_state(positions, str(p), e.message.offset, e)
             now = time.time()
             for key, value, trigger in result.recommendations:
                 metrics.latency.observe(now - trigger)
                 await recommendations.send(key=key, value=finish_record(value, trigger, now))
-            for e in mine:
+            for e in mine + duplicates:
                 guard.applied.add((e.message.partition, e.message.offset))
             for e in events:
                 last_offset[e.message.partition] = max(last_offset.get(e.message.partition, -1), e.message.offset)
@@ -215,7 +249,7 @@ class AckGuard:
         consumer._explore_ack_guard = self  # type: ignore[attr-defined]
 
 
-def write_state(users: faust.Table, user: str, state: dict, event: faust.types.EventT) -> None:
+def write_state(users: faust.Table, user: str, state: object, event: faust.types.EventT) -> None:
     """`users[user] = state`, its changelog record in the partition of `event` (the user's input partition).
 
     Faust picks the changelog partition from the "current event" context variable, which a batch

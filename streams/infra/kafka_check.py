@@ -53,6 +53,25 @@ def create_topic(bootstrap: str, name: str, partitions: int = 1, compacted: bool
         admin.close()
 
 
+def wait_for_topics(bootstrap: str, partitions: dict[str, int], timeout_s: float = 30.0) -> None:
+    """Until the broker's metadata shows every topic with its number of partitions."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, client_id="explore-topics")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            missing = [t for t, n in partitions.items() if len(consumer.partitions_for_topic(t) or ()) != n]
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics not visible in the broker's metadata after {timeout_s:.0f} s: {missing}")
+            time.sleep(0.2)
+            consumer.topics()  # refreshes the metadata
+    finally:
+        consumer.close()
+
+
 def kafka_round_trip(bootstrap: str, n: int = 20, timeout_s: float = 30.0) -> dict[str, float]:
     """Produce `n` keyed records to a fresh topic and read them back; raise if any is missing.
 

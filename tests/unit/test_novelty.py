@@ -401,3 +401,35 @@ def test_popularity_prior_and_alpha_on_validation(planted, small_lm) -> None:
         props, _ = lm_proposals(lm, valid.contexts, excludes, 2, beam=8, prior=alpha * log_p)
         assert curve[alpha] == pytest.approx(hit_rate(props, valid.targets))
     assert curve[1000.0] == pytest.approx(hit_rate(popular_proposals(split.train, 8, excludes, 2), valid.targets))
+
+
+def test_cli_train_chooses_the_prior_on_validation_and_eval_reports_both(tmp_path: Path, capsys) -> None:
+    """explore novelty train -> (prior chosen on validation, stored) -> eval (LM and LM + prior rows, paired
+    counts against popular) -> precompute with and without the cache (same table)."""
+    import json
+
+    from explore.cli import main
+
+    ds, _ = make_synthetic(n_clusters=8, n_users=400, seed=0)  # what --synthetic builds
+    build_catalog(ds, BuildConfig(levels=(8,)), progress=False).save(tmp_path / "catalog")
+    common = ["--synthetic", "--catalog", str(tmp_path / "catalog")]
+    model = tmp_path / "lm"
+    assert main(["novelty", "train", *common, "--out", str(model), "--layers", "1", "--dim", "32", "--heads", "2",
+                 "--epochs", "2", "--prior-alphas", "0,1,1000", "--quiet"]) == 0
+    meta = json.loads((model / "novelty.json").read_text())
+    assert meta["prior"]["alpha"] in (0, 1, 1000) and set(meta["prior"]["validation_curve"]) == {"0", "1", "1000"}
+    assert "chosen alpha" in capsys.readouterr().out
+    assert main(["novelty", "eval", *common, "--model", str(model), "--greedy-sample", "10"]) == 0
+    report = json.loads((model / "eval.json").read_text())["methods"]
+    assert "novelty LM" in report and "popular novel clusters" in report
+    if meta["prior"]["alpha"]:
+        assert f"novelty LM + prior a={meta['prior']['alpha']:g}" in report
+    assert all("vs_popular" in r for name, r in report.items() if name != "popular novel clusters")
+    tables = []
+    for flags in ([], ["--no-cache"]):
+        out = tmp_path / f"table{len(flags)}.jsonl"
+        assert main(["novelty", "precompute", *common, "--model", str(model), "--out", str(out), "--top", "4",
+                     "--quiet", *flags]) == 0
+        tables.append([json.loads(line) for line in out.read_text().splitlines()])
+    assert [r["clusters"] for r in tables[0]] == [r["clusters"] for r in tables[1]]
+    np.testing.assert_allclose([r["scores"] for r in tables[0]], [r["scores"] for r in tables[1]], atol=1e-4)
