@@ -1,0 +1,146 @@
+"""Bad input and observability: invalid records reach the DLQ with their reason, Prometheus scrapes the worker."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streams.infra.process import ManagedProcess, free_port, wait_until
+from streams.infra.worker_process import WorkerProcess, http_json
+from streams.replay import produce
+from streams.worker import ensure_topics
+from tests.integration.engine_support import engine_config, read_topic, synthetic_events
+
+pytestmark = pytest.mark.integration
+
+GOOD = {"user_id": "u", "item_id": "i", "ts": 1_000_000, "event": "click"}
+
+
+def _not_json(b: bytes) -> bool:
+    try:
+        json.loads(b)
+    except (ValueError, UnicodeDecodeError):
+        return True
+    return False
+
+
+def invalid_record(n: int, item: str) -> st.SearchStrategy[tuple[str, bytes | None, bytes]]:
+    """(expected reason, key, value) of one invalid record; the key `bad-n` identifies it in the DLQ."""
+    key = f"bad-{n}"
+    good = {**GOOD, "user_id": key, "item_id": item}
+    wrong = {"user_id": st.one_of(st.floats(), st.lists(st.integers(), max_size=2), st.just(""), st.booleans()),
+             "item_id": st.one_of(st.none(), st.dictionaries(st.text(max_size=2), st.integers(), max_size=1)),
+             "ts": st.one_of(st.text(max_size=5), st.booleans(), st.none(), st.just(float("nan"))),
+             "event": st.one_of(st.integers(), st.just(""), st.lists(st.text(max_size=2), max_size=2))}
+    return st.one_of(
+        st.binary(min_size=1, max_size=60).filter(_not_json).map(lambda b: ("bad_json", b)),
+        st.one_of(st.integers(), st.text(max_size=20), st.lists(st.integers(), max_size=3))
+        .map(lambda v: ("not_object", json.dumps(v).encode())),
+        st.sampled_from(sorted(GOOD)).map(lambda f: ("missing_field",
+                                                     json.dumps({k: v for k, v in good.items() if k != f}).encode())),
+        st.sampled_from(sorted(wrong)).flatmap(lambda f: wrong[f].map(
+            lambda v, f=f: ("wrong_type", json.dumps({**good, f: v}).encode()))),
+        st.text(min_size=1, max_size=8).map(lambda t: ("unknown_item",
+                                                       json.dumps({**good, "item_id": "no-such-" + t}).encode())),
+        st.one_of(st.integers(max_value=0), st.integers(min_value=10**11, max_value=10**13)).map(
+            lambda ts: ("ts_out_of_range", json.dumps({**good, "ts": ts}).encode())),
+        st.integers(min_value=4100, max_value=9000).map(
+            lambda size: ("oversized", json.dumps({**good, "pad": "x" * size}).encode())),
+        st.text(min_size=1, max_size=8).map(lambda t: ("key_mismatch", json.dumps({**good, "user_id": "other-" + t})
+                                                       .encode())),
+    ).map(lambda rv: (rv[0], key.encode(), rv[1]))
+
+
+def test_invalid_records_reach_the_dlq_and_valid_ones_are_applied(apache_bootstrap: str, triton, seqrec_artifacts,  # type: ignore[no-untyped-def]
+                                                                   novelty_artifacts, tmp_path: Path) -> None:
+    cfg = engine_config(apache_bootstrap, seqrec_artifacts, triton.repository, triton.grpc)
+    ensure_topics(cfg)
+    item = seqrec_artifacts.catalog.item_ids[0]
+    valid = synthetic_events(seqrec_artifacts.dataset, n_users=30, max_per_user=20)
+    sent: dict[bytes, str] = {}
+    rounds = iter(range(10**6))
+
+    with WorkerProcess(cfg, tmp_path) as worker:
+        @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(st.data())
+        def run(data: st.DataObject) -> None:
+            r = next(rounds)
+            bad = data.draw(st.lists(st.integers(0, 10**9), min_size=250, max_size=400, unique=True)
+                            .flatmap(lambda ns: st.tuples(*[invalid_record(r * 10**10 + n, item) for n in ns])))
+            share = valid[r * len(valid) // 8:(r + 1) * len(valid) // 8]
+            records, j = [], 0
+            for i, (reason, key, value) in enumerate(bad):  # interleave: valid records between invalid ones
+                sent[key] = reason
+                records.append((key, value))
+                while j < len(share) and j * len(bad) <= i * len(share):
+                    records.append(share[j].encode())
+                    j += 1
+            records += [e.encode() for e in share[j:]]
+            produce(apache_bootstrap, cfg.interactions_topic, records, progress=False)
+
+        run()
+        dlq = read_topic(apache_bootstrap, cfg.dlq_topic, lambda recs: len(recs) >= len(sent), timeout_s=90)
+        states = {u: worker.get(f"/users/{u}")[1] for u in {e.user_id for e in valid}}
+        assert worker.alive()
+        metrics = worker.metrics_text()
+    got = {r.key: dict(r.headers) for r in dlq}
+    assert len(sent) >= 2000 and len(dlq) == len(sent), (len(dlq), len(sent))
+    for key, reason in sent.items():
+        assert got[key]["reason"].decode() == reason, (key, got[key], reason)
+        assert got[key]["detail"] and got[key]["source"].startswith(cfg.interactions_topic.encode())
+    per_user: dict[str, int] = {}
+    for e in valid:
+        per_user[e.user_id] = per_user.get(e.user_id, 0) + 1
+    assert {u: s.get("events_applied") for u, s in states.items()} == per_user
+    assert f'explore_events_total{{outcome="invalid"}} {float(len(sent))}' in metrics
+
+
+def test_prometheus_scrapes_the_worker_and_triton(apache_bootstrap: str, triton, seqrec_artifacts,  # type: ignore[no-untyped-def]
+                                                 novelty_artifacts, tmp_path: Path) -> None:
+    binary = shutil.which("prometheus")
+    assert binary, "Debian's prometheus package is needed (`make test` installs it)"
+    cfg = engine_config(apache_bootstrap, seqrec_artifacts, triton.repository, triton.grpc)
+    ensure_topics(cfg)
+    events = synthetic_events(seqrec_artifacts.dataset, n_users=20, max_per_user=10)
+    with WorkerProcess(cfg, tmp_path) as worker:
+        produce(apache_bootstrap, cfg.interactions_topic, [e.encode() for e in events], progress=False)
+        port = free_port()
+        config = tmp_path / "prometheus.yml"
+        triton_metrics = triton.metrics.replace("http://", "").split("/")[0]
+        config.write_text(f"""global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+scrape_configs:
+  - job_name: engine
+    static_configs: [{{targets: ["127.0.0.1:{worker.cfg.web_port}"]}}]
+  - job_name: triton
+    static_configs: [{{targets: ["{triton_metrics}"]}}]
+""")
+        check = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        prom = ManagedProcess("prometheus", [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path}/tsdb",
+                                             f"--web.listen-address=127.0.0.1:{port}"], tmp_path / "prometheus.log")
+        prom.start()
+        try:
+            def query(q: str) -> list:
+                status, body = http_json(f"http://127.0.0.1:{port}/api/v1/query?query={urllib.parse.quote(q)}")
+                return body.get("data", {}).get("result", []) if status == 200 else []
+
+            def applied() -> float:
+                rows = query('explore_events_total{outcome="applied",job="engine"}')
+                return float(rows[0]["value"][1]) if rows else -1.0
+
+            wait_until(lambda: applied() == len(events), 60, "Prometheus sees every applied event", prom)
+            wait_until(lambda: bool(query('nv_inference_count{job="triton",model="seqrec"}')), 30,
+                       "Prometheus sees Triton's inference counts", prom)
+            latency = query('explore_event_to_slate_seconds_count{job="engine"}')
+            up = query('up{job="engine"}')
+        finally:
+            prom.stop()
+    assert latency and float(latency[0]["value"][1]) > 0
+    assert up and up[0]["value"][1] == "1"
