@@ -1,0 +1,220 @@
+"""The streaming engine against a pass-through Faust agent, in one run, on the same broker and Triton.
+
+Both workers run as processes on real Apache Kafka (KRaft; the embedded broker does not wake a
+waiting fetch, so its latencies would measure the fetch wait) and the engine talks to the embedded
+Triton. Two measurements per worker:
+
+- throughput: a backlog of events is written first; the worker starts, and events per second is
+  the backlog over the time from its first to its last processed event;
+- latency: events are produced at a fixed rate below capacity; event-to-output latency is the
+  output record's send time minus the input record's Kafka timestamp (for the engine the slate's
+  `latency_ms`, which counts from the event that triggered the slate).
+
+Run: python benchmarks/engine_throughput.py [--backlog 20000] [--rate 600] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from streams.config import EngineConfig
+from streams.infra.kafka_check import create_topic
+from streams.infra.process import ManagedProcess, free_port, wait_until
+from streams.infra.worker_process import WorkerProcess
+from streams.replay import Event, produce
+from streams.worker import ensure_topics
+
+
+def build_models(work: Path, users: int) -> tuple[Path, Path, object]:
+    """A catalog, SASRec and novelty LM on planted synthetic data, exported to a Triton repository."""
+    from exporters.novelty_onnx import export_generator
+    from exporters.seqrec_export import export_seqrec
+    from interests.build import BuildConfig, build_catalog
+    from interests.novelty_data import novel_transitions, split_by_time
+    from interests.novelty_lm import LMConfig, train_novelty_lm
+    from interests.seqsplit import leave_one_out
+    from interests.synthetic import make_synthetic
+    from interests.train_seqrec import TrainConfig, train
+
+    ds, _ = make_synthetic(n_clusters=8, items_per_cluster=40, n_users=users, seed=1)
+    catalog = build_catalog(ds, BuildConfig(levels=(4, 8)), progress=False)
+    catalog.save(work / "catalog")
+    split = leave_one_out(ds)
+    train(split, TrainConfig(max_len=50, dim=32, heads=2, blocks=1, epochs=4, patience=4, seed=0), progress=False,
+          checkpoint=work / "model.pt", extra={"catalog_version": catalog.version})
+    export_seqrec(work / "model.pt", work / "catalog", work / "repo", top_n=20)
+    novel = split_by_time(novel_transitions(ds, catalog.item_clusters(), 2))
+    lm, _ = train_novelty_lm(catalog.descriptions(), novel.train, novel.valid,
+                             LMConfig(layers=1, dim=48, heads=2, epochs=3, patience=3),
+                             {"catalog_version": catalog.version, "k": 2, "level": catalog.finest}, progress=False)
+    export_generator(lm, work / "repo")
+    return work / "catalog", work / "repo", ds
+
+
+def events_of(ds, n: int, tag: str) -> list[tuple[bytes, bytes]]:  # type: ignore[no-untyped-def]
+    """n events cycling over the dataset's users in time order, with fresh user ids per run."""
+    order = np.argsort(ds.timestamps, kind="stable")
+    out = []
+    for i in range(n):
+        j = order[i % len(order)]
+        user = f"{tag}-{ds.user_ids[ds.users[j]]}-{i // len(order)}"
+        out.append(Event(user, str(ds.item_ids[ds.items[j]]), int(ds.timestamps[j]), f"{user}-{i}").encode())
+    return out
+
+
+def counter(worker_url: str, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(worker_url + "/metrics", timeout=5) as r:
+        total = 0.0
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.split()[-1])
+        return total
+
+
+def topic_total(bootstrap: str, topic: str) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    try:
+        tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or ()]
+        return sum(c.end_offsets(tps).values())
+    finally:
+        c.close()
+
+
+def read_all(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list:
+    from kafka import KafkaConsumer
+
+    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                      consumer_timeout_ms=int(timeout_s * 1000))
+    try:
+        return list(c)
+    finally:
+        c.close()
+
+
+def throughput(progress, total: int, timeout_s: float = 600) -> float:  # type: ignore[no-untyped-def]
+    """Events per second from the first to the last processed event, polling `progress()`."""
+    start = None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = progress()
+        if done > 0 and start is None:
+            start = (time.monotonic(), done)
+        if done >= total:
+            return (done - start[1]) / max(time.monotonic() - start[0], 1e-9) if start else float("nan")
+        time.sleep(0.05)
+    raise TimeoutError(f"only {progress()} of {total} events processed in {timeout_s} s")
+
+
+def passthrough(bootstrap: str, work: Path, tag: str) -> tuple[ManagedProcess, str, str]:
+    src, dst = f"pt-in-{tag}", f"pt-out-{tag}"
+    for t in (src, dst):
+        create_topic(bootstrap, t, partitions=8)
+    env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "PASSTHROUGH_IN": src, "PASSTHROUGH_OUT": dst,
+           "PASSTHROUGH_APP_ID": f"pt-{tag}", "PASSTHROUGH_DATA_DIR": str(work / f"pt-{tag}"),
+           "PASSTHROUGH_WITHIN_MS": "10"}
+    proc = ManagedProcess(f"pt-{tag}", [sys.executable, "-m", "streams.passthrough", "worker", "-l", "warning"],
+                          work / f"pt-{tag}.log", env=env)
+    return proc, src, dst
+
+
+def pct(values: list[float]) -> tuple[float, float, float]:
+    a = np.asarray(values)
+    return tuple(float(np.percentile(a, q)) for q in (50, 95, 99)) if len(a) else (float("nan"),) * 3  # type: ignore[return-value]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backlog", type=int, default=20000, help="events for the throughput run")
+    ap.add_argument("--rate", type=float, default=600, help="events per second for the latency run")
+    ap.add_argument("--seconds", type=float, default=20, help="length of the latency run")
+    ap.add_argument("--users", type=int, default=600, help="synthetic users")
+    args = ap.parse_args()
+    from streams.infra.apache_kafka import ApacheKafka
+    from streams.infra.triton import EmbeddedTriton
+
+    work = Path(tempfile.mkdtemp(prefix="engine-bench-"))
+    print(f"building models on synthetic data in {work} ...", flush=True)
+    catalog, repo, ds = build_models(work, args.users)
+    rows = {}
+    with ApacheKafka(work / "kafka") as kafka, EmbeddedTriton(repo, work / "triton") as triton:
+        b = kafka.bootstrap
+        for name in ("pass-through", "engine"):
+            result = {}
+            for phase in ("throughput", "latency"):
+                tag = f"{name[:2]}{phase[:2]}{int(time.time())}"
+                n = args.backlog if phase == "throughput" else int(args.rate * args.seconds)
+                records = events_of(ds, n, tag)
+                if name == "engine":
+                    cfg = EngineConfig().with_values({"bootstrap": b, "app_id": f"bench-{tag}", "catalog": str(catalog),
+                                                      "repository": str(repo), "triton_url": triton.grpc_url,
+                                                      "interactions_topic": f"in-{tag}",
+                                                      "recommendations_topic": f"recs-{tag}",
+                                                      "dlq_topic": f"dlq-{tag}", "novelty_topic": f"novel-{tag}",
+                                                      "web_port": free_port()})
+                    ensure_topics(cfg)
+                    worker = WorkerProcess(cfg, work, f"engine-{phase}")
+                    src, dst = cfg.interactions_topic, cfg.recommendations_topic
+
+                    def progress(w: WorkerProcess = worker) -> float:
+                        return counter(w.url, "explore_events_total")
+
+                    start, stop = (lambda w=worker: w.start()), worker.stop
+                else:
+                    proc, src, dst = passthrough(b, work, tag)
+
+                    def progress(dst: str = dst) -> float:
+                        return topic_total(b, dst)
+
+                    def start(p: ManagedProcess = proc, src: str = src, dst: str = dst) -> None:
+                        p.start()
+                        produce(b, src, [(b"warm", b"{}")], progress=False)
+                        wait_until(lambda: topic_total(b, dst) >= 1, 120, "pass-through ready", p)
+
+                    stop = proc.stop
+                if phase == "throughput":
+                    start()
+                    base = progress()
+                    produce(b, src, records, progress=False)
+                    result["events/s"] = throughput(lambda base=base: progress() - base, n)
+                else:
+                    start()
+                    produce(b, src, records, rate=args.rate, progress=False)
+                    time.sleep(3)
+                    out = read_all(b, dst)
+                    if name == "engine":
+                        lat = [json.loads(r.value)["latency_ms"] for r in out]
+                    else:
+                        sent = {r.value: r.timestamp for r in read_all(b, src)}
+                        lat = [r.timestamp - sent[r.value] for r in out if r.value in sent]
+                    result["latency_ms"] = pct(lat)
+                    result["outputs"] = len(lat)
+                stop()
+            rows[name] = result
+            print(f"{name}: {result}", flush=True)
+    pt, en = rows["pass-through"], rows["engine"]
+    print("\nApache Kafka (KRaft) + embedded Triton (CPU), one worker each, this machine:")
+    print(f"{'worker':<14}{'events/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'outputs':>9}")
+    for name, r in rows.items():
+        p50, p95, p99 = r["latency_ms"]
+        print(f"{name:<14}{r['events/s']:>10.0f}{p50:>9.1f}{p95:>9.1f}{p99:>9.1f}{r['outputs']:>9}")
+    print(f"engine / pass-through throughput: {en['events/s'] / pt['events/s']:.2f}; "
+          f"latency run at {args.rate:.0f} events/s for {args.seconds:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""The engine's pure logic: record validation, user state, partition ordering, configuration."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.config import EngineConfig, describe
+from streams.records import Interaction, Limits, Rejection, parse_interaction
+from streams.state import (
+    PartitionOrder,
+    apply,
+    copy_state,
+    is_duplicate,
+    needs_slate,
+    new_state,
+    novel_from_table,
+    slate_items,
+)
+
+ITEMS = {"a": 0, "b": 1, "c": 2}
+LIMITS = Limits(max_payload_bytes=200, min_ts=1.0, max_ts=2e9)
+
+
+def record(**fields: object) -> bytes:
+    return json.dumps({"user_id": "u1", "item_id": "a", "ts": 100, "event": "click", **fields}).encode()
+
+
+def test_a_valid_record_parses() -> None:
+    got = parse_interaction(b"u1", record(event_id=7, weight=2), ITEMS, LIMITS)
+    assert got == Interaction("u1", 0, "a", 100.0, "click", "7", 2.0)
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), [
+    (b"u1", b"x" * 300, "oversized"),
+    (b"u1", b"{not json", "bad_json"),
+    (b"u1", b"\xff\xfe", "bad_json"),
+    (b"u1", None, "bad_json"),
+    (b"u1", b"[1, 2]", "not_object"),
+    (b"u1", json.dumps({"user_id": "u1", "ts": 1, "event": "e"}).encode(), "missing_field"),
+    (b"u1", record(ts="100"), "wrong_type"),
+    (b"u1", record(ts=True), "wrong_type"),
+    (b"u1", record(ts=math.nan), "wrong_type"),
+    (b"u1", record(user_id=1.5), "wrong_type"),
+    (b"u1", record(event=""), "wrong_type"),
+    (b"u1", record(weight="heavy"), "wrong_type"),
+    (b"u2", record(), "key_mismatch"),
+    (b"u1", record(item_id="zzz"), "unknown_item"),
+    (b"u1", record(ts=0), "ts_out_of_range"),
+    (b"u1", record(ts=3e9), "ts_out_of_range"),
+])
+def test_each_kind_of_bad_record_is_rejected_with_its_reason(key: bytes, value: bytes | None, reason: str) -> None:
+    got = parse_interaction(key, value, ITEMS, LIMITS)
+    assert isinstance(got, Rejection) and got.reason == reason and got.detail
+
+
+def event(item: int, eid: str | None = None) -> Interaction:
+    return Interaction("u", item, str(item), 10.0 + item, "click", eid, 1.0)
+
+
+def test_state_keeps_the_last_k_distinct_clusters_and_every_known_one() -> None:
+    s = new_state()
+    for offset, (item, cluster) in enumerate([(1, 5), (2, 6), (3, 5), (4, 7)]):
+        assert apply(s, event(item), cluster, 0, offset, k=2, recent_items=3, dedupe_ids=4)
+    assert s["context"] == [5, 7] and s["known"] == [5, 6, 7] and s["items"] == [2, 3, 4] and s["n"] == 4
+
+
+def test_redelivered_and_repeated_events_change_nothing() -> None:
+    s = new_state()
+    assert apply(s, event(1, "e1"), 0, 3, 10, 2, 10, 4)
+    before = copy_state(s)
+    assert not apply(s, event(1, "e1"), 0, 3, 10, 2, 10, 4)  # same record again
+    assert not apply(s, event(2, "e9"), 0, 3, 9, 2, 10, 4)  # an older offset of the same partition
+    assert not apply(s, event(2, "e1"), 0, 3, 11, 2, 10, 4)  # the same event id sent twice
+    assert s == before
+    assert is_duplicate(s, 3, 10, None) and not is_duplicate(s, 4, 10, None)
+
+
+def test_copy_state_does_not_share_lists() -> None:
+    s = new_state()
+    c = copy_state(s)
+    c["items"].append(1)
+    assert s["items"] == [] and copy_state(None) == new_state()
+
+
+def test_a_slate_is_due_on_a_full_new_context_or_when_old() -> None:
+    s = {**new_state(), "context": [1], "ts": 100.0}
+    assert not needs_slate(s, 2, 60)
+    s["context"] = [1, 2]
+    assert needs_slate(s, 2, 60)
+    s["slate"] = {"context": [1, 2], "ts": 100.0}
+    assert not needs_slate(s, 2, 60)
+    s["ts"] = 200.0
+    assert needs_slate(s, 2, 60)
+
+
+def test_novel_and_slate_filters() -> None:
+    assert novel_from_table([3, 4, -1, 5], [-1, -2, -9, -3], known=[4], m=2) == [(3, -1.0), (5, -3.0)]
+    assert slate_items([5, 2, 9], [1.0, 0.5, -1e9], seen=[1], n=5, floor=-5e8) == [(4, 1.0)]
+
+
+@given(st.lists(st.integers(0, 30), min_size=1, max_size=60))
+def test_partition_order_applies_each_offset_once_in_sequence(deliveries: list[int]) -> None:
+    """Whatever order offsets arrive in (re-deliveries, gaps), what is applied is 0, 1, 2, ... without holes."""
+    order = PartitionOrder(accept_gap_s=1e9)
+    order.next[0] = 0
+    applied = []
+    for o in deliveries:
+        verdicts, seeks = order.classify([(0, o)], now=0.0)
+        if verdicts[0] == order.APPLY:
+            applied.append(o)
+        assert (verdicts[0] == order.WAIT) == bool(seeks)
+    assert applied == list(range(len(applied)))
+
+
+def test_partition_order_waits_then_seeks_and_steps_over_a_real_gap() -> None:
+    order = PartitionOrder(accept_gap_s=5)
+    order.next[1] = 10
+    verdicts, seeks = order.classify([(1, 9), (1, 10), (1, 12), (1, 13)], now=0.0)
+    assert verdicts == ["duplicate", "apply", "wait", "wait"] and seeks == {1: 11}
+    assert order.classify([(1, 12)], now=1.0)[0] == ["wait"]
+    assert order.classify([(1, 12)], now=6.0)[0] == ["apply"] and order.accepted_gaps == 1
+
+
+def test_config_layers_and_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "engine.toml"
+    f.write_text('[engine]\nk = 3\nbatch_size = 50\n')
+    cfg = EngineConfig.load(f, env={"EXPLORE_BATCH_SIZE": "70", "KAFKA_BOOTSTRAP": "h:1"}, n=7)
+    assert (cfg.k, cfg.batch_size, cfg.bootstrap, cfg.n) == (3, 70, "h:1", 7)
+    assert EngineConfig.load(env={}).as_env()["EXPLORE_BATCH_SIZE"] == "500"
+    with pytest.raises(ValueError, match="unknown setting"):
+        EngineConfig().with_values({"bogus": 1})
+    with pytest.raises(ValueError, match="EXPLORE_K"):
+        EngineConfig.load(env={"EXPLORE_K": "two"})
+    with pytest.raises(ValueError, match="at least 1"):
+        EngineConfig().with_values({"m": 0})
+    assert "EXPLORE_SLATE_MAX_AGE_S" in describe()
