@@ -119,7 +119,9 @@ def test_packages_import_only_downward(package: str) -> None:
 
 def test_streams_never_imports_torch() -> None:
     modules = [".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "streams").rglob("*.py")]
-    modules = [m.removesuffix(".__init__") for m in modules]
+    # streams.app builds the worker from the environment at import (a catalog and a broker): the
+    # modules it is made of are all imported here, and the integration tests run it without torch.
+    modules = [m.removesuffix(".__init__") for m in modules if m != "streams.app"]
     code = ("import importlib, sys\n"
             f"for m in {modules!r}: importlib.import_module(m)\n"
             "print('torch' in sys.modules)\n")
