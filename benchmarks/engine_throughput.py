@@ -126,7 +126,7 @@ def passthrough(bootstrap: str, work: Path, tag: str) -> tuple[ManagedProcess, s
     env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "PASSTHROUGH_IN": src, "PASSTHROUGH_OUT": dst,
            "PASSTHROUGH_APP_ID": f"pt-{tag}", "PASSTHROUGH_DATA_DIR": str(work / f"pt-{tag}"),
            "PASSTHROUGH_WITHIN_MS": "10"}
-    proc = ManagedProcess(f"pt-{tag}", [sys.executable, "-m", "streams.passthrough", "worker", "-l", "warning"],
+    proc = ManagedProcess(f"pt-{tag}", [sys.executable, "-m", "streams.passthrough", "worker", "-l", "warn"],
                           work / f"pt-{tag}.log", env=env)
     return proc, src, dst
 
