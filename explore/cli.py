@@ -509,10 +509,8 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
     import itertools
     import json
 
-    from tqdm import tqdm
-
-    from interests.constrained import DescriptionTrie, beam_search, beam_search_cached
     from interests.novelty_lm import NoveltyLM
+    from interests.novelty_precompute import precompute
 
     lm = NoveltyLM.load(args.model)
     prior = None if args.no_prior else lm.prior
@@ -522,26 +520,12 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
     else:
         _, _, _, examples, _ = _novelty_split(args, k, lm.meta["level"])
         contexts = np.unique(examples.contexts, axis=0).tolist()
-    trie = DescriptionTrie(lm.sequences)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    rows = []
-    with open(out, "w") as f, tqdm(total=len(contexts), desc="contexts", unit="ctx", disable=args.quiet) as bar:
-        for start in range(0, len(contexts), args.batch):
-            chunk = contexts[start:start + args.batch]
-            prompts, excludes = [lm.prompt_ids(c) for c in chunk], [set(c) for c in chunk]
-            if args.no_cache:
-                results = beam_search(lm.next_logprobs, trie, prompts, excludes, args.top, max(args.beam, args.top),
-                                      prior)
-            else:
-                results = beam_search_cached(lm, trie, prompts, excludes, args.top, max(args.beam, args.top), prior)
-            for ctx, r in zip(chunk, results, strict=True):
-                row = {"context": ctx, "clusters": [c for c, _ in r], "scores": [round(s, 5) for _, s in r],
-                       "catalog_version": lm.meta["catalog_version"]}
-                rows.append(row)
-                f.write(json.dumps(row) + "\n")
-            bar.update(len(chunk))
+    rows = precompute(lm, contexts, args.top, args.beam, use_prior=not args.no_prior, cache=not args.no_cache,
+                      batch=args.batch, progress=not args.quiet)
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
     secs = time.perf_counter() - t0
     how = "no cache" if args.no_cache else "KV cache"
     print(f"{len(rows):,} contexts in {secs:.1f} s ({len(rows) / secs:.0f} contexts/s; top {args.top}, beam "

@@ -1,0 +1,34 @@
+"""The precomputed novelty table (the paper's M^K table): top clusters for every context, in batches.
+
+Each row is `{context, clusters, scores, catalog_version}`; contexts are decoded once, whichever
+user is in them, so the streaming engine looks them up instead of running the LM per event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tqdm import tqdm
+
+from interests.constrained import DescriptionTrie, beam_search, beam_search_cached
+
+
+def precompute(lm, contexts: Sequence[Sequence[int]], top: int, beam: int, use_prior: bool = True,  # type: ignore[no-untyped-def]
+               cache: bool = True, batch: int = 64, progress: bool = True) -> list[dict]:
+    """Constrained beam search over every context (its own clusters excluded), `batch` at a time."""
+    prior = lm.prior if use_prior else None
+    trie = DescriptionTrie(lm.sequences)
+    rows: list[dict] = []
+    with tqdm(total=len(contexts), desc="contexts", unit="ctx", disable=not progress) as bar:
+        for start in range(0, len(contexts), batch):
+            chunk = [list(map(int, c)) for c in contexts[start:start + batch]]
+            prompts, excludes = [lm.prompt_ids(c) for c in chunk], [set(c) for c in chunk]
+            if cache:
+                results = beam_search_cached(lm, trie, prompts, excludes, top, max(beam, top), prior)
+            else:
+                results = beam_search(lm.next_logprobs, trie, prompts, excludes, top, max(beam, top), prior)
+            for ctx, r in zip(chunk, results, strict=True):
+                rows.append({"context": ctx, "clusters": [c for c, _ in r], "scores": [round(s, 5) for _, s in r],
+                             "catalog_version": lm.meta["catalog_version"]})
+            bar.update(len(chunk))
+    return rows
