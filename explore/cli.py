@@ -123,29 +123,9 @@ def _round_trips(ends, repo: Path | None) -> int:  # type: ignore[no-untyped-def
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streams.infra.process import pid_alive
-    from streams.infra.stack import Stack
+    from explore.demo import run_demo
 
-    work = Path(args.run_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    work.mkdir(parents=True, exist_ok=True)
-    print(f"Run directory: {work}")
-    from exporters.repository import write_tiny_repository
-
-    repo = write_tiny_repository(work / "model_repository")
-    t0 = time.perf_counter()
-    with Stack(work, repo, kafka=args.kafka) as stack:
-        print(f"Up in {time.perf_counter() - t0:.1f} s:")
-        for r in stack.records:
-            print(f"  {r.name:7} {r.kind:9} {r.address}" + (f" (pid {r.pid}, log {r.log})" if r.pid else ""))
-        assert stack.endpoints is not None
-        _round_trips(stack.endpoints, repo)
-        pids = [r.pid for r in stack.records if r.pid]
-    left = [p for p in pids if pid_alive(p)]
-    if left:
-        print(f"error: processes still running after stop: {left}", file=sys.stderr)
-        return 1
-    print(f"Stopped everything it started ({len(pids)} processes). Artifacts and logs: {work}")
-    return 0
+    return run_demo(args)
 
 
 # --- datasets and explore clusters -------------------------------------------------------
@@ -821,12 +801,26 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
     replay.set_defaults(func=cmd_replay)
 
-    demo = sub.add_parser("demo", help="the main job: start everything embedded, run it, stop it",
-                          description="Start the embedded broker and Triton, make a round trip through "
-                                      "each, and stop everything it started.")
+    demo = sub.add_parser("demo", help="the main job: data -> models -> embedded Kafka + Triton -> live engine "
+                                       "-> report",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                          description="Train everything on the training period of a dataset, start the embedded "
+                                      "broker, Triton and an engine worker, replay the data (the held-out period "
+                                      "live), write the evaluation report, and stop everything it started.")
+    demo.add_argument("--data", type=Path, default=None,
+                      help="a MovieLens directory (e.g. ../shared/data/ml-latest-small); default: synthetic data")
+    demo.add_argument("--users", type=int, default=400, help="synthetic users")
+    demo.add_argument("--holdout", type=float, default=0.2,
+                      help="share of time (the latest) held out and replayed live")
+    demo.add_argument("--rate", type=float, default=400.0, help="held-out events per second")
+    demo.add_argument("--refresh", type=float, default=4.0, help="seconds between live views")
+    demo.add_argument("--bad-records", type=int, default=25,
+                      help="invalid records mixed into the held-out stream (they go to the dead-letter topic)")
     demo.add_argument("--kafka", choices=["tansu", "apache"], default="tansu", help="which broker to start")
     demo.add_argument("--run-dir", default=None,
                       help="where every artifact and log goes (default: runs/demo-YYYYmmdd-HHMMSS)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
     return parser
 

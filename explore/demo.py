@@ -1,0 +1,346 @@
+"""`explore demo`: the whole engine on embedded infrastructure, from data to report, in one command.
+
+1. data: synthetic users with planted interest clusters, or `--data` (MovieLens);
+2. the training period (interactions before the held-out share of time) trains everything:
+   the cluster catalog, SASRec, the novelty LM (with its popularity prior chosen on validation);
+3. exports both models into a Triton model repository and precomputes the novelty table;
+4. starts the embedded broker and Triton, publishes the table, starts an engine worker;
+5. replays the training period fast (the worker builds each user's state), then the held-out
+   period at `--rate`, showing a few users live: their recent clusters, the novel clusters the
+   engine proposes, the slate;
+6. collects every recommendation, writes the evaluation report, prints a summary, and stops
+   everything it started (and checks that nothing is left running).
+
+Every artifact and log lands in one run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+import warnings
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from interests.datasets import Dataset
+
+
+def training_period(ds: Dataset, start_ts: float) -> Dataset:
+    """The same users and items, only the interactions before `start_ts` (per-user order kept)."""
+    keep = ds.timestamps < start_ts
+    return replace(ds, name=f"{ds.name} (before {time.strftime('%Y-%m-%d', time.gmtime(start_ts))})",
+                   users=ds.users[keep], items=ds.items[keep], timestamps=ds.timestamps[keep],
+                   weights=ds.weights[keep], events=None if ds.events is None else ds.events[keep])
+
+
+class Steps:
+    """Numbered steps with their durations, for the progress lines and the summary."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.n, self.times, self._t = total, 0, {}, time.perf_counter()
+        self._name = ""
+
+    def start(self, name: str) -> None:
+        self.done()
+        self.n += 1
+        self._name, self._t = name, time.perf_counter()
+        print(f"\n[{self.n}/{self.total}] {name}", flush=True)
+
+    def done(self) -> None:
+        if self._name:
+            self.times[self._name] = time.perf_counter() - self._t
+            self._name = ""
+
+
+def build_models(train_ds: Dataset, run: Path, synthetic: bool, steps: Steps, quiet: bool) -> dict:
+    """Catalog, SASRec, novelty LM (+ prior), both exported into run/model_repository; the table rows."""
+    from explore.cli import _auto_cap, _choose_prior
+    from exporters.novelty_onnx import export_generator
+    from exporters.seqrec_export import export_seqrec
+    from interests.build import BuildConfig, build_catalog, format_catalog
+    from interests.novelty_data import diversify, novel_transitions, split_by_time
+    from interests.novelty_lm import LMConfig, train_novelty_lm
+    from interests.novelty_precompute import precompute
+    from interests.seqsplit import leave_one_out, pad_left
+    from interests.train_seqrec import TrainConfig, train
+
+    steps.start("interest clusters from the training period")
+    catalog = build_catalog(train_ds, BuildConfig(levels=(4, 8) if synthetic else (8, 32)), progress=not quiet)
+    catalog.save(run / "catalog")
+    print(format_catalog(catalog, catalog.finest, top=2) if not quiet else f"catalog {catalog.version}")
+
+    steps.start("SASRec, the item policy")
+    split = leave_one_out(train_ds)
+    cfg = TrainConfig(dim=48 if synthetic else 64, blocks=1 if synthetic else 2, epochs=40 if synthetic else 60,
+                      patience=5 if synthetic else 8, lr=3e-3 if synthetic else 2e-3)
+    _, result = train(split, cfg, progress=not quiet, checkpoint=run / "seqrec" / "model.pt",
+                      extra={"catalog_version": catalog.version, "dataset": train_ds.name,
+                             "sample_histories": pad_left(split.test_history[:16], cfg.max_len)})
+    print(f"best epoch {result.best_epoch}: validation NDCG@10 {result.valid['NDCG@10']:.4f}, "
+          f"HR@10 {result.valid['HR@10']:.4f} ({result.seconds:.0f} s)")
+
+    steps.start("the novelty LM, the language policy")
+    examples = novel_transitions(train_ds, catalog.item_clusters(), 2)
+    nsplit = split_by_time(examples)
+    n = catalog.levels[-1]
+    train = diversify(nsplit.train, _auto_cap(nsplit.train.targets, 1), _auto_cap(nsplit.train.contexts, 5))
+    lm, info = train_novelty_lm(catalog.descriptions(), train, nsplit.valid,
+                                LMConfig(layers=2, dim=64 if synthetic else 128, heads=2 if synthetic else 4,
+                                         epochs=12 if synthetic else 30),
+                                {"catalog_version": catalog.version, "level": catalog.finest, "k": 2,
+                                 "dataset": train_ds.name}, progress=not quiet)
+    print(f"{len(examples):,} novel transitions; trained in {info['seconds']:.0f} s")
+    _choose_prior(lm, nsplit, n, 3, [0.0, 0.5, 1.0, 2.0, 5.0, 20.0])
+    lm.save(run / "novelty")
+
+    steps.start("export both models to a Triton repository, precompute the novelty table")
+    repo = run / "model_repository"
+    with warnings.catch_warnings():  # the tracer's notes on shapes; parity below is what counts
+        warnings.simplefilter("ignore")
+        seqrec = export_seqrec(run / "seqrec" / "model.pt", run / "catalog", repo, top_n=20)
+        export_generator(lm, repo)
+    print(f"seqrec ONNX vs PyTorch: max score difference {seqrec.parity.max_abs_score_diff:.1e}, "
+          f"same top-N ids: {seqrec.parity.identical_ids}; interest_generator written to {repo}")
+    contexts = [list(c) for c in np.unique(examples.contexts, axis=0)]
+    t0 = time.perf_counter()
+    rows = precompute(lm, contexts, top=10, beam=10, progress=not quiet)
+    secs = time.perf_counter() - t0
+    (run / "novelty_table.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(f"novelty table: {len(rows):,} contexts in {secs:.1f} s ({len(rows) / max(secs, 1e-9):.0f} contexts/s)")
+    return {"catalog": catalog, "repository": repo, "rows": rows}
+
+
+class LiveView(threading.Thread):
+    """Reads `recommendations` from the start, keeps every record, shows a few users now and then."""
+
+    def __init__(self, bootstrap: str, topic: str, catalog, users: list[str], start_ts: float) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.catalog, self.users = bootstrap, topic, catalog, users
+        self.start_ts = start_ts
+        self.records: list[dict] = []
+        self.latest: dict[str, dict] = {}
+        self.stop_flag = threading.Event()
+        self.title = {i: t for i, t in zip(catalog.item_ids, catalog.item_titles, strict=True)}
+
+    def run(self) -> None:
+        from kafka import KafkaConsumer
+
+        consumer = KafkaConsumer(self.topic, bootstrap_servers=self.bootstrap, group_id=None,
+                                 auto_offset_reset="earliest", fetch_max_wait_ms=100)
+        try:
+            while not self.stop_flag.is_set():
+                for batch in consumer.poll(timeout_ms=200).values():
+                    for r in batch:
+                        rec = json.loads(r.value)
+                        self.records.append(rec)
+                        if rec["user_id"] in self.users and rec["event_ts"] >= self.start_ts:
+                            self.latest[rec["user_id"]] = rec
+        finally:
+            consumer.close()
+
+    def render(self) -> str:
+        held = [r for r in self.records if r["event_ts"] >= self.start_ts]
+        lat = [r["latency_ms"] for r in held]
+        head = (f"── live: {len(held):,} slates in the held-out period"
+                + (f", event-to-slate p50 {np.median(lat):.0f} ms, p99 {np.percentile(lat, 99):.0f} ms" if lat else "")
+                + " ──")
+        lines = [head]
+        for user in self.users:
+            rec = self.latest.get(user)
+            if rec is None:
+                lines.append(f"user {user}: no slate yet")
+                continue
+            ctx = "  →  ".join(c["description"] for c in rec["context"])
+            novel = ";  ".join(f"{c['description']} ({c['score']:.1f})" for c in rec["novel_clusters"])
+            slate = ", ".join(self.title.get(x["item_id"], x["item_id"])[:32] for x in rec["slate"][:4])
+            lines += [f"user {user} (after {rec['events_applied']} interactions, {rec['source']}, "
+                      f"{rec['latency_ms']:.0f} ms)",
+                      f"   recent clusters: {ctx}", f"   novel proposed:  {novel}", f"   slate:           {slate}"]
+        return "\n".join(lines)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from streams.config import EngineConfig
+    from streams.infra.process import free_port, pid_alive
+    from streams.infra.stack import Stack
+    from streams.infra.worker_process import WorkerProcess
+    from streams.novelty_table import publish_table
+    from streams.replay import dataset_events, produce
+    from streams.worker import ensure_topics
+
+    t_all = time.perf_counter()
+    run = Path(args.run_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    run.mkdir(parents=True, exist_ok=True)
+    print(f"Run directory: {run}")
+    steps = Steps(8)
+
+    steps.start("data")
+    if args.data:
+        from interests.loaders import load_dataset
+
+        ds = load_dataset(args.data, "auto")
+    else:
+        from interests.synthetic import make_synthetic
+
+        ds = make_synthetic(n_clusters=8, n_users=args.users, seed=args.seed)[0]
+    start_ts = float(np.quantile(ds.timestamps, 1 - args.holdout))
+    train_ds = training_period(ds, start_ts)
+    print(ds.summary())
+    print(f"held out: the last {args.holdout:.0%} of time ({int((ds.timestamps >= start_ts).sum()):,} interactions "
+          f"from {time.strftime('%Y-%m-%d', time.gmtime(start_ts))}); training period: "
+          f"{train_ds.n_interactions:,} interactions")
+
+    models = build_models(train_ds, run, not args.data, steps, args.quiet)
+    catalog, repo = models["catalog"], models["repository"]
+
+    steps.start("embedded Kafka and Triton, the novelty table, an engine worker")
+    pids: list[int] = []
+    with Stack(run, repo, kafka=args.kafka) as stack:
+        ends = stack.endpoints
+        assert ends is not None
+        pids += [r.pid for r in stack.records if r.pid]
+        for r in stack.records:
+            print(f"  {r.name:7} {r.kind:9} {r.address}" + (f" (pid {r.pid}, log {r.log})" if r.pid else ""))
+        cfg = EngineConfig().with_values({"bootstrap": ends.kafka_bootstrap, "triton_url": ends.triton_grpc,
+                                          "catalog": str(run / "catalog"), "repository": str(repo),
+                                          "app_id": "demo", "partitions": 4, "web_port": free_port(),
+                                          "data_dir": str(run / "worker" / "data"), "m": 3, "n": 10})
+        ensure_topics(cfg)
+        sent = publish_table(cfg.bootstrap, cfg.novelty_topic, models["rows"])
+        print(f"  published {sent:,} novelty-table rows to {cfg.novelty_topic!r}")
+        worker = WorkerProcess(cfg, run, "worker")
+        worker.start(wait_s=120)
+        pids.append(worker.proc.pid)
+        print(f"  worker  faust     http://127.0.0.1:{cfg.web_port}/metrics (pid {worker.proc.pid}, "
+              f"log {run}/worker.log)")
+        try:
+            summary = _replay_and_watch(ds, start_ts, cfg, worker, catalog, run, args, steps, dataset_events, produce)
+        finally:
+            worker.stop()
+    steps.start("evaluation report")
+    report = None
+    try:
+        from explore.report import build_report
+
+        report = build_report(ds, run / "catalog", repo, summary["records"], start_ts, run / "report",
+                              k=2, m=cfg.m, n=cfg.n, progress=not args.quiet)
+    except ImportError as e:  # pragma: no cover - the report module ships with the package
+        print(f"no report: {e}")
+    steps.done()
+    left = [p for p in pids if pid_alive(p)]
+    _print_summary(summary, steps, run, report, time.perf_counter() - t_all, len(pids), left)
+    return 1 if left else 0
+
+
+def _replay_and_watch(ds, start_ts, cfg, worker, catalog, run: Path, args, steps: Steps,  # type: ignore[no-untyped-def]
+                      dataset_events, produce) -> dict:
+    events = dataset_events(ds)
+    warm = [e for e in events if e.ts < start_ts]
+    held = [e for e in events if e.ts >= start_ts]
+    active = Counter(e.user_id for e in held).most_common(3)
+    view = LiveView(cfg.bootstrap, cfg.recommendations_topic, catalog, [u for u, _ in active], start_ts)
+    view.start()
+    steps.start(f"replay: {len(warm):,} training-period interactions (fast), then {len(held):,} held-out ones "
+                f"at {args.rate:.0f}/s, live")
+    produce(cfg.bootstrap, cfg.interactions_topic, [e.encode() for e in warm], rate=0, progress=not args.quiet,
+            desc="history")
+    _wait_applied(worker, len(warm), 300)
+    done = threading.Event()
+
+    def show() -> None:
+        while not done.wait(args.refresh):
+            print("\n" + view.render(), flush=True)
+
+    shower = threading.Thread(target=show, daemon=True)
+    shower.start()
+    t0 = time.perf_counter()
+    records = _with_bad_records([e.encode() for e in held], args.bad_records, args.seed)
+    produce(cfg.bootstrap, cfg.interactions_topic, records, rate=args.rate, progress=not args.quiet,
+            desc="held-out")
+    _wait_applied(worker, len(events) + args.bad_records, 300)
+    replay_s = time.perf_counter() - t0
+    time.sleep(1.5)  # the last slates reach the topic
+    done.set()
+    view.stop_flag.set()
+    view.join(10)
+    print("\n" + view.render())
+    metrics = worker.metrics_text()
+    (run / "worker_metrics.txt").write_text(metrics)
+    with open(run / "recommendations.jsonl", "w") as f:
+        for r in view.records:
+            f.write(json.dumps(r) + "\n")
+    return {"records": view.records, "events": len(events), "held": len(held), "replay_s": replay_s,
+            "start_ts": start_ts,
+            "metrics": _parse_metrics(metrics)}
+
+
+def _with_bad_records(records: list[tuple[bytes, bytes]], n: int, seed: int) -> list[tuple[bytes, bytes]]:
+    """`n` invalid records of several kinds spread through the stream: they must reach the DLQ."""
+    rng = np.random.default_rng(seed)
+    kinds = [b"{not json", b"[1, 2, 3]", b'{"user_id": "demo-bad", "ts": 1}',
+             b'{"user_id": "demo-bad", "item_id": "no-such-item", "ts": 1600000000, "event": "click"}',
+             b'{"user_id": "demo-bad", "item_id": "x", "ts": "yesterday", "event": "click"}']
+    out = list(records)
+    for i, pos in enumerate(sorted(rng.integers(0, len(out) + 1, n), reverse=True)):
+        out.insert(int(pos), (b"demo-bad", kinds[i % len(kinds)]))
+    return out
+
+
+def _wait_applied(worker, n: int, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+    from streams.infra.process import wait_until
+
+    def seen() -> bool:
+        m = _parse_metrics(worker.metrics_text())
+        return sum(v for k, v in m.items() if k.startswith("explore_events_total")) >= n
+
+    wait_until(seen, timeout_s, f"the worker processed {n:,} events", worker.proc, interval_s=0.5)
+
+
+def _parse_metrics(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def _count(m: dict[str, float], name: str, **labels: str) -> float:
+    key = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else name
+    return m.get(key, 0.0)
+
+
+def _print_summary(s: dict, steps: Steps, run: Path, report: Path | None, total_s: float, n_procs: int,
+                   left: list[int]) -> None:
+    m = s["metrics"]
+    held = [r for r in s["records"] if r["event_ts"] >= s["start_ts"]]
+    lat = np.array([r["latency_ms"] for r in held]) if held else np.zeros(1)
+    hits = _count(m, "explore_novelty_table_lookups_total", result="hit")
+    misses = _count(m, "explore_novelty_table_lookups_total", result="miss")
+    events = {o: _count(m, "explore_events_total", outcome=o) for o in ("applied", "duplicate", "invalid")}
+    slates = {src: _count(m, "explore_slates_total", source=src) for src in ("table", "live")}
+    print("\nSummary")
+    dlq = {k.split('"')[1]: v for k, v in m.items() if k.startswith("explore_dlq_records_total{")}
+    print(f"  events: {s['events']:,} replayed ({s['held']:,} held-out in {s['replay_s']:.1f} s); applied "
+          f"{events['applied']:,.0f}, duplicates {events['duplicate']:,.0f}, to the DLQ {events['invalid']:,.0f}"
+          + (" (" + ", ".join(f"{r} {v:.0f}" for r, v in sorted(dlq.items())) + ")" if dlq else ""))
+    print(f"  slates: {len(s['records']):,}, {len(held):,} in the held-out period (novel clusters from the table "
+          f"{slates['table']:,.0f}, live {slates['live']:,.0f}); novelty table hit rate "
+          f"{hits / max(hits + misses, 1):.1%}; held-out event-to-slate p50 {np.median(lat):.0f} ms, "
+          f"p99 {np.percentile(lat, 99):.0f} ms")
+    print("  steps: " + ", ".join(f"{k.split(',')[0].split(':')[0]} {v:.0f} s" for k, v in steps.times.items()))
+    if report:
+        print(f"  report: {report}")
+    print(f"  every artifact and log: {run}")
+    if left:
+        print(f"error: processes still running after stop: {left}")
+    else:
+        print(f"Stopped everything it started ({n_procs} processes). Total {total_s / 60:.1f} min.")
