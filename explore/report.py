@@ -142,16 +142,21 @@ def build_report(ds: Dataset, catalog_dir: Path, repository: Path, recommendatio
     for name, png in plots.items():
         (out_dir / name).write_bytes(png)
     doc["seconds"] = {"slates": round(slate_s, 2), "total": round(time.perf_counter() - t0, 2)}
-    (out_dir / "metrics.json").write_text(json.dumps(doc, indent=1, default=_json_default))
+    (out_dir / "metrics.json").write_text(json.dumps(_no_nan(doc), indent=1))
     path = out_dir / "report.html"
     path.write_text(_html(doc, plots))
     return path
 
 
-def _json_default(v: object) -> object:
+def _no_nan(v: object) -> object:
+    """Plain JSON: numpy scalars as numbers, NaN (a metric with no moment to count) as null."""
+    if isinstance(v, dict):
+        return {k: _no_nan(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_no_nan(x) for x in v]
     if isinstance(v, np.generic):
-        return v.item()
-    raise TypeError(f"not JSON serialisable: {type(v)}")
+        v = v.item()
+    return None if isinstance(v, float) and v != v else v
 
 
 def _mcnemar_p(won: int, lost: int) -> float:
@@ -246,7 +251,8 @@ def _plots(doc: dict, results: dict[str, Result], held_targets: np.ndarray, desc
                       (f"NDCG@{n} (next item)", [rows[x][f"NDCG@{n}"] for x in names]),
                       (f"hit in next {h} items", [rows[x]["hit_within"] for x in names])],
           "Slate accuracy: did the user take a slate item?")
-    a2.legend(fontsize=8, frameon=False, loc="upper left")
+    fig.legend(*a2.get_legend_handles_labels(), fontsize=8, frameon=False, loc="upper center", ncols=len(names),
+               bbox_to_anchor=(0.5, 0.0))
     out["hit_rates.png"] = _png(fig)
 
     n_clusters = len(descriptions)
@@ -258,8 +264,8 @@ def _plots(doc: dict, results: dict[str, Result], held_targets: np.ndarray, desc
         counts = np.bincount([c for p in results[name].proposals for c in p], minlength=n_clusters).astype(float)
         share = counts / max(counts.sum(), 1)
         ax.bar(range(n_clusters), share[order], color=COLORS.get(name), width=0.8)
-        ax.step(range(n_clusters), emp[order], where="mid", color="black", lw=1.2,
-                label="next novel clusters (held out)")
+        ax.stairs(emp[order], np.arange(n_clusters + 1) - 0.5, baseline=None, color="black", lw=1.2,
+                  label="next novel clusters (held out)")
         r = rows[name]
         ax.set_title(f"{name}: coverage {r['coverage']:.2f}, entropy {r['entropy_bits']:.2f} bits, "
                      f"JSD {r['jsd_bits']:.3f}", fontsize=9, loc="left")
@@ -298,7 +304,7 @@ def _plots(doc: dict, results: dict[str, Result], held_targets: np.ndarray, desc
     _bars(ax, names, groups, f"Novel hit@{m} by how often the context occurred in training "
                              "(unseen 0, rare 1-4, common 5+)")
     ax.set_ylim(0, 1.1)
-    ax.legend(fontsize=8, frameon=False, ncols=3, loc="upper left")
+    ax.legend(fontsize=8, frameon=False, loc="upper center", ncols=len(names), bbox_to_anchor=(0.5, -0.2))
     out["by_context.png"] = _png(fig)
     return out
 
