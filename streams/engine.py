@@ -205,9 +205,9 @@ class Engine:
             ranked, scores = self.table[context_key(states[u]["context"])]
             novel[u] = novel_from_table(ranked, scores, states[u]["known"], cfg.m)
             source[u] = "table"
-            if not novel[u]:
+            if len(novel[u]) < cfg.m:
                 live.append(u)
-        if live:  # every table cluster is known to these users: ask with their own exclusions
+        if live:  # the table row has fewer than M clusters the user does not know: ask with their exclusions
             contexts = np.array([states[u]["context"] for u in live], dtype=np.int64)
             exclude = np.zeros((len(live), self.n_clusters), bool)
             for i, u in enumerate(live):
@@ -216,8 +216,9 @@ class Engine:
                                                             {"context": contexts, "exclude": exclude},
                                                             ["clusters", "scores"])
             for i, u in enumerate(live):
-                novel[u] = novel_from_table(clusters[i].tolist(), scores[i].tolist(), states[u]["known"], cfg.m)
-                source[u] = "live"
+                answer = novel_from_table(clusters[i].tolist(), scores[i].tolist(), states[u]["known"], cfg.m)
+                if len(answer) > len(novel[u]):
+                    novel[u], source[u] = answer, "live"
         ready = [u for u in users if novel[u]]
         m.no_slate.labels("no_novel_cluster").inc(len(users) - len(ready))
         if not ready:
