@@ -1,0 +1,139 @@
+#!/bin/sh
+# The `models` job of docker/compose.yaml (entry point of the trainer image), and the `replay`
+# load generator.
+#
+#   explore-models            build or load the models into $MODELS_DIR, publish the novelty table
+#   explore-models replay ... `explore replay` on the same data as the models (extra args passed on)
+#
+# Data: a MovieLens directory (100K, 1M, latest, latest-small) mounted at $DATA_DIR; when that
+# directory is empty, the planted synthetic data set (the same one for training and replay).
+#
+# $MODELS_DIR after a run (a volume shared with Triton and the workers):
+#   catalog/              the interest-cluster catalog          (EXPLORE_CATALOG of the workers)
+#   repository/           the Triton model repository          (served by Triton, EXPLORE_REPOSITORY)
+#   seqrec/model.pt       SASRec checkpoint
+#   novelty/              novelty LM; novelty/table.jsonl is the precomputed novelty table
+#   COMPLETE              written last; its presence means the above is whole
+#
+# Settings (environment): RETRAIN=1 rebuilds even when COMPLETE exists; CLUSTER_LEVELS (8,32);
+# SEQREC_TRAIN_ARGS / NOVELTY_TRAIN_ARGS (extra flags, word-split); SEQREC_BACKEND=python|onnxruntime
+# (onnxruntime: Triton's native onnxruntime backend with TensorRT, from config.gpu.pbtxt.example);
+# PREBUILT_DIR: a directory with catalog/ and repository/ (and optionally novelty-table.jsonl)
+# to use instead of training.
+set -eu
+
+MODELS_DIR=${MODELS_DIR:-/models}
+DATA_DIR=${DATA_DIR:-/data}
+PREBUILT_DIR=${PREBUILT_DIR:-/prebuilt}
+SOURCES=${EXPLORE_TRITON_MODELS:-/app/triton_models}
+TOPIC=${EXPLORE_NOVELTY_TOPIC:-novel-interests}
+
+log() { printf '[models] %s\n' "$*"; }
+
+MODE=build
+if [ "${1:-}" = "replay" ]; then
+    MODE=replay
+    shift
+elif [ "$#" -gt 0 ]; then
+    log "unknown arguments: $* (run without arguments, or: replay [explore replay flags])"
+    exit 2
+fi
+
+# The data flags every explore command gets: the mounted dataset, or the synthetic one.
+if [ -d "$DATA_DIR" ] && [ -n "$(ls -A "$DATA_DIR" 2>/dev/null)" ]; then
+    set -- "$@" --data "$DATA_DIR"
+    DATA_DESC="dataset $DATA_DIR"
+else
+    set -- "$@" --synthetic
+    DATA_DESC="synthetic data ($DATA_DIR is empty)"
+fi
+
+if [ "$MODE" = "replay" ]; then
+    log "replaying $DATA_DESC to ${KAFKA_BOOTSTRAP:?set KAFKA_BOOTSTRAP}"
+    exec explore replay --bootstrap "$KAFKA_BOOTSTRAP" "$@"
+fi
+# From here on "$@" is exactly the data flags.
+
+publish_table() {  # $1: a table.jsonl written by `explore novelty precompute`
+    log "publishing $1 to the compacted topic $TOPIC"
+    python - "$1" "$TOPIC" <<'EOF'
+import json
+import os
+import sys
+
+from streams.novelty_table import publish_table
+
+path, topic = sys.argv[1], sys.argv[2]
+with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+print(f"[models] published {publish_table(os.environ['KAFKA_BOOTSTRAP'], topic, rows):,} contexts")
+EOF
+}
+
+set_seqrec_backend() {  # idempotent: the repository's seqrec as $SEQREC_BACKEND says
+    dest="$MODELS_DIR/repository/seqrec"
+    case "${SEQREC_BACKEND:-python}" in
+        python)
+            cp "$SOURCES/seqrec/config.pbtxt" "$dest/config.pbtxt"
+            cp "$SOURCES/seqrec/1/model.py" "$dest/1/model.py" ;;
+        onnxruntime)
+            cp "$SOURCES/seqrec/config.gpu.pbtxt.example" "$dest/config.pbtxt"
+            rm -f "$dest/1/model.py" ;;
+        *)
+            log "SEQREC_BACKEND must be python or onnxruntime, not ${SEQREC_BACKEND}"; exit 2 ;;
+    esac
+    log "seqrec served by Triton's ${SEQREC_BACKEND:-python} backend"
+}
+
+if [ -f "$MODELS_DIR/COMPLETE" ] && [ "${RETRAIN:-0}" != "1" ]; then
+    log "reusing the models in $MODELS_DIR ($(cat "$MODELS_DIR/COMPLETE")); RETRAIN=1 rebuilds them"
+    set_seqrec_backend
+    if [ -f "$MODELS_DIR/novelty/table.jsonl" ]; then
+        publish_table "$MODELS_DIR/novelty/table.jsonl"
+    fi
+    exit 0
+fi
+
+# Build into a staging directory, then swap: a failed run leaves the previous models in place.
+STAGE="$MODELS_DIR/.staging"
+rm -rf "$STAGE"
+mkdir -p "$STAGE"
+
+if [ -d "$PREBUILT_DIR/catalog" ] && [ -d "$PREBUILT_DIR/repository" ]; then
+    log "loading the prebuilt catalog and repository from $PREBUILT_DIR"
+    cp -R "$PREBUILT_DIR/catalog" "$STAGE/catalog"
+    cp -R "$PREBUILT_DIR/repository" "$STAGE/repository"
+    if [ -f "$PREBUILT_DIR/novelty-table.jsonl" ]; then
+        mkdir -p "$STAGE/novelty"
+        cp "$PREBUILT_DIR/novelty-table.jsonl" "$STAGE/novelty/table.jsonl"
+    fi
+    ORIGIN="prebuilt from $PREBUILT_DIR"
+    PUBLISHED=0
+else
+    log "training on $DATA_DESC"
+    mkdir -p "$STAGE/seqrec"
+    explore clusters build "$@" --levels "${CLUSTER_LEVELS:-8,32}" --out "$STAGE/catalog" --quiet
+    # shellcheck disable=SC2086  # the *_ARGS variables are flag lists, split on purpose
+    explore seqrec train "$@" --catalog "$STAGE/catalog" --out "$STAGE/seqrec/model.pt" --quiet ${SEQREC_TRAIN_ARGS:-}
+    explore seqrec export --checkpoint "$STAGE/seqrec/model.pt" --catalog "$STAGE/catalog" \
+        --repository "$STAGE/repository"
+    # shellcheck disable=SC2086
+    explore novelty train "$@" --catalog "$STAGE/catalog" --out "$STAGE/novelty" --quiet ${NOVELTY_TRAIN_ARGS:-}
+    explore novelty export --model "$STAGE/novelty" --repository "$STAGE/repository"
+    explore novelty precompute "$@" --catalog "$STAGE/catalog" --model "$STAGE/novelty" \
+        --out "$STAGE/novelty/table.jsonl" --topic "$TOPIC" --publish --quiet
+    ORIGIN="trained on $DATA_DESC"
+    PUBLISHED=1
+fi
+
+for name in catalog repository seqrec novelty; do
+    rm -rf "${MODELS_DIR:?}/$name"
+    if [ -e "$STAGE/$name" ]; then mv "$STAGE/$name" "$MODELS_DIR/$name"; fi
+done
+rm -rf "$STAGE"
+set_seqrec_backend
+if [ "$PUBLISHED" = "0" ] && [ -f "$MODELS_DIR/novelty/table.jsonl" ]; then
+    publish_table "$MODELS_DIR/novelty/table.jsonl"
+fi
+echo "$ORIGIN, $(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$MODELS_DIR/COMPLETE"
+log "done: $(cat "$MODELS_DIR/COMPLETE")"
