@@ -388,9 +388,8 @@ user later touched a cluster new to them ({doc['moments'] - eligible:,} without 
 hit next {h}: over the {accuracy_n:,} moments with a next interaction. Coverage, entropy (bits) and JSD (bits) describe
 all proposals together; the last row is the distribution of the {doc['held_out_novel_transitions']:,} novel-cluster
 transitions of the held-out period, which JSD compares with (0 = the same spread, 1 = disjoint). clusters: mean
-number of clusters proposed per moment; below {m} where a user knows nearly every cluster and, for the engine, where
-its novelty-table row has fewer than {m} clusters the user does not know (it asks the live LM only when none is
-left).</p>
+number of clusters proposed per moment; below {m} where a user knows nearly every cluster (the engine asks the live
+LM with the user's exclusions whenever its novelty-table row leaves fewer than {m}).</p>
 
 <h3>How each method chooses</h3>
 <ul>
