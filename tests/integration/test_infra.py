@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -74,12 +75,21 @@ def test_status_reports_a_dead_service(tmp_path: Path) -> None:
         _explore(tmp_path, "infra", "down")
 
 
-def test_demo_round_trips_and_leaves_nothing_running(tmp_path: Path) -> None:
-    run = _explore(tmp_path, "demo", "--run-dir", str(tmp_path / "run"))
+def test_demo_runs_the_engine_end_to_end_and_leaves_nothing_running(tmp_path: Path) -> None:
+    """The main job, small: models, embedded Kafka + Triton, a worker, the replay, the report."""
+    out = tmp_path / "run"
+    run = _explore(tmp_path, "demo", "--run-dir", str(out), "--users", "150", "--rate", "1500", "--quiet",
+                   "--bad-records", "10")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "read back in order" in run.stdout and "matches onnxruntime" in run.stdout
     pids = _pids(run.stdout)
-    assert len(pids) == 2 and not [p for p in pids if pid_alive(p)]
+    assert len(pids) == 3 and not [p for p in pids if pid_alive(p)]  # broker, Triton, worker: all stopped
+    assert "to the DLQ 10 " in run.stdout and "Stopped everything it started" in run.stdout
+    records = [json.loads(line) for line in (out / "recommendations.jsonl").read_text().splitlines()]
+    assert records and all(r["slate"] and r["novel_clusters"] for r in records)
+    report = (out / "report" / "report.html").read_text()
+    assert "engine (LM + SASRec)" in report and "exploit-only SASRec" in report and "<img" in report
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert metrics["moments"] > 0 and set(metrics["methods"]) >= {"engine (LM + SASRec)", "popular novel clusters"}
 
 
 def test_stack_stops_everything_when_the_body_fails(tmp_path: Path, tiny_repository: Path,
