@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= embedded,data,text,train,bench,dev
+EXTRAS ?= embedded,data,text,train,rocksdb,bench,dev
 
 .PHONY: demo test system-deps venv lint fmt unit infra-up infra-status infra-down clean
 

@@ -94,12 +94,13 @@ def engine_setup(apache_bootstrap: str, triton, seqrec_artifacts, novelty_artifa
     return events, item_cluster_map(seqrec_artifacts)
 
 
-@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
-def test_restart_recovers_state_and_loses_nothing(how: str, apache_bootstrap: str, triton, seqrec_artifacts,  # type: ignore[no-untyped-def]
-                                                  engine_setup, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("how", "store"), [("sigterm", "memory://"), ("sigkill", "memory://"),
+                                           ("sigterm", "rocksdb://")])
+def test_restart_recovers_state_and_loses_nothing(how: str, store: str, apache_bootstrap: str, triton,  # type: ignore[no-untyped-def]
+                                                  seqrec_artifacts, engine_setup, tmp_path: Path) -> None:
     events, item_cluster = engine_setup
     cfg = engine_config(apache_bootstrap, seqrec_artifacts, triton.repository, triton.grpc,
-                        data_dir=str(tmp_path / "data"))
+                        data_dir=str(tmp_path / "data"), store=store)
     ensure_topics(cfg)
     first = WorkerProcess(cfg, tmp_path, "first").start()
     producer = Producer(apache_bootstrap, cfg.interactions_topic, [e.encode() for e in events], rate=400)
