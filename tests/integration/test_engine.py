@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -77,4 +76,3 @@ def test_end_to_end(broker: str, triton, seqrec_artifacts, novelty_artifacts, tm
     assert f'explore_events_total{{outcome="applied"}} {float(len(events))}' in metrics
     assert 'explore_inference_seconds_count{model="seqrec",path="triton"}' in metrics
     assert "explore_triton_up 1.0" in metrics
-    time.sleep(0)
