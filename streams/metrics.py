@@ -49,6 +49,8 @@ class Metrics:
         self.acks_withheld = Counter("explore_acks_withheld", "Input records Faust skipped without delivering "
                                      "them (stopping, rebalancing) whose offsets were kept uncommitted, so that "
                                      "they are read again", registry=r)
+        self.stall_reseeks = Counter("explore_stall_reseeks", "Partitions re-sought because records waited while "
+                                     "nothing arrived for 15 s (a stalled consumer)", registry=r)
         self.triton_up.set(0)
 
     def observe_call(self, model: str, path: str, seconds: float, ok: bool) -> None:

@@ -74,7 +74,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
     users = app.Table("users", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
     positions = app.Table("positions", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
     app.engine, app.metrics = engine, metrics  # type: ignore[attr-defined]
-    status = {"table_loaded": False, "processing": False}
+    status: dict = {"table_loaded": False, "processing": False, "last_batch": 0.0}
     last_offset: dict[int, int] = {}
     guard = AckGuard(cfg.interactions_topic, metrics)
     order = PartitionOrder()
@@ -84,8 +84,26 @@ def create_app(cfg: EngineConfig) -> faust.App:
         last = positions.get(str(partition))
         if last is not None:
             return int(last) + 1
-        tp = TP(cfg.interactions_topic, partition)
-        return int((await app.consumer.earliest_offsets(tp))[tp])
+        return await earliest_offset(partition)
+
+    async def earliest_offset(partition: int) -> int:
+        """The partition's first offset, from a client of our own (no group), with a timeout.
+
+        Asking Faust's consumer (`consumer.earliest_offsets`) from the agent hung the worker for
+        minutes in one restart run out of five; a separate client keeps that call off Faust's thread.
+        """
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka import TopicPartition as AioTP
+
+        client = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False, group_id=None)
+        await asyncio.wait_for(client.start(), 30)
+        try:
+            tp = AioTP(cfg.interactions_topic, partition)
+            first = int((await asyncio.wait_for(client.beginning_offsets([tp]), 30))[tp])
+        finally:
+            await client.stop()
+        app.log.info(f"partition {partition}: nothing applied yet, starting at its first offset {first}")
+        return first
     trace = os.environ.get("EXPLORE_TRACE_BATCHES") == "1"  # log every batch's offsets (debugging delivery)
 
     @app.task
@@ -122,7 +140,9 @@ def create_app(cfg: EngineConfig) -> faust.App:
             await asyncio.sleep(0.05)  # start with the table, not with a burst of misses
         guard.install(app.consumer)
         status["processing"] = True
+        status["last_batch"] = time.monotonic()
         async for events in stream.noack_take(cfg.batch_size, within=cfg.batch_within_ms / 1000):
+            status["last_batch"] = time.monotonic()
             assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == cfg.interactions_topic}
             order.forget(set(order.next) - assigned)
             mine = [e for e in events if e.message.partition in assigned]
@@ -202,6 +222,39 @@ def create_app(cfg: EngineConfig) -> faust.App:
     @app.timer(5.0)
     async def refresh_lag() -> None:
         _update_lag(app, cfg, metrics, last_offset)
+
+    @app.timer(5.0)
+    async def unstick() -> None:
+        """Re-seek partitions that have records waiting while the agent has received nothing for 15 s.
+
+        After a restart that followed a SIGKILL, Faust's consumer sometimes delivered nothing at all
+        (about 2 runs in 5 here; its recovery resumes fetching before it seeks, faust-streaming #216).
+        A seek to where each partition continues restarts the fetch; the gapless order makes it safe.
+        """
+        if not status["processing"] or app.rebalancing or time.monotonic() - status["last_batch"] < 15:
+            return
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka import TopicPartition as AioTP
+
+        mine = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == cfg.interactions_topic)
+        if not mine:
+            return
+        client = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False, group_id=None)
+        await client.start()
+        try:
+            ends = await client.end_offsets([AioTP(cfg.interactions_topic, p) for p in mine])
+        finally:
+            await client.stop()
+        for p in mine:
+            nxt = order.next.get(p)
+            if nxt is None:
+                last = positions.get(str(p))
+                nxt = 0 if last is None else int(last) + 1
+            if ends[AioTP(cfg.interactions_topic, p)] > nxt:
+                metrics.stall_reseeks.inc()
+                app.log.warning(f"partition {p}: records from offset {nxt} wait but nothing arrived for 15 s; seeking")
+                await app.consumer.seek(TP(cfg.interactions_topic, p), nxt)
+        status["last_batch"] = time.monotonic()
 
     @app.on_before_shutdown.connect
     async def close_router(app: faust.App, **kwargs: object) -> None:
