@@ -170,7 +170,8 @@ def main() -> int:
                     src, dst = cfg.interactions_topic, cfg.recommendations_topic
 
                     def progress(w: WorkerProcess = worker) -> float:
-                        return counter(w.url, "explore_events_total")
+                        return sum(counter(w.url, f'explore_events_total{{outcome="{o}"}}')
+                                   for o in ("applied", "duplicate", "invalid"))
 
                     start, stop = (lambda w=worker: w.start()), worker.stop
                 else:

@@ -311,20 +311,15 @@ def _novelty_split(args: argparse.Namespace, k: int, level: int | None):  # type
     return ds, catalog, lv, examples, split_by_time(examples)
 
 
-def _auto_cap(values: np.ndarray, floor: int) -> int:
-    """Twice the median count per key: popular keys are cut to a few times a typical one."""
-    _, counts = np.unique(values, axis=0, return_counts=True)
-    return max(floor, int(2 * np.median(counts)))
-
-
 def cmd_novelty_train(args: argparse.Namespace) -> int:
-    from interests.novelty_data import distribution, diversify
+    from interests.novelty_data import auto_cap, distribution, diversify
     from interests.novelty_lm import LMConfig, train_novelty_lm
+    from interests.novelty_prior import choose_prior
 
     ds, catalog, level, examples, split = _novelty_split(args, args.k, args.level)
     n = catalog.levels[level]
-    cap_t = args.max_per_target or _auto_cap(split.train.targets, 1)
-    cap_c = args.max_per_context or _auto_cap(split.train.contexts, 5)
+    cap_t = args.max_per_target or auto_cap(split.train.targets, 1)
+    cap_c = args.max_per_context or auto_cap(split.train.contexts, 5)
     train = diversify(split.train, cap_t, cap_c, args.seed)
     print(ds.summary())
     print(f"catalog {catalog.version}, level {level} ({n} clusters), K = {args.k}: {len(examples):,} novel "
@@ -344,38 +339,17 @@ def cmd_novelty_train(args: argparse.Namespace) -> int:
     print(f"trained in {info['seconds']:.0f} s ({len(info['history'])} epochs, best valid loss "
           f"{info['best_valid_loss']:.4f})")
     if args.prior_alphas:
-        _choose_prior(lm, split, n, args.prior_m, [float(a) for a in args.prior_alphas.split(",")])
+        choose_prior(lm, split, n, args.prior_m, [float(a) for a in args.prior_alphas.split(",")])
     lm.save(args.out)
     print(f"model: {args.out}")
     return 0
-
-
-def _choose_prior(lm, split, n_clusters: int, m: int, alphas: list[float]) -> None:  # type: ignore[no-untyped-def]
-    """alpha of the popularity prior by validation hit rate@M (never the test split); stored in lm.meta."""
-    from interests.novelty_prior import choose_alpha, popularity_log_prior
-
-    t0 = time.perf_counter()
-    log_p = popularity_log_prior(split.train, n_clusters)
-    best, curve = choose_alpha(lm, split.valid, log_p, m, alphas)
-    print(f"popularity prior: score = log P_LM(desc | ctx) + alpha * log P_pop(cluster); validation hit@{m} "
-          f"({len(split.valid):,} moments, {time.perf_counter() - t0:.0f} s):")
-    print("  alpha  " + "".join(f"{a:>7g}" for a in curve))
-    print("  hit    " + "".join(f"{h:>7.3f}" for h in curve.values()))
-    from interests.novelty_eval import hit_rate, popular_proposals
-
-    pop = hit_rate(popular_proposals(split.train, n_clusters, [set(k) for k in split.valid.known], m),
-                   split.valid.targets)
-    print(f"  chosen alpha = {best:g} (validation hit@{m} {curve[best]:.3f}, without the prior "
-          f"{curve.get(0.0, float('nan')):.3f}; popular baseline on validation {pop:.3f})")
-    lm.meta["prior"] = {"alpha": best, "log_p": log_p.tolist(), "smoothing": 1.0, "m": m,
-                        "source": "novel targets of the training split (uncapped)",
-                        "validation_curve": {f"{a:g}": h for a, h in curve.items()}}
 
 
 def cmd_novelty_prior(args: argparse.Namespace) -> int:
     import json
 
     from interests.novelty_lm import NoveltyLM
+    from interests.novelty_prior import choose_prior
 
     lm = NoveltyLM.load(args.model)
     _, catalog, level, _, split = _novelty_split(args, lm.meta["k"], lm.meta["level"])
@@ -383,7 +357,7 @@ def cmd_novelty_prior(args: argparse.Namespace) -> int:
         from interests.catalog import CatalogError
 
         raise CatalogError(f"{args.model} was trained with catalog {lm.meta['catalog_version']}, not {catalog.version}")
-    _choose_prior(lm, split, catalog.levels[level], args.m, [float(a) for a in args.alphas.split(",")])
+    choose_prior(lm, split, catalog.levels[level], args.m, [float(a) for a in args.alphas.split(",")])
     path = Path(args.model) / "novelty.json"
     path.write_text(json.dumps({**lm.meta, "descriptions": lm.descriptions}, indent=1))
     print(f"prior written to {path} (re-export the model for Triton: explore novelty export)")

@@ -59,13 +59,13 @@ class Steps:
 
 def build_models(train_ds: Dataset, run: Path, synthetic: bool, steps: Steps, quiet: bool) -> dict:
     """Catalog, SASRec, novelty LM (+ prior), both exported into run/model_repository; the table rows."""
-    from explore.cli import _auto_cap, _choose_prior
     from exporters.novelty_onnx import export_generator
     from exporters.seqrec_export import export_seqrec
     from interests.build import BuildConfig, build_catalog, format_catalog
-    from interests.novelty_data import diversify, novel_transitions, split_by_time
+    from interests.novelty_data import auto_cap, diversify, novel_transitions, split_by_time
     from interests.novelty_lm import LMConfig, train_novelty_lm
     from interests.novelty_precompute import precompute
+    from interests.novelty_prior import choose_prior
     from interests.seqsplit import leave_one_out, pad_left
     from interests.train_seqrec import TrainConfig, train
 
@@ -88,14 +88,14 @@ def build_models(train_ds: Dataset, run: Path, synthetic: bool, steps: Steps, qu
     examples = novel_transitions(train_ds, catalog.item_clusters(), 2)
     nsplit = split_by_time(examples)
     n = catalog.levels[-1]
-    train = diversify(nsplit.train, _auto_cap(nsplit.train.targets, 1), _auto_cap(nsplit.train.contexts, 5))
+    train = diversify(nsplit.train, auto_cap(nsplit.train.targets, 1), auto_cap(nsplit.train.contexts, 5))
     lm, info = train_novelty_lm(catalog.descriptions(), train, nsplit.valid,
                                 LMConfig(layers=2, dim=64 if synthetic else 128, heads=2 if synthetic else 4,
                                          epochs=12 if synthetic else 30),
                                 {"catalog_version": catalog.version, "level": catalog.finest, "k": 2,
                                  "dataset": train_ds.name}, progress=not quiet)
     print(f"{len(examples):,} novel transitions; trained in {info['seconds']:.0f} s")
-    _choose_prior(lm, nsplit, n, 3, [0.0, 0.5, 1.0, 2.0, 5.0, 20.0])
+    choose_prior(lm, nsplit, n, 3, [0.0, 0.5, 1.0, 2.0, 5.0, 20.0])
     lm.save(run / "novelty")
 
     steps.start("export both models to a Triton repository, precompute the novelty table")
@@ -291,12 +291,15 @@ def _with_bad_records(records: list[tuple[bytes, bytes]], n: int, seed: int) -> 
     return out
 
 
+HANDLED = ("applied", "duplicate", "invalid")  # outcomes that finish a record (revoked ones go elsewhere)
+
+
 def _wait_applied(worker, n: int, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
     from streams.infra.process import wait_until
 
     def seen() -> bool:
         m = _parse_metrics(worker.metrics_text())
-        return sum(v for k, v in m.items() if k.startswith("explore_events_total")) >= n
+        return sum(_count(m, "explore_events_total", outcome=o) for o in HANDLED) >= n
 
     wait_until(seen, timeout_s, f"the worker processed {n:,} events", worker.proc, interval_s=0.5)
 
@@ -325,7 +328,7 @@ def _print_summary(s: dict, steps: Steps, run: Path, report: Path | None, total_
     lat = np.array([r["latency_ms"] for r in held]) if held else np.zeros(1)
     hits = _count(m, "explore_novelty_table_lookups_total", result="hit")
     misses = _count(m, "explore_novelty_table_lookups_total", result="miss")
-    events = {o: _count(m, "explore_events_total", outcome=o) for o in ("applied", "duplicate", "invalid")}
+    events = {o: _count(m, "explore_events_total", outcome=o) for o in HANDLED}
     slates = {src: _count(m, "explore_slates_total", source=src) for src in ("table", "live")}
     print("\nSummary")
     dlq = {k.split('"')[1]: v for k, v in m.items() if k.startswith("explore_dlq_records_total{")}

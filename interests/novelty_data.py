@@ -127,3 +127,9 @@ def prompt(context: np.ndarray | list[int], descriptions: list[str]) -> str:
 
 def target_text(cluster: int, descriptions: list[str]) -> str:
     return TARGET.format(description=descriptions[int(cluster)])
+
+
+def auto_cap(values: np.ndarray, floor: int) -> int:
+    """Twice the median count per key: popular keys are cut to a few times a typical one."""
+    _, counts = np.unique(values, axis=0, return_counts=True)
+    return max(floor, int(2 * np.median(counts)))

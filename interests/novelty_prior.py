@@ -13,7 +13,8 @@ number of alphas.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -71,3 +72,25 @@ def choose_alpha(lm, valid: NoveltyExamples, log_prior: np.ndarray, m: int,  # t
         curve[alpha] = float(np.mean([int(t) in p for p, t in zip(props, valid.targets, strict=True)]))
     best = max(curve, key=lambda a: (curve[a], -a))
     return best, curve
+
+
+def choose_prior(lm, split, n_clusters: int, m: int, alphas: Sequence[float],  # type: ignore[no-untyped-def]
+                 log: Callable[[str], None] = print) -> float:
+    """alpha by validation hit rate@M (never the test split), stored with the prior in `lm.meta`; reports the curve."""
+    from interests.novelty_eval import hit_rate, popular_proposals
+
+    t0 = time.perf_counter()
+    log_p = popularity_log_prior(split.train, n_clusters)
+    best, curve = choose_alpha(lm, split.valid, log_p, m, list(alphas))
+    log(f"popularity prior: score = log P_LM(desc | ctx) + alpha * log P_pop(cluster); validation hit@{m} "
+        f"({len(split.valid):,} moments, {time.perf_counter() - t0:.0f} s):")
+    log("  alpha  " + "".join(f"{a:>7g}" for a in curve))
+    log("  hit    " + "".join(f"{h:>7.3f}" for h in curve.values()))
+    pop = hit_rate(popular_proposals(split.train, n_clusters, [set(k) for k in split.valid.known], m),
+                   split.valid.targets)
+    log(f"  chosen alpha = {best:g} (validation hit@{m} {curve[best]:.3f}, without the prior "
+        f"{curve.get(0.0, float('nan')):.3f}; popular baseline on validation {pop:.3f})")
+    lm.meta["prior"] = {"alpha": best, "log_p": log_p.tolist(), "smoothing": 1.0, "m": m,
+                        "source": "novel targets of the training split (uncapped)",
+                        "validation_curve": {f"{a:g}": h for a, h in curve.items()}}
+    return best

@@ -28,7 +28,7 @@ from interests.catalog import Catalog, CatalogError
 from streams.config import EngineConfig
 from streams.inference.router import ModelRouter
 from streams.metrics import Metrics
-from streams.records import Interaction, Limits, Rejection, parse_interaction
+from streams.records import Limits, Rejection, parse_interaction
 from streams.state import apply, copy_state, needs_slate, novel_from_table, slate_items
 
 EXCLUDED = -1e9
@@ -277,4 +277,4 @@ def user_view(state: dict | None, engine: Engine) -> dict:
             "last_slate": state["slate"], "input_position": state["pos"]}
 
 
-__all__ = ["BatchResult", "Engine", "Interaction", "RawRecord", "context_key", "finish_record", "user_view"]
+__all__ = ["BatchResult", "Engine", "RawRecord", "context_key", "finish_record", "user_view"]

@@ -19,7 +19,8 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.events = Counter("explore_events", "Input records by outcome: applied, duplicate (already in the "
-                              "state), invalid (sent to the DLQ), revoked (partition moved to another worker)",
+                              "state), invalid (sent to the DLQ), revoked (partition moved to another worker; "
+                              "its next owner handles the record)",
                               ["outcome"], registry=r)
         self.dlq = Counter("explore_dlq_records", "Records sent to the dead-letter topic, by reason", ["reason"],
                            registry=r)
@@ -49,8 +50,9 @@ class Metrics:
         self.acks_withheld = Counter("explore_acks_withheld", "Input records Faust skipped without delivering "
                                      "them (stopping, rebalancing) whose offsets were kept uncommitted, so that "
                                      "they are read again", registry=r)
-        self.stall_reseeks = Counter("explore_stall_reseeks", "Partitions re-sought because records waited while "
-                                     "nothing arrived for 15 s (a stalled consumer)", registry=r)
+        self.reseeks = Counter("explore_partition_reseeks", "Input partitions sought back: gap (a record came "
+                               "before an earlier one was applied) or stall (records waited, nothing arrived for "
+                               "15 s)", ["reason"], registry=r)
         self.triton_up.set(0)
 
     def observe_call(self, model: str, path: str, seconds: float, ok: bool) -> None:

@@ -157,7 +157,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
             mine = [e for e, v in zip(mine, verdicts, strict=True) if v == order.APPLY]
             metrics.events.labels("duplicate").inc(len(duplicates))
             for p, offset in seeks.items():
-                metrics.events.labels("out_of_order").inc()
+                metrics.reseeks.labels("gap").inc()
                 app.log.info(f"partition {p}: offset {offset} not delivered yet, records after it wait; seeking back")
                 await app.consumer.seek(TP(cfg.interactions_topic, p), offset)
             metrics.batch.observe(len(events))
@@ -251,7 +251,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
                 last = positions.get(str(p))
                 nxt = 0 if last is None else int(last) + 1
             if ends[AioTP(cfg.interactions_topic, p)] > nxt:
-                metrics.stall_reseeks.inc()
+                metrics.reseeks.labels("stall").inc()
                 app.log.warning(f"partition {p}: records from offset {nxt} wait but nothing arrived for 15 s; seeking")
                 await app.consumer.seek(TP(cfg.interactions_topic, p), nxt)
         status["last_batch"] = time.monotonic()
