@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= embedded,data,text,train,rocksdb,bench,dev
+# Peak disk use of a first install without pip's cache (measured 2026-11-27: see .ci/run).
+MIN_FREE_GB ?= 9
 
 .PHONY: demo test system-deps venv lint fmt unit infra-up infra-status infra-down clean
 
@@ -25,6 +27,7 @@ system-deps:
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 13) else "error: Python 3.11 or 3.12 is needed (set PYTHON=...), found " + sys.version.split()[0])'
+	@$(PYTHON) -c 'import os, shutil, sys; need = float(os.environ.get("EXPLORE_MIN_FREE_GB", "$(MIN_FREE_GB)")); free = shutil.disk_usage(".").free / 2**30; sys.exit(0 if free >= need else f"error: {free:.1f} GiB free on this disk; the virtualenv (PyPI torch is the CUDA build) needs about {need:.0f} GiB while installing. Free some space, or set EXPLORE_MIN_FREE_GB to override.")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --progress-bar off -e ".[$(EXTRAS)]"
