@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -51,6 +52,9 @@ class EngineConfig:
     data_dir: str = _setting("", "worker data directory (default: $EXPLORE_HOME/worker/APP_ID)")
     web_port: int = _setting(6066, "port of /metrics, /health, /ready and /users/{id}")
     web_host: str = _setting("127.0.0.1", "address the web server binds")
+    advertised_url: str = _setting("", "URL at which the other workers reach this one's web server (GET /users/{id} "
+                                       "asks the worker that holds the user); empty: http://WEB_HOST:WEB_PORT, "
+                                       "or this host's address when WEB_HOST binds every interface")
     threads: int = _setting(1, "onnxruntime threads of the in-process fallback")
 
     @classmethod
@@ -97,6 +101,19 @@ class EngineConfig:
                 raise ValueError(f"setting {name} must be at least 1, got {getattr(self, name)}")
         if self.store not in ("memory://", "rocksdb://"):
             raise ValueError(f"setting store must be memory:// or rocksdb://, got {self.store!r}")
+
+    def canonical_url(self) -> str:
+        """Where other workers reach this worker's web server (Faust's `canonical_url`).
+
+        A wildcard bind address cannot be dialled, so it is replaced by the address this host's
+        name resolves to: inside a container, the container's address on its network.
+        """
+        if self.advertised_url:
+            return self.advertised_url.rstrip("/")
+        host = self.web_host
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.gethostbyname(socket.gethostname())
+        return f"http://{host}:{self.web_port}"
 
     def as_env(self) -> dict[str, str]:
         """The configuration as environment variables (to start a worker process with)."""

@@ -26,6 +26,7 @@ import os
 import time
 import weakref
 from pathlib import Path
+from urllib.parse import quote
 
 import faust
 from faust.streams import _current_event
@@ -37,6 +38,7 @@ from streams.engine import Engine, RawRecord, finish_record, user_view
 from streams.faust_app import make_app
 from streams.infra.paths import explore_home
 from streams.metrics import Metrics
+from streams.routing import peers_to_ask
 from streams.state import PartitionOrder
 
 TABLES = ("users", "positions")
@@ -65,7 +67,8 @@ def create_app(cfg: EngineConfig) -> faust.App:
     data_dir = Path(cfg.data_dir) if cfg.data_dir else explore_home() / "worker" / cfg.app_id
     data_dir.mkdir(parents=True, exist_ok=True)
     app = make_app(cfg.app_id, cfg.bootstrap, data_dir, web_port=cfg.web_port, web_bind=cfg.web_host,
-                   web_host=cfg.web_host, topic_partitions=cfg.partitions, store=cfg.store)
+                   web_host=cfg.web_host, canonical_url=cfg.canonical_url(), topic_partitions=cfg.partitions,
+                   store=cfg.store)
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     interactions = app.topic(cfg.interactions_topic, partitions=cfg.partitions, **raw)
     dlq = app.topic(cfg.dlq_topic, **raw)
@@ -209,15 +212,28 @@ def create_app(cfg: EngineConfig) -> faust.App:
                 "novelty_contexts": len(engine.table)}
         return web.json(body, status=200 if ok else 503)
 
+    own_url = cfg.canonical_url()
+
     @app.page("/users/{user_id}")
     class UserView(View):
+        """A user's state and last slate, from whichever worker holds it (`?local=1`: this one only)."""
+
         async def get(self, request: Request, user_id: str) -> Response:
             state = users.get(user_id)
-            if state is None:
-                mine = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == cfg.interactions_topic)
-                return self.json({"error": f"user {user_id!r} has no state on this worker",
-                                  "partitions_here": mine}, status=404)
-            return self.json({"user_id": user_id, **user_view(state, engine)})
+            mine = sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == cfg.interactions_topic)
+            # A standby replica (or a partition revoked by a rebalance) leaves a copy here that may lag:
+            # only the worker that processes the user's partition answers from its table.
+            if state is not None and state["pos"] and state["pos"][0] in mine:
+                return self.json({"user_id": user_id, "served_by": own_url, **user_view(state, engine)})
+            asked: list[str] = []
+            if not request.query.get("local"):
+                for peer in peers_to_ask(own_url, owner_url(app, user_id), app.router.tables_metadata()):
+                    asked.append(peer)
+                    body = await ask_peer(app, f"{peer}/users/{quote(user_id, safe='')}")
+                    if body is not None:
+                        return self.json(body)
+            return self.json({"error": f"no worker holds state of user {user_id!r}", "served_by": own_url,
+                              "partitions_here": mine, "workers_asked": asked}, status=404)
 
     @app.timer(5.0)
     async def refresh_lag() -> None:
@@ -300,6 +316,26 @@ class AckGuard:
 
         consumer.ack = ack  # type: ignore[method-assign]
         consumer._explore_ack_guard = self  # type: ignore[attr-defined]
+
+
+def owner_url(app: faust.App, user: str) -> str | None:
+    """The worker that owns `user`'s partition by the default partitioner, or None before an assignment."""
+    try:
+        return str(app.router.key_store("users", user))
+    except KeyError:
+        return None
+
+
+async def ask_peer(app: faust.App, url: str, timeout_s: float = 2.0) -> dict | None:
+    """The peer's own answer for a user (never forwarded again), or None when it has none or is unreachable."""
+    import aiohttp
+
+    try:
+        async with app.http_client.get(url, params={"local": "1"},
+                                       timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            return await resp.json() if resp.status == 200 else None
+    except (TimeoutError, aiohttp.ClientError, ValueError):
+        return None
 
 
 def write_state(users: faust.Table, user: str, state: object, event: faust.types.EventT) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.infra.process import wait_until
+from streams.infra.process import InfraError, wait_until
 from streams.infra.worker_process import WorkerProcess
 from streams.replay import produce
 from streams.worker import ensure_topics
@@ -56,6 +56,19 @@ def applied(worker: WorkerProcess) -> float:
         if line.startswith('explore_events_total{outcome="applied"}'):
             return float(line.split()[-1])
     return 0.0
+
+
+def both_answer(a: WorkerProcess, b: WorkerProcess, users: list[str], seen: dict) -> bool:
+    """Each worker answers `GET /users/{id}` for every user, both from the same worker, and each holds some."""
+    served = set()
+    for user in users:
+        (status_a, body_a), (status_b, body_b) = a.get(f"/users/{user}"), b.get(f"/users/{user}")
+        seen.update(user=user, first=(status_a, body_a), second=(status_b, body_b))
+        if status_a != 200 or status_b != 200 or body_a["served_by"] != body_b["served_by"]:
+            return False
+        assert body_a["user_id"] == body_b["user_id"] == user
+        served.add(body_a["served_by"])
+    return served == {a.url, b.url}
 
 
 def assert_exact_states(worker: WorkerProcess, events: list, item_cluster: dict[str, int], k: int,
@@ -131,6 +144,13 @@ def test_rebalance_second_worker_joins_and_leaves(apache_bootstrap: str, triton,
         wait_until(lambda: applied(first) > len(events) / 6, 60, "first events applied", first.proc)
         with WorkerProcess(cfg, tmp_path, "second") as second:
             wait_until(lambda: applied(second) > 0, 60, "the second worker took partitions", second.proc)
+            early = sorted({e.user_id for e in events[:len(events) // 12]})
+            seen: dict = {}
+            try:
+                wait_until(lambda: both_answer(first, second, early, seen), 60, "either worker answers for every user",
+                           second.proc)
+            except InfraError:
+                raise AssertionError(f"the workers do not both answer; last answers: {seen}") from None
             time.sleep(1.5)
             shared = applied(second)
         producer.finish()

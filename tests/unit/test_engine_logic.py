@@ -139,3 +139,22 @@ def test_config_layers_and_errors(tmp_path) -> None:  # type: ignore[no-untyped-
     with pytest.raises(ValueError, match="at least 1"):
         EngineConfig().with_values({"m": 0})
     assert "EXPLORE_SLATE_MAX_AGE_S" in describe()
+
+
+def test_user_requests_ask_the_owner_first_then_every_other_worker_never_themselves() -> None:
+    from streams.routing import peers_to_ask, url_ident
+
+    workers = ["http://10.0.0.3:6066", "http://10.0.0.1:6066/", "http://10.0.0.2:6066"]
+    assert url_ident("http://h:1/") == url_ident("http://h:1") == ("h", 1)
+    assert peers_to_ask("http://10.0.0.1:6066", "http://10.0.0.3:6066", workers) == [
+        "http://10.0.0.3:6066", "http://10.0.0.2:6066"]
+    # Before any assignment there is no owner; a worker alone has nobody to ask.
+    assert peers_to_ask("http://10.0.0.1:6066", None, workers) == ["http://10.0.0.2:6066", "http://10.0.0.3:6066"]
+    assert peers_to_ask("http://10.0.0.1:6066/", "http://10.0.0.1:6066", ["http://10.0.0.1:6066"]) == []
+
+
+def test_the_advertised_url_is_dialable() -> None:
+    assert EngineConfig(web_host="127.0.0.1", web_port=7000).canonical_url() == "http://127.0.0.1:7000"
+    assert EngineConfig(advertised_url="http://worker-2:6066/").canonical_url() == "http://worker-2:6066"
+    wildcard = EngineConfig(web_host="0.0.0.0", web_port=7000).canonical_url()
+    assert wildcard.endswith(":7000") and "0.0.0.0" not in wildcard
