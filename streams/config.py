@@ -48,6 +48,9 @@ class EngineConfig:
     batch_within_ms: int = _setting(20, "longest wait to fill a micro-batch")
     max_payload_bytes: int = _setting(4096, "larger input records go to the DLQ")
     max_future_s: float = _setting(86400.0, "event timestamps further ahead of the worker's clock go to the DLQ")
+    fetch_max_wait_ms: int = _setting(100, "longest a fetch waits on the broker for data (Faust's own 1500 ms "
+                                           "is added to every event's latency by a broker that does not wake a "
+                                           "waiting fetch, such as the embedded one)")
     store: str = _setting("memory://", "table store: memory:// or rocksdb:// (rocksdict)")
     data_dir: str = _setting("", "worker data directory (default: $EXPLORE_HOME/worker/APP_ID)")
     web_port: int = _setting(6066, "port of /metrics, /health, /ready and /users/{id}")
@@ -96,7 +99,8 @@ class EngineConfig:
         return cfg
 
     def check(self) -> None:
-        for name in ("k", "m", "n", "partitions", "batch_size", "recent_items", "dedupe_ids", "max_payload_bytes"):
+        for name in ("k", "m", "n", "partitions", "batch_size", "recent_items", "dedupe_ids", "max_payload_bytes",
+                     "fetch_max_wait_ms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name} must be at least 1, got {getattr(self, name)}")
         if self.store not in ("memory://", "rocksdb://"):

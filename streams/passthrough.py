@@ -7,7 +7,8 @@ of the throughput on this machine.
 
 Run: `python -m streams.passthrough worker -l info` with, in the environment,
 KAFKA_BOOTSTRAP, PASSTHROUGH_IN, PASSTHROUGH_OUT and optionally PASSTHROUGH_APP_ID,
-PASSTHROUGH_DATA_DIR, PASSTHROUGH_BATCH (default 500), PASSTHROUGH_WITHIN_MS (default 20).
+PASSTHROUGH_DATA_DIR, PASSTHROUGH_BATCH (default 500), PASSTHROUGH_WITHIN_MS (default 20),
+PASSTHROUGH_FETCH_MAX_WAIT_MS (default 100, as the engine's).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ app = make_app(
     env("PASSTHROUGH_APP_ID", "explore-passthrough"),
     env("KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
     Path(env("PASSTHROUGH_DATA_DIR", tempfile.gettempdir() + "/explore-passthrough")),
+    fetch_max_wait_ms=int(env("PASSTHROUGH_FETCH_MAX_WAIT_MS", "100")),
 )
 source = app.topic(env("PASSTHROUGH_IN", "passthrough-in"), key_type=bytes, value_type=bytes,
                    key_serializer="raw", value_serializer="raw")

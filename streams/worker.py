@@ -68,7 +68,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
     data_dir.mkdir(parents=True, exist_ok=True)
     app = make_app(cfg.app_id, cfg.bootstrap, data_dir, web_port=cfg.web_port, web_bind=cfg.web_host,
                    web_host=cfg.web_host, canonical_url=cfg.canonical_url(), topic_partitions=cfg.partitions,
-                   store=cfg.store)
+                   store=cfg.store, fetch_max_wait_ms=cfg.fetch_max_wait_ms)
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     interactions = app.topic(cfg.interactions_topic, partitions=cfg.partitions, **raw)
     dlq = app.topic(cfg.dlq_topic, **raw)

@@ -158,3 +158,22 @@ def test_the_advertised_url_is_dialable() -> None:
     assert EngineConfig(advertised_url="http://worker-2:6066/").canonical_url() == "http://worker-2:6066"
     wildcard = EngineConfig(web_host="0.0.0.0", web_port=7000).canonical_url()
     assert wildcard.endswith(":7000") and "0.0.0.0" not in wildcard
+
+
+def test_the_worker_consumer_waits_as_long_as_configured(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Faust hardcodes a 1.5 s fetch wait; the engine's transport replaces it (read by aiokafka's start())."""
+    import asyncio
+    import warnings
+
+    from streams.faust_app import make_app
+
+    async def fetch_wait() -> int:
+        app = make_app("fetch-wait", "127.0.0.1:1", tmp_path, fetch_max_wait_ms=77)
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            wait = consumer._fetch_max_wait_ms
+            del consumer
+        return wait
+
+    assert asyncio.run(fetch_wait()) == 77
