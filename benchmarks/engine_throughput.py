@@ -16,6 +16,7 @@ Run: python benchmarks/engine_throughput.py [--backlog 20000] [--rate 600] [--se
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -31,17 +32,20 @@ from streams.config import EngineConfig
 from streams.infra.kafka_check import create_topic
 from streams.infra.process import ManagedProcess, free_port, wait_until
 from streams.infra.worker_process import WorkerProcess
+from streams.novelty_table import publish_table
 from streams.replay import Event, produce
 from streams.worker import ensure_topics
 
 
-def build_models(work: Path, users: int) -> tuple[Path, Path, object]:
-    """A catalog, SASRec and novelty LM on planted synthetic data, exported to a Triton repository."""
+def build_models(work: Path, users: int) -> tuple[Path, Path, object, list[dict]]:
+    """A catalog, SASRec and novelty LM on planted synthetic data, exported to a Triton repository,
+    and the novelty table over every context (as `explore novelty precompute --all-contexts`)."""
     from exporters.novelty_onnx import export_generator
     from exporters.seqrec_export import export_seqrec
     from interests.build import BuildConfig, build_catalog
     from interests.novelty_data import novel_transitions, split_by_time
     from interests.novelty_lm import LMConfig, train_novelty_lm
+    from interests.novelty_precompute import precompute, table_depth
     from interests.seqsplit import leave_one_out
     from interests.synthetic import make_synthetic
     from interests.train_seqrec import TrainConfig, train
@@ -58,7 +62,10 @@ def build_models(work: Path, users: int) -> tuple[Path, Path, object]:
                              LMConfig(layers=1, dim=48, heads=2, epochs=3, patience=3),
                              {"catalog_version": catalog.version, "k": 2, "level": catalog.finest}, progress=False)
     export_generator(lm, work / "repo")
-    return work / "catalog", work / "repo", ds
+    depth = table_depth(len(catalog.descriptions()), 2)
+    rows = precompute(lm, [list(c) for c in itertools.permutations(range(len(catalog.descriptions())), 2)],
+                      top=depth, beam=depth, progress=False)
+    return work / "catalog", work / "repo", ds, rows
 
 
 def events_of(ds, n: int, tag: str) -> list[tuple[bytes, bytes]]:  # type: ignore[no-untyped-def]
@@ -119,13 +126,13 @@ def throughput(progress, total: int, timeout_s: float = 600) -> float:  # type: 
     raise TimeoutError(f"only {progress()} of {total} events processed in {timeout_s} s")
 
 
-def passthrough(bootstrap: str, work: Path, tag: str) -> tuple[ManagedProcess, str, str]:
+def passthrough(bootstrap: str, work: Path, tag: str, fetch_max_wait_ms: int) -> tuple[ManagedProcess, str, str]:
     src, dst = f"pt-in-{tag}", f"pt-out-{tag}"
     for t in (src, dst):
         create_topic(bootstrap, t, partitions=8)
     env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "PASSTHROUGH_IN": src, "PASSTHROUGH_OUT": dst,
            "PASSTHROUGH_APP_ID": f"pt-{tag}", "PASSTHROUGH_DATA_DIR": str(work / f"pt-{tag}"),
-           "PASSTHROUGH_WITHIN_MS": "10"}
+           "PASSTHROUGH_WITHIN_MS": "10", "PASSTHROUGH_FETCH_MAX_WAIT_MS": str(fetch_max_wait_ms)}
     proc = ManagedProcess(f"pt-{tag}", [sys.executable, "-m", "streams.passthrough", "worker", "-l", "warn"],
                           work / f"pt-{tag}.log", env=env)
     return proc, src, dst
@@ -142,13 +149,15 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=600, help="events per second for the latency run")
     ap.add_argument("--seconds", type=float, default=20, help="length of the latency run")
     ap.add_argument("--users", type=int, default=600, help="synthetic users")
+    ap.add_argument("--fetch-max-wait-ms", type=int, default=EngineConfig().fetch_max_wait_ms,
+                    help="the consumers' fetch wait, for both workers (Faust's own is 1500)")
     args = ap.parse_args()
     from streams.infra.apache_kafka import ApacheKafka
     from streams.infra.triton import EmbeddedTriton
 
     work = Path(tempfile.mkdtemp(prefix="engine-bench-"))
     print(f"building models on synthetic data in {work} ...", flush=True)
-    catalog, repo, ds = build_models(work, args.users)
+    catalog, repo, ds, table = build_models(work, args.users)
     rows = {}
     with ApacheKafka(work / "kafka") as kafka, EmbeddedTriton(repo, work / "triton") as triton:
         b = kafka.bootstrap
@@ -164,8 +173,10 @@ def main() -> int:
                                                       "interactions_topic": f"in-{tag}",
                                                       "recommendations_topic": f"recs-{tag}",
                                                       "dlq_topic": f"dlq-{tag}", "novelty_topic": f"novel-{tag}",
-                                                      "web_port": free_port()})
+                                                      "web_port": free_port(),
+                                                      "fetch_max_wait_ms": args.fetch_max_wait_ms})
                     ensure_topics(cfg)
+                    publish_table(b, cfg.novelty_topic, table)
                     worker = WorkerProcess(cfg, work, f"engine-{phase}")
                     src, dst = cfg.interactions_topic, cfg.recommendations_topic
 
@@ -175,7 +186,7 @@ def main() -> int:
 
                     start, stop = (lambda w=worker: w.start()), worker.stop
                 else:
-                    proc, src, dst = passthrough(b, work, tag)
+                    proc, src, dst = passthrough(b, work, tag, args.fetch_max_wait_ms)
 
                     def progress(dst: str = dst) -> float:
                         return topic_total(b, dst)
@@ -213,7 +224,7 @@ def main() -> int:
         p50, p95, p99 = r["latency_ms"]
         print(f"{name:<14}{r['events/s']:>10.0f}{p50:>9.1f}{p95:>9.1f}{p99:>9.1f}{r['outputs']:>9}")
     print(f"engine / pass-through throughput: {en['events/s'] / pt['events/s']:.2f}; "
-          f"latency run at {args.rate:.0f} events/s for {args.seconds:.0f} s")
+          f"latency run at {args.rate:.0f} events/s for {args.seconds:.0f} s; fetch wait {args.fetch_max_wait_ms} ms")
     return 0
 
 

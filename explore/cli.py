@@ -464,7 +464,7 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
     import json
 
     from interests.novelty_lm import NoveltyLM
-    from interests.novelty_precompute import precompute
+    from interests.novelty_precompute import precompute, table_depth
 
     lm = NoveltyLM.load(args.model)
     prior = None if args.no_prior else lm.prior
@@ -474,6 +474,7 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
     else:
         _, _, _, examples, _ = _novelty_split(args, k, lm.meta["level"])
         contexts = np.unique(examples.contexts, axis=0).tolist()
+    args.top = args.top or table_depth(n, k)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -746,8 +747,10 @@ def build_parser() -> argparse.ArgumentParser:
     npc.add_argument("--model", type=Path, default=Path("runs/novelty"))
     npc.add_argument("--all-contexts", action="store_true",
                      help="every ordered K-tuple of clusters, not only those seen")
-    npc.add_argument("--top", type=int, default=10, help="clusters kept per context (workers drop the known ones)")
-    npc.add_argument("--beam", type=int, default=10)
+    npc.add_argument("--top", type=int, default=None,
+                     help="clusters ranked per context (workers drop the user's known ones); default: every "
+                          "cluster the context leaves, up to 64, so that the table answers every user exactly")
+    npc.add_argument("--beam", type=int, default=10, help="beam width (at least --top is used)")
     npc.add_argument("--batch", type=int, default=64, help="contexts per decoding batch")
     npc.add_argument("--no-cache", action="store_true", help="re-read whole sequences at every step (reference)")
     npc.add_argument("--no-prior", action="store_true", help="decode without the model's popularity prior")

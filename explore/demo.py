@@ -64,7 +64,7 @@ def build_models(train_ds: Dataset, run: Path, synthetic: bool, steps: Steps, qu
     from interests.build import BuildConfig, build_catalog, format_catalog
     from interests.novelty_data import auto_cap, diversify, novel_transitions, split_by_time
     from interests.novelty_lm import LMConfig, train_novelty_lm
-    from interests.novelty_precompute import precompute
+    from interests.novelty_precompute import precompute, table_depth
     from interests.novelty_prior import choose_prior
     from interests.seqsplit import leave_one_out, pad_left
     from interests.train_seqrec import TrainConfig, train
@@ -108,10 +108,12 @@ def build_models(train_ds: Dataset, run: Path, synthetic: bool, steps: Steps, qu
           f"same top-N ids: {seqrec.parity.identical_ids}; interest_generator written to {repo}")
     contexts = [list(c) for c in np.unique(examples.contexts, axis=0)]
     t0 = time.perf_counter()
-    rows = precompute(lm, contexts, top=10, beam=10, progress=not quiet)
+    depth = table_depth(len(catalog.descriptions()), 2)
+    rows = precompute(lm, contexts, top=depth, beam=depth, progress=not quiet)
     secs = time.perf_counter() - t0
     (run / "novelty_table.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(f"novelty table: {len(rows):,} contexts in {secs:.1f} s ({len(rows) / max(secs, 1e-9):.0f} contexts/s)")
+    print(f"novelty table: {len(rows):,} contexts, {depth} clusters ranked each, in {secs:.1f} s "
+          f"({len(rows) / max(secs, 1e-9):.0f} contexts/s)")
     return {"catalog": catalog, "repository": repo, "rows": rows}
 
 

@@ -12,6 +12,21 @@ from tqdm import tqdm
 
 from interests.constrained import DescriptionTrie, beam_search, beam_search_cached
 
+TABLE_DEPTH_CAP = 64
+
+
+def table_depth(n_clusters: int, k: int, cap: int = TABLE_DEPTH_CAP) -> int:
+    """How many clusters a table row ranks: every one a context leaves, up to `cap`.
+
+    A worker drops the user's known clusters from the row and needs M left; a short row (the
+    top 10 of 32, say) runs dry for users who know most of them, and each such user then costs a
+    live beam search with their exclusions, per batch (on an 8-cluster catalog, most users). A
+    row that ranks every cluster, decoded with a beam as wide, is exhaustive, and since scores are
+    plain log-probabilities, filtering it gives exactly what a live call with those exclusions
+    would: the table then answers every user of a seen context.
+    """
+    return max(1, min(n_clusters - k, cap))
+
 
 def precompute(lm, contexts: Sequence[Sequence[int]], top: int, beam: int, use_prior: bool = True,  # type: ignore[no-untyped-def]
                cache: bool = True, batch: int = 64, progress: bool = True) -> list[dict]:

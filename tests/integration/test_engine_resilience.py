@@ -138,11 +138,18 @@ def test_rebalance_second_worker_joins_and_leaves(apache_bootstrap: str, triton,
     events, item_cluster = engine_setup
     cfg = engine_config(apache_bootstrap, seqrec_artifacts, triton.repository, triton.grpc)
     ensure_topics(cfg)
+    records = [e.encode() for e in events]
+    half = len(records) // 2
     with WorkerProcess(cfg, tmp_path, "first") as first:
-        producer = Producer(apache_bootstrap, cfg.interactions_topic, [e.encode() for e in events], rate=250)
+        producer = Producer(apache_bootstrap, cfg.interactions_topic, records[:half], rate=250)
         producer.start()
         wait_until(lambda: applied(first) > len(events) / 6, 60, "first events applied", first.proc)
         with WorkerProcess(cfg, tmp_path, "second") as second:
+            # The second half goes in once the second worker is up, so that it has events to take
+            # however slowly it started; it is still streaming when the second worker leaves.
+            producer.finish()
+            producer = Producer(apache_bootstrap, cfg.interactions_topic, records[half:], rate=100)
+            producer.start()
             wait_until(lambda: applied(second) > 0, 60, "the second worker took partitions", second.proc)
             early = sorted({e.user_id for e in events[:len(events) // 12]})
             seen: dict = {}

@@ -212,6 +212,29 @@ def test_real_lm_beam_equals_exhaustive(planted, small_lm) -> None:
     np.testing.assert_allclose([s for _, s in result], np.sort(exact)[::-1], atol=1e-4)
 
 
+def test_a_full_depth_table_row_answers_every_user_as_a_live_call_would(planted, small_lm) -> None:
+    """The worker filters a user's known clusters out of the row; at full depth that is exact."""
+    from interests.novelty_precompute import precompute, table_depth
+    from streams.state import novel_from_table
+
+    _, _, examples, _ = planted
+    lm, _, _ = small_lm
+    n = len(lm.descriptions)
+    depth = table_depth(n, 2)
+    assert depth == n - 2 and table_depth(500, 2) == 64
+    contexts = [list(map(int, c)) for c in np.unique(examples.contexts, axis=0)[:6]]
+    rows = precompute(lm, contexts, top=depth, beam=depth, progress=False)
+    rng = np.random.default_rng(0)
+    trie = DescriptionTrie(lm.sequences)
+    for row, ctx in zip(rows, contexts, strict=True):
+        assert len(row["clusters"]) == depth and not set(row["clusters"]) & set(ctx)
+        known = set(ctx) | set(rng.choice(n, size=int(rng.integers(0, n - 2)), replace=False).tolist())
+        [live] = beam_search_cached(lm, trie, [lm.prompt_ids(ctx)], [known], 3, n, lm.prior)
+        from_row = novel_from_table(row["clusters"], row["scores"], sorted(known), 3)
+        assert [c for c, _ in from_row] == [c for c, _ in live]
+        np.testing.assert_allclose([s for _, s in from_row], [s for _, s in live], atol=1e-4)
+
+
 def test_saved_lm_answers_the_same(planted, small_lm) -> None:
     _, _, examples, _ = planted
     lm, _, path = small_lm
