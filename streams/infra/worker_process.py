@@ -28,18 +28,27 @@ def http_json(url: str, timeout_s: float = 2.0) -> tuple[int, dict]:
         return 0, {}
 
 
+COMMANDS = {
+    "faust": ["-m", "streams.app", "worker", "-l", "info"],  # the plain Faust command line
+    "serve": ["-m", "explore", "serve", "--log-level", "info"],  # the CLI a user runs
+}
+
+
 class WorkerProcess:
-    """`python -m streams.app worker` with `cfg` in its environment; its own web port and data dir."""
+    """An engine worker with `cfg` in its environment; its own web port and data dir.
+
+    `command` picks how it is started: `python -m streams.app worker` (Faust's own command line)
+    or `explore serve`; both read the settings from the environment.
+    """
 
     def __init__(self, cfg: EngineConfig, work_dir: Path, name: str = "worker",
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, command: str = "faust") -> None:
         work_dir = Path(work_dir)
         self.cfg = replace(cfg, web_port=cfg.web_port if cfg.web_port != 6066 else free_port(),
                            data_dir=cfg.data_dir or str(work_dir / name / "data"))
         env = {**os.environ, **self.cfg.as_env(), **(extra_env or {})}
         env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
-        self.proc = ManagedProcess(name, [sys.executable, "-m", "streams.app", "worker", "-l", "info"],
-                                   work_dir / f"{name}.log", env=env)
+        self.proc = ManagedProcess(name, [sys.executable, *COMMANDS[command]], work_dir / f"{name}.log", env=env)
 
     @property
     def url(self) -> str:

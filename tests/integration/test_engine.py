@@ -38,7 +38,10 @@ def wait_for_states(worker: WorkerProcess, expected: dict[str, dict], timeout_s:
     wait_until(done, timeout_s, f"states of {len(pending)} users", worker.proc, interval_s=0.5)
 
 
-def test_end_to_end(broker: str, triton, seqrec_artifacts, novelty_artifacts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_end_to_end(broker: str, triton, seqrec_artifacts, novelty_artifacts, tmp_path: Path,  # type: ignore[no-untyped-def]
+                    request: pytest.FixtureRequest) -> None:
+    # `explore serve` on the embedded broker, the plain Faust command line on Apache Kafka: both ways in.
+    command = "serve" if request.node.callspec.params["broker"] == "tansu" else "faust"
     cfg = engine_config(broker, seqrec_artifacts, triton.repository, triton.grpc)
     ensure_topics(cfg)
     events = synthetic_events(seqrec_artifacts.dataset, n_users=40, max_per_user=10)
@@ -48,9 +51,11 @@ def test_end_to_end(broker: str, triton, seqrec_artifacts, novelty_artifacts, tm
     by_user: dict[str, list] = defaultdict(list)
     for e in events:
         by_user[e.user_id].append(e)
-    with WorkerProcess(cfg, tmp_path) as worker:
+    with WorkerProcess(cfg, tmp_path, command=command) as worker:
         produce(broker, cfg.interactions_topic, [e.encode() for e in events], progress=False)
         wait_for_states(worker, expected)
+        if command == "serve":
+            assert "engine worker" in worker.proc.log_path.read_text(), "not started by explore serve"
         owed = {u for u, s in expected.items() if len(s["context"]) == cfg.k and len(s["known"]) < n_clusters}
         assert owed, "the test data must change some contexts"
 
