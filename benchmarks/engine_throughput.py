@@ -186,7 +186,8 @@ def main() -> int:
                         return sum(counter(w.url, f'explore_events_total{{outcome="{o}"}}')
                                    for o in ("applied", "duplicate", "invalid"))
 
-                    def start(w: WorkerProcess = worker, src: str = src, tag: str = tag) -> None:
+                    def start(w: WorkerProcess = worker, src: str = src, tag: str = tag,
+                              progress=progress) -> None:  # type: ignore[no-untyped-def]
                         # Warm-up users first, as the pass-through gets its warm record: the first
                         # batches after a start wait for the first fetch, gRPC channel and model
                         # calls (~0.5 s of slates at 0.6-1 s measured); the run measures steady state.

@@ -534,6 +534,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from streams.worker import create_app, ensure_topics
 
+    try:
+        cfg.canonical_url()  # a wildcard bind on a host whose name does not resolve: say so before starting
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     ensure_topics(cfg)
     app = create_app(cfg)
     print(f"engine worker {cfg.app_id}: {cfg.interactions_topic} -> {cfg.recommendations_topic} on {cfg.bootstrap}; "

@@ -116,7 +116,12 @@ class EngineConfig:
             return self.advertised_url.rstrip("/")
         host = self.web_host
         if host in ("", "0.0.0.0", "::"):
-            host = socket.gethostbyname(socket.gethostname())
+            try:
+                host = socket.gethostbyname(socket.gethostname())
+            except OSError as exc:
+                raise ValueError(f"web_host {self.web_host!r} binds every interface and this host's name "
+                                 f"({socket.gethostname()}) does not resolve ({exc}): set advertised_url "
+                                 f"({self.env_name('advertised_url')}) to where other workers reach it") from None
         return f"http://{host}:{self.web_port}"
 
     def as_env(self) -> dict[str, str]:

@@ -66,8 +66,9 @@ def create_app(cfg: EngineConfig) -> faust.App:
     engine = Engine(cfg, metrics)
     data_dir = Path(cfg.data_dir) if cfg.data_dir else explore_home() / "worker" / cfg.app_id
     data_dir.mkdir(parents=True, exist_ok=True)
+    own_url = cfg.canonical_url()
     app = make_app(cfg.app_id, cfg.bootstrap, data_dir, web_port=cfg.web_port, web_bind=cfg.web_host,
-                   web_host=cfg.web_host, canonical_url=cfg.canonical_url(), topic_partitions=cfg.partitions,
+                   web_host=cfg.web_host, canonical_url=own_url, topic_partitions=cfg.partitions,
                    store=cfg.store, fetch_max_wait_ms=cfg.fetch_max_wait_ms)
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     interactions = app.topic(cfg.interactions_topic, partitions=cfg.partitions, **raw)
@@ -211,8 +212,6 @@ def create_app(cfg: EngineConfig) -> faust.App:
         body = {"ready": ok, "novelty_table_loaded": status["table_loaded"], "rebalancing": app.rebalancing,
                 "novelty_contexts": len(engine.table)}
         return web.json(body, status=200 if ok else 503)
-
-    own_url = cfg.canonical_url()
 
     @app.page("/users/{user_id}")
     class UserView(View):

@@ -177,3 +177,15 @@ def test_the_worker_consumer_waits_as_long_as_configured(tmp_path) -> None:  # t
         return wait
 
     assert asyncio.run(fetch_wait()) == 77
+
+
+def test_an_unresolvable_wildcard_host_asks_for_the_advertised_url(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    def fail(name: str) -> str:
+        raise socket.gaierror("Name or service not known")
+
+    monkeypatch.setattr(socket, "gethostbyname", fail)
+    with pytest.raises(ValueError, match="EXPLORE_ADVERTISED_URL"):
+        EngineConfig(web_host="0.0.0.0").canonical_url()
+    assert EngineConfig(web_host="0.0.0.0", advertised_url="http://w1:6066").canonical_url() == "http://w1:6066"
