@@ -175,6 +175,22 @@ def exhaustive_scores(next_logprobs: NextLogProbs, prompt: Sequence[int],
     return scores
 
 
+def assemble_prompt(head: Sequence[int], sep: Sequence[int], tail: Sequence[int],
+                    pieces: Sequence[Sequence[int]], context: Sequence[int]) -> list[int]:
+    """The prompt's tokens for a context (cluster ids, most recent last): head, the clusters' pieces
+    joined by sep, tail.
+
+    The one place a prompt is assembled: training (`NoveltyLM.prompt_ids`) and serving (`Generator`,
+    from decoder.json's head/sep/tail/pieces) both call it, so they cannot drift apart. Assembling
+    pre-tokenised pieces means serving never depends on how a tokenizer splits text at piece
+    boundaries, and needs no tokenizer at all.
+    """
+    ids = list(head)
+    for i, c in enumerate(context):
+        ids += [*(sep if i else []), *pieces[int(c)]]
+    return ids + list(tail)
+
+
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids, attention mask) [n, longest], each sequence right-aligned."""
     length = max((len(s) for s in sequences), default=1)
@@ -239,10 +255,8 @@ class Generator:
         return self.run(*left_pad(sequences, self.spec["pad_id"]))
 
     def prompt(self, context: Sequence[int]) -> list[int]:
-        ids = list(self.spec["head"])
-        for i, c in enumerate(context):
-            ids += (self.spec["sep"] if i else []) + self.spec["pieces"][int(c)]
-        return ids + self.spec["tail"]
+        spec = self.spec
+        return assemble_prompt(spec["head"], spec["sep"], spec["tail"], spec["pieces"], context)
 
     def validate(self, contexts: np.ndarray, exclude: np.ndarray) -> None:
         """ValueError unless contexts [B, K] hold catalog ids and exclude is [B, n_clusters]."""

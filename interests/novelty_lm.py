@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interests.constrained import left_pad
+from interests.constrained import assemble_prompt, left_pad
 from interests.novelty_data import HEAD, PROMPT, SEP, SEPARATOR, TAIL, NoveltyExamples, target_text
 
 PAD, EOS, UNK = "[PAD]", "[EOS]", "[UNK]"
@@ -144,12 +144,9 @@ class NoveltyLM:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def prompt_ids(self, context: np.ndarray | list[int]) -> list[int]:
-        """The prompt's tokens, assembled from pre-tokenised pieces (what Triton's model does too),
-        so that serving never depends on how a tokenizer splits text at piece boundaries."""
-        ids = list(self.head)
-        for i, c in enumerate(context):
-            ids += (self.sep if i else []) + self.pieces[int(c)]
-        return ids + self.tail
+        """The prompt's tokens, assembled from pre-tokenised pieces as Triton's model does (the same
+        `assemble_prompt`), so that serving never depends on how a tokenizer splits text."""
+        return assemble_prompt(self.head, self.sep, self.tail, self.pieces, context)
 
     @property
     def prior(self) -> np.ndarray | None:
