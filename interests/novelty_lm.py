@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from interests.configs import LMConfig
 from interests.constrained import assemble_prompt, left_pad
 from interests.novelty_data import HEAD, PROMPT, SEP, SEPARATOR, TAIL, NoveltyExamples, target_text
 
@@ -36,22 +37,6 @@ def train_tokenizer(descriptions: list[str]):  # type: ignore[no-untyped-def]
     corpus = [PROMPT.format(context=SEPARATOR.join(descriptions[:2])), *descriptions]
     tok.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=[PAD, EOS, UNK]))
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK)
-
-
-@dataclass
-class LMConfig:
-    layers: int = 2
-    dim: int = 128
-    heads: int = 4
-    dropout: float = 0.1
-    lr: float = 2e-3
-    batch_size: int = 64
-    epochs: int = 30
-    patience: int = 4
-    seed: int = 0
-    base_model: str | None = None  # a path (or, with allow_download, a hub name) of a causal LM
-    lora: bool = False
-    allow_download: bool = False
 
 
 def small_gpt2(vocab_size: int, cfg: LMConfig, pad_id: int, eos_id: int, max_positions: int = 256):  # type: ignore[no-untyped-def]

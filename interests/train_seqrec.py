@@ -12,25 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from interests.configs import TrainConfig
 from interests.sasrec import SASRec, SASRecConfig
 from interests.seqsplit import LeaveOneOut, pad_left, ranking_metrics, ranks_of, training_windows
-
-
-@dataclass
-class TrainConfig:
-    max_len: int = 50
-    dim: int = 64
-    heads: int = 2
-    blocks: int = 2
-    dropout: float = 0.2
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    epochs: int = 200
-    patience: int = 10  # epochs without a better validation NDCG@10 before stopping
-    loss: str = "ce"  # "ce": full softmax; "bce": one sampled negative per position (the paper's)
-    seed: int = 0
-    threads: int = 0  # 0: torch's default
 
 
 @dataclass
