@@ -40,6 +40,7 @@ from interests.novelty_eval import (
     random_proposals,
     transition_proposals,
 )
+from interests.stats import paired as paired_counts
 
 HORIZON = 10  # "hit within the next H interactions"
 ENGINE = "engine (LM + SASRec)"
@@ -106,11 +107,8 @@ def build_report(ds: Dataset, catalog_dir: Path, repository: Path, recommendatio
     engine_hits = results[ENGINE].novel_hits
     paired = {}
     for name in (EXPLOIT, *BASELINES):
-        other = results[name].novel_hits
-        both = (engine_hits >= 0) & (other >= 0)
-        won = int(((engine_hits == 1) & (other == 0) & both).sum())
-        lost = int(((engine_hits == 0) & (other == 1) & both).sum())
-        paired[name] = {"engine_only": won, "method_only": lost, "p": _mcnemar_p(won, lost)}
+        pair = paired_counts(engine_hits, results[name].novel_hits)
+        paired[name] = {"engine_only": pair["won"], "method_only": pair["lost"], "p": pair["p"]}
 
     latency = np.array([float(r["latency_ms"]) for r in sel.records if r.get("latency_ms") is not None])
     versions: dict[str, list[str]] = {}
@@ -157,12 +155,6 @@ def _no_nan(v: object) -> object:
     if isinstance(v, np.generic):
         v = v.item()
     return None if isinstance(v, float) and v != v else v
-
-
-def _mcnemar_p(won: int, lost: int) -> float:
-    from explore.cli import _mcnemar_p as p
-
-    return p(won, lost)
 
 
 def _percentiles(values: np.ndarray) -> dict[str, float]:

@@ -158,3 +158,20 @@ def test_missing_tansu_binary_is_a_clear_error(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("CALF_TANSU_BIN", str(tmp_path / "no-tansu"))
     with pytest.raises(InfraError, match="Tansu binary not found"):
         tansu_binary()
+
+
+@pytest.mark.parametrize(("command", "config"), [(["clusters", "build"], "BuildConfig"),
+                                                 (["seqrec", "train"], "TrainConfig"),
+                                                 (["novelty", "train"], "LMConfig")])
+def test_training_options_default_to_their_config_dataclass(command: list[str], config: str) -> None:
+    """Every option named after a field of the config has the dataclass's default: one home for each default."""
+    import dataclasses
+
+    import interests.configs
+
+    cls = getattr(interests.configs, config)
+    args = build_parser().parse_args([*command, "--synthetic"])
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    shared = set(fields) & set(vars(args))
+    assert len(shared) >= len(fields) - 1  # every field is an option (base_model's hub name aside)
+    assert {name: getattr(args, name) for name in shared} == {name: fields[name] for name in shared}

