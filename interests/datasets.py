@@ -44,7 +44,12 @@ class Dataset:
     timestamps: np.ndarray  # int64 [n], seconds since the epoch
     weights: np.ndarray  # float32 [n]; the rating for MovieLens, 1 when the source has none
     events: np.ndarray | None = None  # event type per interaction, when the source has one
-    item_text: dict[str, list[str]] = field(default_factory=dict)  # field -> text per dense item
+    # field -> text per dense item; the field "title", when there is one, is what a person reads
+    # for the item (catalog, slates, reports), whatever the source called its column
+    item_text: dict[str, list[str]] = field(default_factory=dict)
+    # Fields whose text is a list of phrases joined by ", " (genres, tags): descriptions take each
+    # phrase whole ("science fiction") instead of splitting it into words.
+    list_fields: tuple[str, ...] = ()
 
     @property
     def n_users(self) -> int:
@@ -87,10 +92,12 @@ class Dataset:
 
 def build_dataset(name: str, users: Sequence[str], items: Sequence[str], timestamps: np.ndarray,
                   weights: np.ndarray | None = None, events: Sequence[str] | None = None,
-                  item_text: dict[str, dict[str, str]] | None = None) -> Dataset:
+                  item_text: dict[str, dict[str, str]] | None = None,
+                  list_fields: Sequence[str] = ()) -> Dataset:
     """Map ids to dense integers and sort by (user, timestamp, source order).
 
     `item_text` maps field -> {external item id -> text}; only items with interactions are kept.
+    `list_fields` names the fields of `item_text` whose text is phrases joined by ", ".
     """
     user_ids, user_idx = np.unique(np.asarray(users, dtype=str), return_inverse=True)
     item_ids, item_idx = np.unique(np.asarray(items, dtype=str), return_inverse=True)
@@ -101,7 +108,8 @@ def build_dataset(name: str, users: Sequence[str], items: Sequence[str], timesta
     return Dataset(name=name, user_ids=user_ids, item_ids=item_ids,
                    users=user_idx[order].astype(np.int32), items=item_idx[order].astype(np.int32),
                    timestamps=ts[order], weights=w[order],
-                   events=None if events is None else np.asarray(events, dtype=str)[order], item_text=text)
+                   events=None if events is None else np.asarray(events, dtype=str)[order], item_text=text,
+                   list_fields=tuple(f for f in list_fields if f in text))
 
 
 # --- reading files with row-precise errors ---------------------------------------------------

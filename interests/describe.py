@@ -1,9 +1,10 @@
 """Cluster descriptions in words: class-based TF-IDF over the items' text.
 
-Each item's text becomes terms: list-like fields (genres, tags, keywords: comma-separated) give
-whole phrases ("sci-fi", "dark comedy"); free text (titles) gives words without stop words,
-years and numbers. A cluster is one class: its term frequencies (items weighted by log traffic,
-so popular items count more without drowning the rest) are normalised and multiplied by
+Each item's text becomes terms: list fields (`Dataset.list_fields`: genres, tags, keywords, as
+the loaders found them, ", "-joined) give whole phrases ("sci-fi", "dark comedy"); free text
+(titles) gives words without stop words, years and numbers. A cluster is one class: its term
+frequencies (items weighted by log traffic, so popular items count more without drowning the
+rest) are normalised and multiplied by
 idf = log(1 + average class size / frequency of the term over all classes), as in BERTopic's
 c-TF-IDF. The top terms, most distinctive first, make the description.
 
@@ -27,16 +28,7 @@ STOP_WORDS = frozenset([
     "we", "you", "he", "she", "they", "them", "him", "i", "ii", "iii", "iv", "v", "vi", "part", "la", "le",
     "les", "el", "de", "del", "der", "die", "das", "und", "et", "il", "lo", "los", "las", "un", "une",
 ])
-LIST_FIELDS_HINT = ("genre", "tag", "keyword", "categor", "label", "topic")
 _WORD = re.compile(r"[a-z][a-z'\-]+")
-
-
-def is_list_field(name: str, values: list[str]) -> bool:
-    """A field whose values are comma-separated phrases (by name, or because most values have commas)."""
-    if any(h in name.lower() for h in LIST_FIELDS_HINT):
-        return True
-    sample = [v for v in values[:500] if v]
-    return bool(sample) and np.mean([", " in v for v in sample]) > 0.5
 
 
 FREE_TEXT_WEIGHT = 0.25  # a title word says less about a cluster than a genre or a tag
@@ -49,7 +41,7 @@ def item_terms(ds: Dataset) -> list[dict[str, float]]:
     FREE_TEXT_WEIGHT: on MovieLens, unweighted title words gave descriptions such as
     "how, kill, welcome, back".
     """
-    fields = [(values, is_list_field(name, values)) for name, values in ds.item_text.items()]
+    fields = [(values, name in ds.list_fields) for name, values in ds.item_text.items()]
     out = []
     for i in range(ds.n_items):
         terms: dict[str, float] = {}

@@ -112,7 +112,8 @@ def make_synthetic(n_clusters: int = 8, items_per_cluster: int = 40, n_users: in
             titles[name] = f"The {picked[0].title()} {rng.choice(FILLER).title()} {j + 1}"
             texts[name] = ", ".join([*picked, *rng.choice(words, size=2, replace=False), str(rng.choice(FILLER))])
     ds = build_dataset(f"synthetic-k{k}-s{seed}", users, items, np.asarray(stamps),
-                       events=["view"] * len(users), item_text={"title": titles, "keywords": texts})
+                       events=["view"] * len(users), item_text={"title": titles, "keywords": texts},
+                       list_fields=("keywords",))
     cluster_of = {name: i // m for i, name in enumerate(item_names)}
     truth = SyntheticTruth(np.array([cluster_of[i] for i in ds.item_ids]), trans, stay,
                            [theme_words(c) for c in range(k)])

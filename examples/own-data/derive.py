@@ -48,7 +48,8 @@ def main(source: Path, out: Path) -> None:
                   "genres": items["genres"], "tags": [";".join(by_movie.get(m, [])[:5]) for m in items["movieId"]]}
                  ).to_csv(out / "items.csv", index=False)
     pd.DataFrame({"user_id": kept["userId"], "imdb_id": [imdb[m] for m in kept["movieId"]],
-                  "rating": kept["rating"], "rated_at": kept["timestamp"]}).to_csv(out / "interactions.csv", index=False)
+                  "rating": kept["rating"], "rated_at": kept["timestamp"]}
+                 ).to_csv(out / "interactions.csv", index=False)
     print(f"{len(items)} items, {len(chosen)} users, {len(kept)} interactions written to {out}")
 
 

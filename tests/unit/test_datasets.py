@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from interests.datasets import DataError
-from interests.loaders import GenericColumns, detect_format, load_dataset, load_generic
+from interests.loaders import GenericColumns, detect_format, detect_list_separator, load_dataset, load_generic
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -141,7 +141,8 @@ def test_generic_csv_with_renamed_columns_and_iso_dates(tmp_path: Path) -> None:
                           title="name")
     ds = load_generic(inter, items, cols)
     assert ds.name == "clicks" and (ds.n_users, ds.n_items) == (2, 2)
-    assert list(ds.item_text) == ["name", "category", "blurb"]
+    assert list(ds.item_text) == ["title", "category", "blurb"]  # the title column is the title, whatever its name
+    assert ds.item_text["title"] == ["Red Shoe", "Blue Hat"] and ds.list_fields == ("category",)
     u1 = ds.sequences()[0]
     assert [ds.item_ids[i] for i in u1] == ["A", "B"]
     assert ds.events is not None and ds.events[:2].tolist() == ["buy", "click"]
@@ -184,3 +185,70 @@ def test_generic_missing_file(tmp_path: Path) -> None:
     items = write(tmp_path / "items.csv", "item\nA\n")
     with pytest.raises(DataError, match=r"nope\.csv: file not found"):
         load_generic(tmp_path / "nope.csv", items)
+
+
+# --- list-valued text columns and the title column ----------------------------------------
+
+
+GENRES = ["Crime|Drama|Thriller", "Comedy|Drama", "Comedy", "Drama|Romance", "Crime|Thriller"]
+
+
+@pytest.mark.parametrize(("name", "values", "expected"), [
+    ("genres", GENRES, "|"),
+    ("cast", ["Tom Hanks;Meg Ryan", "Meg Ryan;Billy Crystal", "Tom Hanks;Billy Crystal", "Tom Hanks"], ";"),
+    ("styles", ["rock, pop", "pop, soul", "rock", "soul, rock", "pop"], ","),
+    ("genres", ["Comedy", "Drama", "Horror"], None),  # one value each: nothing to split
+    ("blurb", ["A man, a plan, a canal: Panama, as told by his grandson in a hut", "Two friends, one summer",
+               "Sharks, again", "Love, actually, is everywhere"], None),  # free text: phrases do not recur
+    ("price", ["12,50", "3,99", "12,50", "3,99"], None),  # decimal commas are not lists
+    ("tags", ["dark, gritty;twist ending", "twist ending;heist", "heist"], ";"),  # the one most values hold
+])
+def test_list_separator_is_found_only_where_a_column_clearly_holds_lists(
+        name: str, values: list[str], expected: str | None) -> None:
+    assert detect_list_separator(name, values) == expected
+
+
+def items_with_lists(tmp_path: Path) -> tuple[Path, Path]:
+    items = write(tmp_path / "items.csv",
+                  'id,name,genres,cast,blurb\n'
+                  '007,"Heat, The (1995)",Crime|Drama|Thriller,Al Pacino;Robert De Niro,"Cops, robbers"\n'
+                  '010,Up|Down,Comedy|Drama,Robert De Niro;Meg Ryan,\n'
+                  '011,Sleepless (1993),Comedy|Romance|Comedy,Meg Ryan;Al Pacino,A love story\n')
+    inter = write(tmp_path / "inter.csv", "user,id,timestamp\nu1,007,1\nu1,010,2\nu2,011,3\n")
+    return inter, items
+
+
+def test_generic_lists_are_split_and_the_title_never_is(tmp_path: Path) -> None:
+    inter, items = items_with_lists(tmp_path)
+    ds = load_generic(inter, items, GenericColumns(item="id", item_id="id", title="name"))
+    assert list(ds.item_ids) == ["007", "010", "011"]  # leading zeros kept
+    assert ds.item_text["title"] == ["Heat, The (1995)", "Up|Down", "Sleepless (1993)"]
+    assert ds.item_text["genres"] == ["Crime, Drama, Thriller", "Comedy, Drama", "Comedy, Romance"]  # repeats dropped
+    assert ds.item_text["cast"][0] == "Al Pacino, Robert De Niro"
+    assert ds.item_text["blurb"][0] == "Cops, robbers"  # free text stays as written
+    assert ds.list_fields == ("genres", "cast")
+
+
+def test_generic_list_separator_setting(tmp_path: Path) -> None:
+    inter, items = items_with_lists(tmp_path)
+    cols = GenericColumns(item="id", item_id="id", title="name")
+    plain = load_generic(inter, items, cols, list_separator="none")
+    assert plain.item_text["genres"][0] == "Crime|Drama|Thriller" and plain.list_fields == ("genres",)
+    piped = load_generic(inter, items, cols, list_separator="|")
+    assert piped.item_text["genres"][0] == "Crime, Drama, Thriller" and piped.list_fields == ("genres",)
+    assert piped.item_text["title"][1] == "Up|Down"
+    with pytest.raises(ValueError, match="list separator"):
+        load_generic(inter, items, cols, list_separator="")
+
+
+def test_generic_title_column_must_exist_when_named(tmp_path: Path) -> None:
+    inter, items = items_with_lists(tmp_path)
+    with pytest.raises(DataError, match=r"items\.csv: row 1: missing column\(s\) 'nme'"):
+        load_generic(inter, items, GenericColumns(item="id", item_id="id", title="nme"))
+
+
+def test_generic_other_column_called_title_is_kept_apart(tmp_path: Path) -> None:
+    items = write(tmp_path / "items.csv", "item,title,original\nA,Der Himmel,Wings of Desire\n")
+    inter = write(tmp_path / "inter.csv", "user,item,timestamp\nu,A,1\n")
+    ds = load_generic(inter, items, GenericColumns(title="original"))
+    assert ds.item_text["title"] == ["Wings of Desire"] and ds.item_text["title_column"] == ["Der Himmel"]
