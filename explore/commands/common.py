@@ -30,7 +30,11 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--columns", default="",
                    help="generic format: column names as key=name,... with keys user, item, timestamp, event, "
                         "weight, item_id, title, text (text: names joined by '+'); default user,item,timestamp; "
-                        "items: item,title + every other column as text")
+                        "items: item, title (the column called title, if any) + every other column as text")
+    g.add_argument("--list-separator", default="auto",
+                   help="generic format: how list-valued text columns (genres 'Crime|Drama') are split: auto "
+                        "(default: '|', ';' or ',' where a column clearly holds lists), none, or a separator that "
+                        "splits every text column but the title")
     g.add_argument("--synthetic", action="store_true", help="generated data with planted clusters")
     g.add_argument("--synthetic-clusters", type=int, default=8, help="planted clusters (default 8)")
     g.add_argument("--synthetic-users", type=int, default=400, help="synthetic users (default 400)")
@@ -58,7 +62,7 @@ def dataset_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             keys = ", ".join(GenericColumns.__dataclass_fields__)
             raise SystemExit(f"error: --columns: bad entry {pair!r} (keys: {keys})")
         setattr(cols, key, name.split("+") if key == "text" else name)
-    return load_generic(args.interactions, args.items, cols)
+    return load_generic(args.interactions, args.items, cols, list_separator=args.list_separator)
 
 
 def add_config_args(p: argparse.ArgumentParser | Any, cls: type, helps: Mapping[str, str | None],

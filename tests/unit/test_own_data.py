@@ -101,3 +101,31 @@ def test_explore_clusters_show_on_the_sample(tmp_path: Path) -> None:
         description, top = row.split("%  ", 1)[1].split("  |  ")
         assert "|" not in description and ";" not in description, row
         assert re.fullmatch(r".+ \(\d{4}\)(; .+ \(\d{4}\))*", top), row  # titles with their year, no raw ids
+
+
+def test_list_separator_option_reaches_the_loader(tmp_path: Path) -> None:
+    from explore.cli import build_parser
+    from explore.commands.common import dataset_from_args
+
+    def genres(*extra: str) -> str:
+        args = build_parser().parse_args(["clusters", "build", "--interactions", str(SAMPLE / "interactions.csv"),
+                                          "--items", str(SAMPLE / "items.csv"), "--columns", CLI_COLUMNS,
+                                          "--out", str(tmp_path), *extra])
+        ds = dataset_from_args(args)
+        return ds.item_text["genres"][list(ds.item_ids).index(TOY_STORY)]
+
+    assert genres() == "Adventure, Animation, Children, Comedy, Fantasy"
+    assert genres("--list-separator", "none") == "Adventure|Animation|Children|Comedy|Fantasy"
+
+
+def test_the_live_view_shows_slates_by_title(catalog: Catalog) -> None:
+    from explore.demo import LiveView
+
+    view = LiveView("unused:9092", "recommendations", catalog, ["5"], start_ts=0.0)
+    cluster = {"id": 0, "description": catalog.clusters[-1][0].description, "score": 1.0}
+    record = {"user_id": "5", "event_ts": 1.0, "latency_ms": 12.0, "events_applied": 3, "source": "table",
+              "context": [cluster], "novel_clusters": [cluster],
+              "slate": [{"item_id": TOY_STORY}, {"item_id": "0113497"}]}
+    view.records.append(record)
+    view.latest["5"] = record
+    assert "slate:           Toy Story (1995), Jumanji (1995)" in view.render()
