@@ -33,8 +33,8 @@ from torch import nn
 
 from exporters.repository import write_repository
 from interests import constrained
-from interests.constrained import KVCache, left_pad
-from interests.novelty_lm import NoveltyLM, Prefill, Step
+from interests.constrained import left_pad, onnx_kv_cache, onnx_logprobs
+from interests.novelty_lm import NoveltyLM, Prefill, Step, position_ids
 
 OPSET = 17
 
@@ -47,9 +47,8 @@ class NextTokenLogProbs(nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                            use_cache=False).logits
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=position_ids(attention_mask), use_cache=False).logits
         return torch.log_softmax(logits[:, -1].float(), -1)
 
 
@@ -104,33 +103,15 @@ def export_cached_lm(lm: NoveltyLM, directory: Path) -> tuple[Path, Path]:
     return prefill, step
 
 
-def _session(path: Path, threads: int):  # type: ignore[no-untyped-def]
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 class OnnxNextLogProbs:
     """`next_logprobs` over the no-cache graph (what the Triton model does without a cache, in-process)."""
 
     def __init__(self, path: Path, pad_id: int, threads: int = 2) -> None:
-        self.session = _session(path, threads)
+        self.run = onnx_logprobs(path, threads)
         self.pad_id = pad_id
 
     def __call__(self, sequences: list[list[int]]) -> np.ndarray:
-        ids, mask = left_pad(sequences, self.pad_id)
-        return self.session.run(["logprobs"], {"input_ids": ids, "attention_mask": mask})[0]
-
-
-def onnx_kv_cache(directory: Path, pad_id: int, threads: int = 2) -> KVCache:
-    """`KVCache` over `directory`/prefill.onnx and step.onnx (onnxruntime, CPU)."""
-    directory = Path(directory)
-    prefill, step = _session(directory / "prefill.onnx", threads), _session(directory / "step.onnx", threads)
-    return KVCache(lambda ids, mask: tuple(prefill.run(None, {"input_ids": ids, "attention_mask": mask})),
-                   lambda ids, mask, past: tuple(step.run(None, {"input_ids": ids, "attention_mask": mask,
-                                                                  "past": past})), pad_id)
+        return self.run(*left_pad(sequences, self.pad_id))
 
 
 def check_lm_parity(lm: NoveltyLM, path: Path, contexts: np.ndarray, seed: int = 0) -> dict[str, float]:
@@ -146,7 +127,7 @@ def check_lm_parity(lm: NoveltyLM, path: Path, contexts: np.ndarray, seed: int =
     out = {"no_cache": float(np.abs(onnx_lp(seqs) - lm.next_logprobs(seqs)).max())}
     if not (Path(path).parent / "step.onnx").exists():
         return out
-    cache = onnx_kv_cache(Path(path).parent, lm.pad_id)
+    cache = onnx_kv_cache(Path(path).parent, lm.pad_id, threads=2)
     rng = np.random.default_rng(seed)
     worst_prefill = worst_step = 0.0
     for batch in sorted({1, 5, len(contexts)}):

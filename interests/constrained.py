@@ -20,19 +20,27 @@ sequence at every step (`next_logprobs`, the reference); `beam_search_cached` en
 prompt once (`lm.prefill`) and then feeds one token per hypothesis over the key/value cache of its
 parent (`lm.step`), which is several times cheaper.
 
-numpy and the standard library only: Triton's `interest_generator` model runs this very file.
+numpy and the standard library only (onnxruntime where a graph is loaded): Triton's
+`interest_generator` model runs this very file. That makes it the home of what the engine, the
+exporter and the Triton models must agree on: `EXCLUDED`, `left_pad`, `assemble_prompt`, and the
+onnxruntime set-up of a `Generator` (`Generator.from_directory`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 NextLogProbs = Callable[[list[list[int]]], np.ndarray]  # token sequences -> [n, vocab] log-probs
-EXCLUDED = -1e9  # the score of a slot that no allowed cluster fills (its cluster is -1)
+# The score of an output slot that nothing allowed fills: a cluster -1 of interest_generator, an
+# item of seqrec (interests.topn). Finite, so that every runtime returns the same numbers.
+EXCLUDED = -1e9
+
 
 
 class CachedLM(Protocol):
@@ -191,16 +199,49 @@ def assemble_prompt(head: Sequence[int], sep: Sequence[int], tail: Sequence[int]
     return ids + list(tail)
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, attention mask) [n, longest], each sequence right-aligned."""
-    length = max((len(s) for s in sequences), default=1)
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int,
+             length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, attention mask) [n, length], each sequence right-aligned (the newest last).
+
+    `length` defaults to the longest sequence; a longer sequence keeps its newest `length` tokens.
+    Both models are fed this way: prompts to the LM (the mask marks the real tokens) and item
+    histories to seqrec (`streams.inference.seqrec.pad_histories`, 0 pads).
+    """
+    if length is None:
+        length = max((len(s) for s in sequences), default=1)
     ids = np.full((len(sequences), length), pad_id, dtype=np.int64)
     mask = np.zeros((len(sequences), length), dtype=np.int64)
     for i, s in enumerate(sequences):
-        if len(s):
-            ids[i, length - len(s):] = s
-            mask[i, length - len(s):] = 1
+        tail = np.asarray(s, dtype=np.int64)[len(s) - length:] if len(s) > length else s
+        if len(tail):
+            ids[i, length - len(tail):] = tail
+            mask[i, length - len(tail):] = 1
     return ids, mask
+
+
+def onnx_session(path: Path | str, threads: int):  # type: ignore[no-untyped-def]
+    """An onnxruntime CPU session: `threads` inside an operator, operators one after another."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logprobs(path: Path | str, threads: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """`run(ids, mask) -> log-probs [n, vocab]` over the no-cache graph (model.onnx)."""
+    session = onnx_session(path, threads)
+    return lambda ids, mask: session.run(["logprobs"], {"input_ids": ids, "attention_mask": mask})[0]
+
+
+def onnx_kv_cache(directory: Path | str, pad_id: int, threads: int) -> KVCache:
+    """`KVCache` over `directory`/prefill.onnx and step.onnx."""
+    prefill = onnx_session(Path(directory) / "prefill.onnx", threads)
+    step = onnx_session(Path(directory) / "step.onnx", threads)
+    return KVCache(lambda ids, mask: tuple(prefill.run(None, {"input_ids": ids, "attention_mask": mask})),
+                   lambda ids, mask, past: tuple(step.run(None, {"input_ids": ids, "attention_mask": mask,
+                                                                  "past": past})), pad_id)
 
 
 class KVCache:
@@ -248,6 +289,18 @@ class Generator:
         self.trie = DescriptionTrie(spec["sequences"])
         self.n_clusters = len(spec["pieces"])
         self.prior = np.asarray(spec["prior"], dtype=np.float64) if spec.get("prior") else None
+
+    @classmethod
+    def from_directory(cls, directory: Path | str, top_m: int, beam: int, threads: int,
+                       kv_cache: bool = True) -> Generator:
+        """The generator of an exported model directory (repo/interest_generator/1: decoder.json and
+        the graphs), over onnxruntime: what the Triton model, its in-process twin and the export
+        check each run. `kv_cache` picks prefill.onnx + step.onnx, else model.onnx."""
+        directory = Path(directory)
+        spec = json.loads((directory / "decoder.json").read_text())
+        if kv_cache:
+            return cls(spec, None, top_m, beam, cached=onnx_kv_cache(directory, spec["pad_id"], threads))
+        return cls(spec, onnx_logprobs(directory / "model.onnx", threads), top_m, beam)
 
     def next_logprobs(self, sequences: list[list[int]]) -> np.ndarray:
         if self.run is None:

@@ -82,6 +82,16 @@ def unstack_cache(past: torch.Tensor):  # type: ignore[no-untyped-def]
     return DynamicCache([(past[i, 0], past[i, 1]) for i in range(past.shape[0])])
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position among the real tokens of its left-padded row (padding gets 0).
+
+    Training right-pads, so positions start at 0 there by default; at inference the prompt is
+    left-padded, and these positions make a padded row score as it would alone. The prefill graph,
+    the no-cache graph (exporters.novelty_onnx) and `NoveltyLM.next_logprobs` all use this.
+    """
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
 class Prefill(torch.nn.Module):
     """Left-padded prompts -> (next-token log-probs [B, vocab], present keys/values [L, 2, B, H, T, D])."""
 
@@ -90,8 +100,8 @@ class Prefill(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                         position_ids=position_ids(attention_mask), use_cache=True)
         return torch.log_softmax(out.logits[:, -1].float(), -1), stack_cache(out.past_key_values)
 
 
@@ -106,8 +116,8 @@ class Step(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        position_ids = attention_mask.sum(-1, keepdim=True) - 1
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+        new_position = attention_mask.sum(-1, keepdim=True) - 1  # = position_ids(attention_mask)[:, -1:]
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=new_position,
                          past_key_values=unstack_cache(past), use_cache=True)
         return torch.log_softmax(out.logits[:, -1].float(), -1), stack_cache(out.past_key_values)
 
@@ -157,7 +167,7 @@ class NoveltyLM:
         out = []
         for start in range(0, len(ids), 256):
             i, m = torch.from_numpy(ids[start:start + 256]), torch.from_numpy(mask[start:start + 256])
-            logits = self.model(input_ids=i, attention_mask=m, position_ids=(m.cumsum(-1) - 1).clamp(min=0)).logits
+            logits = self.model(input_ids=i, attention_mask=m, position_ids=position_ids(m)).logits
             out.append(torch.log_softmax(logits[:, -1].float(), -1).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.tokenizer)))
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from interests.constrained import EXCLUDED
 from interests.sasrec import SASRec
-
-EXCLUDED = -1e9
 
 
 class RestrictedTopN(nn.Module):

@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from interests.catalog import Catalog, CatalogError
+from interests.constrained import EXCLUDED
 from streams.config import EngineConfig
 from streams.inference.router import ModelRouter
+from streams.inference.seqrec import pad_histories
 from streams.metrics import Metrics
+from streams.novelty_table import context_key
 from streams.records import Limits, Rejection, parse_interaction
 from streams.state import apply, copy_state, needs_slate, novel_from_table, slate_items
-
-EXCLUDED = -1e9
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +71,6 @@ def _pbtxt_param(config: Path, name: str, default: str) -> str:
     text = config.read_text() if config.is_file() else ""
     found = re.search(r'key:\s*"' + re.escape(name) + r'"\s*,\s*value:\s*\{\s*string_value:\s*"([^"]*)"', text)
     return found.group(1) if found else default
-
-
-def context_key(context: Sequence[int]) -> bytes:
-    """The novelty table's key: cluster ids, most recent last, joined by commas."""
-    return ",".join(str(int(c)) for c in context).encode()
 
 
 class ModelFiles:
@@ -223,11 +219,9 @@ class Engine:
         m.no_slate.labels("no_novel_cluster").inc(len(users) - len(ready))
         if not ready:
             return
-        history = np.zeros((len(ready), self.max_len), dtype=np.int64)
+        history = pad_histories([np.asarray(states[u]["items"], dtype=np.int64) + 1 for u in ready], self.max_len)
         allowed = np.zeros((len(ready), self.n_clusters), dtype=bool)
         for i, u in enumerate(ready):
-            tail = states[u]["items"][-self.max_len:]
-            history[i, self.max_len - len(tail):] = np.asarray(tail, dtype=np.int64) + 1
             allowed[i, [c for c, _ in novel[u]]] = True
         (items, scores), seqrec_path = await self.router.infer("seqrec", {"history": history, "allowed": allowed},
                                                                ["items", "scores"])
@@ -277,4 +271,4 @@ def user_view(state: dict | None, engine: Engine) -> dict:
             "last_slate": state["slate"], "input_position": state["pos"]}
 
 
-__all__ = ["BatchResult", "Engine", "RawRecord", "context_key", "finish_record", "user_view"]
+__all__ = ["BatchResult", "Engine", "RawRecord", "finish_record", "user_view"]

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Sequence
 
 
 def context_key(context: Sequence[int]) -> bytes:
+    """The table's key for a context (cluster ids, most recent last): the engine's lookups and fills
+    and the published precomputed rows must spell it the same."""
     return ",".join(str(int(c)) for c in context).encode()
 
 

@@ -10,12 +10,11 @@ whole sequences (model.onnx), as the Triton model's `kv_cache` parameter chooses
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from interests.constrained import Generator, KVCache
+from interests.constrained import Generator
 from streams.inference.grpc import GrpcModel
 
 
@@ -24,27 +23,7 @@ class OnnxNovelty:
 
     def __init__(self, model_dir: Path, top_m: int = 5, beam: int = 8, threads: int = 2,
                  kv_cache: bool = True) -> None:
-        import onnxruntime as ort
-
-        model_dir = Path(model_dir)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-
-        def session(name: str):  # type: ignore[no-untyped-def]
-            return ort.InferenceSession(str(model_dir / name), sess_options=options, providers=["CPUExecutionProvider"])
-
-        spec = json.loads((model_dir / "decoder.json").read_text())
-        if kv_cache:
-            prefill, step = session("prefill.onnx"), session("step.onnx")
-            cache = KVCache(lambda ids, mask: tuple(prefill.run(None, {"input_ids": ids, "attention_mask": mask})),
-                            lambda ids, mask, past: tuple(step.run(None, {"input_ids": ids, "attention_mask": mask,
-                                                                          "past": past})), spec["pad_id"])
-            self.generator = Generator(spec, None, top_m, beam, cached=cache)
-        else:
-            full = session("model.onnx")
-            self.generator = Generator(spec, lambda ids, mask: full.run(["logprobs"], {"input_ids": ids,
-                                                                                       "attention_mask": mask})[0],
-                                       top_m, beam)
+        self.generator = Generator.from_directory(model_dir, top_m, beam, threads, kv_cache)
 
     def propose(self, contexts: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.generator.propose(contexts, exclude)

@@ -1,9 +1,10 @@
 """Clients of the `seqrec` model (cluster-restricted top-N): Triton over gRPC and an in-process twin.
 
 Both take histories [B, L] of 1-based item ids (left-padded with 0) and allowed clusters [B, C]
-and return (items [B, N], scores [B, N]); slots that no eligible item fills carry EXCLUDED and
-are dropped by `valid_slots`. The twin runs the very ONNX file that Triton serves, so the answers
-are the same; it is the fallback when Triton is unreachable.
+and return (items [B, N], scores [B, N]); slots that no eligible item fills carry EXCLUDED (the
+one of `interests.constrained`, which the graph `interests.topn` uses) and are dropped by
+`valid_slots`. The twin runs the very ONNX file that Triton serves, so the answers are the same;
+it is the fallback when Triton is unreachable.
 """
 
 from __future__ import annotations
@@ -12,19 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from interests.constrained import EXCLUDED, left_pad
 from streams.inference.grpc import GrpcModel
-
-EXCLUDED = -1e9  # the score the graph gives unfilled slots (interests.topn.EXCLUDED)
 
 
 def pad_histories(histories: list[list[int]] | list[np.ndarray], length: int) -> np.ndarray:
     """[B, length] int64: each history's newest `length` items right-aligned, 0-padded."""
-    out = np.zeros((len(histories), length), dtype=np.int64)
-    for i, h in enumerate(histories):
-        tail = np.asarray(h, dtype=np.int64)[-length:]
-        if len(tail):
-            out[i, length - len(tail):] = tail
-    return out
+    return left_pad(histories, 0, length)[0]
 
 
 def valid_slots(scores: np.ndarray) -> np.ndarray:

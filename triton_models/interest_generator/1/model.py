@@ -19,11 +19,10 @@ for _path in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
         sys.path.insert(0, _path)
 
 import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from constrained import Generator, KVCache  # noqa: E402
+from constrained import Generator  # noqa: E402
 
 
 class TritonPythonModel:
@@ -31,29 +30,10 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         here = os.path.join(args["model_repository"], args["model_version"])
-        with open(os.path.join(here, "decoder.json")) as f:
-            spec = json.load(f)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
-        options.inter_op_num_threads = 1
-
-        def session(name: str):  # type: ignore[no-untyped-def]
-            return ort.InferenceSession(os.path.join(here, name), sess_options=options,
-                                        providers=["CPUExecutionProvider"])
-
-        top_m, beam = int(params.get("top_m", "5")), int(params.get("beam", "8"))
-        if params.get("kv_cache", "true").lower() in ("1", "true", "yes"):
-            prefill, step = session("prefill.onnx"), session("step.onnx")
-            cache = KVCache(
-                lambda ids, mask: tuple(prefill.run(None, {"input_ids": ids, "attention_mask": mask})),
-                lambda ids, mask, past: tuple(step.run(None, {"input_ids": ids, "attention_mask": mask, "past": past})),
-                spec["pad_id"])
-            self.generator = Generator(spec, None, top_m, beam, cached=cache)
-        else:
-            full = session("model.onnx")
-            self.generator = Generator(
-                spec, lambda ids, mask: full.run(["logprobs"], {"input_ids": ids, "attention_mask": mask})[0],
-                top_m, beam)
+        self.generator = Generator.from_directory(
+            here, int(params.get("top_m", "5")), int(params.get("beam", "8")),
+            threads=int(params.get("intra_op_threads", "1")),
+            kv_cache=params.get("kv_cache", "true").lower() in ("1", "true", "yes"))
 
     def execute(self, requests: list) -> list:
         """Valid requests are decoded together (one LM call per step for all); a bad one gets its error."""
