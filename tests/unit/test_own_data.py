@@ -7,7 +7,9 @@ title in a column called `name`, genres written `Crime|Drama|Thriller` and tags 
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +23,10 @@ from interests.datasets import Dataset
 from interests.describe import item_terms
 from interests.loaders import GenericColumns, load_generic
 
-SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "own-data"
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "examples" / "own-data"
 COLUMNS = GenericColumns(user="user_id", item="imdb_id", timestamp="rated_at", weight="rating", item_id="imdb_id",
                          title="name")
-# The README's command line for the sample, word for word.
 CLI_COLUMNS = "user=user_id,item=imdb_id,timestamp=rated_at,weight=rating,item_id=imdb_id,title=name"
 TOY_STORY = "0114709"
 
@@ -84,16 +86,28 @@ def test_descriptions_are_readable_words_unique_per_level(sample: Dataset, catal
         assert len({frozenset(c.keywords) for c in level}) == len(level)
 
 
-def test_explore_clusters_show_on_the_sample(tmp_path: Path) -> None:
-    out = tmp_path / "catalog"
-    build = subprocess.run([sys.executable, "-m", "explore", "clusters", "build",
-                            "--interactions", str(SAMPLE / "interactions.csv"), "--items", str(SAMPLE / "items.csv"),
-                            "--columns", CLI_COLUMNS, "--levels", "4,16", "--out", str(out), "--quiet"],
-                           capture_output=True, text=True, check=False)
+def readme_commands() -> list[list[str]]:
+    """The commands of the README's "Bring your own data" block, as a user pastes them."""
+    section = (REPO / "README.md").read_text().split("\n## Bring your own data\n", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def test_the_readme_commands_run_as_written_and_show_titles_and_words(tmp_path: Path) -> None:
+    (build_cmd, show_cmd) = readme_commands()
+    assert build_cmd[:3] == [".venv/bin/explore", "clusters", "build"] and build_cmd[-2:] == ["--columns", CLI_COLUMNS]
+    assert show_cmd[:3] == [".venv/bin/explore", "clusters", "show"]
+    (tmp_path / "examples").symlink_to(REPO / "examples")  # the README's relative paths, from a fresh directory
+    env = {**os.environ, "COLUMNS": "400"}  # wide enough that no row is cut
+
+    def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "explore", *cmd[1:]], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, check=False)
+
+    build = run(build_cmd)
     assert build.returncode == 0, build.stderr
     assert "text fields: title, genres, tags" in build.stdout
-    show = subprocess.run([sys.executable, "-m", "explore", "clusters", "show", str(out), "--level", "1",
-                           "--width", "400"], capture_output=True, text=True, check=False)
+    show = run(show_cmd)
     assert show.returncode == 0, show.stderr
     rows = [line for line in show.stdout.splitlines() if re.match(r"\s+\d+\s+\d+\s", line)]
     assert len(rows) == 16
