@@ -22,20 +22,12 @@ import threading
 import time
 import warnings
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from interests.datasets import Dataset
-
-
-def training_period(ds: Dataset, start_ts: float) -> Dataset:
-    """The same users and items, only the interactions before `start_ts` (per-user order kept)."""
-    keep = ds.timestamps < start_ts
-    return replace(ds, name=f"{ds.name} (before {time.strftime('%Y-%m-%d', time.gmtime(start_ts))})",
-                   users=ds.users[keep], items=ds.items[keep], timestamps=ds.timestamps[keep],
-                   weights=ds.weights[keep], events=None if ds.events is None else ds.events[keep])
+from interests.seqsplit import training_period
 
 
 class Steps:

@@ -34,20 +34,21 @@ class NoveltyExamples:
     known: list[frozenset[int]]  # clusters the user had touched before the target
     users: np.ndarray  # int32 [n]
     timestamps: np.ndarray  # int64 [n]
+    positions: np.ndarray  # int64 [n]: row of the target's interaction in the dataset's arrays
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def subset(self, idx: np.ndarray) -> NoveltyExamples:
         return NoveltyExamples(self.contexts[idx], self.targets[idx], [self.known[i] for i in idx],
-                               self.users[idx], self.timestamps[idx])
+                               self.users[idx], self.timestamps[idx], self.positions[idx])
 
 
 def novel_transitions(ds: Dataset, item_cluster: np.ndarray, k: int = 2) -> NoveltyExamples:
     """Every novel transition that has at least K distinct clusters before it."""
     if k < 1:
         raise ValueError(f"K must be >= 1, got {k}")
-    contexts, targets, known, users, stamps = [], [], [], [], []
+    contexts, targets, known, users, stamps, rows = [], [], [], [], [], []
     off = ds.offsets
     for u in range(ds.n_users):
         recent: list[int] = []  # distinct clusters, most recent last
@@ -61,12 +62,13 @@ def novel_transitions(ds: Dataset, item_cluster: np.ndarray, k: int = 2) -> Nove
                     known.append(frozenset(seen))
                     users.append(u)
                     stamps.append(ds.timestamps[j])
+                    rows.append(j)
                 seen.add(c)
             if c in recent:
                 recent.remove(c)
             recent.append(c)
     return NoveltyExamples(np.array(contexts, np.int32).reshape(-1, k), np.array(targets, np.int32), known,
-                           np.array(users, np.int32), np.array(stamps, np.int64))
+                           np.array(users, np.int32), np.array(stamps, np.int64), np.array(rows, np.int64))
 
 
 @dataclass(frozen=True)
@@ -133,3 +135,13 @@ def auto_cap(values: np.ndarray, floor: int) -> int:
     """Twice the median count per key: popular keys are cut to a few times a typical one."""
     _, counts = np.unique(values, axis=0, return_counts=True)
     return max(floor, int(2 * np.median(counts)))
+
+
+def novelty_test_start(ds: Dataset, item_clusters: list[np.ndarray], k: int) -> int:
+    """The earliest first timestamp of the novelty test period over catalog levels (`split_by_time`).
+
+    A model trained on interactions before it (the item policy, when it serves as an exploration
+    baseline) has seen nothing of any level's test period.
+    """
+    starts = [split_by_time(novel_transitions(ds, clusters, k)).cut_test for clusters in item_clusters]
+    return min(s for s in starts if s) if any(starts) else int(ds.timestamps.max()) + 1

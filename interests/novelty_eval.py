@@ -7,9 +7,9 @@
   in training, backing off to the last cluster alone, then to popularity);
 - over the proposals for every context: the share of clusters ever proposed, the entropy of the
   proposal distribution, and its Jensen-Shannon divergence from the empirical distribution of
-  novel-transition targets;
-- match rate: the share of outputs that are exactly a catalog cluster. Constrained decoding gives
-  100 % by construction; unconstrained greedy decoding shows what the constraint buys.
+  novel-transition targets.
+
+The judge (`interests.judge`) builds on these: more baselines, target sets, levels, intervals.
 """
 
 from __future__ import annotations
@@ -124,24 +124,6 @@ def diversity(proposals: Proposals, n_clusters: int, empirical_targets: np.ndarr
 
     return {"coverage": float((counts > 0).mean()), "entropy_bits": _entropy(p),
             "jsd_bits": 0.5 * kl(p, mix) + 0.5 * kl(q, mix)}
-
-
-def greedy_match_rate(lm, contexts: np.ndarray, max_new_tokens: int = 24) -> float:  # type: ignore[no-untyped-def]
-    """Share of unconstrained greedy generations that are exactly one catalog description."""
-    valid = {tuple(s) for s in lm.sequences}
-    seqs = [lm.prompt_ids(c) for c in contexts]
-    generated: list[list[int]] = [[] for _ in seqs]
-    done = [False] * len(seqs)
-    for _ in range(max_new_tokens):
-        active = [i for i, d in enumerate(done) if not d]
-        if not active:
-            break
-        nxt = lm.next_logprobs([seqs[i] + generated[i] for i in active]).argmax(1)
-        for i, tok in zip(active, nxt.tolist(), strict=True):
-            generated[i].append(int(tok))
-            if tok == lm.eos_id:
-                done[i] = True
-    return float(np.mean([tuple(g) in valid for g in generated])) if generated else 0.0
 
 
 def context_frequency_buckets(train: NoveltyExamples, contexts: np.ndarray) -> np.ndarray:

@@ -7,7 +7,8 @@ dataset's: by timestamp, ties in file order. Item ids here are 1-based (0 pads).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -99,3 +100,15 @@ def popularity_ranks(split: LeaveOneOut, which: str = "test") -> np.ndarray:
     targets = split.test_target if which == "test" else split.valid_target
     scores = np.broadcast_to(counts, (len(targets), split.n_items))
     return ranks_of(scores, targets)
+
+
+def training_period(ds: Dataset, start_ts: float) -> Dataset:
+    """The same users and items, only the interactions before `start_ts` (per-user order kept).
+
+    Models that are judged on a later period are trained on this, so that nothing they learn comes
+    from the period they are judged on.
+    """
+    keep = ds.timestamps < start_ts
+    return replace(ds, name=f"{ds.name} (before {time.strftime('%Y-%m-%d', time.gmtime(start_ts))})",
+                   users=ds.users[keep], items=ds.items[keep], timestamps=ds.timestamps[keep],
+                   weights=ds.weights[keep], events=None if ds.events is None else ds.events[keep])

