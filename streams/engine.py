@@ -14,25 +14,25 @@ per event is parsing and a dict update, the cost per model call is shared by the
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from interests.catalog import Catalog, CatalogError
+from interests.catalog import Catalog
 from interests.constrained import EXCLUDED
 from streams.config import EngineConfig
 from streams.inference.router import ModelRouter
 from streams.inference.seqrec import pad_histories
 from streams.metrics import Metrics
+from streams.model_files import ModelFiles
 from streams.novelty_table import context_key
+from streams.recommendation import Recommendation, novel_for_user, slate_items
 from streams.records import Limits, Rejection, parse_interaction
-from streams.state import apply, copy_state, needs_slate, novel_from_table, slate_items
+from streams.state import apply, copy_state, needs_slate
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,58 +52,10 @@ class BatchResult:
 
     dlq: list[tuple[RawRecord, Rejection]] = field(default_factory=list)
     table_fills: list[tuple[bytes, bytes]] = field(default_factory=list)  # novelty topic key, value
-    recommendations: list[tuple[bytes, bytes, float]] = field(default_factory=list)  # key, value, trigger ts
+    recommendations: list[Recommendation] = field(default_factory=list)
     states: dict[str, tuple[dict, RawRecord]] = field(default_factory=dict)  # user -> state, its last record
     applied: int = 0
     duplicates: int = 0
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
-
-
-def _pbtxt_param(config: Path, name: str, default: str) -> str:
-    """A `parameters` value of a Triton config.pbtxt (the local twin must decode like the server)."""
-    text = config.read_text() if config.is_file() else ""
-    found = re.search(r'key:\s*"' + re.escape(name) + r'"\s*,\s*value:\s*\{\s*string_value:\s*"([^"]*)"', text)
-    return found.group(1) if found else default
-
-
-class ModelFiles:
-    """The exported models a worker serves, read from a Triton repository, with their versions."""
-
-    def __init__(self, repository: Path, catalog: Catalog) -> None:
-        repository = Path(repository)
-        self.seqrec_dir = repository / "seqrec" / "1"
-        self.novelty_dir = repository / "interest_generator" / "1"
-        for f in (self.seqrec_dir / "model.onnx", self.seqrec_dir / "meta.json",
-                  self.novelty_dir / "model.onnx", self.novelty_dir / "decoder.json"):
-            if not f.is_file():
-                raise FileNotFoundError(f"{f} is missing: export the models first "
-                                        "(`explore seqrec export`, `explore novelty export`)")
-        self.seqrec_meta = json.loads((self.seqrec_dir / "meta.json").read_text())
-        if self.seqrec_meta.get("catalog_version") != catalog.version:
-            raise CatalogError(f"seqrec was exported with catalog {self.seqrec_meta.get('catalog_version')}, "
-                               f"the worker has catalog {catalog.version}")
-        config = repository / "interest_generator" / "config.pbtxt"
-        self.top_m = int(_pbtxt_param(config, "top_m", "5"))
-        self.beam = int(_pbtxt_param(config, "beam", "8"))
-        self.versions = {"catalog": catalog.version, "seqrec": _file_digest(self.seqrec_dir / "model.onnx"),
-                         "interest_generator": _file_digest(self.novelty_dir / "model.onnx")}
-
-    def local_models(self, threads: int) -> dict:
-        """In-process twins of both Triton models: named inputs -> outputs, as Triton answers."""
-        from streams.inference.novelty import OnnxNovelty
-        from streams.inference.seqrec import OnnxSeqRec
-
-        seqrec = OnnxSeqRec(self.seqrec_dir / "model.onnx", threads=threads)
-        novelty = OnnxNovelty(self.novelty_dir, top_m=self.top_m, beam=self.beam, threads=threads)
-        return {"seqrec": lambda x: list(seqrec.top_n(x["history"], x["allowed"])),
-                "interest_generator": lambda x: list(novelty.propose(x["context"], x["exclude"]))}
 
 
 class Engine:
@@ -143,7 +95,8 @@ class Engine:
         self.metrics.table_size.set(len(self.table))
 
     # -- one batch ---------------------------------------------------------------------------
-    async def handle(self, records: Sequence[RawRecord], load_state, now: float | None = None) -> BatchResult:  # type: ignore[no-untyped-def]
+    async def handle(self, records: Sequence[RawRecord], load_state: Callable[[str], dict | None],
+                     now: float | None = None) -> BatchResult:
         """Validate, apply, and recommend for one micro-batch; `load_state(user)` reads the table."""
         cfg, m = self.cfg, self.metrics
         now = time.time() if now is None else now
@@ -177,64 +130,85 @@ class Engine:
         return out
 
     async def _recommend(self, users: list[str], out: BatchResult, triggers: dict[str, float]) -> None:
-        cfg, m = self.cfg, self.metrics
+        """Slates for `users`, in the three model calls at most that a batch makes."""
         states = {u: out.states[u][0] for u in users}
-        novel: dict[str, list[tuple[int, float]]] = {}
-        source: dict[str, str] = {}
-        missing = sorted({context_key(states[u]["context"]) for u in users} - set(self.table))
-        m.table_lookups.labels("miss").inc(len(missing))
-        m.table_lookups.labels("hit").inc(len(users) - len(missing))
-        if missing:  # fill the table for these contexts: the user-independent answer, published for all
-            contexts = np.array([[int(c) for c in k.split(b",")] for k in missing], dtype=np.int64)
-            (clusters, scores), _ = await self.router.infer(
-                "interest_generator", {"context": contexts, "exclude": np.zeros((len(missing), self.n_clusters), bool)},
-                ["clusters", "scores"])
-            for key, cs, ss in zip(missing, clusters.tolist(), scores.tolist(), strict=True):
-                ranked = [(c, s) for c, s in zip(cs, ss, strict=True) if c >= 0]
-                self.table[key] = ([c for c, _ in ranked], [s for _, s in ranked])
-                out.table_fills.append((key, json.dumps({"clusters": self.table[key][0], "scores": self.table[key][1],
-                                                         "catalog_version": self.catalog.version,
-                                                         "source": "live"}).encode()))
-            m.table_size.set(len(self.table))
-        live = []
-        for u in users:
-            ranked, scores = self.table[context_key(states[u]["context"])]
-            novel[u] = novel_from_table(ranked, scores, states[u]["known"], cfg.m)
-            source[u] = "table"
-            if len(novel[u]) < cfg.m:
-                live.append(u)
-        if live:  # the table row has fewer than M clusters the user does not know: ask with their exclusions
-            contexts = np.array([states[u]["context"] for u in live], dtype=np.int64)
-            exclude = np.zeros((len(live), self.n_clusters), bool)
-            for i, u in enumerate(live):
-                exclude[i, states[u]["known"]] = True
-            (clusters, scores), _ = await self.router.infer("interest_generator",
-                                                            {"context": contexts, "exclude": exclude},
-                                                            ["clusters", "scores"])
-            for i, u in enumerate(live):
-                answer = novel_from_table(clusters[i].tolist(), scores[i].tolist(), states[u]["known"], cfg.m)
-                if len(answer) > len(novel[u]):
-                    novel[u], source[u] = answer, "live"
+        out.table_fills += await self._fill_table(users, states)
+        novel, source = await self._novel_clusters(users, states)
         ready = [u for u in users if novel[u]]
-        m.no_slate.labels("no_novel_cluster").inc(len(users) - len(ready))
+        self.metrics.no_slate.labels("no_novel_cluster").inc(len(users) - len(ready))
         if not ready:
             return
-        history = pad_histories([np.asarray(states[u]["items"], dtype=np.int64) + 1 for u in ready], self.max_len)
-        allowed = np.zeros((len(ready), self.n_clusters), dtype=bool)
+        (items, scores), seqrec_path = await self._top_items(ready, states, novel)
         for i, u in enumerate(ready):
-            allowed[i, [c for c, _ in novel[u]]] = True
-        (items, scores), seqrec_path = await self.router.infer("seqrec", {"history": history, "allowed": allowed},
-                                                               ["items", "scores"])
-        for i, u in enumerate(ready):
-            slate = slate_items(items[i].tolist(), scores[i].tolist(), states[u]["items"], cfg.n, EXCLUDED / 2)
+            slate = slate_items(items[i].tolist(), scores[i].tolist(), states[u]["items"], self.cfg.n, EXCLUDED / 2)
             if not slate:
-                m.no_slate.labels("no_items").inc()
+                self.metrics.no_slate.labels("no_items").inc()
                 continue
-            out.recommendations.append(self._record(u, states[u], novel[u], slate, source[u], seqrec_path,
-                                                    out.states[u][1], triggers[u]))
+            out.recommendations.append(self._recommendation(u, states[u], novel[u], slate, source[u], seqrec_path,
+                                                            out.states[u][1], triggers[u]))
 
-    def _record(self, user: str, state: dict, novel: list[tuple[int, float]], slate: list[tuple[int, float]],
-                source: str, path: str, last: RawRecord, trigger_ts: float) -> tuple[bytes, bytes, float]:
+    async def _fill_table(self, users: list[str], states: dict[str, dict]) -> list[tuple[bytes, bytes]]:
+        """Model call 1: `interest_generator` for the contexts missing from the table, without exclusions
+        (the user-independent answer); the answers join the table and are returned to be published."""
+        keys = {u: context_key(states[u]["context"]) for u in users}
+        missing = sorted(set(keys.values()) - set(self.table))
+        misses = sum(1 for u in users if keys[u] not in self.table)  # one lookup per user, as hits
+        self.metrics.table_lookups.labels("miss").inc(misses)
+        self.metrics.table_lookups.labels("hit").inc(len(users) - misses)
+        if not missing:
+            return []
+        contexts = np.array([[int(c) for c in k.split(b",")] for k in missing], dtype=np.int64)
+        (clusters, scores), _ = await self.router.infer(
+            "interest_generator", {"context": contexts, "exclude": np.zeros((len(missing), self.n_clusters), bool)},
+            ["clusters", "scores"])
+        fills = []
+        for key, cs, ss in zip(missing, clusters.tolist(), scores.tolist(), strict=True):
+            ranked = [(c, s) for c, s in zip(cs, ss, strict=True) if c >= 0]
+            self.table[key] = ([c for c, _ in ranked], [s for _, s in ranked])
+            fills.append((key, json.dumps({"clusters": self.table[key][0], "scores": self.table[key][1],
+                                           "catalog_version": self.catalog.version, "source": "live"}).encode()))
+        self.metrics.table_size.set(len(self.table))
+        return fills
+
+    async def _novel_clusters(self, users: list[str],
+                              states: dict[str, dict]) -> tuple[dict[str, list[tuple[int, float]]], dict[str, str]]:
+        """Each user's novel clusters and where they came from: the table row minus what the user knows;
+        model call 2, `interest_generator` with the user's own exclusions, for users left with fewer
+        than M (a longer live answer replaces the row's)."""
+        m = self.cfg.m
+        novel: dict[str, list[tuple[int, float]]] = {}
+        source: dict[str, str] = {}
+        for u in users:
+            ranked, scores = self.table[context_key(states[u]["context"])]
+            novel[u], source[u] = novel_for_user(ranked, scores, states[u]["known"], m), "table"
+        live = [u for u in users if len(novel[u]) < m]
+        if not live:
+            return novel, source
+        contexts = np.array([states[u]["context"] for u in live], dtype=np.int64)
+        exclude = np.zeros((len(live), self.n_clusters), bool)
+        for i, u in enumerate(live):
+            exclude[i, states[u]["known"]] = True
+        (clusters, scores), _ = await self.router.infer("interest_generator", {"context": contexts, "exclude": exclude},
+                                                        ["clusters", "scores"])
+        for i, u in enumerate(live):
+            answer = novel_for_user(clusters[i].tolist(), scores[i].tolist(), states[u]["known"], m)
+            if len(answer) > len(novel[u]):
+                novel[u], source[u] = answer, "live"
+        return novel, source
+
+    async def _top_items(self, users: list[str], states: dict[str, dict],
+                         novel: dict[str, list[tuple[int, float]]]) -> tuple[list[np.ndarray], str]:
+        """Model call 3: `seqrec` for every slate of the batch, restricted to each user's novel clusters;
+        ((items, scores), the path that answered)."""
+        history = pad_histories([np.asarray(states[u]["items"], dtype=np.int64) + 1 for u in users], self.max_len)
+        allowed = np.zeros((len(users), self.n_clusters), dtype=bool)
+        for i, u in enumerate(users):
+            allowed[i, [c for c, _ in novel[u]]] = True
+        return await self.router.infer("seqrec", {"history": history, "allowed": allowed}, ["items", "scores"])
+
+    def _recommendation(self, user: str, state: dict, novel: list[tuple[int, float]], slate: list[tuple[int, float]],
+                        source: str, path: str, last: RawRecord, trigger_ts: float) -> Recommendation:
+        """The slate as sent; the state remembers it (its context decides when the next one is due)."""
         allowed = {c for c, _ in novel}
         items = [{"item_id": self.item_ids[i], "cluster": self.item_cluster[i], "score": round(s, 5)}
                  for i, s in slate]
@@ -243,20 +217,11 @@ class Engine:
         self.metrics.slates.labels(source).inc()
         self.metrics.slate_items.inc(len(items))
         self.metrics.slate_novel_items.inc(sum(1 for x in items if x["cluster"] in allowed))
-        value = {"user_id": user,
-                 "context": [{"id": c, "description": self.descriptions[c]} for c in state["context"]],
-                 "novel_clusters": [{"id": c, "description": self.descriptions[c], "score": round(s, 5)}
-                                    for c, s in novel],
-                 "slate": items, "source": source, "seqrec_path": path, "versions": self.models.versions,
-                 "event_ts": state["ts"], "input": [last.partition, last.offset], "events_applied": state["n"]}
-        return user.encode(), value, trigger_ts  # type: ignore[return-value]  # value is serialised at send time
-
-
-def finish_record(value: dict, trigger_ts: float, now: float) -> bytes:
-    """Stamp the event-to-slate latency at send time and serialise."""
-    value["latency_ms"] = round((now - trigger_ts) * 1000, 2)
-    value["sent_at"] = now
-    return json.dumps(value).encode()
+        return Recommendation(
+            user_id=user, context=[{"id": c, "description": self.descriptions[c]} for c in state["context"]],
+            novel_clusters=[{"id": c, "description": self.descriptions[c], "score": round(s, 5)} for c, s in novel],
+            slate=items, source=source, seqrec_path=path, versions=self.models.versions, event_ts=state["ts"],
+            input=(last.partition, last.offset), events_applied=state["n"], trigger_ts=trigger_ts)
 
 
 def user_view(state: dict | None, engine: Engine) -> dict:
@@ -271,4 +236,4 @@ def user_view(state: dict | None, engine: Engine) -> dict:
             "last_slate": state["slate"], "input_position": state["pos"]}
 
 
-__all__ = ["BatchResult", "Engine", "RawRecord", "finish_record", "user_view"]
+__all__ = ["BatchResult", "Engine", "RawRecord", "user_view"]

@@ -3,7 +3,7 @@
 Names follow Prometheus conventions: an `explore_` prefix, base units (seconds), `_total` on
 counters. The share of slate items from novel clusters is
 `explore_slate_novel_items_total / explore_slate_items_total`; the table hit rate is
-`explore_novelty_table_lookups_total{result="hit"}` over all lookups.
+`explore_novelty_table_lookups_total{result="hit"}` over all lookups (both counted per user).
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ class Metrics:
                                         "served by the fallback)", ["model"], registry=r)
         self.triton_up = Gauge("explore_triton_up", "1 while the worker uses Triton, 0 while on the "
                                "in-process fallback", registry=r)
-        self.table_lookups = Counter("explore_novelty_table_lookups", "Novelty table lookups by result "
-                                     "(hit or miss)", ["result"], registry=r)
+        self.table_lookups = Counter("explore_novelty_table_lookups", "Novelty table lookups, one per user "
+                                     "due a slate, by result (hit or miss: the user's context was not in the "
+                                     "table yet)", ["result"], registry=r)
         self.table_size = Gauge("explore_novelty_table_contexts", "Contexts in the worker's novelty table",
                                 registry=r)
         self.slate_items = Counter("explore_slate_items", "Items sent in slates", registry=r)

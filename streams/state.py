@@ -1,4 +1,4 @@
-"""Per-user state and the decisions made on it: pure functions, no Kafka, no models.
+"""Per-user state and when it needs a slate: pure functions, no Kafka, no models.
 
 The state is a plain dict (the Faust table stores it as JSON in its changelog):
 
@@ -15,8 +15,6 @@ The state is a plain dict (the Faust table stores it as JSON in its changelog):
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 from streams.records import Interaction
 
@@ -78,84 +76,3 @@ def needs_slate(state: dict, k: int, max_age_s: float) -> bool:
         return False
     slate = state["slate"]
     return slate is None or slate["context"] != context or state["ts"] - slate["ts"] > max_age_s
-
-
-def novel_from_table(ranked: Sequence[int], scores: Sequence[float], known: Sequence[int],
-                     m: int) -> list[tuple[int, float]]:
-    """The best `m` of a context's ranked clusters that the user does not know yet."""
-    known_set = set(known)
-    out = []
-    for c, s in zip(ranked, scores, strict=False):
-        if c >= 0 and c not in known_set:
-            out.append((int(c), float(s)))
-            if len(out) == m:
-                break
-    return out
-
-
-def slate_items(items: Sequence[int], scores: Sequence[float], seen: Sequence[int], n: int,
-                floor: float) -> list[tuple[int, float]]:
-    """The model's top items (1-based ids) as 0-based indices, minus padding slots and anything seen."""
-    seen_set = set(seen)
-    out = []
-    for i, s in zip(items, scores, strict=True):
-        if s > floor and (i - 1) not in seen_set:
-            out.append((int(i) - 1, float(s)))
-            if len(out) == n:
-                break
-    return out
-
-
-class PartitionOrder:
-    """Apply each input partition as one gapless sequence of offsets, whatever Faust delivers.
-
-    After a rebalance Faust can deliver a partition out of order (faust-streaming #221): records
-    fetched before the rebalance are skipped, newer ones are delivered, and the skipped ones come
-    back only after the seek to the committed offset. Applied as they come, a user's history would
-    be reordered, and the per-user offset check would then take the late record for a duplicate.
-    So each partition has a next offset to apply: an older record is a duplicate (already in the
-    state), the expected one is applied, a newer one reveals a gap: it and the rest of its partition
-    in the batch wait, and the worker seeks back to the expected offset. A gap that a seek does not
-    fill within `accept_gap_s` is real (offsets that hold no record, e.g. transaction markers) and
-    is stepped over.
-    """
-
-    APPLY, DUPLICATE, WAIT = "apply", "duplicate", "wait"
-
-    def __init__(self, accept_gap_s: float = 10.0) -> None:
-        self.next: dict[int, int] = {}
-        self.accept_gap_s = accept_gap_s
-        self._gap: dict[int, tuple[int, float]] = {}  # partition -> (expected offset, first seen)
-        self.accepted_gaps = 0
-
-    def forget(self, partitions: set[int]) -> None:
-        """Partitions this worker no longer owns: their next owner starts from the table."""
-        for p in partitions:
-            self.next.pop(p, None)
-            self._gap.pop(p, None)
-
-    def classify(self, records: Sequence[tuple[int, int]], now: float) -> tuple[list[str], dict[int, int]]:
-        """One verdict per (partition, offset), in order, and the offsets to seek back to."""
-        verdicts, seeks = [], {}
-        for p, o in records:
-            expected = self.next[p]
-            if p in seeks or (o > expected and not self._accept(p, expected, now)):
-                verdicts.append(self.WAIT)
-                seeks.setdefault(p, expected)
-            elif o < expected:
-                verdicts.append(self.DUPLICATE)
-            else:
-                verdicts.append(self.APPLY)
-                self.next[p] = o + 1
-                self._gap.pop(p, None)
-        return verdicts, seeks
-
-    def _accept(self, p: int, expected: int, now: float) -> bool:
-        first = self._gap.get(p)
-        if first is None or first[0] != expected:
-            self._gap[p] = (expected, now)
-            return False
-        if now - first[1] >= self.accept_gap_s:
-            self.accepted_gaps += 1
-            return True
-        return False

@@ -1,17 +1,13 @@
-"""The Faust worker: Kafka in, `Engine.handle` per micro-batch, Kafka out.
+"""The Faust worker: Kafka in, `Engine.handle` per micro-batch, Kafka out; wiring only.
 
-`create_app(cfg)` builds it; `explore serve` runs it, and `streams.app` holds one built from the
-environment for a plain Faust command line.
-
-Delivery guarantees, and why the agent is written the way it is:
+`create_app(cfg)` builds it: topics, tables, the agent, timers and web pages. `explore serve` runs
+it, and `streams.app` holds one built from the environment for a plain Faust command line. What
+the wiring relies on lives beside it: `streams.engine` (a batch in, what to write out),
+`streams.delivery` (offsets: order, acks, resume and stall, lag) and `streams.peers` (which worker
+answers `GET /users/{id}`).
 
 - Events are taken with `noack_take` and acked only after their batch's state, DLQ records and
-  recommendations have been handed to the producer. Faust's `take`/`take_events` ack a batch in
-  a `finally`, so a worker stopped while it awaits a model call acks (and then commits) events it
-  never applied: that loses in-flight events on restart. With manual acks they are delivered
-  again instead, and the offset kept in each user's state makes the re-delivery harmless.
-- Faust flushes the producer before it commits offsets, so a committed offset never runs ahead of
-  the changelog writes of the events before it.
+  recommendations have been handed to the producer (`streams.delivery` says why).
 - The user table is written once per user per batch, to the changelog partition of the user's
   input partition (co-partitioned: `interactions` is keyed by user, so no repartition hop).
 - Records of partitions that were revoked while the batch was buffered are not applied: the
@@ -24,22 +20,19 @@ import asyncio
 import contextlib
 import os
 import time
-import weakref
 from pathlib import Path
-from urllib.parse import quote
 
 import faust
-from faust.streams import _current_event
 from faust.types import TP
 from faust.web import Request, Response, View, Web
 
 from streams.config import EngineConfig
-from streams.engine import Engine, RawRecord, finish_record, user_view
+from streams.delivery import InputDelivery, write_state
+from streams.engine import Engine, RawRecord, user_view
 from streams.faust_app import make_app
 from streams.infra.paths import explore_home
 from streams.metrics import Metrics
-from streams.routing import peers_to_ask
-from streams.state import PartitionOrder
+from streams.peers import find_user
 
 TABLES = ("users", "positions")
 
@@ -79,35 +72,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
     positions = app.Table("positions", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
     app.engine, app.metrics = engine, metrics  # type: ignore[attr-defined]
     status: dict = {"table_loaded": False, "processing": False, "last_batch": 0.0}
-    last_offset: dict[int, int] = {}
-    guard = AckGuard(cfg.interactions_topic, metrics)
-    order = PartitionOrder()
-
-    async def start_offset(partition: int) -> int:
-        """Where a partition continues: after the last offset applied (the table), else its first record."""
-        last = positions.get(str(partition))
-        if last is not None:
-            return int(last) + 1
-        return await earliest_offset(partition)
-
-    async def earliest_offset(partition: int) -> int:
-        """The partition's first offset, from a client of our own (no group), with a timeout.
-
-        Asking Faust's consumer (`consumer.earliest_offsets`) from the agent hung the worker for
-        minutes in one restart run out of five; a separate client keeps that call off Faust's thread.
-        """
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka import TopicPartition as AioTP
-
-        client = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False, group_id=None)
-        await asyncio.wait_for(client.start(), 30)
-        try:
-            tp = AioTP(cfg.interactions_topic, partition)
-            first = int((await asyncio.wait_for(client.beginning_offsets([tp]), 30))[tp])
-        finally:
-            await client.stop()
-        app.log.info(f"partition {partition}: nothing applied yet, starting at its first offset {first}")
-        return first
+    delivery = InputDelivery(cfg.bootstrap, cfg.interactions_topic, positions, metrics, app.log)
     trace = os.environ.get("EXPLORE_TRACE_BATCHES") == "1"  # log every batch's offsets (debugging delivery)
 
     @app.task
@@ -130,8 +95,8 @@ def create_app(cfg: EngineConfig) -> faust.App:
                     for r in records:
                         engine.learn(r.key, r.value)
                 if not status["table_loaded"]:
-                    positions = {tp: await consumer.position(tp) for tp in tps}
-                    if all(positions[tp] >= end[tp] for tp in tps):
+                    reached = {tp: await consumer.position(tp) for tp in tps}
+                    if all(reached[tp] >= end[tp] for tp in tps):
                         status["table_loaded"] = True
                         app.log.info(f"novelty table loaded: {len(engine.table)} contexts")
         finally:
@@ -142,28 +107,13 @@ def create_app(cfg: EngineConfig) -> faust.App:
         deadline = time.monotonic() + 30
         while not status["table_loaded"] and time.monotonic() < deadline:
             await asyncio.sleep(0.05)  # start with the table, not with a burst of misses
-        guard.install(app.consumer)
+        delivery.guard.install(app.consumer)
         status["processing"] = True
         status["last_batch"] = time.monotonic()
         async for events in stream.noack_take(cfg.batch_size, within=cfg.batch_within_ms / 1000):
             status["last_batch"] = time.monotonic()
             assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == cfg.interactions_topic}
-            order.forget(set(order.next) - assigned)
-            mine = [e for e in events if e.message.partition in assigned]
-            if len(mine) < len(events):
-                metrics.events.labels("revoked").inc(len(events) - len(mine))
-                app.log.warning(f"skipping {len(events) - len(mine)} records of partitions no longer assigned "
-                                f"(assigned: {sorted(assigned)})")
-            for p in {e.message.partition for e in mine} - set(order.next):
-                order.next[p] = await start_offset(p)
-            verdicts, seeks = order.classify([(e.message.partition, e.message.offset) for e in mine], time.monotonic())
-            duplicates = [e for e, v in zip(mine, verdicts, strict=True) if v == order.DUPLICATE]
-            mine = [e for e, v in zip(mine, verdicts, strict=True) if v == order.APPLY]
-            metrics.events.labels("duplicate").inc(len(duplicates))
-            for p, offset in seeks.items():
-                metrics.reseeks.labels("gap").inc()
-                app.log.info(f"partition {p}: offset {offset} not delivered yet, records after it wait; seeking back")
-                await app.consumer.seek(TP(cfg.interactions_topic, p), offset)
+            mine, duplicates = await delivery.admit(events, assigned, app.consumer)
             metrics.batch.observe(len(events))
             records = [RawRecord(e.message.key, e.message.value, e.message.partition, e.message.offset,
                                  e.message.timestamp) for e in mine]
@@ -177,17 +127,14 @@ def create_app(cfg: EngineConfig) -> faust.App:
                 await novelty.send(key=key, value=value)
             for user, (state, rec) in result.states.items():
                 write_state(users, user, state, by_offset[(rec.partition, rec.offset)])
-            last_applied = {e.message.partition: e for e in mine}
-            for p, e in last_applied.items():
-                write_state(positions, str(p), e.message.offset, e)
+            delivery.record_positions(mine)
             now = time.time()
-            for key, value, trigger in result.recommendations:
-                metrics.latency.observe(now - trigger)
-                await recommendations.send(key=key, value=finish_record(value, trigger, now))
-            for e in mine + duplicates:
-                guard.applied.add((e.message.partition, e.message.offset))
+            for recommendation in result.recommendations:
+                metrics.latency.observe(now - recommendation.trigger_ts)
+                await recommendations.send(key=recommendation.key, value=recommendation.encode(now))
+            delivery.release(mine + duplicates)
             for e in events:
-                last_offset[e.message.partition] = max(last_offset.get(e.message.partition, -1), e.message.offset)
+                delivery.acked(e)
                 await stream.ack(e)
             if trace:
                 spans: dict[int, list[int]] = {}
@@ -195,7 +142,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
                     spans.setdefault(e.message.partition, []).append(e.message.offset)
                 app.log.info("batch acked: " + " ".join(f"p{p}:{min(o)}-{max(o)}({len(o)})"
                                                        for p, o in sorted(spans.items())))
-            _update_lag(app, cfg, metrics, last_offset)
+            delivery.update_lag(app.consumer)
 
     @app.page("/metrics")
     async def metrics_view(web: Web, request: Request) -> Response:
@@ -218,25 +165,13 @@ def create_app(cfg: EngineConfig) -> faust.App:
         """A user's state and last slate, from whichever worker holds it (`?local=1`: this one only)."""
 
         async def get(self, request: Request, user_id: str) -> Response:
-            state = users.get(user_id)
-            mine = sorted(tp.partition for tp in app.assignor.assigned_actives() if tp.topic == cfg.interactions_topic)
-            # A standby replica (or a partition revoked by a rebalance) leaves a copy here that may lag:
-            # only the worker that processes the user's partition answers from its table.
-            if state is not None and state["pos"] and state["pos"][0] in mine:
-                return self.json({"user_id": user_id, "served_by": own_url, **user_view(state, engine)})
-            asked: list[str] = []
-            if not request.query.get("local"):
-                for peer in peers_to_ask(own_url, owner_url(app, user_id), app.router.tables_metadata()):
-                    asked.append(peer)
-                    body = await ask_peer(app, f"{peer}/users/{quote(user_id, safe='')}")
-                    if body is not None:
-                        return self.json(body)
-            return self.json({"error": f"no worker holds state of user {user_id!r}", "served_by": own_url,
-                              "partitions_here": mine, "workers_asked": asked}, status=404)
+            body, code = await find_user(app, users, cfg.interactions_topic, own_url, user_id,
+                                         bool(request.query.get("local")), lambda state: user_view(state, engine))
+            return self.json(body, status=code)
 
     @app.timer(5.0)
     async def refresh_lag() -> None:
-        _update_lag(app, cfg, metrics, last_offset)
+        delivery.update_lag(app.consumer)
 
     @app.timer(5.0)
     async def unstick() -> None:
@@ -248,27 +183,13 @@ def create_app(cfg: EngineConfig) -> faust.App:
         """
         if not status["processing"] or app.rebalancing or time.monotonic() - status["last_batch"] < 15:
             return
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka import TopicPartition as AioTP
-
         mine = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == cfg.interactions_topic)
         if not mine:
             return
-        client = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False, group_id=None)
-        await client.start()
-        try:
-            ends = await client.end_offsets([AioTP(cfg.interactions_topic, p) for p in mine])
-        finally:
-            await client.stop()
-        for p in mine:
-            nxt = order.next.get(p)
-            if nxt is None:
-                last = positions.get(str(p))
-                nxt = 0 if last is None else int(last) + 1
-            if ends[AioTP(cfg.interactions_topic, p)] > nxt:
-                metrics.reseeks.labels("stall").inc()
-                app.log.warning(f"partition {p}: records from offset {nxt} wait but nothing arrived for 15 s; seeking")
-                await app.consumer.seek(TP(cfg.interactions_topic, p), nxt)
+        for p, offset in (await delivery.stall_seeks(mine)).items():
+            metrics.reseeks.labels("stall").inc()
+            app.log.warning(f"partition {p}: records from offset {offset} wait but nothing arrived for 15 s; seeking")
+            await app.consumer.seek(TP(cfg.interactions_topic, p), offset)
         status["last_batch"] = time.monotonic()
 
     @app.on_before_shutdown.connect
@@ -277,84 +198,3 @@ def create_app(cfg: EngineConfig) -> faust.App:
             await engine.router.close()
 
     return app
-
-
-class AckGuard:
-    """Only the offsets of records the engine applied may be committed.
-
-    Faust acks, and so commits, records it never delivered to the agent: when flow control is
-    suspended (the worker is stopping, or a rebalance began) or a record belongs to an older
-    consumer generation, `Stream` skips the record *and acks it* ("we want to ack the filtered
-    out message"). Records that were fetched but still queued when a worker stopped were thus
-    committed unprocessed: measured here on Apache Kafka, a SIGTERM mid-stream lost ~25 records
-    per partition. The guard wraps the consumer's `ack`: a record of the input topic that the agent
-    did not mark as applied is released (so shutdown does not wait for it) but its offset stays
-    uncommitted, and the next owner of the partition reads it again.
-    """
-
-    def __init__(self, topic: str, metrics: Metrics) -> None:
-        self.topic, self.metrics = topic, metrics
-        self.applied: set[tuple[int, int]] = set()
-
-    def install(self, consumer: faust.types.ConsumerT) -> None:
-        if getattr(consumer, "_explore_ack_guard", None) is self:
-            return
-        original = consumer.ack
-
-        def ack(message: faust.types.Message) -> bool:
-            if message.topic == self.topic:
-                key = (message.partition, message.offset)
-                if key in self.applied:
-                    self.applied.discard(key)
-                else:
-                    message.acked = True  # Faust is done with it; its offset stays uncommitted
-                    consumer._unacked_messages.discard(message)
-                    self.metrics.acks_withheld.inc()
-                    return False
-            return original(message)
-
-        consumer.ack = ack  # type: ignore[method-assign]
-        consumer._explore_ack_guard = self  # type: ignore[attr-defined]
-
-
-def owner_url(app: faust.App, user: str) -> str | None:
-    """The worker that owns `user`'s partition by the default partitioner, or None before an assignment."""
-    try:
-        return str(app.router.key_store("users", user))
-    except KeyError:
-        return None
-
-
-async def ask_peer(app: faust.App, url: str, timeout_s: float = 2.0) -> dict | None:
-    """The peer's own answer for a user (never forwarded again), or None when it has none or is unreachable."""
-    import aiohttp
-
-    try:
-        async with app.http_client.get(url, params={"local": "1"},
-                                       timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
-            return await resp.json() if resp.status == 200 else None
-    except (TimeoutError, aiohttp.ClientError, ValueError):
-        return None
-
-
-def write_state(users: faust.Table, user: str, state: object, event: faust.types.EventT) -> None:
-    """`users[user] = state`, its changelog record in the partition of `event` (the user's input partition).
-
-    Faust picks the changelog partition from the "current event" context variable, which a batch
-    agent does not set per event; setting it around the write (and restoring it) keeps the table
-    co-partitioned with `interactions`, which recovery after a rebalance relies on.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        users[user] = state
-    finally:
-        _current_event.reset(token)
-
-
-def _update_lag(app: faust.App, cfg: EngineConfig, metrics: Metrics, last_offset: dict[int, int]) -> None:
-    for tp in app.consumer.assignment():
-        if tp.topic != cfg.interactions_topic:
-            continue
-        high = app.consumer.highwater(tp)
-        if high is not None and tp.partition in last_offset:
-            metrics.lag.labels(str(tp.partition)).set(max(0, high - last_offset[tp.partition] - 1))

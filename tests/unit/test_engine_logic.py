@@ -10,17 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.config import EngineConfig, describe
+from streams.delivery import PartitionOrder
+from streams.recommendation import novel_for_user, slate_items
 from streams.records import Interaction, Limits, Rejection, parse_interaction
-from streams.state import (
-    PartitionOrder,
-    apply,
-    copy_state,
-    is_duplicate,
-    needs_slate,
-    new_state,
-    novel_from_table,
-    slate_items,
-)
+from streams.state import apply, copy_state, is_duplicate, needs_slate, new_state
 
 ITEMS = {"a": 0, "b": 1, "c": 2}
 LIMITS = Limits(max_payload_bytes=200, min_ts=1.0, max_ts=2e9)
@@ -99,7 +92,7 @@ def test_a_slate_is_due_on_a_full_new_context_or_when_old() -> None:
 
 
 def test_novel_and_slate_filters() -> None:
-    assert novel_from_table([3, 4, -1, 5], [-1, -2, -9, -3], known=[4], m=2) == [(3, -1.0), (5, -3.0)]
+    assert novel_for_user([3, 4, -1, 5], [-1, -2, -9, -3], known=[4], m=2) == [(3, -1.0), (5, -3.0)]
     assert slate_items([5, 2, 9], [1.0, 0.5, -1e9], seen=[1], n=5, floor=-5e8) == [(4, 1.0)]
 
 
@@ -142,7 +135,7 @@ def test_config_layers_and_errors(tmp_path) -> None:  # type: ignore[no-untyped-
 
 
 def test_user_requests_ask_the_owner_first_then_every_other_worker_never_themselves() -> None:
-    from streams.routing import peers_to_ask, url_ident
+    from streams.peers import peers_to_ask, url_ident
 
     workers = ["http://10.0.0.3:6066", "http://10.0.0.1:6066/", "http://10.0.0.2:6066"]
     assert url_ident("http://h:1/") == url_ident("http://h:1") == ("h", 1)

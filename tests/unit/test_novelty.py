@@ -215,7 +215,7 @@ def test_real_lm_beam_equals_exhaustive(planted, small_lm) -> None:
 def test_a_full_depth_table_row_answers_every_user_as_a_live_call_would(planted, small_lm) -> None:
     """The worker filters a user's known clusters out of the row; at full depth that is exact."""
     from interests.novelty_precompute import precompute, table_depth
-    from streams.state import novel_from_table
+    from streams.recommendation import novel_for_user
 
     _, _, examples, _ = planted
     lm, _, _ = small_lm
@@ -230,7 +230,7 @@ def test_a_full_depth_table_row_answers_every_user_as_a_live_call_would(planted,
         assert len(row["clusters"]) == depth and not set(row["clusters"]) & set(ctx)
         known = set(ctx) | set(rng.choice(n, size=int(rng.integers(0, n - 2)), replace=False).tolist())
         [live] = beam_search_cached(lm, trie, [lm.prompt_ids(ctx)], [known], 3, n, lm.prior)
-        from_row = novel_from_table(row["clusters"], row["scores"], sorted(known), 3)
+        from_row = novel_for_user(row["clusters"], row["scores"], sorted(known), 3)
         assert [c for c, _ in from_row] == [c for c, _ in live]
         np.testing.assert_allclose([s for _, s in from_row], [s for _, s in live], atol=1e-4)
 
