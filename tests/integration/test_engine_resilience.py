@@ -158,7 +158,8 @@ def test_rebalance_second_worker_joins_and_leaves(apache_bootstrap: str, triton,
                            second.proc)
             except InfraError:
                 raise AssertionError(f"the workers do not both answer; last answers: {seen}") from None
-            time.sleep(1.5)
+            before = applied(second)  # leave while the second worker is applying events
+            wait_until(lambda: applied(second) > before, 60, "the second worker applies more", second.proc)
             shared = applied(second)
         producer.finish()
         assert shared > 0

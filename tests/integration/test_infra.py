@@ -7,12 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from streams.infra.process import InfraError, pid_alive
+from streams.infra.process import InfraError, pid_alive, wait_until
 from streams.infra.stack import Stack
 from streams.infra.tansu import EmbeddedKafka
 
@@ -67,7 +66,7 @@ def test_status_reports_a_dead_service(tmp_path: Path) -> None:
     try:
         tansu_pid = next(p for line in up.stdout.splitlines() if "tansu" in line for p in _pids(line))
         os.kill(tansu_pid, signal.SIGKILL)
-        time.sleep(0.5)
+        wait_until(lambda: not pid_alive(tansu_pid), 10, "the killed broker is gone")
         status = _explore(tmp_path, "infra", "status")
         assert status.returncode == 1
         assert "DOWN" in status.stdout
@@ -124,10 +123,7 @@ def test_children_die_with_a_killed_owner(tmp_path: Path) -> None:
     finally:
         owner.kill()
         owner.wait()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
-        time.sleep(0.2)
-    assert not [p for p in pids if pid_alive(p)]
+    wait_until(lambda: not any(pid_alive(p) for p in pids), 20, "the owner's broker and Triton are gone")
 
 
 def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:

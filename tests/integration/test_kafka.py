@@ -58,8 +58,8 @@ def test_faust_agent_reads_a_topic_and_writes_another(broker: str, tmp_path: Pat
     worker = subprocess.Popen([sys.executable, "-m", "streams.passthrough", "worker", "-l", "info"],
                               env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        # Half the input waits before the worker starts, half arrives while it runs.
-        time.sleep(1)
+        # Half the input waits before the worker starts, half arrives while it runs (it has copied a record).
+        assert _consume(broker, sink, 1, timeout_s=90), "the worker copied nothing"
         for key, value in sent[150:]:
             producer.send(source, key=key, value=value)
         producer.flush()

@@ -1,0 +1,124 @@
+"""The engine's core without a broker or Triton: `Engine.handle` over the in-process twins (the
+exported test models), `ModelRouter`'s fallback, and `AckGuard` on a real Faust consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streams.config import EngineConfig
+from streams.delivery import AckGuard
+from streams.engine import Engine, RawRecord
+from streams.inference.router import ModelRouter
+from streams.metrics import Metrics
+
+
+def _counter(counter, *labels: str) -> float:  # type: ignore[no-untyped-def]
+    return (counter.labels(*labels) if labels else counter)._value.get()
+
+
+@pytest.fixture(scope="module")
+def engine(seqrec_artifacts, novelty_artifacts, tiny_repository: Path) -> Engine:  # type: ignore[no-untyped-def]
+    cfg = EngineConfig().with_values({"catalog": str(Path(seqrec_artifacts.checkpoint).parent / "catalog"),
+                                      "repository": str(tiny_repository), "triton_url": ""})
+    return Engine(cfg)
+
+
+def _record(user: str, item: str, offset: int, ts: float, partition: int = 0) -> RawRecord:
+    value = json.dumps({"user_id": user, "item_id": item, "ts": ts, "event": "click"}).encode()
+    return RawRecord(user.encode(), value, partition, offset, ts)
+
+
+def test_a_batch_updates_state_rejects_bad_records_and_recommends_novel_clusters(engine: Engine) -> None:
+    by_cluster: dict[int, list[str]] = {}
+    for item, c in zip(engine.item_ids, engine.item_cluster, strict=True):
+        by_cluster.setdefault(c, []).append(item)
+    a, b, c = sorted(by_cluster)[:3]
+    records = [_record("u1", by_cluster[a][0], 0, 1000.0), _record("u1", by_cluster[b][0], 1, 1001.0),
+               _record("u2", by_cluster[c][0], 2, 1002.0),
+               RawRecord(b"u3", b"{not json", 0, 3, 1003.0),
+               _record("u2", by_cluster[a][1], 4, 1004.0)]
+    states: dict[str, dict] = {}
+    engine.table.clear()
+    out = asyncio.run(engine.handle(records, states.get, now=2000.0))
+
+    assert out.applied == 4 and out.duplicates == 0
+    assert [(rec.offset, rej.reason) for rec, rej in out.dlq] == [(3, "bad_json")]
+    u1 = out.states["u1"][0]
+    assert u1["context"] == [a, b] and u1["known"] == sorted([a, b]) and u1["n"] == 2 and u1["pos"] == [0, 1]
+    # Both users have K = 2 distinct clusters: one table fill per context, one slate each.
+    assert sorted(k for k, _ in out.table_fills) == sorted({f"{a},{b}".encode(), f"{c},{a}".encode()})
+    assert set(engine.table) == {k for k, _ in out.table_fills}
+    assert _counter(engine.metrics.table_lookups, "miss") == 2 and _counter(engine.metrics.table_lookups, "hit") == 0
+    assert sorted(r.user_id for r in out.recommendations) == ["u1", "u2"]
+    for r in out.recommendations:
+        state = out.states[r.user_id][0]
+        novel = {x["id"] for x in r.novel_clusters}
+        assert novel and not novel & set(state["known"]) and len(novel) <= engine.cfg.m
+        assert r.slate and all(x["cluster"] in novel for x in r.slate)
+        assert r.seqrec_path == "onnx" and state["slate"]["context"] == state["context"]
+        value = json.loads(r.encode(now=r.trigger_ts + 0.25))
+        assert value["latency_ms"] == 250.0 and value["user_id"] == r.user_id and value["input"] == list(r.input)
+
+    # The same records again (a re-delivery) change nothing and send nothing.
+    written = {u: s for u, (s, _) in out.states.items()}
+    again = asyncio.run(engine.handle(records, written.get, now=2000.0))
+    assert again.applied == 0 and again.duplicates == 4 and not again.recommendations and not again.table_fills
+    assert {u: s for u, (s, _) in again.states.items()} == written
+
+
+def test_the_router_falls_back_to_the_twin_and_tries_triton_again_later() -> None:
+    calls: list[tuple[str, str, bool]] = []
+    states: list[bool] = []
+    # Nothing listens on port 1: every Triton attempt fails fast.
+    router = ModelRouter("127.0.0.1:1", {"double": lambda x: [x["a"] * 2]}, timeout_s=1.0, retries=1,
+                         retry_after_s=60.0, on_call=lambda m, p, s, ok: calls.append((m, p, ok)),
+                         on_state=states.append)
+
+    async def run() -> None:
+        arrays, path = await router.infer("double", {"a": np.arange(3)}, ["y"])
+        assert path == "onnx" and arrays[0].tolist() == [0, 2, 4]
+        assert calls == [("double", "triton", False)] * 2 + [("double", "onnx", True)] and states == [False]
+        assert not router.triton_up and router.last_error
+        await router.infer("double", {"a": np.arange(1)}, ["y"])  # within retry_after_s: no Triton attempt
+        assert calls[3:] == [("double", "onnx", True)]
+        router.down_until = 0.0  # retry_after_s has passed
+        await router.infer("double", {"a": np.arange(1)}, ["y"])
+        assert [p for _, p, _ in calls[4:]] == ["triton", "triton", "onnx"]
+        with pytest.raises(RuntimeError, match="no local fallback"):
+            await router.infer("unknown", {"a": np.arange(1)}, ["y"])
+        await router.close()
+
+    asyncio.run(run())
+    assert ModelRouter("", {}).last_error == "no Triton URL configured"
+
+
+def test_ack_guard_commits_only_what_the_engine_applied(tmp_path: Path) -> None:
+    from faust.types import TP, Message
+
+    from streams.faust_app import make_app
+
+    async def run() -> None:
+        app = make_app("ack-guard", "127.0.0.1:1", tmp_path)
+        app.topics.add(app.topic("in"))
+        app.topics.add(app.topic("other"))
+        await app.topics._update_indices()  # acks are enabled for subscribed topics
+        consumer, metrics = app.consumer, Metrics()
+        guard = AckGuard("in", metrics)
+        guard.install(consumer)
+        guard.install(consumer)  # a second install does not wrap twice
+        messages = [Message("in", 0, offset, 0.0, 0, None, b"k", b"v", None) for offset in range(3)]
+        other = Message("other", 0, 0, 0.0, 0, None, b"k", b"v", None)
+        consumer._unacked_messages.update([*messages, other])
+        guard.applied.update({(0, 0), (0, 2)})
+        assert [consumer.ack(m) for m in messages] == [True, False, True]
+        assert consumer.ack(other)  # other topics are not guarded
+        assert consumer._acked[TP("in", 0)] == [0, 2]  # offset 1 is never committed, so it is read again
+        assert all(m.acked for m in messages) and not consumer._unacked_messages  # nothing waits on it
+        assert not guard.applied and _counter(metrics.acks_withheld) == 1
+
+    asyncio.run(run())
