@@ -33,6 +33,7 @@ from interests.exploration_eval import (
     select_records,
     training_transitions,
 )
+from interests.judge import target_flags
 from interests.novelty_eval import (
     context_frequency_buckets,
     diversity,
@@ -83,6 +84,7 @@ def build_report(ds: Dataset, catalog_dir: Path, repository: Path, recommendatio
     mo = moments_at(ds, item_cluster, sel.users, sel.positions, k, HORIZON)
     train, held = training_transitions(ds, item_cluster, k, start_ts)
     buckets = context_frequency_buckets(train, mo.contexts)
+    targets = target_flags(ds, item_cluster, mo.next_novel_row, mo.users, mo.next_novel)
     excludes = mo.known
 
     seqrec = OnnxSeqRec(repository / "seqrec" / "1" / "model.onnx")
@@ -102,7 +104,7 @@ def build_report(ds: Dataset, catalog_dir: Path, repository: Path, recommendatio
     slate_s = time.perf_counter() - t_models
 
     results = {name: evaluate(proposals_of[name], slates_of[name], mo, item_cluster, n_clusters, held.targets, n,
-                              buckets) for name in (ENGINE, EXPLOIT, *BASELINES)}
+                              buckets, targets, seed) for name in (ENGINE, EXPLOIT, *BASELINES)}
     empirical = diversity([[int(t)] for t in held.targets], n_clusters, held.targets)
     engine_hits = results[ENGINE].novel_hits
     paired = {}
@@ -129,6 +131,7 @@ def build_report(ds: Dataset, catalog_dir: Path, repository: Path, recommendatio
                    "max_slate": max(len(r["slate"]) for r in sel.records)},
         "versions": versions,
         "context_buckets": {b: int((buckets == i).sum()) for i, b in enumerate(BUCKETS)},
+        "targets": {name: None if mask is None else int(mask.sum()) for name, mask in targets.items()},
         "held_out_novel_transitions": len(held), "training_novel_transitions": len(train),
         "methods": {name: res.row for name, res in results.items()},
         "empirical": empirical, "paired_novel_hit_vs_engine": paired,
@@ -170,14 +173,19 @@ def _percentiles(values: np.ndarray) -> dict[str, float]:
 def columns(doc: dict) -> list[tuple[str, str, str]]:
     """(key in a method's row, heading, format) of the table's columns."""
     m, n, h = doc["m"], doc["n"], doc["horizon"]
-    return [("novel_hit", f"novel hit@{m}", ".3f"), (f"HR@{n}", f"HR@{n}", ".4f"), (f"NDCG@{n}", f"NDCG@{n}", ".4f"),
+    return [("novel_hit", f"novel hit@{m}", ".3f"), ("novel_hit_ci95", "95% CI", ".3f"),
+            ("novel_hit_liked", f"liked hit@{m}", ".3f"), ("novel_hit_sticky", f"sticky hit@{m}", ".3f"),
+            (f"HR@{n}", f"HR@{n}", ".4f"), (f"NDCG@{n}", f"NDCG@{n}", ".4f"),
             ("hit_within", f"hit next {h}", ".3f"), ("novel_share", "novel share", ".3f"),
             ("proposed", "clusters", ".2f"),
             ("coverage", "coverage", ".3f"), ("entropy_bits", "entropy", ".2f"), ("jsd_bits", "JSD", ".3f"),
             ("moments", "n", ".0f")]
 
 
-def _fmt(v: float, spec: str) -> str:
+def _fmt(v: float | list[float] | None, spec: str) -> str:
+    """A number, or an interval [lo, hi] as "lo-hi"; "-" for a metric with no moment to count (None, NaN)."""
+    if isinstance(v, list):
+        return "-".join(_fmt(x, spec) for x in v)
     return "-" if v is None or v != v else format(v, spec)
 
 
@@ -186,7 +194,7 @@ def format_table(doc: dict) -> str:
     cols = columns(doc)
     lines = [f"{'method':24}" + "".join(f"{h:>13}" for _, h, _ in cols)]
     for name, row in doc["methods"].items():
-        lines.append(f"{name:24}" + "".join(f"{_fmt(row[key], spec):>13}" for key, _, spec in cols))
+        lines.append(f"{name:24}" + "".join(f"{_fmt(row.get(key), spec):>13}" for key, _, spec in cols))
     emp = doc["empirical"]
     lines.append(f"{'(empirical novel)':24}" + "".join(
         f"{_fmt(emp[key], spec) if key in ('coverage', 'entropy_bits', 'jsd_bits') else '':>13}"
@@ -322,6 +330,12 @@ pre { padding: 0.6em; overflow-x: auto; }
 """
 
 
+def _count(doc: dict, target: str) -> str:
+    """How many moments a target set has, or why it has none."""
+    count = doc.get("targets", {}).get(target)
+    return "(not available: no ratings)" if count is None else f"{count:,}"
+
+
 def _html(doc: dict, plots: dict[str, bytes]) -> str:
     e = html.escape
     m, n, h = doc["m"], doc["n"], doc["horizon"]
@@ -330,7 +344,7 @@ def _html(doc: dict, plots: dict[str, bytes]) -> str:
     body = []
     for name, row in doc["methods"].items():
         cls = ' class="engine"' if name == ENGINE else ""
-        body.append(f"<tr{cls}><td>{e(name)}</td>" + "".join(f"<td>{_fmt(row[key], spec)}</td>"
+        body.append(f"<tr{cls}><td>{e(name)}</td>" + "".join(f"<td>{_fmt(row.get(key), spec)}</td>"
                                                           for key, _, spec in cols) + "</tr>")
     emp = doc["empirical"]
     body.append('<tr class="empirical"><td>(held-out novel transitions)</td>' + "".join(
@@ -376,7 +390,10 @@ def _html(doc: dict, plots: dict[str, bytes]) -> str:
 {''.join(body)}
 </table>
 <p class="note">All methods at the same {doc['moments']:,} moments. novel hit@{m}: over the {eligible:,} moments whose
-user later touched a cluster new to them ({doc['moments'] - eligible:,} without one are left out). HR@{n}, NDCG@{n} and
+user later touched a cluster new to them ({doc['moments'] - eligible:,} without one are left out); 95% CI: bootstrap
+over users. liked hit@{m}: the same over the {_count(doc, 'liked')} moments whose next new cluster was first rated at or
+above the user's mean rating; sticky hit@{m}: over the {_count(doc, 'sticky')} moments whose user came back to that
+cluster at least twice within their next 10 interactions (the judge's target sets). HR@{n}, NDCG@{n} and
 hit next {h}: over the {accuracy_n:,} moments with a next interaction. Coverage, entropy (bits) and JSD (bits) describe
 all proposals together; the last row is the distribution of the {doc['held_out_novel_transitions']:,} novel-cluster
 transitions of the held-out period, which JSD compares with (0 = the same spread, 1 = disjoint). clusters: mean

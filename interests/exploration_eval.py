@@ -34,6 +34,7 @@ from interests.datasets import Dataset
 from interests.novelty_data import NoveltyExamples, novel_transitions
 from interests.novelty_eval import Proposals, diversity
 from interests.seqsplit import pad_left, ranking_metrics
+from interests.stats import bootstrap_interval
 
 TopN = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 EMPTY_SLOT = -5e8  # the graph gives slots that no eligible item fills -1e9
@@ -53,6 +54,7 @@ class Moments:
     next_item: np.ndarray  # int64 [n]: item of interaction p; -1 where the user has none
     next_items: list[np.ndarray]  # items of interactions [p, p + H)
     next_novel: np.ndarray  # int64 [n]: first later cluster not in `known`; -1 where there is none
+    next_novel_row: np.ndarray  # int64 [n]: the dataset row of that first interaction; -1 where there is none
 
     def __len__(self) -> int:
         return len(self.users)
@@ -67,6 +69,7 @@ def moments_at(ds: Dataset, item_cluster: np.ndarray, users: Sequence[int], posi
     known, histories, next_items = [], [], []
     next_item = np.full(n, -1, dtype=np.int64)
     next_novel = np.full(n, -1, dtype=np.int64)
+    next_novel_row = np.full(n, -1, dtype=np.int64)
     for i, (u, p) in enumerate(zip(users, positions, strict=True)):
         seq = ds.items[off[u]:off[u + 1]]
         if not 1 <= p <= len(seq):
@@ -85,12 +88,12 @@ def moments_at(ds: Dataset, item_cluster: np.ndarray, users: Sequence[int], posi
         if p < len(seq):
             next_item[i] = seq[p]
         next_items.append(seq[p:p + horizon])
-        for c in clusters[p:]:
-            if int(c) not in seen:
-                next_novel[i] = int(c)
+        for j, c in enumerate(clusters[p:].tolist()):
+            if c not in seen:
+                next_novel[i], next_novel_row[i] = c, off[u] + p + j
                 break
     return Moments(np.asarray(users, np.int64), np.asarray(positions, np.int64), contexts, known, histories,
-                   next_item, next_items, next_novel)
+                   next_item, next_items, next_novel, next_novel_row)
 
 
 # --- the engine's records -----------------------------------------------------------------
@@ -235,10 +238,23 @@ class Result:
 
 
 def evaluate(proposals: Proposals, slates: Sequence[np.ndarray], moments: Moments, item_cluster: np.ndarray,
-             n_clusters: int, empirical_targets: np.ndarray, n: int, buckets: np.ndarray | None = None) -> Result:
-    """Every metric of one method at the given moments."""
+             n_clusters: int, empirical_targets: np.ndarray, n: int, buckets: np.ndarray | None = None,
+             targets: dict[str, np.ndarray | None] | None = None, seed: int = 0) -> Result:
+    """Every metric of one method at the given moments.
+
+    `targets` (`interests.judge.target_flags` of the moments' next new clusters) adds the novel hit
+    rate on the liked and sticky targets; every novel hit rate comes with a bootstrap interval by user.
+    """
     hits = novel_hits(proposals, moments.next_novel)
     hit, eligible = rate(hits)
+    extra: dict[str, float | list[float]] = {"novel_hit_ci95": list(bootstrap_interval(hits, moments.users, seed=seed))}
+    for name, mask in (targets or {}).items():
+        if name == "any":
+            continue
+        sub = np.where(mask, hits, -1) if mask is not None else np.full(len(hits), -1)
+        extra[f"novel_hit_{name}"], extra[f"novel_moments_{name}"] = rate(sub) if mask is not None else (
+            float("nan"), 0)
+        extra[f"novel_hit_{name}_ci95"] = list(bootstrap_interval(sub, moments.users, seed=seed))
     ranks = slate_ranks(slates, moments.next_item)
     acc = ranking_metrics(ranks, n) if len(ranks) else {f"HR@{n}": float("nan"), f"NDCG@{n}": float("nan")}
     within, _ = rate(hit_within(slates, moments.next_items))
@@ -247,7 +263,7 @@ def evaluate(proposals: Proposals, slates: Sequence[np.ndarray], moments: Moment
            "novel_share": novel_share(slates, item_cluster, moments.known),
            "proposed": float(np.mean([len(p) for p in proposals])) if len(proposals) else float("nan"),
            **diversity(proposals, n_clusters, empirical_targets), "moments": float(len(moments)),
-           "empty_slates": float(sum(1 for s in slates if not len(s)))}
+           "empty_slates": float(sum(1 for s in slates if not len(s))), **extra}
     if buckets is not None:
         for b, name in enumerate(BUCKETS):
             row[f"novel_hit_{name}_ctx"] = rate(hits[buckets == b])[0]

@@ -74,19 +74,30 @@ def top_m(scores: np.ndarray, excludes: Sequence[frozenset[int] | set[int]], m: 
 
 def target_masks(ds: Dataset, item_cluster: np.ndarray, test: NoveltyExamples) -> dict[str, np.ndarray | None]:
     """Which test moments count for each target set (None: the data cannot say, e.g. no ratings)."""
-    n = len(test)
-    rated = np.unique(ds.weights).size > 1
+    return target_flags(ds, item_cluster, test.positions, test.users, test.targets)
+
+
+def target_flags(ds: Dataset, item_cluster: np.ndarray, rows: np.ndarray, users: np.ndarray,
+                 targets: np.ndarray) -> dict[str, np.ndarray | None]:
+    """any / liked / sticky for new-cluster interactions at dataset rows `rows` (-1: no target, never counts).
+
+    liked: the interaction's weight (rating) is at or above the user's mean weight over all their
+    interactions; None when every weight is the same (the data has no ratings). sticky: at least
+    STICKY_RETURNS of the user's next STICKY_HORIZON interactions are in the target cluster.
+    """
+    rows, users, targets = np.asarray(rows), np.asarray(users), np.asarray(targets)
+    real = rows >= 0
     liked = None
-    if rated:
+    if np.unique(ds.weights).size > 1:
         sums = np.bincount(ds.users, weights=ds.weights.astype(np.float64), minlength=ds.n_users)
         means = sums / np.maximum(np.bincount(ds.users, minlength=ds.n_users), 1)
-        liked = ds.weights[test.positions] >= means[test.users] - 1e-9
+        liked = real & (ds.weights[np.where(real, rows, 0)] >= means[users] - 1e-9)
     off = ds.offsets
-    sticky = np.zeros(n, dtype=bool)
-    for i, (row, u, target) in enumerate(zip(test.positions, test.users, test.targets, strict=True)):
-        nxt = ds.items[row + 1:min(row + 1 + STICKY_HORIZON, off[u + 1])]
-        sticky[i] = int((item_cluster[nxt] == target).sum()) >= STICKY_RETURNS
-    return {"any": np.ones(n, dtype=bool), "liked": liked, "sticky": sticky}
+    sticky = np.zeros(len(rows), dtype=bool)
+    for i in np.flatnonzero(real):
+        nxt = ds.items[rows[i] + 1:min(rows[i] + 1 + STICKY_HORIZON, off[users[i] + 1])]
+        sticky[i] = int((item_cluster[nxt] == targets[i]).sum()) >= STICKY_RETURNS
+    return {"any": real, "liked": liked, "sticky": sticky}
 
 
 def random_scores(n_moments: int, n_clusters: int, seed: int = 0) -> np.ndarray:

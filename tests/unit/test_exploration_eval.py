@@ -133,3 +133,19 @@ def test_restricted_slates_pass_the_restriction_and_drop_seen_items_and_empty_sl
     assert allowed.tolist() == [[False, False, True, False], [False, False, True, True]]
     assert novel_clusters_of([np.array([0, 4, 5, 4])], CLUSTER, [frozenset({0, 1})], m=1) == [[2]]
     assert novel_clusters_of([np.array([0, 4, 5, 4])], CLUSTER, [frozenset({0, 1})], m=3) == [[2, 3]]
+
+
+def test_moments_know_the_row_of_the_next_new_cluster_and_its_target_sets(ds, moments) -> None:  # type: ignore[no-untyped-def]
+    """The engine report's liked / sticky targets come from the row of the first interaction in the new cluster."""
+    from interests.judge import target_flags
+
+    assert moments.next_novel.tolist() == [2, 2, -1, -1]
+    assert moments.next_novel_row.tolist() == [3, 3, -1, -1]  # u1's c0 is row 3 of the dataset
+    flags = target_flags(ds, CLUSTER, moments.next_novel_row, moments.users, moments.next_novel)
+    assert flags["any"].tolist() == [True, True, False, False]
+    assert flags["liked"] is None  # every weight is 1: no ratings
+    assert flags["sticky"].tolist() == [False] * 4  # u1 never comes back to cluster 2
+    res = evaluate([[2], [1], [2], [2]], [np.zeros(0, np.int64)] * 4, moments, CLUSTER, 4, np.array([2]), 2,
+                   targets=flags)
+    assert res.row["novel_hit"] == 0.5 and math.isnan(res.row["novel_hit_liked"])
+    assert res.row["novel_hit_ci95"] == [0.5, 0.5]  # one user holds both moments: every resample gives 0.5
