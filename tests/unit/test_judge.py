@@ -166,3 +166,60 @@ def test_best_method_ignores_nan_and_lms() -> None:
     assert best_method(rates, {"popular", "co", "empty"}) == "co"
     assert best_method({"a": float("nan")}) is None
     assert best_method({"a": 0.5, "b": 0.5}) == "a"
+
+
+class CountingLM:
+    """A cached pseudo-LM (log-probs from a hash of the sequence) that counts the prompts it encodes."""
+
+    def __init__(self, n_clusters: int, level: int) -> None:
+        import hashlib
+
+        def next_logprobs(seqs: list[list[int]]) -> np.ndarray:
+            out = np.empty((len(seqs), 12))
+            for i, s in enumerate(seqs):
+                seed = int.from_bytes(hashlib.sha256(str(s).encode()).digest()[:8], "little")
+                logits = np.random.default_rng(seed).normal(size=12) * 2
+                out[i] = logits - np.log(np.exp(logits).sum())
+            return out
+
+        self.next_logprobs, self.prompts = next_logprobs, 0
+        self.sequences = [[1 + c % 10, 1 + c // 10, 0] for c in range(n_clusters)]  # distinct token paths, eos 0
+        self.meta, self.prior = {"level": level, "k": 2}, None
+
+    def prompt_ids(self, context) -> list[int]:  # type: ignore[no-untyped-def]
+        return [11, *[int(c) + 1 for c in context]]
+
+    def prefill(self, prompts):  # type: ignore[no-untyped-def]
+        self.prompts += len(prompts)
+        return self.next_logprobs(prompts), [list(p) for p in prompts]
+
+    def step(self, state, parents, tokens):  # type: ignore[no-untyped-def]
+        rows = [state[p] + [int(t)] for p, t in zip(parents.tolist(), tokens.tolist(), strict=True)]
+        return self.next_logprobs(rows), rows
+
+
+def test_the_lm_is_scored_once_per_distinct_context_and_exactly(ds) -> None:  # type: ignore[no-untyped-def]
+    """Issue 18's slow eval: the cost must not grow with moments. Many moments share few contexts here."""
+    from interests.datasets import build_dataset
+    from interests.judge import LMEntry, judge
+    from interests.synthetic import make_synthetic
+
+    del ds
+    big, _ = make_synthetic(n_clusters=6, n_users=300, seed=1)
+    items = np.arange(big.n_items) % 6
+    data = build_dataset("syn", big.user_ids[big.users].tolist(), big.item_ids[big.items].tolist(), big.timestamps)
+    lm = CountingLM(6, level=0)
+    [result] = judge(data, {0: items}, {0: [f"d{c}" for c in range(6)]}, k=2, m=2, lms=[LMEntry("LM fake", lm)],
+                     log=lambda _: None)
+    split = split_by_time(novel_transitions(data, items, 2))
+    distinct = len(np.unique(split.test.contexts, axis=0))
+    assert result.moments == len(split.test) > 3 * distinct  # the shape that was slow
+    assert lm.prompts == distinct
+    # exact: the top-2 of scoring every description, minus what the user knows
+    from interests.constrained import exhaustive_scores
+
+    for props, ctx, known in zip(result.methods["LM fake"].proposals, split.test.contexts, split.test.known,
+                                 strict=True):
+        s = exhaustive_scores(lm.next_logprobs, lm.prompt_ids(ctx), lm.sequences)
+        s[list(ctx)] = -np.inf
+        assert props == top_m(s[None, :], [known], 2)[0]
