@@ -51,3 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; everything started here was stopped", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `explore clusters show ... | head`: the reader has what it wanted
+        sys.stdout = None  # type: ignore[assignment]  # nothing left to flush at exit
+        return 0
