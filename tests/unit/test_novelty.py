@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -277,7 +278,7 @@ def test_base_model_path_fine_tunes_a_local_model(planted, tmp_path: Path) -> No
     assert len(info["history"]) == 2 and info["history"][1]["loss"] < info["history"][0]["loss"]
     [result] = beam_search(lm.next_logprobs, DescriptionTrie(lm.sequences), [lm.prompt_ids([0, 1])], [{0, 1}], 3, 3)
     assert len(result) == 3 and not {c for c, _ in result} & {0, 1}
-    with pytest.raises(OSError):
+    with pytest.raises(RuntimeError, match="needs --allow-download"):  # offline unless allowed
         train_novelty_lm(catalog.descriptions(), split.train, split.valid,
                          LMConfig(base_model="surely-not-on-disk/model"), progress=False)
 
@@ -417,7 +418,9 @@ def test_popularity_prior_and_alpha_on_validation(planted, small_lm) -> None:
     counts = np.bincount(split.train.targets, minlength=8)
     assert list(np.argsort(-log_p, kind="stable")) == list(np.argsort(-counts, kind="stable"))
     valid = split.valid.subset(np.arange(min(60, len(split.valid))))
-    best, curve = choose_alpha(lm, valid, log_p, 2, alphas=(0.0, 1.0, 1000.0))
+    rule, best, curves = choose_alpha(lm, valid, log_p, 2, alphas=(0.0, 1.0, 1000.0))
+    assert rule == "sum" and list(curves) == ["sum"]
+    curve = curves["sum"]
     assert best in curve and curve[best] == max(curve.values())
     excludes = [set(k) for k in valid.known]
     for alpha in (0.0, 1000.0):  # the exact table agrees with the (wide) search
@@ -460,3 +463,159 @@ def test_cli_train_chooses_the_prior_on_validation_and_eval_reports_both(tmp_pat
         tables.append([json.loads(line) for line in out.read_text().splitlines()])
     assert [r["clusters"] for r in tables[0]] == [r["clusters"] for r in tables[1]]
     np.testing.assert_allclose([r["scores"] for r in tables[0]], [r["scores"] for r in tables[1]], atol=1e-4)
+
+
+# --- a pretrained base model: mean per token, titles in the prompt, zero-shot, budgets ----
+
+
+@settings(max_examples=80, deadline=None)
+@given(bodies=catalogs, seed=st.integers(0, 10_000), alpha=priors, data=st.data())
+def test_mean_per_token_search_is_exact(bodies, seed: int, alpha: float | None, data) -> None:
+    """Scores by mean log-prob per token: a beam as wide as the catalog equals scoring every description,
+    and top-M with exclusions is exact (the bound S / len + prior never grows along a path); a cached LM
+    that declares `length_norm` is searched by that rule without being told."""
+    sequences = [[*b, 0] for b in bodies]
+    n = len(sequences)
+    lm = fake_lm(8, seed)
+    prior = random_prior(n, seed, alpha)
+    exact = exhaustive_scores(lm, [3], sequences) / np.array([len(s) for s in sequences]) \
+        + (0 if prior is None else prior)
+    trie = DescriptionTrie(sequences)
+    [result] = beam_search(lm, trie, [[3]], [set()], top_m=n, beam=n, prior=prior, length_norm=True)
+    assert [c for c, _ in result] == list(np.argsort(-exact, kind="stable"))
+    np.testing.assert_allclose([s for _, s in result], np.sort(exact)[::-1], atol=1e-9)
+    known = set(data.draw(st.lists(st.integers(0, n - 1), max_size=n - 1)))
+    m = data.draw(st.integers(1, n))
+    [top] = beam_search(lm, trie, [[3]], [known], top_m=m, beam=n, prior=prior, length_norm=True)
+    assert [c for c, _ in top] == [c for c in np.argsort(-exact, kind="stable") if c not in known][:m]
+    cached = FakeCachedLM(lm)
+    cached.length_norm = True
+    assert beam_search_cached(cached, trie, [[3]], [known], m, n, prior) == [top]
+
+
+def _titled_base(catalog, tmp_path: Path) -> tuple[str, list[list[str]]]:  # type: ignore[no-untyped-def]
+    """A tiny grouped-query Llama and a word-level tokenizer that knows the descriptions and the titles,
+    saved as a local base model (no download); with the catalog's top items per cluster."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    top_items = [c.top_items for c in catalog.clusters[catalog.finest]]
+    from interests.novelty_data import context_texts
+
+    tok = train_tokenizer(catalog.descriptions() + context_texts(catalog.descriptions(), top_items, 5))
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    return str(tmp_path / "base"), top_items
+
+
+def test_zero_shot_model_directory_with_titles_serves_the_same(planted, tmp_path: Path) -> None:
+    """--zero-shot saves the base model untrained with its prompt (descriptions and two titles per context
+    cluster; targets stay the bare descriptions) and the mean-per-token rule; load, the exported graphs and
+    the twin decode it exactly as PyTorch does, all in-catalog and none known."""
+    import json
+
+    from exporters.novelty_onnx import check_lm_parity, export_generator
+    from interests.novelty_data import context_texts
+    from streams.inference.novelty import OnnxNovelty
+
+    _, catalog, examples, split = planted
+    base, top_items = _titled_base(catalog, tmp_path)
+    lm, info = train_novelty_lm(catalog.descriptions(), split.train, split.valid,
+                                LMConfig(base_model=base, zero_shot=True, score="mean"), {"k": 2}, progress=False,
+                                top_items=top_items)
+    assert info["history"] == [] and lm.meta["titles"] == 2 and lm.length_norm
+    texts = context_texts(catalog.descriptions(), top_items, 2)
+    assert lm.meta["context_texts"] == texts and f'"{top_items[0][1]}"' in texts[0]
+    assert lm.prompt_ids([0, 1]) == [*lm.head, *lm.encode(texts[0]), *lm.sep, *lm.encode(texts[1]), *lm.tail]
+    assert lm.tokenizer.unk_token_id not in lm.prompt_ids([0, 1])
+    assert lm.sequences[0] == [*lm.encode(" " + catalog.descriptions()[0]), lm.eos_id]
+    lm.save(tmp_path / "zero")
+    back = NoveltyLM.load(tmp_path / "zero")
+    assert back.prompt_ids([3, 5]) == lm.prompt_ids([3, 5]) and back.length_norm
+    onnx_path = export_generator(back, tmp_path / "repo")
+    spec = json.loads((onnx_path.parent / "decoder.json").read_text())
+    assert spec["score"] == "mean"
+    assert max(check_lm_parity(back, onnx_path, examples.contexts[:8]).values()) < 1e-4
+    contexts = examples.contexts[:16].astype(np.int64)
+    exclude = np.zeros((len(contexts), 8), bool)
+    for row, known in enumerate(examples.known[:16]):
+        exclude[row, list(known)] = True
+    clusters, scores = OnnxNovelty(onnx_path.parent, 3, 8).propose(contexts, exclude)
+    excludes = [set(np.flatnonzero(m)) | set(c.tolist()) for c, m in zip(contexts, exclude, strict=True)]
+    ref = beam_search_cached(back, DescriptionTrie(back.sequences), [back.prompt_ids(c) for c in contexts],
+                             excludes, 3, 8)
+    for row, r in enumerate(ref):
+        assert [int(c) for c in clusters[row] if c >= 0] == [c for c, _ in r]
+        assert not {c for c, _ in r} & excludes[row] and all(0 <= c < 8 for c, _ in r)
+        np.testing.assert_allclose(scores[row][: len(r)], [s for _, s in r], atol=1e-4)
+
+
+def test_from_scratch_prompt_is_unchanged_by_the_title_option(planted) -> None:
+    """Titles are for base models: the from-scratch model's prompt stays the descriptions alone."""
+    _, catalog, _, split = planted
+    top_items = [c.top_items for c in catalog.clusters[catalog.finest]]
+    lm, _ = train_novelty_lm(catalog.descriptions(), split.train.subset(np.arange(50)), split.valid,
+                             LMConfig(layers=1, dim=16, heads=2, epochs=1), {"k": 2}, progress=False,
+                             top_items=top_items)
+    assert "context_texts" not in lm.meta and lm.context_pieces == lm.pieces
+    assert lm.prompt_ids([2, 0]) == lm.encode(prompt([2, 0], catalog.descriptions()))
+
+
+def test_a_training_budget_caps_examples_and_time(planted, tmp_path: Path) -> None:
+    from interests.novelty_data import diversified_sample
+
+    _, catalog, _, split = planted
+    sample = diversified_sample(split.train, 40, seed=0)
+    assert len(sample) == 40 and len(set(sample.targets.tolist())) == 8
+    assert np.bincount(sample.targets).max() - np.bincount(sample.targets).min() <= 5
+    assert diversified_sample(split.train, 0) is split.train
+    base, top_items = _titled_base(catalog, tmp_path)
+    _, info = train_novelty_lm(catalog.descriptions(), split.train, split.valid,
+                               LMConfig(base_model=base, lora=True, epochs=5, batch_size=8, max_train_examples=24,
+                                        max_valid_examples=10, max_train_seconds=1e-6), {"k": 2}, progress=False,
+                               top_items=top_items)
+    assert info["train_examples"] == 24 and info["valid_examples"] == 10
+    assert len(info["history"]) == 1 and info["history"][0]["examples"] == 8  # one batch, then out of time
+
+
+def test_the_score_rule_is_chosen_on_validation_with_the_prior(planted, tmp_path: Path) -> None:
+    """score "auto": the alpha grid runs for the sum and the mean per token from one exact table; the
+    curve of the chosen rule is what a wide search under that rule gives; the choice is stored."""
+    from interests.novelty_prior import choose_prior
+
+    _, catalog, _, split = planted
+    base, top_items = _titled_base(catalog, tmp_path)
+    lm, _ = train_novelty_lm(catalog.descriptions(), split.train, split.valid,
+                             LMConfig(base_model=base, zero_shot=True, score="auto"), {"k": 2}, progress=False,
+                             top_items=top_items)
+    assert lm.meta["score_rules"] == ["sum", "mean"]
+    lines: list[str] = []
+    alpha = choose_prior(lm, split, 8, 2, [0.0, 1.0], log=lines.append, max_moments=40)
+    curves = lm.meta["prior"]["validation_curves"]
+    assert set(curves) == {"sum", "mean"} and lm.meta["prior"]["validation_moments"] == 40
+    rule = lm.meta["score"]
+    assert curves[rule][f"{alpha:g}"] == max(max(c.values()) for c in curves.values())
+    valid = split.valid.subset(np.sort(np.random.default_rng(0).permutation(len(split.valid))[:40]))
+    props, _ = lm_proposals(lm, valid.contexts, [set(k) for k in valid.known], 2, beam=8, prior=lm.prior)
+    assert curves[rule][f"{alpha:g}"] == pytest.approx(hit_rate(props, valid.targets))
+    assert any("score rule 'mean'" in line for line in lines)
+
+
+def test_base_model_names_resolve_offline_with_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from interests import base_models
+
+    assert base_models.resolve_base_model(str(tmp_path)) == str(tmp_path)
+    assert base_models.resolve_base_model("org/model", allow_download=True) == "org/model"
+    with pytest.raises(base_models.BaseModelError, match="needs --allow-download"):
+        base_models.resolve_base_model("org/model")
+    monkeypatch.setenv("EXPLORE_HOME", str(tmp_path / "home"))
+    assert base_models.base_model_dir("smollm2-135m") == tmp_path / "home" / "base-models" / "smollm2-135m"
+    monkeypatch.setitem(base_models.BASE_MODELS, "absent",
+                        base_models.PackagedModel("surely_not_a_package_here", "surely-not==1", "m.gguf", "<e>"))
+    with pytest.raises(base_models.BaseModelError, match="needs the surely-not package"):
+        base_models.resolve_base_model("absent")
+    with pytest.raises(base_models.BaseModelError, match="unknown base model"):
+        base_models.ensure_base_model("no-such-model")
