@@ -2,9 +2,9 @@
 
 Both take histories [B, L] of 1-based item ids (left-padded with 0) and allowed clusters [B, C]
 and return (items [B, N], scores [B, N]); slots that no eligible item fills carry EXCLUDED (the
-one of `interests.constrained`, which the graph `interests.topn` uses) and are dropped by
-`valid_slots`. The twin runs the very ONNX file that Triton serves, so the answers are the same;
-it is the fallback when Triton is unreachable.
+one of `interests.constrained`, which the graph `interests.topn` uses); callers drop them
+(`streams.recommendation.slate_items`). The twin runs the very ONNX file that Triton serves, so
+the answers are the same; it is the fallback when Triton is unreachable.
 """
 
 from __future__ import annotations
@@ -13,18 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from interests.constrained import EXCLUDED, left_pad
+from interests.constrained import left_pad
 from streams.inference.grpc import GrpcModel
 
 
 def pad_histories(histories: list[list[int]] | list[np.ndarray], length: int) -> np.ndarray:
     """[B, length] int64: each history's newest `length` items right-aligned, 0-padded."""
     return left_pad(histories, 0, length)[0]
-
-
-def valid_slots(scores: np.ndarray) -> np.ndarray:
-    """Mask of the slots that hold an eligible item."""
-    return scores > EXCLUDED / 2
 
 
 class OnnxSeqRec:
