@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -293,6 +293,15 @@ def summary_sentences(result: LevelResult, target: str) -> list[str]:
     return out
 
 
+def sample_contexts(split: TimeSplit, max_contexts: int, seed: int = 0) -> TimeSplit:
+    """The split with only the test moments of a seeded sample of `max_contexts` distinct contexts (0: all)."""
+    unique, inverse = rows_of_contexts(split.test.contexts)
+    if max_contexts <= 0 or len(unique) <= max_contexts:
+        return split
+    chosen = np.random.default_rng(seed).choice(len(unique), size=max_contexts, replace=False)
+    return replace(split, test=split.test.subset(np.flatnonzero(np.isin(inverse, chosen))))
+
+
 @dataclass
 class LMEntry:
     """A language model to judge at its level: its display name and the loaded model."""
@@ -304,8 +313,12 @@ class LMEntry:
 def judge(ds: Dataset, item_clusters: dict[int, np.ndarray], descriptions: dict[int, list[str]], k: int, m: int,
           lms: Sequence[LMEntry] = (), next_item_probs: NextItemProbs | None = None,
           seqrec_until: int | None = None, embed: Callable[[list[str]], np.ndarray] | None = None,
-          seed: int = 0, log: Callable[[str], None] = print) -> list[LevelResult]:
+          seed: int = 0, log: Callable[[str], None] = print, max_contexts: int = 0) -> list[LevelResult]:
     """Every method at every level of `item_clusters` ({level: item -> cluster}), with times per phase.
+
+    `max_contexts` > 0 keeps only the test moments of a seeded sample of that many distinct contexts,
+    for every method alike: a language model's cost is per distinct context (a pretrained one costs
+    seconds each on a CPU), and the paired comparison stays on the same moments.
 
     `next_item_probs` (the item policy) is used only when `seqrec_until` (the end of its training
     data) is at or before the level's test cut: a model that saw the test period is refused.
@@ -321,7 +334,7 @@ def judge(ds: Dataset, item_clusters: dict[int, np.ndarray], descriptions: dict[
         times: dict[str, float] = {}
         t = time.perf_counter()
         n = int(item_cluster.max()) + 1
-        split = split_by_time(novel_transitions(ds, item_cluster, k))
+        split = sample_contexts(split_by_time(novel_transitions(ds, item_cluster, k)), max_contexts, seed)
         test = split.test
         if not len(test):
             raise ValueError(f"level {level}: no test moments (too few novel transitions with K = {k})")

@@ -76,6 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="the text-similarity baseline's encoder (minilm needs the text extra)")
     ne.add_argument("--k", type=int, default=2, help="context length when no --model gives one")
     ne.add_argument("--m", type=int, default=5, help="proposals per moment")
+    ne.add_argument("--max-contexts", type=int, default=0,
+                    help="judge only the test moments of a seeded sample of this many distinct contexts per level "
+                         "(0: all); every method on the same moments. A pretrained LM costs seconds per context")
     ne.add_argument("--out", type=Path, default=Path("runs/judge"), help="directory for judge.json/.html/.png")
     ne.add_argument("--seed", type=int, default=0)
     ne.set_defaults(func=cmd_novelty_eval)
@@ -228,7 +231,7 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
     results = judge(ds, {lv: catalog.item_clusters(lv) for lv in chosen},
                     {lv: catalog.descriptions(lv) for lv in chosen}, lms[0].lm.meta["k"] if lms else args.k, args.m,
                     [e for e in lms if e.lm.meta["level"] in chosen], probs, until, embed, args.seed,
-                    log=lambda line: print(line, flush=True))
+                    log=lambda line: print(line, flush=True), max_contexts=args.max_contexts)
     for r in results:
         print(format_level(r, args.m))
     path = write_outputs(results, args.m, {"dataset": ds.name, "catalog_version": catalog.version,

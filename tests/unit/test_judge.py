@@ -223,3 +223,16 @@ def test_the_lm_is_scored_once_per_distinct_context_and_exactly(ds) -> None:  # 
         s = exhaustive_scores(lm.next_logprobs, lm.prompt_ids(ctx), lm.sequences)
         s[list(ctx)] = -np.inf
         assert props == top_m(s[None, :], [known], 2)[0]
+
+
+def test_a_context_sample_keeps_every_moment_of_the_chosen_contexts_and_nothing_else() -> None:
+    from interests.judge import sample_contexts
+    from interests.synthetic import make_synthetic
+
+    data, _ = make_synthetic(n_clusters=6, n_users=300, seed=1)
+    split = split_by_time(novel_transitions(data, np.arange(data.n_items) % 6, 2))
+    sub = sample_contexts(split, 3, seed=0)
+    kept = {tuple(c) for c in sub.test.contexts.tolist()}
+    assert len(kept) == 3
+    assert len(sub.test) == sum(tuple(c) in kept for c in split.test.contexts.tolist())
+    assert sub.train is split.train and sample_contexts(split, 0) is split
