@@ -11,7 +11,7 @@ by the same plain k-means, so only the embedding differs. Reported:
   novelty model learns from);
 - seconds to embed.
 
-Run: python benchmarks/embeddings.py --data ../shared/data/ml-latest-small [--k 32]
+Run: python benchmarks/embeddings.py --data data/ml-latest-small [--k 32]
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def stay_lift(ds: Dataset, labels: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data/ml-latest-small", help="a MovieLens directory")
+    parser.add_argument("--data", default="data/ml-latest-small", help="a MovieLens directory")
     parser.add_argument("--k", type=int, default=32, help="clusters for the MovieLens measurement")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)

@@ -11,7 +11,7 @@ every prefix of every history, which costs minutes per epoch on this machine, so
 bounds it and the table says whether it stopped early or was cut off.
 
 Run: python benchmarks/recbole_peer.py --setup
-     python benchmarks/recbole_peer.py --data ../shared/data/ml-latest-small --recbole-epochs 8
+     python benchmarks/recbole_peer.py --data data/ml-latest-small --recbole-epochs 8
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def write_atomic(ds, directory: Path, name: str) -> Path:  # type: ignore[no-unt
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setup", action="store_true", help="create RecBole's virtualenv and exit")
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/ml-latest-small"))
+    parser.add_argument("--data", type=Path, default=Path("data/ml-latest-small"))
     parser.add_argument("--recbole-epochs", type=int, default=8, help="upper bound on RecBole's epochs")
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)

@@ -1,6 +1,6 @@
 """Input records: validation of `interactions` values, pure and without Kafka.
 
-A record is `{user_id, item_id, ts, event}` with optional `event_id` and `weight` (DESIGN.md).
+A record is `{user_id, item_id, ts, event}` with optional `event_id` and `weight` (docs/DESIGN.md).
 `parse_interaction` returns either an `Interaction` or a `Rejection` whose reason is one of
 `REASONS`; the worker sends rejected records unchanged to the dead-letter topic with the reason
 and detail in the headers, so nothing is dropped silently and every reason is countable.

@@ -1,6 +1,6 @@
 """The load generator: a dataset's interactions to the `interactions` topic, in time order, at a rate.
 
-Records follow the topic contract (DESIGN.md): key = user id, value = JSON
+Records follow the topic contract (docs/DESIGN.md): key = user id, value = JSON
 `{user_id, item_id, ts, event, event_id}`. The event id is stable (`<user>-<position>`), so a
 replay that is run twice is recognised as duplicates by the engine.
 """

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "broker, Triton and an engine worker, replay the data (the held-out period "
                                       "live), write the evaluation report, and stop everything it started.")
     demo.add_argument("--data", type=Path, default=None,
-                      help="a MovieLens directory (e.g. ../shared/data/ml-latest-small); default: synthetic data")
+                      help="a MovieLens directory (e.g. data/ml-latest-small); default: synthetic data")
     demo.add_argument("--users", type=int, default=400, help="synthetic users")
     demo.add_argument("--holdout", type=float, default=0.2,
                       help="share of time (the latest) held out and replayed live")

@@ -93,7 +93,7 @@ def test_repository_writes_only_named_models(tmp_path: Path) -> None:
     assert (repo / "tiny_linear" / "1" / "model.onnx").stat().st_size > 0
 
 
-# --- layering (DESIGN.md): interests <- exporters <- streams; explore is the root ----------
+# --- layering (docs/DESIGN.md): interests <- exporters <- streams; explore is the root ----------
 
 _ALLOWED = {"interests": set(), "exporters": {"interests"}, "streams": {"interests"}}
 
