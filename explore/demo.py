@@ -1,6 +1,7 @@
 """`explore demo`: the whole engine on embedded infrastructure, from data to report, in one command.
 
-1. data: synthetic users with planted interest clusters, or `--data` (MovieLens);
+1. data: synthetic users with planted interest clusters, `--data` (MovieLens) or the generic
+   `--interactions/--items/--columns` files every other command reads;
 2. the training period (interactions before the held-out share of time) trains everything:
    the cluster catalog, SASRec, the novelty LM (with its popularity prior chosen on validation);
 3. exports both models into a Triton model repository and precomputes the novelty table;
@@ -49,8 +50,11 @@ class Steps:
             self._name = ""
 
 
-def build_models(train_ds: Dataset, run: Path, synthetic: bool, steps: Steps, quiet: bool) -> dict:
-    """Catalog, SASRec, novelty LM (+ prior), both exported into run/model_repository; the table rows."""
+def build_models(train_ds: Dataset, run: Path, small: bool, steps: Steps, quiet: bool) -> dict:
+    """Catalog, SASRec, novelty LM (+ prior), both exported into run/model_repository; the table rows.
+
+    `small` picks the synthetic data's sizes (levels 4,8, a one-block SASRec, a narrower LM).
+    """
     from exporters.novelty_onnx import export_generator
     from exporters.seqrec_export import export_seqrec
     from interests.build import BuildConfig, build_catalog, format_catalog
@@ -62,14 +66,14 @@ def build_models(train_ds: Dataset, run: Path, synthetic: bool, steps: Steps, qu
     from interests.train_seqrec import TrainConfig, train
 
     steps.start("interest clusters from the training period")
-    catalog = build_catalog(train_ds, BuildConfig(levels=(4, 8) if synthetic else (8, 32)), progress=not quiet)
+    catalog = build_catalog(train_ds, BuildConfig(levels=(4, 8) if small else (8, 32)), progress=not quiet)
     catalog.save(run / "catalog")
     print(format_catalog(catalog, catalog.finest, top=2) if not quiet else f"catalog {catalog.version}")
 
     steps.start("SASRec, the item policy")
     split = leave_one_out(train_ds)
-    cfg = TrainConfig(dim=48 if synthetic else 64, blocks=1 if synthetic else 2, epochs=40 if synthetic else 60,
-                      patience=5 if synthetic else 8, lr=3e-3 if synthetic else 2e-3)
+    cfg = TrainConfig(dim=48 if small else 64, blocks=1 if small else 2, epochs=40 if small else 60,
+                      patience=5 if small else 8, lr=3e-3 if small else 2e-3)
     _, result = train(split, cfg, progress=not quiet, checkpoint=run / "seqrec" / "model.pt",
                       extra={"catalog_version": catalog.version, "dataset": train_ds.name,
                              "sample_histories": pad_left(split.test_history[:16], cfg.max_len)})
@@ -82,8 +86,8 @@ def build_models(train_ds: Dataset, run: Path, synthetic: bool, steps: Steps, qu
     n = catalog.levels[-1]
     train = diversify(nsplit.train, auto_cap(nsplit.train.targets, 1), auto_cap(nsplit.train.contexts, 5))
     lm, info = train_novelty_lm(catalog.descriptions(), train, nsplit.valid,
-                                LMConfig(layers=2, dim=64 if synthetic else 128, heads=2 if synthetic else 4,
-                                         epochs=12 if synthetic else 30),
+                                LMConfig(layers=2, dim=64 if small else 128, heads=2 if small else 4,
+                                         epochs=12 if small else 30),
                                 {"catalog_version": catalog.version, "level": catalog.finest, "k": 2,
                                  "dataset": train_ds.name}, progress=not quiet)
     print(f"{len(examples):,} novel transitions; trained in {info['seconds']:.0f} s")
@@ -159,6 +163,7 @@ class LiveView(threading.Thread):
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from explore.commands.common import dataset_from_args
     from streams.config import EngineConfig
     from streams.infra.process import free_port, pid_alive
     from streams.infra.stack import Stack
@@ -167,6 +172,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from streams.replay import dataset_events, produce
     from streams.worker import ensure_topics
 
+    if not (args.data or args.interactions or args.items or args.synthetic):
+        args.synthetic = True  # the demo's default data
+    small = args.model_size == "small" or (args.model_size == "auto" and args.synthetic)
     t_all = time.perf_counter()
     run = Path(args.run_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     run.mkdir(parents=True, exist_ok=True)
@@ -174,14 +182,7 @@ def run_demo(args: argparse.Namespace) -> int:
     steps = Steps(8)
 
     steps.start("data")
-    if args.data:
-        from interests.loaders import load_dataset
-
-        ds = load_dataset(args.data, "auto")
-    else:
-        from interests.synthetic import make_synthetic
-
-        ds = make_synthetic(n_clusters=8, n_users=args.users, seed=args.seed)[0]
+    ds = dataset_from_args(args)
     start_ts = float(np.quantile(ds.timestamps, 1 - args.holdout))
     train_ds = training_period(ds, start_ts)
     print(ds.summary())
@@ -189,7 +190,7 @@ def run_demo(args: argparse.Namespace) -> int:
           f"from {time.strftime('%Y-%m-%d', time.gmtime(start_ts))}); training period: "
           f"{train_ds.n_interactions:,} interactions")
 
-    models = build_models(train_ds, run, not args.data, steps, args.quiet)
+    models = build_models(train_ds, run, small, steps, args.quiet)
     catalog, repo = models["catalog"], models["repository"]
 
     steps.start("embedded Kafka and Triton, the novelty table, an engine worker")

@@ -34,12 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="the main job: data -> models -> embedded Kafka + Triton -> live engine "
                                        "-> report",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                          description="Train everything on the training period of a dataset, start the embedded "
-                                      "broker, Triton and an engine worker, replay the data (the held-out period "
-                                      "live), write the evaluation report, and stop everything it started.")
-    demo.add_argument("--data", type=Path, default=None,
-                      help="a MovieLens directory (e.g. data/ml-latest-small); default: synthetic data")
-    demo.add_argument("--users", type=int, default=400, help="synthetic users")
+                          description="Train everything on the training period of a dataset (synthetic by "
+                                      "default, MovieLens with --data, your own with --interactions/--items), "
+                                      "start the embedded broker, Triton and an engine worker, replay the data "
+                                      "(the held-out period live), write the evaluation report, and stop "
+                                      "everything it started.")
+    add_dataset_args(demo)  # the same data options as every other command; none of them: --synthetic
+    demo.add_argument("--users", dest="synthetic_users", type=int, default=400,
+                      help="synthetic users (the same as --synthetic-users)")
+    demo.add_argument("--model-size", choices=["auto", "small", "full"], default="auto",
+                      help="small: the synthetic data's models (fast; for small data and tests), full: the "
+                           "MovieLens ones; auto: small for synthetic data, full otherwise")
     demo.add_argument("--holdout", type=float, default=0.2,
                       help="share of time (the latest) held out and replayed live")
     demo.add_argument("--rate", type=float, default=400.0, help="held-out events per second")
