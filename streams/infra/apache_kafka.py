@@ -24,13 +24,7 @@ from pathlib import Path
 
 from streams.infra.kafka_check import kafka_ready
 from streams.infra.paths import explore_home
-from streams.infra.process import (
-    InfraError,
-    ManagedProcess,
-    free_port,
-    require_free_port,
-    wait_until,
-)
+from streams.infra.process import InfraError, ManagedProcess, ProcessService, free_port, require_free_port
 
 DEFAULT_VERSION = "4.1.1"
 _HERE = Path(__file__).resolve().parent
@@ -114,10 +108,12 @@ def server_properties(work_dir: Path, port: int, controller_port: int) -> str:
     ])
 
 
-class ApacheKafka:
+class ApacheKafka(ProcessService):
     """A single-node Apache Kafka broker+controller on loopback; a context manager."""
 
     kind = "apache"
+    ready_interval_s = 0.5
+    stop_grace_s = 30.0  # a controlled shutdown, then SIGKILL
 
     def __init__(self, work_dir: Path, port: int | None = None, version: str = DEFAULT_VERSION,
                  detached: bool = False, heap_mb: int = 768) -> None:
@@ -132,6 +128,7 @@ class ApacheKafka:
         self.work_dir = Path(work_dir)
         self.heap_mb = heap_mb
         self.detached = detached
+        self.what = f"Apache Kafka {version}"
         self.process: ManagedProcess | None = None
 
     @property
@@ -155,25 +152,11 @@ class ApacheKafka:
             raise InfraError(f"Formatting Kafka storage in {self.work_dir} failed:\n{fmt.stdout}{fmt.stderr}")
         self.process = ManagedProcess(name="apache-kafka", argv=self._java(libs, "kafka.Kafka", str(props)),
                                       log_path=self.work_dir / "kafka.log", detached=self.detached)
-        self.process.start()
-        try:
-            wait_until(lambda: kafka_ready(self.bootstrap), timeout_s, f"Apache Kafka {self.version}",
-                       self.process, interval_s=0.5)
-        except BaseException:
-            self.process.stop()
-            raise
+        self._run(timeout_s)
         return self
 
-    def stop(self) -> None:
-        """Controlled shutdown (SIGTERM), SIGKILL after 30 s."""
-        if self.process is not None:
-            self.process.stop(grace_s=30)
-
-    def __enter__(self) -> ApacheKafka:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def ready(self) -> bool:
+        return kafka_ready(self.bootstrap)
 
 
 def main(argv: list[str] | None = None) -> int:

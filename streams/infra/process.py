@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 _PR_SET_PDEATHSIG = 1
 
@@ -218,3 +219,49 @@ class ManagedProcess:
                 os.killpg(self._popen.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self._popen.wait(timeout=5)
+
+
+class Service:
+    """Something a caller starts and must always stop: `start()` returns it, `stop()` is safe to call
+    at any time; as a context manager it starts on entry and stops on exit, also when the body fails."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ProcessService(Service):
+    """A `Service` that is one `ManagedProcess` (`self.process`, set by the subclass), ready when
+    `ready()` says so. A start that fails or times out stops the process before it raises, so a
+    failed start leaves nothing running."""
+
+    process: ManagedProcess | None = None
+    what = "service"  # named in errors
+    ready_interval_s = 0.2
+    stop_grace_s = 10.0
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def _run(self, timeout_s: float) -> None:
+        """Start the process and wait until `ready()`; stop it if that fails."""
+        if self.process is None:
+            raise InfraError(f"{self.what}: nothing to start")
+        self.process.start()
+        try:
+            wait_until(self.ready, timeout_s, self.what, self.process, interval_s=self.ready_interval_s)
+        except BaseException:
+            self.process.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop(grace_s=self.stop_grace_s)

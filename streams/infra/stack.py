@@ -22,7 +22,7 @@ from typing import Literal
 
 from streams.infra.kafka_check import kafka_ready
 from streams.infra.paths import explore_home
-from streams.infra.process import InfraError, kill_group, pid_alive, pid_cmdline
+from streams.infra.process import InfraError, Service, kill_group, pid_alive, pid_cmdline
 from streams.infra.triton import http_ready
 
 KafkaKind = Literal["tansu", "apache"]
@@ -98,7 +98,7 @@ def _start_kafka(kind: KafkaKind, work_dir: Path, detached: bool, port: int | No
     return EmbeddedKafka(work_dir / "kafka", port=port, detached=detached).start()
 
 
-class Stack:
+class Stack(Service):
     """Kafka and Triton for the life of a `with` block; embedded parts are always stopped."""
 
     def __init__(self, work_dir: Path, model_repository: Path | None, kafka: KafkaKind = "tansu",
@@ -158,12 +158,6 @@ class Stack:
             if service is not None:
                 service.stop()
         self._triton = self._kafka = None
-
-    def __enter__(self) -> Stack:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # --- detached stacks for `explore infra up|down|status` --------------------------------------

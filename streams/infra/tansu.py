@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from streams.infra.kafka_check import kafka_ready
-from streams.infra.process import InfraError, ManagedProcess, free_port, require_free_port, wait_until
+from streams.infra.process import InfraError, ManagedProcess, ProcessService, free_port, require_free_port
 
 
 def tansu_binary() -> str:
@@ -31,10 +31,12 @@ def tansu_binary() -> str:
         raise InfraError(f"Tansu binary not found: {e}") from e
 
 
-class EmbeddedKafka:
+class EmbeddedKafka(ProcessService):
     """A Tansu broker on a loopback port; a context manager that always stops it."""
 
     kind = "tansu"
+    what = "embedded Kafka (Tansu)"
+    stop_grace_s = 5.0
 
     def __init__(self, work_dir: Path, port: int | None = None, detached: bool = False) -> None:
         if port is not None:
@@ -56,21 +58,10 @@ class EmbeddedKafka:
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def ready(self) -> bool:
+        return kafka_ready(self.bootstrap)
+
     def start(self, timeout_s: float = 30.0) -> EmbeddedKafka:
         """Start Tansu and wait until it answers a metadata request."""
-        self.process.start()
-        try:
-            wait_until(lambda: kafka_ready(self.bootstrap), timeout_s, "embedded Kafka (Tansu)", self.process)
-        except BaseException:
-            self.process.stop()
-            raise
+        self._run(timeout_s)
         return self
-
-    def stop(self) -> None:
-        self.process.stop(grace_s=5)
-
-    def __enter__(self) -> EmbeddedKafka:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from streams.infra.process import InfraError, ManagedProcess, free_port, require_free_port, wait_until
+from streams.infra.process import InfraError, ManagedProcess, ProcessService, free_port, require_free_port
 
 _PYTRITON_HINT = ("The embedded Triton server needs the nvidia-pytriton wheel: "
                   "pip install 'interest-explorer[embedded]' (or set TRITON_URL to use your own Triton)")
@@ -77,10 +77,13 @@ def _site_packages() -> list[str]:
     return list(dict.fromkeys(p for p in paths if p))
 
 
-class EmbeddedTriton:
+class EmbeddedTriton(ProcessService):
     """`tritonserver` on free loopback ports over a model repository; a context manager."""
 
     kind = "embedded"
+    what = "embedded Triton"
+    ready_interval_s = 0.25
+    stop_grace_s = 15.0
 
     def __init__(self, model_repository: Path, work_dir: Path, http_port: int | None = None,
                  grpc_port: int | None = None, metrics_port: int | None = None,
@@ -134,25 +137,11 @@ class EmbeddedTriton:
 
     def start(self, timeout_s: float = 120.0) -> EmbeddedTriton:
         """Start the server and wait until every model in the repository is ready."""
-        self.process.start()
         try:
-            wait_until(self.ready, timeout_s, "embedded Triton", self.process, interval_s=0.25)
+            self._run(timeout_s)
         except InfraError as e:
-            self.process.stop()
             raise InfraError(f"{e}\nErrors in the Triton log:\n{triton_errors(self.process.log_path)}") from e
-        except BaseException:
-            self.process.stop()
-            raise
         return self
-
-    def stop(self) -> None:
-        self.process.stop(grace_s=15)
-
-    def __enter__(self) -> EmbeddedTriton:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 # Logged on every machine without a GPU; not why a start failed.

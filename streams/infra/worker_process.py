@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from streams.config import EngineConfig
-from streams.infra.process import ManagedProcess, free_port, wait_until
+from streams.infra.process import ManagedProcess, ProcessService, free_port
 
 
 def http_json(url: str, timeout_s: float = 2.0) -> tuple[int, dict]:
@@ -34,12 +34,15 @@ COMMANDS = {
 }
 
 
-class WorkerProcess:
+class WorkerProcess(ProcessService):
     """An engine worker with `cfg` in its environment; its own web port and data dir.
 
     `command` picks how it is started: `python -m streams.app worker` (Faust's own command line)
     or `explore serve`; both read the settings from the environment.
     """
+
+    ready_interval_s = 0.25
+    stop_grace_s = 20.0
 
     def __init__(self, cfg: EngineConfig, work_dir: Path, name: str = "worker",
                  extra_env: dict[str, str] | None = None, command: str = "faust") -> None:
@@ -48,21 +51,25 @@ class WorkerProcess:
                            data_dir=cfg.data_dir or str(work_dir / name / "data"))
         env = {**os.environ, **self.cfg.as_env(), **(extra_env or {})}
         env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
-        self.proc = ManagedProcess(name, [sys.executable, *COMMANDS[command]], work_dir / f"{name}.log", env=env)
+        self.what = f"engine worker {name}"
+        # `proc` is the name callers (the demo, the benchmark, tests) know it by.
+        self.process = self.proc = ManagedProcess(name, [sys.executable, *COMMANDS[command]], work_dir / f"{name}.log",
+                                                  env=env)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.cfg.web_port}"
 
-    def start(self, wait_s: float = 90.0) -> WorkerProcess:
-        self.proc.start()
-        if wait_s:
-            self.wait_ready(wait_s)
-        return self
+    def ready(self) -> bool:
+        return http_json(self.url + "/ready")[0] == 200
 
-    def wait_ready(self, timeout_s: float = 90.0) -> float:
-        return wait_until(lambda: http_json(self.url + "/ready")[0] == 200, timeout_s,
-                          f"engine worker {self.proc.name}", self.proc, interval_s=0.25)
+    def start(self, wait_s: float = 90.0) -> WorkerProcess:
+        """Start the worker and, unless `wait_s` is 0, wait until `/ready` answers 200."""
+        if wait_s:
+            self._run(wait_s)
+        else:
+            self.proc.start()
+        return self
 
     def get(self, path: str) -> tuple[int, dict]:
         return http_json(self.url + path)
@@ -71,14 +78,5 @@ class WorkerProcess:
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
             return r.read().decode()
 
-    def stop(self, grace_s: float = 20.0) -> None:
-        self.proc.stop(grace_s=grace_s)
-
     def alive(self) -> bool:
         return self.proc.alive()
-
-    def __enter__(self) -> WorkerProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -12,6 +12,7 @@ import pytest
 from streams.infra.process import (
     InfraError,
     ManagedProcess,
+    ProcessService,
     free_port,
     kill_group,
     pid_alive,
@@ -41,10 +42,7 @@ def test_stop_kills_the_whole_group_including_grandchildren(tmp_path: Path) -> N
     assert pid_alive(proc.pid) and pid_alive(grandchild)
     proc.stop(grace_s=5)
     assert not proc.alive()
-    deadline = time.monotonic() + 5
-    while pid_alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not pid_alive(grandchild)
+    wait_until(lambda: not pid_alive(grandchild), 5, "the grandchild is gone", interval_s=0.05)
 
 
 def test_stop_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path: Path) -> None:
@@ -86,3 +84,37 @@ def test_kill_group_leaves_a_process_whose_command_line_does_not_match(tmp_path:
         assert not pid_alive(proc.pid)
     finally:
         proc.stop()
+
+
+class _Sleeper(ProcessService):
+    """A managed `sleep` that is ready once `ok` is set."""
+
+    what = "sleeper"
+    ready_interval_s = 0.05
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.process = ManagedProcess("sleeper", ["sleep", "300"], tmp_path / "sleeper.log")
+        self.ok = False
+
+    def ready(self) -> bool:
+        return self.ok
+
+    def start(self, timeout_s: float = 0.3) -> _Sleeper:
+        self._run(timeout_s)
+        return self
+
+
+def test_a_service_that_never_gets_ready_is_stopped_before_the_error(tmp_path: Path) -> None:
+    service = _Sleeper(tmp_path)
+    with pytest.raises(InfraError, match="sleeper: not ready"):
+        service.start()
+    assert not pid_alive(service.process.pid)
+
+
+def test_a_service_is_stopped_when_the_body_fails(tmp_path: Path) -> None:
+    service = _Sleeper(tmp_path)
+    service.ok = True
+    with pytest.raises(RuntimeError, match="boom"), service:
+        assert service.process.alive()
+        raise RuntimeError("boom")
+    assert not pid_alive(service.process.pid)
