@@ -23,11 +23,16 @@ test: venv system-deps  ## the whole suite: lint, unit tests, integration tests 
 venv: $(VENV)/.installed
 
 # Debian's Prometheus server and promtool: the metrics tests scrape the engine through a real one.
+# Debian's Chromium: the live page and the report are checked in a real (headless) browser.
 system-deps:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
 	  echo "installing Debian's prometheus package (the metrics tests start a real server)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v chromium >/dev/null || { \
+	  echo "installing Debian's chromium package (the live page and report tests load them in a headless browser)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 13) else "error: Python 3.11 or 3.12 is needed (set PYTHON=...), found " + sys.version.split()[0])'

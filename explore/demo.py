@@ -8,7 +8,7 @@
 4. starts the embedded broker and Triton, publishes the table, starts an engine worker;
 5. replays the training period fast (the worker builds each user's state), then the held-out
    period at `--rate`, showing a few users live: their recent clusters, the novel clusters the
-   engine proposes, the slate;
+   engine proposes, the slate (here, and as HTML on the worker's live page, whose address it prints);
 6. collects every recommendation, writes the evaluation report, prints a summary, and stops
    everything it started (and checks that nothing is left running).
 
@@ -24,6 +24,7 @@ import time
 import warnings
 from collections import Counter
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -240,6 +241,8 @@ def _replay_and_watch(ds, start_ts, cfg, worker, catalog, run: Path, args, steps
     active = Counter(e.user_id for e in held).most_common(3)
     view = LiveView(cfg.bootstrap, cfg.recommendations_topic, catalog, [u for u, _ in active], start_ts)
     view.start()
+    pinned = quote(",".join(u for u, _ in active), safe=",")
+    print(f"  live page: http://127.0.0.1:{cfg.web_port}/live?users={pinned} (while the worker runs)", flush=True)
     steps.start(f"replay: {len(warm):,} training-period interactions (fast), then {len(held):,} held-out ones "
                 f"at {args.rate:.0f}/s, live")
     produce(cfg.bootstrap, cfg.interactions_topic, [e.encode() for e in warm], rate=0, progress=not args.quiet,

@@ -31,6 +31,7 @@ from streams.delivery import InputDelivery, write_state
 from streams.engine import Engine, RawRecord, user_view
 from streams.faust_app import make_app
 from streams.infra.paths import explore_home
+from streams.live_page import LiveFeed, counters, render_page
 from streams.metrics import Metrics
 from streams.peers import find_user
 
@@ -73,6 +74,8 @@ def create_app(cfg: EngineConfig) -> faust.App:
     app.engine, app.metrics = engine, metrics  # type: ignore[attr-defined]
     status: dict = {"table_loaded": False, "processing": False, "last_batch": 0.0}
     delivery = InputDelivery(cfg.bootstrap, cfg.interactions_topic, positions, metrics, app.log)
+    live = LiveFeed()  # the latest slates, for GET /live
+    titles = dict(zip(engine.catalog.item_ids, engine.catalog.item_titles, strict=True))
     trace = os.environ.get("EXPLORE_TRACE_BATCHES") == "1"  # log every batch's offsets (debugging delivery)
 
     @app.task
@@ -131,7 +134,9 @@ def create_app(cfg: EngineConfig) -> faust.App:
             now = time.time()
             for recommendation in result.recommendations:
                 metrics.latency.observe(now - recommendation.trigger_ts)
-                await recommendations.send(key=recommendation.key, value=recommendation.encode(now))
+                value = recommendation.encode(now)
+                await recommendations.send(key=recommendation.key, value=value)
+                live.add(value)
             delivery.release(mine + duplicates)
             for e in events:
                 delivery.acked(e)
@@ -159,6 +164,12 @@ def create_app(cfg: EngineConfig) -> faust.App:
         body = {"ready": ok, "novelty_table_loaded": status["table_loaded"], "rebalancing": app.rebalancing,
                 "novelty_contexts": len(engine.table)}
         return web.json(body, status=200 if ok else 503)
+
+    @app.page("/live")
+    async def live_view(web: Web, request: Request) -> Response:
+        """The latest slates and counters as a self-refreshing HTML page (`?users=a,b` pins users)."""
+        pinned = [u for u in request.query.get("users", "").split(",") if u]
+        return web.html(render_page(live, counters(metrics.registry), titles, pinned, own_url))
 
     @app.page("/users/{user_id}")
     class UserView(View):

@@ -5,24 +5,30 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from streams.infra.process import pid_alive
+from streams.infra.process import pid_alive, wait_until
+from tests.browser import Chromium, Visit
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "own-data"
 COLUMNS = "user=user_id,item=imdb_id,timestamp=rated_at,weight=rating,item_id=imdb_id,title=name"
 
 
-def _explore(tmp_path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def _env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in {"KAFKA_BOOTSTRAP", "TRITON_URL"}}
     env["EXPLORE_HOME"] = str(tmp_path / "home")
-    return subprocess.run([sys.executable, "-m", "explore", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False, cwd=tmp_path)
+    return env
+
+
+def _explore(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "explore", *args], env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=120, check=False, cwd=tmp_path)
 
 
 def _own_data(*extra: str) -> list[str]:
@@ -42,28 +48,73 @@ def test_a_bad_file_stops_the_demo_with_the_file_row_and_problem(tmp_path: Path)
 
 @pytest.mark.integration
 @pytest.mark.timeout(480)  # 200 s measured on the shared 2-core machine; the suite's default is 300
-def test_demo_runs_on_own_data_with_leading_zero_ids(tmp_path: Path) -> None:
-    """The sample of examples/own-data (IMDb ids like 0114709, titles in `name`), end to end, small models."""
+def test_demo_on_own_data_with_its_live_page_and_report_in_a_browser(tmp_path: Path) -> None:
+    """The sample of examples/own-data (IMDb ids like 0114709, titles in `name`), end to end with small
+    models; headless Chromium loads the worker's live page during the run and the report after it."""
     out = tmp_path / "run"
-    run = _explore(tmp_path, "demo", "--interactions", str(SAMPLE / "interactions.csv"),
-                   *_own_data("--model-size", "small", "--run-dir", str(out), "--rate", "1500", "--quiet",
-                              "--bad-records", "5"))
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    assert "to the DLQ 5 " in run.stdout and "Stopped everything it started" in run.stdout
-    assert not [p for p in map(int, _pids(run.stdout)) if pid_alive(p)]
+    with Chromium(tmp_path) as browser:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "explore", "demo", "--interactions", str(SAMPLE / "interactions.csv"),
+             *_own_data("--model-size", "small", "--run-dir", str(out), "--rate", "300", "--quiet",
+                        "--bad-records", "5")],
+            env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.PIPE, stderr=(tmp_path / "stderr").open("w"),
+            text=True)
+        try:
+            assert demo.stdout is not None
+            lines = []
+            for line in demo.stdout:
+                lines.append(line)
+                if "live page: " in line:
+                    break
+            url = line.split("live page: ")[1].split()[0] if lines and "live page: " in lines[-1] else ""
+            assert url, "".join(lines)[-3000:] + (tmp_path / "stderr").read_text()[-3000:]
+            pinned = url.split("users=")[1].split(",")
+            page = _wait_for_slates(browser, url, pinned)
+            (out / "live-page.png").write_bytes(page.png)
+            rest = demo.stdout.read()
+            demo.wait(300)
+        except BaseException:
+            demo.terminate()  # the demo stops what it started (its children also die with it)
+            demo.wait(60)
+            raise
+        stdout = "".join(lines) + rest
+        assert demo.returncode == 0, stdout[-4000:] + (tmp_path / "stderr").read_text()[-4000:]
+        report = browser.visit((out / "report" / "report.html").as_uri())
+        (out / "report.png").write_bytes(report.png)
+
+    assert "to the DLQ 5 " in stdout and "Stopped everything it started" in stdout
+    assert not [p for p in map(int, re.findall(r"pid (\d+)", stdout)) if pid_alive(p)]
     with open(SAMPLE / "items.csv", newline="", encoding="utf-8") as f:
         titles = {row["imdb_id"]: row["name"] for row in csv.DictReader(f)}
     records = [json.loads(line) for line in (out / "recommendations.jsonl").read_text().splitlines()]
     slate_ids = {x["item_id"] for r in records for x in r["slate"]}
     assert records and slate_ids <= set(titles)  # ids kept as strings: "0114709", not 114709
     assert any(i.startswith("0") for i in slate_ids)
-    live = run.stdout[run.stdout.rindex("── live:"):]
+    live = stdout[stdout.rindex("── live:"):]
     slate_lines = [line for line in live.splitlines() if line.strip().startswith("slate:")]
     assert slate_lines and all(any(t[:20] in line for t in titles.values()) for line in slate_lines)
-    assert "engine (LM + SASRec)" in (out / "report" / "report.html").read_text()
+
+    # The live page, as the browser showed it during the run: counters, latency, the pinned users' slates.
+    assert re.search(r"events\t[\d,]+\tapplied [\d,]+", page.text), page.text
+    assert re.search(r"slates\t[\d,]+\ttable [\d,]+", page.text), page.text
+    assert re.search(r"event-to-slate\tp50 \d+ ms, p99 \d+ ms over the last [\d,]+ slates", page.text), page.text
+    assert "recent clusters:" in page.text and "novel proposed:" in page.text
+    shown_titles = [t for t in titles.values() if t in page.text]
+    assert len(shown_titles) >= 5, page.text  # slates by title, not by id
+    assert len(page.png) > 10_000
+
+    # The report, as the browser renders it: its tables and every figure loaded.
+    assert "engine (LM + SASRec)" in report.text and "exploit-only SASRec" in report.text
+    assert report.images >= 1 and report.broken_images == 0
 
 
-def _pids(text: str) -> list[str]:
-    import re
+def _wait_for_slates(browser: Chromium, url: str, users: list[str]) -> Visit:
+    """Load the live page until it shows a slate for every pinned user (the worker fills it as it goes)."""
+    shown: list[Visit] = []
 
-    return re.findall(r"pid (\d+)", text)
+    def ready() -> bool:
+        shown.append(browser.visit(url))
+        return shown[-1].text.count("recent clusters:") == len(users)
+
+    wait_until(ready, 120, f"the live page shows slates for {users}", interval_s=0.5)
+    return shown[-1]
