@@ -51,10 +51,13 @@ class Steps:
             self._name = ""
 
 
-def build_models(train_ds: Dataset, run: Path, small: bool, steps: Steps, quiet: bool) -> dict:
+def build_models(train_ds: Dataset, run: Path, small: bool, steps: Steps, quiet: bool,
+                 novelty_model: str | None = None) -> dict:
     """Catalog, SASRec, novelty LM (+ prior), both exported into run/model_repository; the table rows.
 
     `small` picks the synthetic data's sizes (levels 4,8, a one-block SASRec, a narrower LM).
+    `novelty_model` (a --base-model name or directory) puts that pretrained model, zero-shot, behind
+    the language policy instead of the LM trained from scratch.
     """
     from exporters.novelty_onnx import export_generator
     from exporters.seqrec_export import export_seqrec
@@ -86,13 +89,15 @@ def build_models(train_ds: Dataset, run: Path, small: bool, steps: Steps, quiet:
     nsplit = split_by_time(examples)
     n = catalog.levels[-1]
     train = diversify(nsplit.train, auto_cap(nsplit.train.targets, 1), auto_cap(nsplit.train.contexts, 5))
-    lm, info = train_novelty_lm(catalog.descriptions(), train, nsplit.valid,
-                                LMConfig(layers=2, dim=64 if small else 128, heads=2 if small else 4,
-                                         epochs=12 if small else 30),
+    lm_cfg = LMConfig(base_model=novelty_model, zero_shot=True, score="auto") if novelty_model else \
+        LMConfig(layers=2, dim=64 if small else 128, heads=2 if small else 4, epochs=12 if small else 30)
+    lm, info = train_novelty_lm(catalog.descriptions(), train, nsplit.valid, lm_cfg,
                                 {"catalog_version": catalog.version, "level": catalog.finest, "k": 2,
-                                 "dataset": train_ds.name}, progress=not quiet)
-    print(f"{len(examples):,} novel transitions; trained in {info['seconds']:.0f} s")
-    choose_prior(lm, nsplit, n, 3, [0.0, 0.5, 1.0, 2.0, 5.0, 20.0])
+                                 "dataset": train_ds.name}, progress=not quiet,
+                                top_items=[c.top_items for c in catalog.clusters[catalog.finest]])
+    print(f"{len(examples):,} novel transitions; " + (f"{novelty_model}, zero-shot" if novelty_model else
+                                                      f"trained in {info['seconds']:.0f} s"))
+    choose_prior(lm, nsplit, n, 3, [0.0, 0.5, 1.0, 2.0, 5.0, 20.0], max_moments=300 if novelty_model else 0)
     lm.save(run / "novelty")
 
     steps.start("export both models to a Triton repository, precompute the novelty table")
@@ -191,7 +196,7 @@ def run_demo(args: argparse.Namespace) -> int:
           f"from {time.strftime('%Y-%m-%d', time.gmtime(start_ts))}); training period: "
           f"{train_ds.n_interactions:,} interactions")
 
-    models = build_models(train_ds, run, small, steps, args.quiet)
+    models = build_models(train_ds, run, small, steps, args.quiet, getattr(args, "novelty_model", None))
     catalog, repo = models["catalog"], models["repository"]
 
     steps.start("embedded Kafka and Triton, the novelty table, an engine worker")

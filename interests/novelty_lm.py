@@ -174,6 +174,23 @@ class NoveltyLM:
             return None
         return p["alpha"] * np.asarray(p["log_p"], dtype=np.float64)
 
+    def contexts_per_batch(self, rows_per_context: int, limit: int = 64, budget_bytes: float = 5e8) -> int:
+        """Contexts one search batch may hold so that the key/value cache of its hypotheses (`rows_per_context`
+        each, a prompt plus a description long) stays within `budget_bytes` per copy (a step holds about three).
+
+        `limit` for the small GPT-2 (its cache is ~2 KB a token); a 30-layer base model's is ~46 KB, and
+        64 contexts x 32 hypotheses of SmolLM2 took 20 GB and were killed.
+        """
+        cfg = self.model.config
+        heads = cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+        k = int(self.meta.get("k", 2))
+        tokens = len(self.head) + len(self.tail) + k * (max(map(len, self.context_pieces)) + len(self.sep)) \
+            + max(map(len, self.sequences))
+        per_context = rows_per_context * tokens * cfg.num_hidden_layers * 2 * kv_heads * head_dim * 4
+        return int(max(1, min(limit, budget_bytes // per_context)))
+
     def decoder_spec(self) -> dict:
         """Everything a tokenizer-free server needs to build prompts and decode clusters."""
         prior = self.prior

@@ -33,6 +33,7 @@ def precompute(lm, contexts: Sequence[Sequence[int]], top: int, beam: int, use_p
     """Constrained beam search over every context (its own clusters excluded), `batch` at a time."""
     prior = lm.prior if use_prior else None
     trie = DescriptionTrie(lm.sequences)
+    batch = lm.contexts_per_batch(max(beam, top), batch)  # a base model's key/value cache bounds the batch
     rows: list[dict] = []
     with tqdm(total=len(contexts), desc="contexts", unit="ctx", disable=not progress) as bar:
         for start in range(0, len(contexts), batch):

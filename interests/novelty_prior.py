@@ -43,6 +43,7 @@ def description_scores(lm, contexts: np.ndarray, batch: int = 64) -> np.ndarray:
     Always the sum over tokens, whatever the model's rule: `rule_scores` derives the mean."""
     n = len(lm.sequences)
     trie = DescriptionTrie(lm.sequences)
+    batch = lm.contexts_per_batch(n, batch)  # every description is a hypothesis: a base model's cache is big
     out = np.full((len(contexts), n), -np.inf)
     for start in range(0, len(contexts), batch):
         chunk = contexts[start:start + batch]

@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--kafka", choices=["tansu", "apache"], default="tansu", help="which broker to start")
     demo.add_argument("--run-dir", default=None,
                       help="where every artifact and log goes (default: runs/demo-YYYYmmdd-HHMMSS)")
+    demo.add_argument("--novelty-model", default=None,
+                      help="a pretrained base model (smollm2-135m, or a directory) zero-shot behind the language "
+                           "policy instead of the LM trained from scratch (slower: see the README)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)

@@ -535,6 +535,7 @@ def test_zero_shot_model_directory_with_titles_serves_the_same(planted, tmp_path
     lm.save(tmp_path / "zero")
     back = NoveltyLM.load(tmp_path / "zero")
     assert back.prompt_ids([3, 5]) == lm.prompt_ids([3, 5]) and back.length_norm
+    assert back.contexts_per_batch(8) == 64 and back.contexts_per_batch(8, budget_bytes=1) == 1  # cache bound
     onnx_path = export_generator(back, tmp_path / "repo")
     spec = json.loads((onnx_path.parent / "decoder.json").read_text())
     assert spec["score"] == "mean"
