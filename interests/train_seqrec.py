@@ -114,17 +114,32 @@ def train(split: LeaveOneOut, cfg: TrainConfig, progress: bool = True,
 
 
 def save_checkpoint(path: Path, model: SASRec, cfg: TrainConfig, result: TrainResult, extra: dict) -> Path:
-    """Weights, model and training config, validation result, and `extra` (catalog version, item ids)."""
+    """Weights, model and training config, validation result, and `extra` (catalog version, item ids).
+
+    Only tensors and plain Python values are stored (numpy arrays become tensors), so that loading
+    never needs to unpickle arbitrary objects.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    plain = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in extra.items()}
     torch.save({"model": model.state_dict(), "model_config": model.cfg.to_dict(), "train_config": asdict(cfg),
-                "best_epoch": result.best_epoch, "valid": result.valid, "history": result.history, **extra}, path)
+                "best_epoch": result.best_epoch, "valid": result.valid, "history": result.history, **plain}, path)
     return path
 
 
 def load_checkpoint(path: Path) -> tuple[SASRec, dict]:
-    """(model in eval mode, the whole checkpoint dict)."""
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=False)
+    """(model in eval mode, the whole checkpoint dict; stored arrays back as numpy).
+
+    Weights only: a checkpoint is untrusted input, and unpickling arbitrary objects runs code.
+    """
+    import pickle
+
+    try:
+        ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: not a plain checkpoint (it holds objects other than tensors and plain values; "
+                         f"an older version of this project wrote numpy arrays: retrain it): {e}") from None
+    ckpt = {k: v.numpy() if isinstance(v, torch.Tensor) and k != "model" else v for k, v in ckpt.items()}
     model = SASRec(SASRecConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     model.eval()

@@ -208,3 +208,19 @@ def test_tensorrt_check_says_what_it_needs_without_a_gpu(tmp_path: Path, trained
     else:
         with pytest.raises(RuntimeError, match="TensorrtExecutionProvider"):
             check_tensorrt(module, path, [])
+
+
+class _Payload:
+    """Stands for an arbitrary pickled object; unpickling one would run code of the file's choosing."""
+
+
+def test_loading_a_checkpoint_never_unpickles_objects(tmp_path: Path, trained) -> None:
+    """Issue 13 item 7: checkpoints load weights only; a file holding an object is refused with a clear error."""
+    import torch
+
+    from interests.train_seqrec import load_checkpoint
+
+    path = tmp_path / "evil.pt"
+    torch.save({**torch.load(trained[2], weights_only=True), "payload": _Payload()}, path)
+    with pytest.raises(ValueError, match="not a plain checkpoint"):
+        load_checkpoint(path)
