@@ -267,7 +267,7 @@ def _replay_and_watch(ds, start_ts, cfg, worker, catalog, run: Path, args, steps
             desc="held-out")
     _wait_applied(worker, len(events) + args.bad_records, 300)
     replay_s = time.perf_counter() - t0
-    time.sleep(1.5)  # the last slates reach the topic
+    _wait_slates(worker, view, 60)
     done.set()
     view.stop_flag.set()
     view.join(10)
@@ -305,6 +305,18 @@ def _wait_applied(worker, n: int, timeout_s: float) -> None:  # type: ignore[no-
         return sum(_count(m, "explore_events_total", outcome=o) for o in HANDLED) >= n
 
     wait_until(seen, timeout_s, f"the worker processed {n:,} events", worker.proc, interval_s=0.5)
+
+
+def _wait_slates(worker, view, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+    """Until the live view has read every slate the worker counted (once the events are counted, the
+    slate count is final: both grow inside one engine call, and every counted slate is sent)."""
+    from streams.infra.process import wait_until
+
+    def arrived() -> bool:
+        m = _parse_metrics(worker.metrics_text())
+        return len(view.records) >= sum(_count(m, "explore_slates_total", source=s) for s in ("table", "live"))
+
+    wait_until(arrived, timeout_s, "the live view read every slate the worker sent", worker.proc, interval_s=0.2)
 
 
 def _parse_metrics(text: str) -> dict[str, float]:
