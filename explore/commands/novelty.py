@@ -175,8 +175,9 @@ def cmd_novelty_train(args: argparse.Namespace) -> int:
     if cfg.zero_shot:
         print(f"zero-shot: {cfg.base_model} untrained")
     else:
-        print(f"trained in {info['seconds']:.0f} s ({len(info['history'])} epochs over {info['train_examples']:,} "
-              f"examples, best valid loss {info['best_valid_loss']:.4f})")
+        seen = sum(h["examples"] for h in info["history"])
+        print(f"trained in {info['seconds']:.0f} s ({len(info['history'])} epochs, {seen:,} examples seen of "
+              f"{info['train_examples']:,}, best valid loss {info['best_valid_loss']:.4f})")
     if args.prior_alphas:
         choose_prior(lm, split, n, args.prior_m, [float(a) for a in args.prior_alphas.split(",")],
                      max_moments=args.prior_max_moments, seed=args.seed)
