@@ -14,7 +14,8 @@ import pytest
 
 from interests.constrained import DescriptionTrie, beam_search_cached
 
-pytestmark = pytest.mark.integration
+# a 30-layer model on a CPU: the conversion, three exported graphs; minutes idle, far more on a busy machine
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,6 @@ def test_the_packaged_model_converts_and_proposes_only_allowed_catalog_clusters(
         assert all(-30 < s < 0 for _, s in result)  # mean log-prob per token: a real model's, not -1e9
 
 
-@pytest.mark.timeout(1200)  # three graphs of a 30-layer model: ~2 min idle, far more on a busy machine
 def test_its_onnx_export_with_the_cache_matches_pytorch(smollm2, tmp_path: Path) -> None:
     from exporters.novelty_onnx import check_lm_parity, export_generator
     from streams.inference.novelty import OnnxNovelty
