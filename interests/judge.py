@@ -327,7 +327,7 @@ def judge(ds: Dataset, item_clusters: dict[int, np.ndarray], descriptions: dict[
     import time
 
     from interests.novelty_data import novel_transitions, split_by_time
-    from interests.novelty_prior import description_scores
+    from interests.novelty_prior import description_scores, rule_scores
 
     results = []
     for level, item_cluster in item_clusters.items():
@@ -364,7 +364,8 @@ def judge(ds: Dataset, item_clusters: dict[int, np.ndarray], descriptions: dict[
                 continue
             t = time.perf_counter()
             unique, inverse = rows_of_contexts(test.contexts)
-            table = description_scores(entry.lm, unique)[inverse]
+            rule = "mean" if getattr(entry.lm, "length_norm", False) else "sum"  # the model's own score rule
+            table = rule_scores(description_scores(entry.lm, unique), entry.lm, rule)[inverse]
             scores[entry.name] = table
             lm_names.add(entry.name)
             prior = entry.lm.prior  # type: ignore[attr-defined]

@@ -186,6 +186,9 @@ class CountingLM:
         self.sequences = [[1 + c % 10, 1 + c // 10, 0] for c in range(n_clusters)]  # distinct token paths, eos 0
         self.meta, self.prior = {"level": level, "k": 2}, None
 
+    def contexts_per_batch(self, rows_per_context: int, limit: int = 64) -> int:
+        return limit
+
     def prompt_ids(self, context) -> list[int]:  # type: ignore[no-untyped-def]
         return [11, *[int(c) + 1 for c in context]]
 
