@@ -239,3 +239,25 @@ def test_a_context_sample_keeps_every_moment_of_the_chosen_contexts_and_nothing_
     assert len(kept) == 3
     assert len(sub.test) == sum(tuple(c) in kept for c in split.test.contexts.tolist())
     assert sub.train is split.train and sample_contexts(split, 0) is split
+
+
+def test_a_model_that_scores_by_mean_per_token_is_judged_by_that_rule() -> None:
+    """A base model may choose the mean log-prob per token on validation; the judge must rank by it too."""
+    from interests.constrained import exhaustive_scores
+    from interests.judge import LMEntry, judge
+    from interests.synthetic import make_synthetic
+
+    data, _ = make_synthetic(n_clusters=6, n_users=300, seed=1)
+    items = np.arange(data.n_items) % 6
+    lm = CountingLM(6, level=0)
+    lm.sequences = [[1 + c] + [7] * c + [0] for c in range(6)]  # lengths 2..7: the rules rank differently
+    lm.length_norm = True
+    [result] = judge(data, {0: items}, {0: [f"d{c}" for c in range(6)]}, k=2, m=2, lms=[LMEntry("LM mean", lm)],
+                     log=lambda _: None)
+    split = split_by_time(novel_transitions(data, items, 2))
+    lengths = np.array([len(s) for s in lm.sequences], float)
+    for props, ctx, known in zip(result.methods["LM mean"].proposals, split.test.contexts, split.test.known,
+                                 strict=True):
+        s = exhaustive_scores(lm.next_logprobs, lm.prompt_ids(ctx), lm.sequences) / lengths
+        s[list(ctx)] = -np.inf
+        assert props == top_m(s[None, :], [known], 2)[0]
