@@ -31,6 +31,7 @@ Pure numpy: models come in as callables or score matrices, so this module import
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -324,8 +325,6 @@ def judge(ds: Dataset, item_clusters: dict[int, np.ndarray], descriptions: dict[
     data) is at or before the level's test cut: a model that saw the test period is refused.
     `embed` turns descriptions into vectors for the text-similarity baseline.
     """
-    import time
-
     from interests.novelty_data import novel_transitions, split_by_time
     from interests.novelty_prior import description_scores, rule_scores
 

@@ -219,6 +219,7 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
     ks = {e.lm.meta["k"] for e in lms} or {args.k}
     if len(ks) > 1:
         raise CatalogError(f"the models have different context lengths K {sorted(ks)}: judge them separately")
+    k = ks.pop()
     chosen = [int(v) for v in args.levels.split(",") if v] or sorted({e.lm.meta["level"] for e in lms}) \
         or list(range(len(catalog.levels)))
     for lv in chosen:
@@ -227,10 +228,10 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
     probs, until = _seqrec_baseline(args.seqrec, ds)
     embed = _text_encoder(args.text)
     print(f"{ds.summary()}\njudging levels {chosen} ({', '.join(str(catalog.levels[lv]) for lv in chosen)} clusters), "
-          f"K = {ks.pop()}, M = {args.m}; {len(lms)} language model(s); loading took {time.perf_counter() - t0:.1f} s",
+          f"K = {k}, M = {args.m}; {len(lms)} language model(s); loading took {time.perf_counter() - t0:.1f} s",
           flush=True)
     results = judge(ds, {lv: catalog.item_clusters(lv) for lv in chosen},
-                    {lv: catalog.descriptions(lv) for lv in chosen}, lms[0].lm.meta["k"] if lms else args.k, args.m,
+                    {lv: catalog.descriptions(lv) for lv in chosen}, k, args.m,
                     [e for e in lms if e.lm.meta["level"] in chosen], probs, until, embed, args.seed,
                     log=lambda line: print(line, flush=True), max_contexts=args.max_contexts)
     for r in results:

@@ -201,16 +201,13 @@ class CountingLM:
         return self.next_logprobs(rows), rows
 
 
-def test_the_lm_is_scored_once_per_distinct_context_and_exactly(ds) -> None:  # type: ignore[no-untyped-def]
+def test_the_lm_is_scored_once_per_distinct_context_and_exactly() -> None:
     """Issue 18's slow eval: the cost must not grow with moments. Many moments share few contexts here."""
-    from interests.datasets import build_dataset
     from interests.judge import LMEntry, judge
     from interests.synthetic import make_synthetic
 
-    del ds
-    big, _ = make_synthetic(n_clusters=6, n_users=300, seed=1)
-    items = np.arange(big.n_items) % 6
-    data = build_dataset("syn", big.user_ids[big.users].tolist(), big.item_ids[big.items].tolist(), big.timestamps)
+    data, _ = make_synthetic(n_clusters=6, n_users=300, seed=1)
+    items = np.arange(data.n_items) % 6
     lm = CountingLM(6, level=0)
     [result] = judge(data, {0: items}, {0: [f"d{c}" for c in range(6)]}, k=2, m=2, lms=[LMEntry("LM fake", lm)],
                      log=lambda _: None)
