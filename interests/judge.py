@@ -168,11 +168,16 @@ def text_similarity(description_vectors: np.ndarray) -> np.ndarray:
 def seqrec_cluster_scores(next_item_probs: NextItemProbs, histories: list[np.ndarray], item_cluster: np.ndarray,
                           n_clusters: int, batch: int = 256) -> np.ndarray:
     """[moments, clusters]: the item policy's next-item probabilities summed over each cluster's items."""
-    member = np.zeros((len(item_cluster), n_clusters))
-    member[np.arange(len(item_cluster)), item_cluster] = 1.0
+    # Items sorted by cluster, summed over each cluster's contiguous run: O(items) per history and no
+    # [items, clusters] matrix (which would not fit at a million items and a thousand clusters).
+    order = np.argsort(item_cluster, kind="stable")
+    sizes = np.bincount(item_cluster, minlength=n_clusters)
+    filled = np.flatnonzero(sizes)  # clusters without items stay 0 (reduceat needs increasing starts)
+    starts = np.concatenate([[0], np.cumsum(sizes[filled])[:-1]])
     out = np.zeros((len(histories), n_clusters))
     for start in range(0, len(histories), batch):
-        out[start:start + batch] = np.asarray(next_item_probs(histories[start:start + batch]), np.float64) @ member
+        probs = np.asarray(next_item_probs(histories[start:start + batch]), np.float64)[:, order]
+        out[start:start + batch, filled] = np.add.reduceat(probs, starts, axis=1)
     return out
 
 

@@ -258,3 +258,11 @@ def test_a_model_that_scores_by_mean_per_token_is_judged_by_that_rule() -> None:
         s = exhaustive_scores(lm.next_logprobs, lm.prompt_ids(ctx), lm.sequences) / lengths
         s[list(ctx)] = -np.inf
         assert props == top_m(s[None, :], [known], 2)[0]
+
+
+def test_seqrec_sums_stay_exact_with_empty_and_unordered_clusters() -> None:
+    """Clusters without items get 0; items of a cluster need not be next to each other."""
+    item_cluster = np.array([2, 0, 3, 2, 3, 0])  # clusters 1 and 4 (the last) have no item
+    probs = np.array([[0.1, 0.2, 0.3, 0.1, 0.05, 0.25], [0.5, 0.0, 0.25, 0.2, 0.05, 0.0]])
+    out = seqrec_cluster_scores(lambda h: probs[:len(h)], [np.zeros(1)] * 2, item_cluster, 5)
+    np.testing.assert_allclose(out, [[0.45, 0, 0.2, 0.35, 0], [0.0, 0, 0.7, 0.3, 0]], rtol=0, atol=1e-15)
