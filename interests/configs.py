@@ -72,3 +72,4 @@ class LMConfig:
     max_train_examples: int = 0  # 0: every (capped) example; else a diversified sample of this many
     max_valid_examples: int = 0  # 0: every validation example for the loss; else a seeded sample
     max_train_seconds: float = 0.0  # 0: no limit; else training stops after the batch that passes it
+    device: str = "auto"  # torch device to train on; auto: cuda where one is visible, else cpu

@@ -35,6 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -306,6 +307,21 @@ def sample_contexts(split: TimeSplit, max_contexts: int, seed: int = 0) -> TimeS
         return split
     chosen = np.random.default_rng(seed).choice(len(unique), size=max_contexts, replace=False)
     return replace(split, test=split.test.subset(np.flatnonzero(np.isin(inverse, chosen))))
+
+
+def variant_name(meta: dict) -> str:
+    """How the judge's tables name a novelty LM: its `variant` if it has one, else how it was made
+    (from scratch; or the base model's name and zero-shot / LoRA / fine-tuned, with the training
+    sample when it was capped), read from the `lm_config` its directory records."""
+    if meta.get("variant"):
+        return str(meta["variant"])
+    cfg = meta.get("lm_config") or {}
+    base = cfg.get("base_model") or meta.get("base_model")
+    if not base:
+        return "from scratch"
+    how = "zero-shot" if cfg.get("zero_shot") else "LoRA" if cfg.get("lora") else "fine-tuned"
+    cap = cfg.get("max_train_examples") if how != "zero-shot" else 0
+    return f"{Path(str(base)).name} {how}" + (f" ({cap:,} examples)" if cap else "")
 
 
 @dataclass

@@ -37,6 +37,17 @@ from interests.novelty_data import (
 PAD, EOS, UNK = "[PAD]", "[EOS]", "[UNK]"
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto`: the first CUDA device where one is visible, else the CPU; anything else as torch reads it.
+    A named device that is not there fails here, with its name, rather than deep inside a forward pass."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return device
+
+
 def train_tokenizer(descriptions: list[str]):  # type: ignore[no-untyped-def]
     """A word-level tokenizer over the template and the descriptions (closed vocabulary)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -141,6 +152,7 @@ class NoveltyLM:
     def __init__(self, model, tokenizer, descriptions: list[str], meta: dict | None = None) -> None:  # type: ignore[no-untyped-def]
         self.model, self.tokenizer, self.descriptions = model, tokenizer, descriptions
         self.meta = meta or {}
+        self.device = next(model.parameters()).device
         self.eos_id = int(tokenizer.eos_token_id)
         self.pad_id = int(tokenizer.pad_token_id)
         # A description is the same tokens in a context and as a target: " <description>".
@@ -151,6 +163,12 @@ class NoveltyLM:
         texts = self.meta.get("context_texts")
         self.context_pieces = [self.encode(t) for t in texts] if texts else self.pieces
         self.head, self.sep, self.tail = self.encode(HEAD), self.encode(SEP), self.encode(TAIL)
+
+    def to(self, device: torch.device | str) -> NoveltyLM:
+        """Move the model; every method takes numpy in and gives numpy out, whatever the device."""
+        self.model.to(device)
+        self.device = torch.device(device)
+        return self
 
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -174,13 +192,18 @@ class NoveltyLM:
             return None
         return p["alpha"] * np.asarray(p["log_p"], dtype=np.float64)
 
-    def contexts_per_batch(self, rows_per_context: int, limit: int = 64, budget_bytes: float = 5e8) -> int:
+    def contexts_per_batch(self, rows_per_context: int, limit: int = 64, budget_bytes: float | None = None) -> int:
         """Contexts one search batch may hold so that the key/value cache of its hypotheses (`rows_per_context`
         each, a prompt plus a description long) stays within `budget_bytes` per copy (a step holds about three).
 
         `limit` for the small GPT-2 (its cache is ~2 KB a token); a 30-layer base model's is ~46 KB, and
-        64 contexts x 32 hypotheses of SmolLM2 took 20 GB and were killed.
+        64 contexts x 32 hypotheses of SmolLM2 took 20 GB and were killed. On a GPU the budget is a
+        tenth of its free memory and the limit four times larger (a batch there costs its launches).
         """
+        if budget_bytes is None:
+            budget_bytes = 5e8
+            if self.device.type == "cuda":
+                budget_bytes, limit = torch.cuda.mem_get_info(self.device)[0] / 10, limit * 4
         cfg = self.model.config
         heads = cfg.num_attention_heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
@@ -207,9 +230,9 @@ class NoveltyLM:
         ids, mask = left_pad(sequences, self.pad_id)
         out = []
         for start in range(0, len(ids), 256):
-            i, m = torch.from_numpy(ids[start:start + 256]), torch.from_numpy(mask[start:start + 256])
+            i, m = (torch.from_numpy(a[start:start + 256]).to(self.device) for a in (ids, mask))
             logits = self.model(input_ids=i, attention_mask=m, position_ids=position_ids(m)).logits
-            out.append(torch.log_softmax(logits[:, -1].float(), -1).numpy())
+            out.append(torch.log_softmax(logits[:, -1].float(), -1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.tokenizer)))
 
     @torch.no_grad()
@@ -217,43 +240,128 @@ class NoveltyLM:
         """`CachedLM.prefill` in PyTorch: log-probs after each prompt; state (past keys/values, mask)."""
         self.model.eval()
         ids, mask = left_pad(prompts, self.pad_id)
-        m = torch.from_numpy(mask)
-        logprobs, past = Prefill(self.model)(torch.from_numpy(ids), m)
-        return logprobs.numpy(), (past, m)
+        m = torch.from_numpy(mask).to(self.device)
+        logprobs, past = Prefill(self.model)(torch.from_numpy(ids).to(self.device), m)
+        return logprobs.cpu().numpy(), (past, m)
 
     @torch.no_grad()
     def step(self, state: tuple[torch.Tensor, torch.Tensor], parents: np.ndarray,
              tokens: np.ndarray) -> tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]]:
         """`CachedLM.step` in PyTorch: row i continues row parents[i] of the state with tokens[i]."""
         past, mask = state
-        rows = torch.from_numpy(np.asarray(parents, dtype=np.int64))
-        mask = torch.cat([mask[rows], torch.ones((len(rows), 1), dtype=mask.dtype)], 1)
-        logprobs, present = Step(self.model)(torch.from_numpy(np.asarray(tokens, dtype=np.int64)).view(-1, 1), mask,
-                                             past.index_select(2, rows))
-        return logprobs.numpy(), (present, mask)
+        rows = torch.from_numpy(np.asarray(parents, dtype=np.int64)).to(self.device)
+        mask = torch.cat([mask[rows], torch.ones((len(rows), 1), dtype=mask.dtype, device=self.device)], 1)
+        new = torch.from_numpy(np.asarray(tokens, dtype=np.int64)).to(self.device).view(-1, 1)
+        logprobs, present = Step(self.model)(new, mask, past.index_select(2, rows))
+        return logprobs.cpu().numpy(), (present, mask)
 
-    def save(self, directory: Path) -> Path:
+    @torch.no_grad()
+    def description_table(self, contexts: np.ndarray) -> np.ndarray:
+        """[n_contexts, n_clusters]: log P(description + end | prompt) summed over tokens, for every
+        description after every context, by teacher forcing: one prefill per prompt, then every
+        description at once over copies of its cache. The same numbers as the trie search with a beam
+        as wide as the catalog (`novelty_prior.description_scores`, which uses this when it can), in
+        two forward passes per batch instead of one per token with a Python search between: what
+        makes a 30-layer model's exact scoring affordable. The context's own clusters get -inf."""
+        self.model.eval()
+        n = len(self.sequences)
+        seq_ids, seq_mask = (torch.from_numpy(a).to(self.device) for a in _right_pad(self.sequences, self.pad_id))
+        width = seq_ids.shape[1]
+        per_batch = min(self.contexts_per_batch(n), self._logit_bound(n * width))
+        out = np.full((len(contexts), n), -np.inf)
+        for start in range(0, len(contexts), per_batch):
+            chunk = contexts[start:start + per_batch]
+            ids, mask = (torch.from_numpy(a).to(self.device) for a in left_pad([self.prompt_ids(c) for c in chunk],
+                                                                                  self.pad_id))
+            first, past = Prefill(self.model)(ids, mask)
+            rows = torch.arange(len(chunk), device=self.device).repeat_interleave(n)
+            full_mask = torch.cat([mask[rows], seq_mask[:, :-1].repeat(len(chunk), 1)], 1)
+            positions = mask.sum(-1)[rows, None] + torch.arange(width - 1, device=self.device)[None, :]
+            tokens = seq_ids.repeat(len(chunk), 1)
+            logits = self.model(input_ids=tokens[:, :-1], attention_mask=full_mask, position_ids=positions,
+                                past_key_values=unstack_cache(past.index_select(2, rows))).logits
+            rest = torch.log_softmax(logits.float(), -1).gather(-1, tokens[:, 1:, None])[..., 0]
+            lp = torch.cat([first[rows].gather(-1, tokens[:, :1]), rest], 1) * seq_mask.repeat(len(chunk), 1)
+            table = lp.sum(1).view(len(chunk), n).cpu().numpy().astype(np.float64)
+            for row, c in enumerate(chunk):
+                table[row, list(map(int, c))] = -np.inf
+            out[start:start + len(chunk)] = table
+        return out
+
+    def _logit_bound(self, rows_tokens: int, budget_bytes: float | None = None) -> int:
+        """Contexts whose teacher-forced logits ([rows x tokens, vocab] fp32, twice with the log-softmax)
+        fit the same memory budget as `contexts_per_batch`'s cache."""
+        if budget_bytes is None:
+            budget_bytes = torch.cuda.mem_get_info(self.device)[0] / 10 if self.device.type == "cuda" else 5e8
+        return int(max(1, budget_bytes // (rows_tokens * len(self.tokenizer) * 4 * 2)))
+
+    def save(self, directory: Path, delta: bool = False) -> Path:
+        """The model, its tokenizer and `novelty.json`. `delta`: only what differs from a base model —
+        a LoRA adapter in peft's own format (~2 MB instead of ~540 MB for SmolLM2), nothing for a
+        zero-shot model — so that a model trained on one machine travels; `load` rebuilds the rest
+        from the base model named in the meta."""
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         directory = Path(directory)
-        model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
-        model.save_pretrained(directory)
+        base = (self.meta.get("lm_config") or {}).get("base_model")
+        if delta and not base:
+            raise ValueError("only a model fine-tuned from a base model can be saved as a delta")
+        if delta and hasattr(self.model, "peft_config"):
+            self.model.save_pretrained(directory)  # adapter_config.json + adapter_model.safetensors
+        elif not delta:
+            model = self.model.merge_and_unload() if hasattr(self.model, "merge_and_unload") else self.model
+            model.save_pretrained(directory)
+        elif not self.meta["lm_config"].get("zero_shot"):
+            raise ValueError("a delta is a LoRA adapter or nothing (zero-shot): this model's weights all changed")
+        directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(directory)
         (directory / "novelty.json").write_text(json.dumps({**self.meta, "descriptions": self.descriptions}, indent=1))
         return directory
 
     @classmethod
-    def load(cls, directory: Path) -> NoveltyLM:
+    def load(cls, directory: Path, device: str = "cpu") -> NoveltyLM:
+        """A saved model directory, full or delta (`save`); a delta needs its base model on this machine."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         directory = Path(directory)
         meta = json.loads((directory / "novelty.json").read_text())
-        model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, attn_implementation="eager")
+        if (directory / "config.json").exists():
+            model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, attn_implementation="eager")
+        else:
+            model = _delta_model(directory, meta["lm_config"])
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        return cls(model.eval(), tokenizer, meta.pop("descriptions"), meta)
+        return cls(model.eval(), tokenizer, meta.pop("descriptions"), meta).to(resolve_device(device))
+
+
+def _delta_model(directory: Path, cfg: dict):  # type: ignore[no-untyped-def]
+    """The base model of `cfg` with the directory's LoRA adapter merged in (none for zero-shot)."""
+    from transformers import AutoModelForCausalLM
+
+    from interests.base_models import resolve_base_model
+
+    path = resolve_base_model(cfg["base_model"], cfg.get("allow_download", False))
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=not cfg.get("allow_download"),
+                                                 attn_implementation="eager")
+    if (directory / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, directory).merge_and_unload()
+    elif not cfg.get("zero_shot"):
+        raise FileNotFoundError(f"{directory} holds neither a model (config.json) nor a LoRA adapter")
+    return model
+
+
+def _right_pad(sequences: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, mask) [n, longest], each sequence left-aligned (the descriptions after a prompt)."""
+    width = max(map(len, sequences))
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for i, s in enumerate(sequences):
+        ids[i, :len(s)], mask[i, :len(s)] = s, 1
+    return ids, mask
 
 
 def _batches(lm: NoveltyLM, ex: NoveltyExamples) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -272,7 +380,9 @@ def _batches(lm: NoveltyLM, ex: NoveltyExamples) -> tuple[torch.Tensor, torch.Te
 
 
 def _loss(lm: NoveltyLM, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    return lm.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    """The mean target-token loss of one batch, moved to the model's device (the data stays on the CPU)."""
+    d = lm.device
+    return lm.model(input_ids=ids.to(d), attention_mask=mask.to(d), labels=labels.to(d)).loss
 
 
 def prompt_meta(descriptions: list[str], cfg: LMConfig, top_items: list[list[str]] | None) -> dict:
@@ -313,6 +423,7 @@ def train_novelty_lm(descriptions: list[str], train: NoveltyExamples, valid: Nov
         model = small_gpt2(len(tokenizer), cfg, tokenizer.pad_token_id, tokenizer.eos_token_id)
     lm = NoveltyLM(model, tokenizer, descriptions,
                    {**(meta or {}), "lm_config": asdict(cfg), **prompt_meta(descriptions, cfg, top_items)})
+    lm.to(resolve_device(cfg.device))
     t0 = time.perf_counter()
     if cfg.zero_shot:
         model.eval()

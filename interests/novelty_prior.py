@@ -40,7 +40,11 @@ def popularity_log_prior(train: NoveltyExamples, n_clusters: int, smoothing: flo
 def description_scores(lm, contexts: np.ndarray, batch: int = 64) -> np.ndarray:  # type: ignore[no-untyped-def]
     """[n_contexts, n_clusters]: log P_LM(description | context) for every description, exactly
     (the cached search with a beam as wide as the catalog; the context's own clusters get -inf).
-    Always the sum over tokens, whatever the model's rule: `rule_scores` derives the mean."""
+    Always the sum over tokens, whatever the model's rule: `rule_scores` derives the mean.
+    A model that can teacher-force every description (`NoveltyLM.description_table`) does; the
+    search remains for anything else that only offers the `CachedLM` calls."""
+    if hasattr(lm, "description_table"):
+        return lm.description_table(np.asarray(contexts))
     n = len(lm.sequences)
     trie = DescriptionTrie(lm.sequences)
     batch = lm.contexts_per_batch(n, batch)  # every description is a hypothesis: a base model's cache is big

