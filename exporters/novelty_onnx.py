@@ -149,7 +149,8 @@ def write_generator_model(dest: Path, lm: NoveltyLM) -> Path:
     export_lm(lm, dest / "model.onnx")
     export_cached_lm(lm, dest)
     (dest / "decoder.json").write_text(json.dumps({**lm.decoder_spec(), "k": lm.meta.get("k", 2),
-                                                   "catalog_version": lm.meta.get("catalog_version")}))
+                                                   "catalog_version": lm.meta.get("catalog_version"),
+                                                   "level": lm.meta.get("level")}))
     shutil.copy2(constrained.__file__, dest / "constrained.py")
     return dest
 

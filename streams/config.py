@@ -48,6 +48,11 @@ class EngineConfig:
     batch_within_ms: int = _setting(20, "longest wait to fill a micro-batch")
     max_payload_bytes: int = _setting(4096, "larger input records go to the DLQ")
     max_future_s: float = _setting(86400.0, "event timestamps further ahead of the worker's clock go to the DLQ")
+    max_id_length: int = _setting(256, "longer user, item and event ids (characters; ints as written) go to the DLQ "
+                                       "(event ids are kept in the state, so this bounds its size)")
+    max_key_bytes: int = _setting(256, "input records with a longer key go to the DLQ")
+    user_ttl_s: float = _setting(0.0, "forget a user (tombstone in the changelog) this long after its last event was "
+                                      "applied (worker clock); 0: never")
     fetch_max_wait_ms: int = _setting(100, "longest a fetch waits on the broker for data (Faust's own 1500 ms "
                                            "is added to every event's latency by a broker that does not wake a "
                                            "waiting fetch, such as the embedded one)")
@@ -100,9 +105,11 @@ class EngineConfig:
 
     def check(self) -> None:
         for name in ("k", "m", "n", "partitions", "batch_size", "recent_items", "dedupe_ids", "max_payload_bytes",
-                     "fetch_max_wait_ms"):
+                     "fetch_max_wait_ms", "max_id_length", "max_key_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name} must be at least 1, got {getattr(self, name)}")
+        if self.user_ttl_s < 0:
+            raise ValueError(f"setting user_ttl_s must be 0 (never) or more, got {self.user_ttl_s}")
         if self.store not in ("memory://", "rocksdb://"):
             raise ValueError(f"setting store must be memory:// or rocksdb://, got {self.store!r}")
 

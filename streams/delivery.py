@@ -22,12 +22,22 @@ import asyncio
 import time
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import faust
 from faust.streams import _current_event
 from faust.types import TP
 
 from streams.metrics import Metrics
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Offsets of a partition that never came: `expected` up to `resumed_at` (exclusive) were stepped over."""
+
+    partition: int
+    expected: int
+    resumed_at: int
 
 
 class PartitionOrder:
@@ -41,7 +51,11 @@ class PartitionOrder:
     state), the expected one is applied, a newer one reveals a gap: it and the rest of its partition
     in the batch wait, and the worker seeks back to the expected offset. A gap that a seek does not
     fill within `accept_gap_s` is real (offsets that hold no record, e.g. transaction markers) and
-    is stepped over.
+    is stepped over; `classify` reports it, so that it is logged and counted, never silent.
+
+    `classify` does not move a partition: `advance` does, once the batch's writes (state, DLQ) have
+    been handed to the producer. A batch that fails in between is thereby classified the same way
+    when its records come again, instead of being taken for duplicates and lost.
     """
 
     APPLY, DUPLICATE, WAIT = "apply", "duplicate", "wait"
@@ -58,21 +72,35 @@ class PartitionOrder:
             self.next.pop(p, None)
             self._gap.pop(p, None)
 
-    def classify(self, records: Sequence[tuple[int, int]], now: float) -> tuple[list[str], dict[int, int]]:
-        """One verdict per (partition, offset), in order, and the offsets to seek back to."""
-        verdicts, seeks = [], {}
+    def classify(self, records: Sequence[tuple[int, int]],
+                 now: float) -> tuple[list[str], dict[int, int], list[Gap]]:
+        """One verdict per (partition, offset), in order, the offsets to seek back to, and the gaps
+        stepped over. Nothing moves until `advance`."""
+        verdicts: list[str] = []
+        seeks: dict[int, int] = {}
+        gaps: list[Gap] = []
+        nxt = dict(self.next)
         for p, o in records:
-            expected = self.next[p]
-            if p in seeks or (o > expected and not self._accept(p, expected, now)):
+            expected = nxt[p]
+            if p in seeks:
                 verdicts.append(self.WAIT)
-                seeks.setdefault(p, expected)
+            elif o > expected and not self._accept(p, expected, now):
+                verdicts.append(self.WAIT)
+                seeks[p] = expected
             elif o < expected:
                 verdicts.append(self.DUPLICATE)
             else:
+                if o > expected:
+                    gaps.append(Gap(p, expected, o))
                 verdicts.append(self.APPLY)
-                self.next[p] = o + 1
+                nxt[p] = o + 1
                 self._gap.pop(p, None)
-        return verdicts, seeks
+        return verdicts, seeks, gaps
+
+    def advance(self, applied: Sequence[tuple[int, int]]) -> None:
+        """These (partition, offset) records have had their fate written: their partitions move past them."""
+        for p, o in applied:
+            self.next[p] = max(self.next.get(p, o + 1), o + 1)
 
     def _accept(self, p: int, expected: int, now: float) -> bool:
         first = self._gap.get(p)
@@ -137,6 +165,29 @@ def write_state(table: faust.Table, key: str, value: object, event: faust.types.
         _current_event.reset(token)
 
 
+def delete_state(table: faust.Table, key: str, topic: str, partition: int) -> None:
+    """`del table[key]`, its tombstone in changelog partition `partition` (the key's input partition).
+
+    Outside the agent there is no current event, and Faust refuses to pick a changelog partition;
+    a stand-in event of the input partition gives it the one `write_state` wrote to, so that the
+    tombstone removes the key when the partition is recovered.
+    """
+    stand_in = _StandIn(topic, partition)  # held here: the context variable keeps only a weak reference
+    token = _current_event.set(weakref.ref(stand_in))
+    try:
+        del table[key]
+    finally:
+        _current_event.reset(token)
+
+
+class _StandIn:
+    """What Faust reads of the current event to place a changelog record: `message.topic`, `.partition`."""
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = self
+        self.topic, self.partition = topic, partition
+
+
 async def _offsets(bootstrap: str, topic: str, partitions: Sequence[int], end: bool,
                    timeout_s: float | None) -> dict[int, int]:
     """First (or end) offsets of `partitions`, from a client of our own (no group).
@@ -198,7 +249,12 @@ class InputDelivery:
                              f"(assigned: {sorted(assigned)})")
         for p in {e.message.partition for e in mine} - set(order.next):
             order.next[p] = await self.start_offset(p)
-        verdicts, seeks = order.classify([(e.message.partition, e.message.offset) for e in mine], time.monotonic())
+        verdicts, seeks, gaps = order.classify([(e.message.partition, e.message.offset) for e in mine],
+                                               time.monotonic())
+        for gap in gaps:
+            self.metrics.gaps.inc()
+            self.log.warning(f"partition {gap.partition}: offsets {gap.expected}-{gap.resumed_at - 1} never came in "
+                             f"{order.accept_gap_s:.0f} s; stepping over them")
         duplicates = [e for e, v in zip(mine, verdicts, strict=True) if v == order.DUPLICATE]
         apply = [e for e, v in zip(mine, verdicts, strict=True) if v == order.APPLY]
         self.metrics.events.labels("duplicate").inc(len(duplicates))
@@ -209,9 +265,11 @@ class InputDelivery:
         return apply, duplicates
 
     def record_positions(self, applied: list) -> None:
-        """Keep the batch's last applied offset per partition (where the partition resumes)."""
+        """The batch's records have had their fate written (state, DLQ): keep its last offset per
+        partition (where the partition resumes) and move `order` past them."""
         for p, e in {e.message.partition: e for e in applied}.items():
             write_state(self.positions, str(p), e.message.offset, e)
+        self.order.advance([(e.message.partition, e.message.offset) for e in applied])
 
     def release(self, events: list) -> None:
         """These records are in the state (applied now or before): their offsets may be committed."""
@@ -224,14 +282,14 @@ class InputDelivery:
 
     async def stall_seeks(self, partitions: Sequence[int]) -> dict[int, int]:
         """The partitions among `partitions` whose records wait past where they continue: partition ->
-        that offset (the next to apply, else after the last applied, else 0)."""
+        that offset (the next to apply, else `start_offset`: on a topic whose head retention removed,
+        offset 0 would be out of range)."""
         ends = await _offsets(self.bootstrap, self.topic, partitions, end=True, timeout_s=None)
         seeks = {}
         for p in partitions:
             nxt = self.order.next.get(p)
             if nxt is None:
-                last = self._last_applied(p)
-                nxt = 0 if last is None else last + 1
+                nxt = await self.start_offset(p)
             if ends[p] > nxt:
                 seeks[p] = nxt
         return seeks
@@ -252,4 +310,4 @@ class InputDelivery:
             self.metrics.lag.remove(str(p))
 
 
-__all__ = ["AckGuard", "InputDelivery", "PartitionOrder", "write_state"]
+__all__ = ["AckGuard", "Gap", "InputDelivery", "PartitionOrder", "delete_state", "write_state"]

@@ -15,6 +15,7 @@ per event is parsing and a dict update, the cost per model call is shared by the
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from streams.inference.router import ModelRouter
 from streams.inference.seqrec import pad_histories
 from streams.metrics import Metrics
 from streams.model_files import ModelFiles
-from streams.novelty_table import context_key
+from streams.novelty_table import context_key, parse_row
 from streams.recommendation import Recommendation, novel_for_user, slate_items
 from streams.records import Limits, Rejection, parse_interaction
 from streams.state import apply, copy_state, needs_slate
@@ -58,6 +59,9 @@ class BatchResult:
     duplicates: int = 0
 
 
+log = logging.getLogger(__name__)
+
+
 class Engine:
     def __init__(self, cfg: EngineConfig, metrics: Metrics | None = None) -> None:
         if not cfg.catalog or not cfg.repository:
@@ -66,7 +70,7 @@ class Engine:
         self.cfg = cfg
         self.metrics = metrics or Metrics()
         self.catalog = Catalog.load(Path(cfg.catalog))
-        self.models = ModelFiles(Path(cfg.repository), self.catalog)
+        self.models = ModelFiles(Path(cfg.repository), self.catalog, cfg.k)
         level = int(self.models.seqrec_meta["level"])
         self.item_index = {item: i for i, item in enumerate(self.catalog.item_ids)}
         self.item_ids = self.catalog.item_ids
@@ -76,22 +80,23 @@ class Engine:
         self.max_len = int(self.models.seqrec_meta["max_len"])
         self.router = ModelRouter(cfg.triton_url, self.models.local_models(cfg.threads), cfg.triton_timeout_s,
                                   cfg.triton_retries, cfg.triton_retry_after_s, self.metrics.observe_call,
-                                  lambda up: self.metrics.triton_up.set(1 if up else 0))
+                                  lambda up: self.metrics.triton_up.set(1 if up else 0), self.models.max_batch)
         self.table: dict[bytes, tuple[list[int], list[float]]] = {}
 
     # -- the novelty table -------------------------------------------------------------------
     def learn(self, key: bytes | None, value: bytes | None) -> None:
-        """One record of the compacted novelty topic (a precomputed row or another worker's fill)."""
+        """One record of the compacted novelty topic (a precomputed row or another worker's fill). A row
+        of another catalog or none ("stale", "invalid": `parse_row`) is counted and left out."""
         if key is None:
             return
         if value is None:
             self.table.pop(key, None)
         else:
-            try:
-                doc = json.loads(value)
-                self.table[key] = ([int(c) for c in doc["clusters"]], [float(s) for s in doc["scores"]])
-            except (ValueError, KeyError, TypeError):
-                return  # a foreign record on the topic: not ours to interpret
+            row = parse_row(key, value, self.catalog.version, self.cfg.k, self.n_clusters)
+            if isinstance(row, str):
+                self.metrics.table_rows_ignored.labels(row).inc()
+                return
+            self.table[key] = row
         self.metrics.table_size.set(len(self.table))
 
     # -- one batch ---------------------------------------------------------------------------
@@ -100,25 +105,16 @@ class Engine:
         """Validate, apply, and recommend for one micro-batch; `load_state(user)` reads the table."""
         cfg, m = self.cfg, self.metrics
         now = time.time() if now is None else now
-        limits = Limits(cfg.max_payload_bytes, 1.0, now + cfg.max_future_s)
+        limits = Limits(cfg.max_payload_bytes, 1.0, now + cfg.max_future_s, cfg.max_id_length, cfg.max_key_bytes)
         out = BatchResult()
         triggers: dict[str, float] = {}  # user -> Kafka timestamp of the first event that changed its context
         for rec in records:
-            parsed = parse_interaction(rec.key, rec.value, self.item_index, limits)
-            if isinstance(parsed, Rejection):
-                out.dlq.append((rec, parsed))
-                continue
-            user = parsed.user_id
-            entry = out.states.get(user)
-            state = entry[0] if entry else copy_state(load_state(user))
-            if apply(state, parsed, self.item_cluster[parsed.item], rec.partition, rec.offset, cfg.k,
-                     cfg.recent_items, cfg.dedupe_ids):
-                out.applied += 1
-                if needs_slate(state, cfg.k, cfg.slate_max_age_s):
-                    triggers.setdefault(user, rec.timestamp)
-            else:
-                out.duplicates += 1
-            out.states[user] = (state, rec)
+            try:
+                self._apply_record(rec, load_state, limits, now, out, triggers)
+            except Exception as exc:  # one record's failure is that record's: the rest of the batch goes on
+                log.exception(f"record {rec.partition}/{rec.offset} failed; it goes to the DLQ")
+                text = f"{type(exc).__name__}: {str(exc)[:300]}".encode("utf-8", "backslashreplace").decode()
+                out.dlq.append((rec, Rejection("internal_error", text)))
         m.events.labels("applied").inc(out.applied)
         m.events.labels("duplicate").inc(out.duplicates)
         m.events.labels("invalid").inc(len(out.dlq))
@@ -126,8 +122,35 @@ class Engine:
             m.dlq.labels(rej.reason).inc()
         users = [u for u in triggers if needs_slate(out.states[u][0], cfg.k, cfg.slate_max_age_s)]
         if users:
-            await self._recommend(users, out, triggers)
+            try:
+                await self._recommend(users, out, triggers)
+            except Exception:  # the batch's states stand; these users get a slate with their next event
+                log.exception(f"no slates for {len(users)} users of this batch")
+                m.no_slate.labels("error").inc(len(users))
         return out
+
+    def _apply_record(self, rec: RawRecord, load_state: Callable[[str], dict | None], limits: Limits, now: float,
+                      out: BatchResult, triggers: dict[str, float]) -> None:
+        """Validate one record and apply it to a copy of its user's state, which replaces the batch's
+        copy only once every step succeeded (a failure half-way leaves the user as it was)."""
+        cfg = self.cfg
+        parsed = parse_interaction(rec.key, rec.value, self.item_index, limits)
+        if isinstance(parsed, Rejection):
+            out.dlq.append((rec, parsed))
+            return
+        user = parsed.user_id
+        entry = out.states.get(user)
+        state = copy_state(entry[0] if entry else load_state(user))
+        applied = apply(state, parsed, self.item_cluster[parsed.item], rec.partition, rec.offset, cfg.k,
+                        cfg.recent_items, cfg.dedupe_ids)
+        if applied:
+            state["seen"] = now
+        due = applied and needs_slate(state, cfg.k, cfg.slate_max_age_s)
+        out.states[user] = (state, rec)
+        out.applied += applied
+        out.duplicates += not applied
+        if due:
+            triggers.setdefault(user, rec.timestamp)
 
     async def _recommend(self, users: list[str], out: BatchResult, triggers: dict[str, float]) -> None:
         """Slates for `users`, in the three model calls at most that a batch makes."""

@@ -27,7 +27,9 @@ class Metrics:
         self.slates = Counter("explore_slates", "Recommendations sent, by where the novel clusters came from "
                               "(table or live)", ["source"], registry=r)
         self.no_slate = Counter("explore_slates_skipped", "Context changes without a slate, by reason "
-                                "(no_novel_cluster: the user knows every cluster; no_items: nothing eligible)",
+                                "(no_novel_cluster: the user knows every cluster; no_items: nothing eligible; "
+                                "error: a model call "
+                                "failed on both paths, logged; the next event retries)",
                                 ["reason"], registry=r)
         self.latency = Histogram("explore_event_to_slate_seconds", "Kafka timestamp of the triggering event to "
                                  "the slate being sent", buckets=LATENCY_BUCKETS, registry=r)
@@ -54,6 +56,16 @@ class Metrics:
         self.reseeks = Counter("explore_partition_reseeks", "Input partitions sought back: gap (a record came "
                                "before an earlier one was applied) or stall (records waited, nothing arrived for "
                                "15 s)", ["reason"], registry=r)
+        self.gaps = Counter("explore_offset_gaps", "Gaps in an input partition's offsets stepped over after "
+                            "waiting 10 s for them (offsets without a record, such as transaction markers; "
+                            "the worker's log names the offsets)", registry=r)
+        self.table_rows_ignored = Counter("explore_novelty_rows_ignored", "Novelty-topic records not used, by "
+                                          "reason: stale (another catalog version) or invalid (not a row of "
+                                          "this catalog: key, cluster ids, lengths)", ["reason"], registry=r)
+        self.users_expired = Counter("explore_users_expired", "Users forgotten after user_ttl_s without an "
+                                     "event (a tombstone in the changelog)", registry=r)
+        self.task_restarts = Counter("explore_task_restarts", "Background tasks started again after a crash, "
+                                     "by task", ["task"], registry=r)
         self.triton_up.set(0)
 
     def observe_call(self, model: str, path: str, seconds: float, ok: bool) -> None:

@@ -1,8 +1,10 @@
 """The exported models a worker serves, read from a Triton model repository.
 
-`ModelFiles` checks that both models are there and were exported with the worker's catalog, reads
-the decoding parameters the Triton model is configured with (so that the in-process twin decodes
-like the server), names the versions every recommendation carries, and builds the twins.
+`ModelFiles` checks that both models are there and were exported with the worker's catalog (the
+novelty model also with the worker's K and seqrec's cluster level), reads the decoding parameters
+and batch limits the Triton models are configured with (so that the in-process twin decodes like
+the server, and no call asks for more rows than a model serves), names the versions every
+recommendation carries, and builds the twins.
 """
 
 from __future__ import annotations
@@ -31,10 +33,35 @@ def _pbtxt_param(config: Path, name: str, default: str) -> str:
     return found.group(1) if found else default
 
 
+def _pbtxt_max_batch(config: Path) -> int | None:
+    """A config.pbtxt's `max_batch_size`: the most rows Triton accepts in one request (None: no limit,
+    for 0 or no configuration)."""
+    text = config.read_text() if config.is_file() else ""
+    found = re.search(r"^\s*max_batch_size\s*:\s*(\d+)", text, re.MULTILINE)
+    return int(found.group(1)) or None if found else None
+
+
+def check_novelty_meta(decoder: dict, catalog: Catalog, k: int | None, level: int) -> None:
+    """The novelty model must speak the worker's clusters: the same catalog, K and cluster level as the
+    worker and seqrec, else its cluster ids name other clusters (or none at all)."""
+    n_clusters = len(catalog.descriptions(level))
+    problems = []
+    if decoder.get("catalog_version") != catalog.version:
+        problems.append(f"catalog {decoder.get('catalog_version')}, the worker has catalog {catalog.version}")
+    if k is not None and decoder.get("k") != k:
+        problems.append(f"K = {decoder.get('k')}, the worker runs K = {k} (setting k)")
+    if decoder.get("level", level) != level or len(decoder.get("sequences", ())) != n_clusters:
+        problems.append(f"level {decoder.get('level', '?')} with {len(decoder.get('sequences', ()))} clusters, "
+                        f"seqrec uses level {level} with {n_clusters} clusters")
+    if problems:
+        raise CatalogError("interest_generator was exported with " + "; ".join(problems) +
+                           ": export the novelty model again (`explore novelty export`) for this catalog")
+
+
 class ModelFiles:
     """The exported models a worker serves, read from a Triton repository, with their versions."""
 
-    def __init__(self, repository: Path, catalog: Catalog) -> None:
+    def __init__(self, repository: Path, catalog: Catalog, k: int | None = None) -> None:
         repository = Path(repository)
         self.seqrec_dir = repository / "seqrec" / "1"
         self.novelty_dir = repository / "interest_generator" / "1"
@@ -47,6 +74,10 @@ class ModelFiles:
         if self.seqrec_meta.get("catalog_version") != catalog.version:
             raise CatalogError(f"seqrec was exported with catalog {self.seqrec_meta.get('catalog_version')}, "
                                f"the worker has catalog {catalog.version}")
+        self.novelty_meta = json.loads((self.novelty_dir / "decoder.json").read_text())
+        check_novelty_meta(self.novelty_meta, catalog, k, int(self.seqrec_meta["level"]))
+        self.max_batch = {name: _pbtxt_max_batch(repository / name / "config.pbtxt")
+                          for name in ("seqrec", "interest_generator")}
         config = repository / "interest_generator" / "config.pbtxt"
         self.top_m = int(_pbtxt_param(config, "top_m", "5"))
         self.beam = int(_pbtxt_param(config, "beam", "8"))

@@ -12,8 +12,8 @@ import json
 import math
 from dataclasses import dataclass
 
-REASONS = ("oversized", "bad_json", "not_object", "missing_field", "wrong_type", "key_mismatch",
-           "unknown_item", "ts_out_of_range")
+REASONS = ("missing_key", "oversized", "bad_json", "not_object", "missing_field", "wrong_type", "key_mismatch",
+           "unknown_item", "ts_out_of_range", "internal_error")
 REQUIRED = ("user_id", "item_id", "ts", "event")
 
 
@@ -39,43 +39,75 @@ class Limits:
     max_payload_bytes: int = 4096
     min_ts: float = 1.0  # strictly after the epoch: 0 is the usual "unset"
     max_ts: float = math.inf  # the worker passes its clock + max_future_s
+    max_id_length: int = 256  # characters of an id (user, item, event), ints as written in decimal
+    max_key_bytes: int = 256  # bytes of a record's key (the user id)
 
 
-def _is_id(value: object) -> bool:
+def _is_id(value: object, max_length: int) -> bool:
+    """A non-empty string or an integer of at most `max_length` characters: ids are kept in the
+    state (event ids up to `dedupe_ids` of them), so their length bounds the state's size."""
     if isinstance(value, str):
-        return 0 < len(value) <= 256
-    return isinstance(value, int) and not isinstance(value, bool)
+        return 0 < len(value) <= max_length
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value.bit_length() <= 4 * max_length and len(str(value)) <= max_length  # bit_length: cheap first cut
+    return False
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite number that fits a float: an int of ~309 digits or more raises OverflowError in
+    `math.isfinite` and `float`, so it is refused here rather than anywhere later."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _short(value: object) -> str:
+    """At most 80 characters of a value for the DLQ's detail header. Neither a huge int (slow to
+    write, refused beyond 4300 digits) nor a container (deep nesting exhausts `repr`'s recursion)
+    is written out."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<integer of {value.bit_length()} bits>"
+    if isinstance(value, list | dict):
+        return f"<{type(value).__name__} of {len(value)}>"
+    return f"{value!r:.80}"
 
 
 def parse_interaction(key: bytes | None, value: bytes | None, item_index: dict[str, int],
                       limits: Limits) -> Interaction | Rejection:
-    """The interaction in `value`, or why it is rejected. `key`, when present, must be the user id."""
+    """The interaction in `value`, or why it is rejected. `key` must be the user id: a keyless record
+    could land on any partition, and so on any worker, apart from the user's other events."""
+    if not key:
+        return Rejection("missing_key", "the record has no key (it must be the user id)")
+    if len(key) > limits.max_key_bytes:
+        return Rejection("oversized", f"key of {len(key)} bytes > {limits.max_key_bytes}")
     if value is None:
         return Rejection("bad_json", "empty value (tombstone)")
     if len(value) > limits.max_payload_bytes:
         return Rejection("oversized", f"{len(value)} bytes > {limits.max_payload_bytes}")
     try:
         doc = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return Rejection("bad_json", str(exc)[:200])
+    except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested arrays or objects
+        return Rejection("bad_json", f"{type(exc).__name__}: {str(exc)[:200]}")
     if not isinstance(doc, dict):
         return Rejection("not_object", f"JSON {type(doc).__name__}, expected an object")
     missing = [f for f in REQUIRED if f not in doc]
     if missing:
         return Rejection("missing_field", ", ".join(missing))
-    for name, ok in (("user_id", _is_id), ("item_id", _is_id), ("ts", _is_number),
+    def is_id(v: object) -> bool:
+        return _is_id(v, limits.max_id_length)
+
+    for name, ok in (("user_id", is_id), ("item_id", is_id), ("ts", _is_number),
                      ("event", lambda v: isinstance(v, str) and 0 < len(v) <= 64)):
         if not ok(doc[name]):
-            return Rejection("wrong_type", f"{name}={doc[name]!r:.80}")
-    for name, ok in (("event_id", _is_id), ("weight", _is_number)):
+            return Rejection("wrong_type", f"{name}={_short(doc[name])}")
+    for name, ok in (("event_id", is_id), ("weight", _is_number)):
         if doc.get(name) is not None and not ok(doc[name]):
-            return Rejection("wrong_type", f"{name}={doc[name]!r:.80}")
+            return Rejection("wrong_type", f"{name}={_short(doc[name])}")
     user = str(doc["user_id"])
-    if key is not None and key.decode("utf-8", "replace") != user:
+    if key.decode("utf-8", "replace") != user:
         return Rejection("key_mismatch", f"key {key[:80]!r} but user_id {user[:80]!r}")
     item = item_index.get(str(doc["item_id"]))
     if item is None:

@@ -10,11 +10,14 @@ The state is a plain dict (the Faust table stores it as JSON in its changelog):
   Together they make re-deliveries harmless: after a restart or a rebalance Kafka hands out
   again every record after the last committed offset, and a record at or before `pos` (or with
   an event id already seen) is recognised and leaves the state as it is;
-- `n`: interactions applied, `ts`: the newest event time;
+- `n`: interactions applied, `ts`: the newest event time, `seen`: the worker's clock when an event
+  was last applied (what `user_ttl_s` counts from; states written before it existed use `ts`);
 - `slate`: the last recommendation sent (context, clusters, items, event time).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from streams.records import Interaction
 
@@ -76,3 +79,20 @@ def needs_slate(state: dict, k: int, max_age_s: float) -> bool:
         return False
     slate = state["slate"]
     return slate is None or slate["context"] != context or state["ts"] - slate["ts"] > max_age_s
+
+
+def expired_users(states: Iterable[tuple[str, dict | None]], now: float, ttl_s: float,
+                  partitions: set[int]) -> list[tuple[str, int]]:
+    """(user, input partition) of the users in `partitions` whose last event was applied more than
+    `ttl_s` ago (worker clock); `ttl_s` 0 forgets nobody. Only partitions the worker owns are swept:
+    a standby's copy is its owner's to delete."""
+    if ttl_s <= 0:
+        return []
+    out = []
+    for user, state in states:
+        if state is None or state.get("pos") is None or state["pos"][0] not in partitions:
+            continue
+        seen = state.get("seen")
+        if now - (state["ts"] if seen is None else seen) > ttl_s:
+            out.append((user, int(state["pos"][0])))
+    return out

@@ -6,6 +6,11 @@ then the router marks Triton down and serves every request from the local twins 
 files Triton serves, in a thread so the event loop keeps running) for `retry_after_s`, after
 which the next request probes Triton again. A request is never dropped: whatever Triton does,
 the answer comes from one path or the other, and `on_call` reports which.
+
+A request with more rows than a model serves (`max_batch`, its `max_batch_size`) is split into
+calls of at most that many rows. A request Triton refuses (INVALID_ARGUMENT: it is this request
+that is wrong, not the server) is answered by the local twin without retry, and Triton stays up
+for every other request.
 """
 
 from __future__ import annotations
@@ -21,6 +26,21 @@ import numpy as np
 LocalModel = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
+def row_chunks(inputs: dict[str, np.ndarray], limit: int | None) -> list[dict[str, np.ndarray]]:
+    """`inputs` split along their first (batch) axis into pieces of at most `limit` rows (None: no limit)."""
+    rows = len(next(iter(inputs.values())))
+    if not limit or rows <= limit:
+        return [inputs]
+    return [{name: array[start:start + limit] for name, array in inputs.items()} for start in range(0, rows, limit)]
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Triton answered, and refused this request (INVALID_ARGUMENT: a shape, a type, a batch too large):
+    an error of the request, which a retry or another server cannot fix, not an outage."""
+    status = getattr(exc, "status", None)
+    return callable(status) and status() == "StatusCode.INVALID_ARGUMENT"
+
+
 class CallObserver(Protocol):
     def __call__(self, model: str, path: str, seconds: float, ok: bool) -> None: ...
 
@@ -30,8 +50,10 @@ class ModelRouter:
 
     def __init__(self, url: str, local: dict[str, LocalModel], timeout_s: float = 2.0, retries: int = 1,
                  retry_after_s: float = 5.0, on_call: CallObserver | None = None,
-                 on_state: Callable[[bool], None] | None = None) -> None:
+                 on_state: Callable[[bool], None] | None = None,
+                 max_batch: dict[str, int | None] | None = None) -> None:
         self.url, self.local = url, local
+        self.max_batch = max_batch or {}
         self.timeout_s, self.retries, self.retry_after_s = timeout_s, retries, retry_after_s
         self.on_call = on_call or (lambda *a: None)
         self.on_state = on_state or (lambda up: None)
@@ -67,6 +89,17 @@ class ModelRouter:
 
     async def infer(self, model: str, inputs: dict[str, np.ndarray],
                     outputs: list[str]) -> tuple[list[np.ndarray], str]:
+        """The outputs for every row of `inputs`, in calls of at most the model's batch limit; the path is
+        "triton" when Triton answered every call, else "onnx"."""
+        chunks = row_chunks(inputs, self.max_batch.get(model))
+        answers = [await self._infer_call(model, chunk, outputs) for chunk in chunks]
+        if len(answers) == 1:
+            return answers[0]
+        arrays = [np.concatenate([a[i] for a, _ in answers]) for i in range(len(outputs))]
+        return arrays, "triton" if all(path == "triton" for _, path in answers) else "onnx"
+
+    async def _infer_call(self, model: str, inputs: dict[str, np.ndarray],
+                          outputs: list[str]) -> tuple[list[np.ndarray], str]:
         if self.triton_up:
             for _attempt in range(self.retries + 1):
                 t0 = time.perf_counter()
@@ -77,6 +110,8 @@ class ModelRouter:
                 except Exception as exc:  # any transport or server error: retry, then fall back
                     self.on_call(model, "triton", time.perf_counter() - t0, False)
                     self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                    if is_refusal(exc):
+                        return await self._local(model, inputs)  # this request only; Triton stays up
                     await self._reset_client()
                     continue
                 self.on_call(model, "triton", time.perf_counter() - t0, True)
@@ -84,6 +119,10 @@ class ModelRouter:
                 return arrays, "triton"
             self.down_until = time.monotonic() + self.retry_after_s
             self.on_state(False)
+        return await self._local(model, inputs)
+
+    async def _local(self, model: str, inputs: dict[str, np.ndarray]) -> tuple[list[np.ndarray], str]:
+        """The in-process twin's answer."""
         if model not in self.local:
             raise RuntimeError(f"Triton is unreachable ({self.last_error}) and {model!r} has no local fallback")
         t0 = time.perf_counter()

@@ -122,3 +122,90 @@ def test_ack_guard_commits_only_what_the_engine_applied(tmp_path: Path) -> None:
         assert not guard.applied and _counter(metrics.acks_withheld) == 1
 
     asyncio.run(run())
+
+
+def test_a_record_whose_handling_raises_goes_to_the_dlq_and_the_rest_of_the_batch_is_applied(engine: Engine) -> None:
+    """A state written by something else (here: without its fields) makes applying that user's record
+    raise; before, the exception escaped `handle` and the whole batch was lost."""
+    item = engine.item_ids[0]
+    records = [_record("u1", item, 0, 1000.0), _record("broken", item, 1, 1001.0), _record("u2", item, 2, 1002.0)]
+    states: dict[str, dict] = {"broken": {"items": "not a state"}}
+    out = asyncio.run(engine.handle(records, states.get, now=2000.0))
+    assert [(rec.offset, rej.reason) for rec, rej in out.dlq] == [(1, "internal_error")]
+    assert out.dlq[0][1].detail.startswith("KeyError")
+    assert out.applied == 2 and set(out.states) == {"u1", "u2"}
+    assert out.states["u1"][0]["seen"] == 2000.0  # what user_ttl_s counts from
+
+
+def test_foreign_novelty_rows_are_counted_and_ignored(engine: Engine) -> None:
+    """Rows of another catalog, or with cluster ids past the catalog's, never reach a slate (before:
+    an IndexError that dropped the batch, or clusters of another catalog served as novel)."""
+    by_cluster: dict[int, list[str]] = {}
+    for item, c in zip(engine.item_ids, engine.item_cluster, strict=True):
+        by_cluster.setdefault(c, []).append(item)
+    a, b = sorted(by_cluster)[:2]
+    key = f"{a},{b}".encode()
+    engine.table.clear()
+    engine.learn(key, json.dumps({"clusters": [engine.n_clusters + 5], "scores": [0.0],
+                                  "catalog_version": engine.catalog.version}).encode())
+    engine.learn(key, json.dumps({"clusters": [b], "scores": [0.0], "catalog_version": "someone-else"}).encode())
+    engine.learn(b"9999,1", json.dumps({"clusters": [a], "scores": [0.0],
+                                        "catalog_version": engine.catalog.version}).encode())
+    assert key not in engine.table and b"9999,1" not in engine.table
+    assert _counter(engine.metrics.table_rows_ignored, "invalid") == 2
+    assert _counter(engine.metrics.table_rows_ignored, "stale") == 1
+    records = [_record("v1", by_cluster[a][0], 0, 1000.0), _record("v1", by_cluster[b][0], 1, 1001.0)]
+    out = asyncio.run(engine.handle(records, {}.get, now=2000.0))
+    assert out.applied == 2 and not out.dlq and [k for k, _ in out.table_fills] == [key]  # a miss, filled live
+    assert all(0 <= c["id"] < engine.n_clusters for r in out.recommendations for c in r.novel_clusters)
+
+
+def _repository_copy(tiny_repository: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    repo = tmp_path / "repository"
+    for name in ("seqrec", "interest_generator"):
+        shutil.copytree(tiny_repository / name, repo / name)
+    return repo
+
+
+def test_model_files_refuse_a_novelty_model_of_another_catalog_k_or_level(seqrec_artifacts, novelty_artifacts,  # type: ignore[no-untyped-def]
+                                                                          tiny_repository: Path,
+                                                                          tmp_path: Path) -> None:
+    from interests.catalog import CatalogError
+    from streams.model_files import ModelFiles
+
+    catalog = seqrec_artifacts.catalog
+    repo = _repository_copy(tiny_repository, tmp_path)
+    decoder = repo / "interest_generator" / "1" / "decoder.json"
+    good = json.loads(decoder.read_text())
+    assert ModelFiles(repo, catalog, k=2).novelty_meta["level"] == catalog.finest
+    with pytest.raises(CatalogError, match="K = 2, the worker runs K = 3"):
+        ModelFiles(repo, catalog, k=3)
+    for change, message in (({"catalog_version": "0123456789ab"}, "catalog 0123456789ab"),
+                            ({"level": 0}, "level 0"),
+                            ({"sequences": good["sequences"][:-1]}, "clusters, seqrec uses level")):
+        decoder.write_text(json.dumps({**good, **change}))
+        with pytest.raises(CatalogError, match=message):
+            ModelFiles(repo, catalog, k=2)
+
+
+def test_model_files_read_the_batch_limits_triton_serves(seqrec_artifacts, novelty_artifacts,  # type: ignore[no-untyped-def]
+                                                       tiny_repository: Path, tmp_path: Path) -> None:
+    from streams.model_files import ModelFiles
+
+    repo = _repository_copy(tiny_repository, tmp_path)
+    assert ModelFiles(repo, seqrec_artifacts.catalog).max_batch == {"seqrec": 256, "interest_generator": 64}
+    config = repo / "seqrec" / "config.pbtxt"
+    config.write_text(config.read_text().replace("max_batch_size: 256", "max_batch_size: 0"))
+    assert ModelFiles(repo, seqrec_artifacts.catalog).max_batch["seqrec"] is None  # 0: Triton does not batch
+
+
+def test_a_batch_larger_than_the_served_limits_is_answered_in_several_calls(engine: Engine) -> None:
+    """The router splits a call to the model's limit: the twin sees no more rows at a time than Triton would."""
+    seen: list[int] = []
+    router = ModelRouter("", {"double": lambda x: (seen.append(len(x["a"])), [x["a"] * 2])[1]},
+                         max_batch={"double": 4})
+    arrays, path = asyncio.run(router.infer("double", {"a": np.arange(10)}, ["y"]))
+    assert path == "onnx" and arrays[0].tolist() == list(range(0, 20, 2)) and seen == [4, 4, 2]
+    assert engine.router.max_batch == engine.models.max_batch

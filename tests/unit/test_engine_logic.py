@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.config import EngineConfig, describe
-from streams.delivery import PartitionOrder
+from streams.delivery import Gap, PartitionOrder
+from streams.inference.router import is_refusal, row_chunks
+from streams.novelty_table import keep_running, parse_row
 from streams.recommendation import novel_for_user, slate_items
 from streams.records import Interaction, Limits, Rejection, parse_interaction
-from streams.state import apply, copy_state, is_duplicate, needs_slate, new_state
+from streams.state import apply, copy_state, expired_users, is_duplicate, needs_slate, new_state
 
 ITEMS = {"a": 0, "b": 1, "c": 2}
 LIMITS = Limits(max_payload_bytes=200, min_ts=1.0, max_ts=2e9)
@@ -103,9 +107,10 @@ def test_partition_order_applies_each_offset_once_in_sequence(deliveries: list[i
     order.next[0] = 0
     applied = []
     for o in deliveries:
-        verdicts, seeks = order.classify([(0, o)], now=0.0)
+        verdicts, seeks, _ = order.classify([(0, o)], now=0.0)
         if verdicts[0] == order.APPLY:
             applied.append(o)
+            order.advance([(0, o)])
         assert (verdicts[0] == order.WAIT) == bool(seeks)
     assert applied == list(range(len(applied)))
 
@@ -113,8 +118,9 @@ def test_partition_order_applies_each_offset_once_in_sequence(deliveries: list[i
 def test_partition_order_waits_then_seeks_and_steps_over_a_real_gap() -> None:
     order = PartitionOrder(accept_gap_s=5)
     order.next[1] = 10
-    verdicts, seeks = order.classify([(1, 9), (1, 10), (1, 12), (1, 13)], now=0.0)
+    verdicts, seeks, _ = order.classify([(1, 9), (1, 10), (1, 12), (1, 13)], now=0.0)
     assert verdicts == ["duplicate", "apply", "wait", "wait"] and seeks == {1: 11}
+    order.advance([(1, 10)])
     assert order.classify([(1, 12)], now=1.0)[0] == ["wait"]
     assert order.classify([(1, 12)], now=6.0)[0] == ["apply"] and order.accepted_gaps == 1
 
@@ -182,3 +188,108 @@ def test_an_unresolvable_wildcard_host_asks_for_the_advertised_url(monkeypatch) 
     with pytest.raises(ValueError, match="EXPLORE_ADVERTISED_URL"):
         EngineConfig(web_host="0.0.0.0").canonical_url()
     assert EngineConfig(web_host="0.0.0.0", advertised_url="http://w1:6066").canonical_url() == "http://w1:6066"
+
+
+# -- hardening (issue 13): hostile input, limits, offsets, the follower ----------------------------
+
+@pytest.mark.parametrize(("key", "value", "reason"), [
+    (b"u1", b"[" * 2000 + b"]" * 2000, "bad_json"),  # RecursionError inside json.loads before
+    (b"u1", b'{"user_id": "u1", "item_id": "a", "ts": ' + b"9" * 400 + b', "event": "click"}', "wrong_type"),
+    (b"u1", record(weight=10**400), "wrong_type"),  # OverflowError in math.isfinite before
+    (None, record(), "missing_key"),  # keyless: the user's events could land on any partition
+    (b"", record(), "missing_key"),
+    (b"u1", record(event_id=10**120), "wrong_type"),  # an int id longer than max_id_length characters
+    (b"u" * 130, record(user_id="u" * 130), "oversized"),  # a key longer than max_key_bytes
+])
+def test_hostile_records_are_rejected_with_a_reason_not_raised(key: bytes | None, value: bytes, reason: str) -> None:
+    limits = Limits(max_payload_bytes=4096, min_ts=1.0, max_ts=2e9, max_id_length=100, max_key_bytes=128)
+    got = parse_interaction(key, value, ITEMS, limits)
+    assert isinstance(got, Rejection) and got.reason == reason and got.detail, got
+
+
+def test_ids_within_the_length_limit_are_accepted() -> None:
+    limits = Limits(max_payload_bytes=4096, min_ts=1.0, max_ts=2e9, max_id_length=100, max_key_bytes=128)
+    got = parse_interaction(b"u" * 100, record(user_id="u" * 100, event_id=10**99), ITEMS, limits)
+    assert isinstance(got, Interaction) and got.event_id == str(10**99)
+
+
+def test_partition_order_moves_a_partition_only_once_its_records_are_written() -> None:
+    """A batch that fails between classify and its writes is classified the same way again."""
+    order = PartitionOrder(accept_gap_s=1e9)
+    order.next[0] = 5
+    verdicts, seeks, _ = order.classify([(0, 5), (0, 6)], now=0.0)
+    assert verdicts == ["apply", "apply"] and not seeks
+    assert order.classify([(0, 5), (0, 6)], now=0.0)[0] == ["apply", "apply"]  # not yet written: still due
+    order.advance([(0, 5), (0, 6)])
+    assert order.classify([(0, 5), (0, 6), (0, 7)], now=0.0)[0] == ["duplicate", "duplicate", "apply"]
+
+
+def test_partition_order_reports_the_gap_it_steps_over() -> None:
+    order = PartitionOrder(accept_gap_s=5)
+    order.next[2] = 10
+    assert order.classify([(2, 12)], now=0.0)[2] == []
+    verdicts, _, gaps = order.classify([(2, 12)], now=6.0)
+    assert verdicts == ["apply"] and gaps == [Gap(partition=2, expected=10, resumed_at=12)]
+
+
+def test_users_expire_after_the_ttl_since_their_last_event_was_applied() -> None:
+    fresh = {**new_state(), "pos": [1, 7], "seen": 1000.0, "ts": 10.0}
+    old = {**new_state(), "pos": [2, 3], "seen": 100.0, "ts": 10.0}
+    legacy = {**new_state(), "pos": [3, 1], "ts": 50.0}  # written before `seen` existed: its event time counts
+    elsewhere = {**new_state(), "pos": [5, 1], "seen": 1.0}  # a partition this worker does not own now
+    table = {"fresh": fresh, "old": old, "legacy": legacy, "elsewhere": elsewhere, "none": None}
+    assert expired_users(table.items(), now=1000.0, ttl_s=500.0, partitions={1, 2, 3}) == [("old", 2), ("legacy", 3)]
+    assert expired_users(table.items(), now=1000.0, ttl_s=0.0, partitions={1, 2, 3}) == []  # 0: never forget
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), [
+    (b"1,2", {"clusters": [3, 4], "scores": [-1.0, -2.0], "catalog_version": "other"}, "stale"),
+    (b"1,2", {"clusters": [3, 4], "scores": [-1.0, -2.0]}, "stale"),
+    (b"1,2", {"clusters": [3, 99], "scores": [-1.0, -2.0], "catalog_version": "v1"}, "invalid"),
+    (b"1,2", {"clusters": [3, -1], "scores": [-1.0, -2.0], "catalog_version": "v1"}, "invalid"),
+    (b"1,2", {"clusters": [3, 4], "scores": [-1.0], "catalog_version": "v1"}, "invalid"),
+    (b"1,2", {"clusters": list(range(9)), "scores": [0.0] * 9, "catalog_version": "v1"}, "invalid"),
+    (b"1,2", {"clusters": [3, 3], "scores": [-1.0, -2.0], "catalog_version": "v1"}, "invalid"),
+    (b"1,2", {"clusters": [3], "scores": ["x"], "catalog_version": "v1"}, "invalid"),
+    (b"1,2,3", {"clusters": [4], "scores": [-1.0], "catalog_version": "v1"}, "invalid"),  # K = 2
+    (b"1,99", {"clusters": [4], "scores": [-1.0], "catalog_version": "v1"}, "invalid"),
+    (b"spam", {"clusters": [4], "scores": [-1.0], "catalog_version": "v1"}, "invalid"),
+    (b"1,2", [[[]]], "invalid"),
+])
+def test_novelty_rows_from_elsewhere_are_refused_with_a_reason(key: bytes, value: object, reason: str) -> None:
+    assert parse_row(key, json.dumps(value).encode(), "v1", k=2, n_clusters=8) == reason
+
+
+def test_a_novelty_row_that_fits_the_catalog_is_used() -> None:
+    value = json.dumps({"clusters": [3, 4], "scores": [-1.0, -2.5], "catalog_version": "v1"}).encode()
+    assert parse_row(b"1,2", value, "v1", k=2, n_clusters=8) == ([3, 4], [-1.0, -2.5])
+    assert parse_row(b"1,2", b"[" * 5000 + b"]" * 5000, "v1", k=2, n_clusters=8) == "invalid"
+
+
+def test_model_calls_are_split_to_the_served_batch_limit() -> None:
+    inputs = {"a": np.arange(10).reshape(5, 2), "b": np.arange(5)}
+    chunks = row_chunks(inputs, 2)
+    assert [len(c["b"]) for c in chunks] == [2, 2, 1] and np.concatenate([c["a"] for c in chunks]).tolist() == \
+        inputs["a"].tolist()
+    assert row_chunks(inputs, None) == [inputs] and len(row_chunks(inputs, 5)) == 1
+
+
+def test_a_refused_request_is_told_apart_from_an_outage() -> None:
+    from tritonclient.utils import InferenceServerException
+
+    assert is_refusal(InferenceServerException("batch too large", status="StatusCode.INVALID_ARGUMENT"))
+    assert not is_refusal(InferenceServerException("gone", status="StatusCode.UNAVAILABLE"))
+    assert not is_refusal(TimeoutError())
+
+
+def test_a_crashed_task_is_started_again() -> None:
+    runs: list[int] = []
+    crashes: list[str] = []
+
+    async def flaky() -> None:
+        runs.append(len(runs))
+        if len(runs) < 3:
+            raise ConnectionError(f"broker gone {len(runs)}")
+
+    asyncio.run(keep_running(flaky, lambda exc: crashes.append(str(exc)), backoff_s=0.0))
+    assert runs == [0, 1, 2] and crashes == ["broker gone 1", "broker gone 2"]
