@@ -38,15 +38,16 @@ def format_level(result: LevelResult, m: int) -> str:
             continue
         best = result.best[target]
         lines.append(f"  target {target} ({result.counts[target]:,} moments; best non-LM method: {best})")
-        lines.append(f"    {'method':36} {'hit@' + str(m):>7} {'95% CI':>13} {'unseen':>7} {'rare':>7} {'common':>7} "
-                     f"{'cover':>6} {'entropy':>7} {'JSD':>6} {'offered':>7}  vs best (won/lost, p)")
+        width = max(36, *(len(name) for name in result.methods))
+        lines.append(f"    {'method':{width}} {'hit@' + str(m):>7} {'95% CI':>13} {'unseen':>7} {'rare':>7} "
+                     f"{'common':>7} {'cover':>6} {'entropy':>7} {'JSD':>6} {'offered':>7}  vs best (won/lost, p)")
         for name, r in result.methods.items():
             row = r.rows[target]
             lo, hi = row["ci95"]
             by = row["by_context"]
             vs = row.get("vs_best")
             versus = f"+{vs['won']} / -{vs['lost']}, p = {vs['p']:.3g}" if vs else ""
-            lines.append(f"    {name[:36]:36} {_f(row['hit']):>7} {_f(lo) + '-' + _f(hi):>13} {_f(by['unseen']):>7} "
+            lines.append(f"    {name:{width}} {_f(row['hit']):>7} {_f(lo) + '-' + _f(hi):>13} {_f(by['unseen']):>7} "
                          f"{_f(by['rare']):>7} {_f(by['common']):>7} {row['coverage']:>6.3f} "
                          f"{row['entropy_bits']:>7.2f} {row['jsd_bits']:>6.3f} {_f(row['offered_per_user'], '.1f'):>7}"
                          f"  {versus}")
