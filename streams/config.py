@@ -16,9 +16,26 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from streams.inference.tls import TritonTLS
+from streams.kafka_security import KafkaSecurity
 
-def _setting(default: Any, help: str, env: str | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "env": env})
+
+def _setting(default: Any, help: str, env: str | None = None, secret: bool = False) -> Any:
+    """A setting: its default, its help line, its environment variable (default EXPLORE_<NAME>);
+    a secret one stays out of the config's repr, so it never reaches a log line or a traceback."""
+    return field(default=default, repr=not secret, metadata={"help": help, "env": env})
+
+
+def _parse_bool(value: Any) -> bool:
+    """A boolean setting from a config file (a bool) or the environment (text: true/false, 1/0, yes/no)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{value!r} is not a boolean (true/false)")
 
 
 @dataclass(frozen=True)
@@ -64,6 +81,34 @@ class EngineConfig:
                                        "asks the worker that holds the user); empty: http://WEB_HOST:WEB_PORT, "
                                        "or this host's address when WEB_HOST binds every interface")
     threads: int = _setting(1, "onnxruntime threads of the in-process fallback")
+    kafka_security_protocol: str = _setting("PLAINTEXT", "how every Kafka client connects: PLAINTEXT, SSL, "
+                                                         "SASL_PLAINTEXT or SASL_SSL", "KAFKA_SECURITY_PROTOCOL")
+    kafka_sasl_mechanism: str = _setting("PLAIN", "SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+                                         "KAFKA_SASL_MECHANISM")
+    kafka_sasl_username: str = _setting("", "SASL user name", "KAFKA_SASL_USERNAME")
+    kafka_sasl_password: str = _setting("", "SASL password", "KAFKA_SASL_PASSWORD", secret=True)
+    kafka_ssl_cafile: str = _setting("", "PEM file of the CA that signed the brokers' certificates "
+                                         "(empty: the system's CAs)", "KAFKA_SSL_CAFILE")
+    kafka_ssl_certfile: str = _setting("", "PEM client certificate, for brokers that ask for one",
+                                       "KAFKA_SSL_CERTFILE")
+    kafka_ssl_keyfile: str = _setting("", "PEM private key of the client certificate", "KAFKA_SSL_KEYFILE")
+    kafka_ssl_check_hostname: bool = _setting(True, "check that a broker's certificate names the host dialled",
+                                              "KAFKA_SSL_CHECK_HOSTNAME")
+    replication_factor: int = _setting(0, "replicas of each topic the engine creates; 0: as many brokers as the "
+                                          "cluster has, at most 3")
+    min_insync_replicas: int = _setting(0, "min.insync.replicas of the topics the engine creates (a write needs "
+                                           "this many replicas); 0: replication_factor - 1, at least 1")
+    triton_ssl: bool = _setting(False, "TLS for Triton's gRPC (the server runs with --grpc-use-ssl)", "TRITON_SSL")
+    triton_ssl_root_certs: str = _setting("", "PEM CA file that signed Triton's certificate (empty: the system's)",
+                                          "TRITON_SSL_ROOT_CERTS")
+    triton_ssl_certfile: str = _setting("", "PEM client certificate for Triton (--grpc-use-mutual-auth)",
+                                        "TRITON_SSL_CERTFILE")
+    triton_ssl_keyfile: str = _setting("", "PEM private key of that client certificate", "TRITON_SSL_KEYFILE")
+    web_token: str = _setting("", "bearer token that /users/{id} and /live require (workers send it to each "
+                                  "other); empty: no token", secret=True)
+    key_partitioner: str = _setting("murmur2", "how producers of the interactions topic partition by key: murmur2 "
+                                               "(Java, kafka-python, aiokafka) or crc32 (librdkafka's default); "
+                                               "/users/{id} asks the worker that owns the key's partition")
 
     @classmethod
     def env_name(cls, name: str) -> str:
@@ -95,7 +140,7 @@ class EngineConfig:
         for name, value in values.items():
             kind = type(known[name].default)
             try:
-                typed[name] = kind(value)
+                typed[name] = _parse_bool(value) if kind is bool else kind(value)
             except (TypeError, ValueError):
                 raise ValueError(f"setting {name} ({self.env_name(name)}): {value!r} "
                                  f"is not a {kind.__name__}") from None
@@ -112,6 +157,32 @@ class EngineConfig:
             raise ValueError(f"setting user_ttl_s must be 0 (never) or more, got {self.user_ttl_s}")
         if self.store not in ("memory://", "rocksdb://"):
             raise ValueError(f"setting store must be memory:// or rocksdb://, got {self.store!r}")
+        if self.replication_factor < 0 or self.min_insync_replicas < 0:
+            raise ValueError("settings replication_factor and min_insync_replicas must be 0 (automatic) or more")
+        if self.replication_factor and self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"setting min_insync_replicas ({self.min_insync_replicas}) cannot exceed "
+                             f"replication_factor ({self.replication_factor}): no write could succeed")
+        if self.key_partitioner not in ("murmur2", "crc32"):
+            raise ValueError(f"setting key_partitioner must be murmur2 or crc32, got {self.key_partitioner!r}")
+        if (self.triton_ssl_root_certs or self.triton_ssl_certfile or self.triton_ssl_keyfile) and not self.triton_ssl:
+            raise ValueError("Triton TLS files are set but triton_ssl (TRITON_SSL) is off")
+        self.kafka_security()  # its own checks: protocol, mechanism, credentials, files
+        self.triton_tls()
+
+    def kafka_security(self) -> KafkaSecurity:
+        """How every Kafka client of the engine and its commands connects."""
+        try:
+            return KafkaSecurity(self.kafka_security_protocol, self.kafka_sasl_mechanism, self.kafka_sasl_username,
+                                 self.kafka_sasl_password, self.kafka_ssl_cafile, self.kafka_ssl_certfile,
+                                 self.kafka_ssl_keyfile, self.kafka_ssl_check_hostname)
+        except ValueError as e:
+            raise ValueError(f"Kafka security settings (kafka_*, KAFKA_*): {e}") from None
+
+    def triton_tls(self) -> TritonTLS | None:
+        """TLS for the Triton gRPC client, or None for a plaintext channel."""
+        if not self.triton_ssl:
+            return None
+        return TritonTLS(self.triton_ssl_root_certs, self.triton_ssl_certfile, self.triton_ssl_keyfile)
 
     def canonical_url(self) -> str:
         """Where other workers reach this worker's web server (Faust's `canonical_url`).

@@ -28,6 +28,7 @@ import faust
 from faust.streams import _current_event
 from faust.types import TP
 
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.metrics import Metrics
 
 
@@ -189,7 +190,7 @@ class _StandIn:
 
 
 async def _offsets(bootstrap: str, topic: str, partitions: Sequence[int], end: bool,
-                   timeout_s: float | None) -> dict[int, int]:
+                   timeout_s: float | None, security: KafkaSecurity = PLAINTEXT) -> dict[int, int]:
     """First (or end) offsets of `partitions`, from a client of our own (no group).
 
     Asking Faust's consumer (`consumer.earliest_offsets`) from the agent hung the worker for
@@ -201,7 +202,8 @@ async def _offsets(bootstrap: str, topic: str, partitions: Sequence[int], end: b
     def bounded(aw):  # type: ignore[no-untyped-def]
         return aw if timeout_s is None else asyncio.wait_for(aw, timeout_s)
 
-    client = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    client = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                              **security.client_kwargs())
     await bounded(client.start())
     try:
         tps = [AioTP(topic, p) for p in partitions]
@@ -218,8 +220,10 @@ class InputDelivery:
     input); `order` and `guard` are the `PartitionOrder` and `AckGuard` the agent applies through.
     """
 
-    def __init__(self, bootstrap: str, topic: str, positions: faust.Table, metrics: Metrics, log) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, bootstrap: str, topic: str, positions: faust.Table, metrics: Metrics, log,  # type: ignore[no-untyped-def]
+                 security: KafkaSecurity = PLAINTEXT) -> None:
         self.bootstrap, self.topic, self.positions, self.metrics, self.log = bootstrap, topic, positions, metrics, log
+        self.security = security
         self.order = PartitionOrder()
         self.guard = AckGuard(topic, metrics)
         self.last_offset: dict[int, int] = {}  # newest offset acked per partition, for the lag
@@ -233,7 +237,8 @@ class InputDelivery:
         last = self._last_applied(partition)
         if last is not None:
             return last + 1
-        first = (await _offsets(self.bootstrap, self.topic, [partition], end=False, timeout_s=30))[partition]
+        first = (await _offsets(self.bootstrap, self.topic, [partition], end=False, timeout_s=30,
+                                security=self.security))[partition]
         self.log.info(f"partition {partition}: nothing applied yet, starting at its first offset {first}")
         return first
 
@@ -284,7 +289,8 @@ class InputDelivery:
         """The partitions among `partitions` whose records wait past where they continue: partition ->
         that offset (the next to apply, else `start_offset`: on a topic whose head retention removed,
         offset 0 would be out of range)."""
-        ends = await _offsets(self.bootstrap, self.topic, partitions, end=True, timeout_s=None)
+        ends = await _offsets(self.bootstrap, self.topic, partitions, end=True, timeout_s=None,
+                              security=self.security)
         seeks = {}
         for p in partitions:
             nxt = self.order.next.get(p)

@@ -80,7 +80,8 @@ class Engine:
         self.max_len = int(self.models.seqrec_meta["max_len"])
         self.router = ModelRouter(cfg.triton_url, self.models.local_models(cfg.threads), cfg.triton_timeout_s,
                                   cfg.triton_retries, cfg.triton_retry_after_s, self.metrics.observe_call,
-                                  lambda up: self.metrics.triton_up.set(1 if up else 0), self.models.max_batch)
+                                  lambda up: self.metrics.triton_up.set(1 if up else 0), self.models.max_batch,
+                                  tls=cfg.triton_tls())
         self.table: dict[bytes, tuple[list[int], list[float]]] = {}
 
     # -- the novelty table -------------------------------------------------------------------

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import faust
 
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
+
 
 def make_app(app_id: str, bootstrap: str, data_dir: Path, web_port: int | None = None,
-             fetch_max_wait_ms: int = 100, **settings: object) -> faust.App:
-    """A Faust app on `bootstrap` with quick group joins, short fetch waits, its data under `data_dir`."""
+             fetch_max_wait_ms: int = 100, security: KafkaSecurity = PLAINTEXT, **settings: object) -> faust.App:
+    """A Faust app on `bootstrap` with quick group joins, short fetch waits, its data under `data_dir`,
+    connecting as `security` says, and none of Faust's own web pages (`FAUST_PAGES_OFF`)."""
     defaults: dict[str, object] = {
         "broker": f"kafka://{bootstrap}",
         "datadir": str(data_dir),
@@ -30,11 +33,23 @@ def make_app(app_id: str, bootstrap: str, data_dir: Path, web_port: int | None =
         "web_port": web_port or 6066,
         "web_bind": "127.0.0.1",
         "web_host": "127.0.0.1",
+        **FAUST_PAGES_OFF,
+        **security.faust_settings(),
     }
     defaults.update(settings)
     app = faust.App(app_id, **defaults)
     app.transport = transport_class(fetch_max_wait_ms)(app.conf.broker_consumer, app)
     return app
+
+
+# Faust serves pages of its own next to the engine's: /router/ (every worker's URL and partitions),
+# /table/ (any table's keys and values: users' state, unauthenticated), and with `debug` /graph
+# and statistics at /. The engine answers what it means to publish itself (/users/{id} with its
+# token, /metrics, /health, /ready, /live); Faust's are turned off. `app.router` (Python) keeps
+# working without its pages.
+FAUST_PAGES_OFF: dict[str, object] = {"web_router_enabled": False, "web_tables_enabled": False,
+                                      "web_graph_enabled": False, "web_stats_enabled": False,
+                                      "web_metrics_enabled": False}
 
 
 def transport_class(fetch_max_wait_ms: int) -> type:

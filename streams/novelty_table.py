@@ -12,6 +12,8 @@ import json
 import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
+
 
 def context_key(context: Sequence[int]) -> bytes:
     """The table's key for a context (cluster ids, most recent last): the engine's lookups and fills
@@ -72,16 +74,19 @@ async def keep_running(task: Callable[[], Awaitable[None]], on_crash: Callable[[
         await asyncio.sleep(backoff_s)
 
 
-def publish_table(bootstrap: str, topic: str, rows: Iterable[dict]) -> int:
-    """Create the compacted topic if needed and write one record per context; returns the count."""
+def publish_table(bootstrap: str, topic: str, rows: Iterable[dict], security: KafkaSecurity = PLAINTEXT,
+                  replication_factor: int = 0, min_insync_replicas: int = 0) -> int:
+    """Create the compacted topic if needed (replicated as the engine's topics are) and write one record
+    per context; returns the count."""
     if not bootstrap:
         raise ValueError("publishing the novelty table needs a broker: pass --bootstrap or set KAFKA_BOOTSTRAP")
     from kafka import KafkaProducer
 
     from streams.infra.kafka_check import create_topic
 
-    create_topic(bootstrap, topic, partitions=1, compacted=True)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    create_topic(bootstrap, topic, partitions=1, compacted=True, security=security,
+                 replication_factor=replication_factor, min_insync_replicas=min_insync_replicas)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **security.client_kwargs())
     sent = 0
     try:
         for row in rows:

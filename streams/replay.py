@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from interests.datasets import Dataset
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +59,13 @@ def paced(n: int, rate: float) -> Iterator[int]:
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], rate: float = 0.0,
-            progress: bool = True, desc: str = "replay") -> dict[str, float]:
+            progress: bool = True, desc: str = "replay", security: KafkaSecurity = PLAINTEXT) -> dict[str, float]:
     """Send keyed records in order at `rate` per second (0: as fast as possible); returns timings."""
     from kafka import KafkaProducer
     from tqdm import tqdm
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5, batch_size=64 * 1024)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5, batch_size=64 * 1024,
+                             **security.client_kwargs())
     t0 = time.perf_counter()
     try:
         for i in tqdm(paced(len(records), rate), total=len(records), desc=desc, unit="ev", disable=not progress,

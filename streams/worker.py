@@ -30,29 +30,48 @@ from streams.config import EngineConfig
 from streams.delivery import InputDelivery, write_state
 from streams.engine import Engine, RawRecord, user_view
 from streams.faust_app import make_app
+from streams.infra.kafka_check import TopicSpec
 from streams.infra.paths import explore_home
 from streams.live_page import LiveFeed, counters, render_page
 from streams.metrics import Metrics
-from streams.peers import find_user
+from streams.peers import bearer_ok, find_user
 
 TABLES = ("users", "positions")
 
 
+def engine_topics(cfg: EngineConfig) -> list[TopicSpec]:
+    """Every topic a worker uses, with the operations its Kafka user needs on each and why."""
+    read, write, both = frozenset({"READ"}), frozenset({"WRITE"}), frozenset({"READ", "WRITE"})
+    return [
+        TopicSpec(cfg.interactions_topic, cfg.partitions, operations=read, why="the input"),
+        TopicSpec(cfg.dlq_topic, cfg.partitions, operations=write, why="rejected input records go there"),
+        TopicSpec(cfg.recommendations_topic, cfg.partitions, operations=write, why="the slates go there"),
+        TopicSpec(cfg.novelty_topic, 1, compacted=True, operations=both,
+                  why="the novelty table: read whole, live answers written back"),
+        *(TopicSpec(f"{cfg.app_id}-{table}-changelog", cfg.partitions, compacted=True, operations=both,
+                    why=f"the {table} table's changelog") for table in TABLES),
+        # Faust's leader election subscribes to it; created here so that it is replicated like the rest.
+        TopicSpec(f"{cfg.app_id}-__assignor-__leader", 1, operations=read, why="Faust's leader election"),
+    ]
+
+
 def ensure_topics(cfg: EngineConfig, timeout_s: float = 30.0) -> None:
-    """Create the engine's topics (tables' changelogs included) and wait until the broker lists them.
+    """Create the engine's missing topics (tables' changelogs included), wait until the broker lists
+    them, and check that the broker grants this worker's user what it needs on each.
 
     Faust creates changelog topics itself, but subscribes right after: a topic the metadata does
     not show yet is "ignored", and its table is then neither recovered nor writable (seen on
-    Apache Kafka). Creating them before the worker starts removes the race.
+    Apache Kafka). Creating them before the worker starts removes the race. The access check turns
+    a missing ACL into an error at start, naming the topic and operation, instead of a failed send
+    when the first record needs that topic (a DLQ nobody may write is found only by a bad record).
     """
-    from streams.infra.kafka_check import create_topic, wait_for_topics
+    from streams.infra.kafka_check import check_access, create_topics, wait_for_topics
 
-    topics = [(cfg.interactions_topic, False, cfg.partitions), (cfg.dlq_topic, False, cfg.partitions),
-              (cfg.recommendations_topic, False, cfg.partitions), (cfg.novelty_topic, True, 1)]
-    topics += [(f"{cfg.app_id}-{table}-changelog", True, cfg.partitions) for table in TABLES]
-    for name, compacted, partitions in topics:
-        create_topic(cfg.bootstrap, name, partitions=partitions, compacted=compacted)
-    wait_for_topics(cfg.bootstrap, {name: partitions for name, _, partitions in topics}, timeout_s)
+    security = cfg.kafka_security()
+    topics = engine_topics(cfg)
+    create_topics(cfg.bootstrap, topics, security, cfg.replication_factor, cfg.min_insync_replicas)
+    wait_for_topics(cfg.bootstrap, {t.name: t.partitions for t in topics}, timeout_s, security)
+    check_access(cfg.bootstrap, topics, security)
 
 
 def create_app(cfg: EngineConfig) -> faust.App:
@@ -63,7 +82,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
     own_url = cfg.canonical_url()
     app = make_app(cfg.app_id, cfg.bootstrap, data_dir, web_port=cfg.web_port, web_bind=cfg.web_host,
                    web_host=cfg.web_host, canonical_url=own_url, topic_partitions=cfg.partitions,
-                   store=cfg.store, fetch_max_wait_ms=cfg.fetch_max_wait_ms)
+                   store=cfg.store, fetch_max_wait_ms=cfg.fetch_max_wait_ms, security=cfg.kafka_security())
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     interactions = app.topic(cfg.interactions_topic, partitions=cfg.partitions, **raw)
     dlq = app.topic(cfg.dlq_topic, **raw)
@@ -73,7 +92,8 @@ def create_app(cfg: EngineConfig) -> faust.App:
     positions = app.Table("positions", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
     app.engine, app.metrics = engine, metrics  # type: ignore[attr-defined]
     status: dict = {"table_loaded": False, "processing": False, "last_batch": 0.0}
-    delivery = InputDelivery(cfg.bootstrap, cfg.interactions_topic, positions, metrics, app.log)
+    delivery = InputDelivery(cfg.bootstrap, cfg.interactions_topic, positions, metrics, app.log,
+                             security=cfg.kafka_security())
     live = LiveFeed()  # the latest slates, for GET /live
     titles = dict(zip(engine.catalog.item_ids, engine.catalog.item_titles, strict=True))
     trace = os.environ.get("EXPLORE_TRACE_BATCHES") == "1"  # log every batch's offsets (debugging delivery)
@@ -84,7 +104,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False, group_id=None,
-                                    fetch_max_wait_ms=200)
+                                    fetch_max_wait_ms=200, **cfg.kafka_security().client_kwargs())
         await consumer.start()
         try:
             parts = consumer.partitions_for_topic(cfg.novelty_topic) or {0}
@@ -155,8 +175,16 @@ def create_app(cfg: EngineConfig) -> faust.App:
 
     @app.page("/health")
     async def health(web: Web, request: Request) -> Response:
-        return web.json({"status": "ok", "triton": "up" if engine.router.triton_up else "fallback",
-                         "triton_error": engine.router.last_error})
+        """Alive, and which path serves the models; the error behind a fallback is in the log, not
+        here (its text can name internal hosts, and this page is open to any prober)."""
+        return web.json({"status": "ok", "triton": "up" if engine.router.triton_up else "fallback"})
+
+    def refused(web: Web, request: Request) -> Response | None:
+        """401 unless the request carries the web token (pages that show users' data)."""
+        if bearer_ok(request.headers.get("Authorization"), cfg.web_token):
+            return None
+        return web.json({"error": "this page needs the worker's web token: Authorization: Bearer TOKEN"},
+                        status=401, headers={"WWW-Authenticate": 'Bearer realm="interest-explorer"'})
 
     @app.page("/ready")
     async def ready(web: Web, request: Request) -> Response:
@@ -168,6 +196,9 @@ def create_app(cfg: EngineConfig) -> faust.App:
     @app.page("/live")
     async def live_view(web: Web, request: Request) -> Response:
         """The latest slates and counters as a self-refreshing HTML page (`?users=a,b` pins users)."""
+        denied = refused(web, request)
+        if denied is not None:
+            return denied
         pinned = [u for u in request.query.get("users", "").split(",") if u]
         return web.html(render_page(live, counters(metrics.registry), titles, pinned, own_url))
 
@@ -176,8 +207,12 @@ def create_app(cfg: EngineConfig) -> faust.App:
         """A user's state and last slate, from whichever worker holds it (`?local=1`: this one only)."""
 
         async def get(self, request: Request, user_id: str) -> Response:
+            denied = refused(self.web, request)
+            if denied is not None:
+                return denied
             body, code = await find_user(app, users, cfg.interactions_topic, own_url, user_id,
-                                         bool(request.query.get("local")), lambda state: user_view(state, engine))
+                                         bool(request.query.get("local")), lambda state: user_view(state, engine),
+                                         cfg.partitions, cfg.key_partitioner, cfg.web_token)
             return self.json(body, status=code)
 
     @app.timer(5.0)

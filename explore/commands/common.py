@@ -14,9 +14,24 @@ environment:
                       embedded broker
   TRITON_URL          use this Triton server (gRPC host:port) instead of starting the embedded
                       tritonserver; TRITON_HTTP_URL and TRITON_METRICS_URL are optional
+  KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*, TRITON_SSL*
+                      how to connect to a secured Kafka and Triton (`explore serve --help`
+                      lists every setting)
   EXPLORE_HOME        caches and state (default ~/.cache/interest-explorer): Apache Kafka jars,
                       `explore infra up` state and logs
 """
+
+
+def engine_settings():  # type: ignore[no-untyped-def]
+    """The engine's settings from the environment (and $EXPLORE_CONFIG), for the commands beside the
+    worker that talk to its Kafka or Triton (`replay`, `novelty precompute --publish`, `infra check`):
+    they connect with the worker's security settings and create topics replicated as its are."""
+    from streams.config import EngineConfig
+
+    try:
+        return EngineConfig.load()
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def add_dataset_args(p: argparse.ArgumentParser) -> None:

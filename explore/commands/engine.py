@@ -66,13 +66,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {e}") from None
     from faust.worker import Worker
 
+    from streams.infra.kafka_check import KafkaAccessError
     from streams.worker import create_app, ensure_topics
 
     try:
         cfg.canonical_url()  # a wildcard bind on a host whose name does not resolve: say so before starting
-    except ValueError as e:
+        ensure_topics(cfg)  # also the first contact with Kafka: credentials, TLS and ACLs are checked here
+    except (ValueError, KafkaAccessError) as e:
         raise SystemExit(f"error: {e}") from None
-    ensure_topics(cfg)
     app = create_app(cfg)
     print(f"engine worker {cfg.app_id}: {cfg.interactions_topic} -> {cfg.recommendations_topic} on {cfg.bootstrap}; "
           f"Triton {cfg.triton_url or '(none: in-process onnxruntime)'}; http://{cfg.web_host}:{cfg.web_port}/metrics",
@@ -83,9 +84,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """A dataset's interactions to the interactions topic, in time order, at a rate."""
-    from streams.infra.kafka_check import create_topic
+    from explore.commands.common import engine_settings
+    from streams.infra.kafka_check import KafkaAccessError, create_topic
     from streams.replay import dataset_events, produce
 
+    cfg = engine_settings()
     bootstrap = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP")
     if not bootstrap:
         raise SystemExit("error: pass --bootstrap HOST:PORT or set KAFKA_BOOTSTRAP")
@@ -93,9 +96,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     events = dataset_events(ds, args.start_fraction)
     if args.limit:
         events = events[: args.limit]
-    create_topic(bootstrap, args.topic, partitions=args.partitions)
+    try:
+        create_topic(bootstrap, args.topic, partitions=args.partitions, security=cfg.kafka_security(),
+                     replication_factor=cfg.replication_factor, min_insync_replicas=cfg.min_insync_replicas)
+    except KafkaAccessError as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"replaying {len(events):,} interactions of {ds.name} to {args.topic} on {bootstrap}"
           + (f" at {args.rate:,.0f}/s" if args.rate else " as fast as possible"), flush=True)
-    timing = produce(bootstrap, args.topic, [e.encode() for e in events], rate=args.rate, progress=not args.quiet)
+    timing = produce(bootstrap, args.topic, [e.encode() for e in events], rate=args.rate, progress=not args.quiet,
+                     security=cfg.kafka_security())
     print(f"sent {timing['records']:,} records in {timing['seconds']:.1f} s ({timing['rate']:,.0f}/s)")
     return 0

@@ -93,17 +93,23 @@ def cmd_infra_check(args: argparse.Namespace) -> int:
 
 def _round_trips(ends, repo: Path | None) -> int:  # type: ignore[no-untyped-def]
     """Kafka produce/consume and Triton gRPC/HTTP/metrics against what runs; print what was measured."""
-    from streams.infra.kafka_check import kafka_round_trip
+    from explore.commands.common import engine_settings
+    from streams.infra.kafka_check import KafkaAccessError, kafka_round_trip
     from streams.infra.triton_check import triton_round_trip
 
-    k = kafka_round_trip(ends.kafka_bootstrap)
+    cfg = engine_settings()
+    try:
+        k = kafka_round_trip(ends.kafka_bootstrap, security=cfg.kafka_security())
+    except KafkaAccessError as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"Kafka  {ends.kafka_bootstrap}: {int(k['records'])} records produced in {k['produce_s'] * 1000:.0f} ms, "
           f"read back in order in {k['consume_s'] * 1000:.0f} ms")
     onnx_path = repo / "tiny_linear" / "1" / "model.onnx" if repo else None
     if onnx_path is None or not onnx_path.is_file():
         print(f"Triton {ends.triton_grpc}: ready (no tiny_linear model here to round-trip)")
         return 0
-    t = triton_round_trip(ends.triton_grpc, ends.triton_http, onnx_path, metrics_url=ends.triton_metrics)
+    t = triton_round_trip(ends.triton_grpc, ends.triton_http, onnx_path, metrics_url=ends.triton_metrics,
+                          tls=cfg.triton_tls())
     parts = [f"gRPC {t['grpc_ms']:.1f} ms"]
     if "http_ms" in t:
         parts.append(f"HTTP {t['http_ms']:.1f} ms")

@@ -325,9 +325,12 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
           f"{max(args.beam, args.top)}, {how}, prior alpha {0 if prior is None else lm.meta['prior']['alpha']:g}); "
           f"table: {out}")
     if args.publish:
+        from explore.commands.common import engine_settings
         from streams.novelty_table import publish_table
 
-        sent = publish_table(args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP", ""), args.topic, rows)
+        cfg = engine_settings()
+        sent = publish_table(args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP", ""), args.topic, rows,
+                             cfg.kafka_security(), cfg.replication_factor, cfg.min_insync_replicas)
         print(f"published {sent:,} records to the compacted topic {args.topic!r}")
     return 0
 

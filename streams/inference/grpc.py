@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from streams.inference.tls import TritonTLS, grpc_client_kwargs
+
 
 class GrpcModel:
     """Named numpy inputs -> named numpy outputs of `model` on the Triton server at `url`."""
 
-    def __init__(self, url: str, model: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, model: str, timeout_s: float = 5.0, tls: TritonTLS | None = None) -> None:
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import np_to_triton_dtype
 
         self._grpc, self._dtype = grpcclient, np_to_triton_dtype
-        self.client = grpcclient.InferenceServerClient(url=url)
+        self.client = grpcclient.InferenceServerClient(url=url, **grpc_client_kwargs(tls))
         self.model, self.timeout_s = model, timeout_s
 
     def infer(self, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:

@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
+
+from streams.inference.tls import TritonTLS, grpc_client_kwargs
+
+log = logging.getLogger(__name__)
 
 LocalModel = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -51,8 +56,8 @@ class ModelRouter:
     def __init__(self, url: str, local: dict[str, LocalModel], timeout_s: float = 2.0, retries: int = 1,
                  retry_after_s: float = 5.0, on_call: CallObserver | None = None,
                  on_state: Callable[[bool], None] | None = None,
-                 max_batch: dict[str, int | None] | None = None) -> None:
-        self.url, self.local = url, local
+                 max_batch: dict[str, int | None] | None = None, tls: TritonTLS | None = None) -> None:
+        self.url, self.local, self.tls = url, local, tls
         self.max_batch = max_batch or {}
         self.timeout_s, self.retries, self.retry_after_s = timeout_s, retries, retry_after_s
         self.on_call = on_call or (lambda *a: None)
@@ -69,7 +74,7 @@ class ModelRouter:
         if self.client is None:
             import tritonclient.grpc.aio as grpcaio
 
-            self.client = grpcaio.InferenceServerClient(url=self.url)
+            self.client = grpcaio.InferenceServerClient(url=self.url, **grpc_client_kwargs(self.tls))
         return self.client
 
     async def _triton(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
@@ -119,6 +124,8 @@ class ModelRouter:
                 return arrays, "triton"
             self.down_until = time.monotonic() + self.retry_after_s
             self.on_state(False)
+            log.warning(f"Triton at {self.url} failed ({self.last_error}); serving {model} and the rest from "
+                        f"the in-process models for {self.retry_after_s:.0f} s")
         return await self._local(model, inputs)
 
     async def _local(self, model: str, inputs: dict[str, np.ndarray]) -> tuple[list[np.ndarray], str]:

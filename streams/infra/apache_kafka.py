@@ -20,11 +20,13 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from streams.infra.kafka_check import kafka_ready
 from streams.infra.paths import explore_home
 from streams.infra.process import InfraError, ManagedProcess, ProcessService, free_port, require_free_port
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 
 DEFAULT_VERSION = "4.1.1"
 _HERE = Path(__file__).resolve().parent
@@ -81,17 +83,77 @@ def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def server_properties(work_dir: Path, port: int, controller_port: int) -> str:
-    """A single-node KRaft configuration tuned for tests: quick group joins, small internal topics."""
+@dataclass(frozen=True)
+class SaslSslListener:
+    """A secured client listener: SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) over TLS, with ACLs.
+
+    `keystore` is one PEM file with the broker's private key (PKCS#8, unencrypted) and its
+    certificate chain; `cafile` the CA that signed it (the broker's own inter-broker client checks
+    it too). Every user in `users` can log in with each mechanism (PLAIN from the JAAS line, SCRAM
+    from credentials written when the storage is formatted). `admin` is a super user and the
+    broker's own identity; everyone else is allowed only what ACLs grant.
+    """
+
+    keystore: Path
+    cafile: Path
+    users: dict[str, str] = field(default_factory=dict)  # name -> password (no spaces, quotes or commas)
+    admin: str = "admin"
+
+    def client_security(self, user: str, mechanism: str = "PLAIN") -> KafkaSecurity:
+        """How `user` connects to this listener."""
+        return KafkaSecurity("SASL_SSL", mechanism, user, self.users[user], ssl_cafile=str(self.cafile))
+
+    def properties(self, port: int, controller_port: int) -> list[str]:
+        """The listener, SASL, TLS and authorizer lines of server.properties."""
+        plain_users = " ".join(f'user_{name}="{password}"' for name, password in self.users.items())
+        admin_password = self.users[self.admin]
+        return [
+            f"listeners=SASL_SSL://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=SASL_SSL://127.0.0.1:{port}",
+            "inter.broker.listener.name=SASL_SSL",
+            "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+            "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol=PLAIN",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule "
+            f'required username="{self.admin}" password="{admin_password}" {plain_users};',
+            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={self.keystore}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={self.cafile}",
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            # ANONYMOUS is the broker itself on the plaintext controller listener (loopback, KRaft only).
+            f"super.users=User:{self.admin};User:ANONYMOUS",
+        ]
+
+    def scram_arguments(self) -> list[str]:
+        """`kafka-storage format` arguments that store every user's SCRAM credentials."""
+        return [arg for name, password in self.users.items() for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+                for arg in ("--add-scram", f"{mechanism}=[name={name},password={password}]")]
+
+
+def server_properties(work_dir: Path, port: int, controller_port: int,
+                      secured: SaslSslListener | None = None) -> str:
+    """A single-node KRaft configuration tuned for tests: quick group joins, small internal topics;
+    with `secured`, the client listener is SASL_SSL with ACLs instead of PLAINTEXT."""
+    if secured is None:
+        listener = [
+            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        ]
+    else:
+        listener = secured.properties(port, controller_port)
     return "\n".join([
         "process.roles=broker,controller",
         "node.id=1",
         f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
-        f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
         "controller.listener.names=CONTROLLER",
-        "inter.broker.listener.name=PLAINTEXT",
-        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        *listener,
         f"log.dirs={work_dir / 'data'}",
         "num.partitions=1",
         "auto.create.topics.enable=true",
@@ -116,7 +178,7 @@ class ApacheKafka(ProcessService):
     stop_grace_s = 30.0  # a controlled shutdown, then SIGKILL
 
     def __init__(self, work_dir: Path, port: int | None = None, version: str = DEFAULT_VERSION,
-                 detached: bool = False, heap_mb: int = 768) -> None:
+                 detached: bool = False, heap_mb: int = 768, secured: SaslSslListener | None = None) -> None:
         if port is not None:
             require_free_port(port, "Apache Kafka")
         if java_major_version() < 17:
@@ -128,7 +190,10 @@ class ApacheKafka(ProcessService):
         self.work_dir = Path(work_dir)
         self.heap_mb = heap_mb
         self.detached = detached
-        self.what = f"Apache Kafka {version}"
+        self.secured = secured
+        # How this object's own readiness probe connects: as the admin on a secured listener.
+        self.security = secured.client_security(secured.admin) if secured else PLAINTEXT
+        self.what = f"Apache Kafka {version}" + (" (SASL_SSL, ACLs)" if secured else "")
         self.process: ManagedProcess | None = None
 
     @property
@@ -144,9 +209,10 @@ class ApacheKafka(ProcessService):
         libs = kafka_libs(self.version)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         props = self.work_dir / "server.properties"
-        props.write_text(server_properties(self.work_dir, self.port, self.controller_port))
+        props.write_text(server_properties(self.work_dir, self.port, self.controller_port, self.secured))
+        scram = self.secured.scram_arguments() if self.secured else []
         fmt = subprocess.run(self._java(libs, "kafka.tools.StorageTool", "format", "--ignore-formatted",
-                                        "-t", _cluster_id(), "-c", str(props)),
+                                        "-t", _cluster_id(), "-c", str(props), *scram),
                              capture_output=True, text=True, check=False)
         if fmt.returncode != 0:
             raise InfraError(f"Formatting Kafka storage in {self.work_dir} failed:\n{fmt.stdout}{fmt.stderr}")
@@ -156,7 +222,7 @@ class ApacheKafka(ProcessService):
         return self
 
     def ready(self) -> bool:
-        return kafka_ready(self.bootstrap)
+        return kafka_ready(self.bootstrap, security=self.security)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,12 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
+from streams.inference.tls import TritonTLS
 
-def infer_grpc(url: str, model: str, x: np.ndarray, timeout_s: float = 10.0) -> np.ndarray:
-    """Run `model` on input `x` over gRPC and return output `y`."""
+
+def infer_grpc(url: str, model: str, x: np.ndarray, timeout_s: float = 10.0,
+               tls: TritonTLS | None = None) -> np.ndarray:
+    """Run `model` on input `x` over gRPC (TLS when `tls` is given) and return output `y`."""
     from streams.inference.grpc import GrpcModel
 
-    client = GrpcModel(url, model, timeout_s)
+    client = GrpcModel(url, model, timeout_s, tls=tls)
     try:
         return client.infer({"x": x}, ["y"])[0]
     finally:
@@ -56,7 +59,8 @@ def scrape_metrics(metrics_url: str, timeout_s: float = 5.0) -> dict[str, list[t
 
 
 def triton_round_trip(grpc_url: str, http_url: str | None, onnx_path: Path, model: str = "tiny_linear",
-                      batch: int = 8, seed: int = 1, metrics_url: str | None = None) -> dict[str, float]:
+                      batch: int = 8, seed: int = 1, metrics_url: str | None = None,
+                      tls: TritonTLS | None = None) -> dict[str, float]:
     """Ask `model` over gRPC (and HTTP) and check the answers against onnxruntime in-process.
 
     Raises AssertionError with the largest difference when they disagree; returns timings and the
@@ -66,7 +70,7 @@ def triton_round_trip(grpc_url: str, http_url: str | None, onnx_path: Path, mode
     want = infer_onnxruntime(onnx_path, x)
     out: dict[str, float] = {}
     t0 = time.perf_counter()
-    got = infer_grpc(grpc_url, model, x)
+    got = infer_grpc(grpc_url, model, x, tls=tls)
     out["grpc_ms"] = (time.perf_counter() - t0) * 1000
     _assert_close(got, want, "gRPC")
     if http_url:

@@ -140,16 +140,37 @@ def test_config_layers_and_errors(tmp_path) -> None:  # type: ignore[no-untyped-
     assert "EXPLORE_SLATE_MAX_AGE_S" in describe()
 
 
-def test_user_requests_ask_the_owner_first_then_every_other_worker_never_themselves() -> None:
-    from streams.peers import peers_to_ask, url_ident
+def test_a_user_request_goes_to_the_one_worker_that_owns_the_key() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
 
-    workers = ["http://10.0.0.3:6066", "http://10.0.0.1:6066/", "http://10.0.0.2:6066"]
+    from streams.peers import partition_for, partition_owner, url_ident
+
     assert url_ident("http://h:1/") == url_ident("http://h:1") == ("h", 1)
-    assert peers_to_ask("http://10.0.0.1:6066", "http://10.0.0.3:6066", workers) == [
-        "http://10.0.0.3:6066", "http://10.0.0.2:6066"]
-    # Before any assignment there is no owner; a worker alone has nobody to ask.
-    assert peers_to_ask("http://10.0.0.1:6066", None, workers) == ["http://10.0.0.2:6066", "http://10.0.0.3:6066"]
-    assert peers_to_ask("http://10.0.0.1:6066/", "http://10.0.0.1:6066", ["http://10.0.0.1:6066"]) == []
+    # murmur2 as the Java client, kafka-python and aiokafka (checked against aiokafka's own code) do it.
+    aiokafka_partition = DefaultPartitioner()
+    for user in ("u1", "u00250", "ß-user", "x" * 40):
+        key = user.encode()
+        assert partition_for(key, 8) == aiokafka_partition(key, list(range(8)), list(range(8)))
+    assert partition_for(b"u1", 8, "crc32") == 1112514422 % 8  # zlib.crc32(b"u1"): librdkafka's default
+    with pytest.raises(ValueError, match="murmur2 or crc32"):
+        partition_for(b"u1", 8, "random")
+    distribution = {"http://10.0.0.1:6066/": {"app-users-changelog": [0, 2], "app-positions-changelog": [0, 2]},
+                    "http://10.0.0.2:6066": {"app-users-changelog": [1, 3]}}
+    assert partition_owner(distribution, "app-users-changelog", 2) == "http://10.0.0.1:6066"
+    assert partition_owner(distribution, "app-users-changelog", 3) == "http://10.0.0.2:6066"
+    assert partition_owner(distribution, "app-users-changelog", 4) is None  # not assigned yet
+    assert partition_owner(distribution, "other-topic", 0) is None
+
+
+def test_the_web_token_is_checked_as_a_bearer_token() -> None:
+    from streams.peers import auth_headers, bearer_ok
+
+    assert bearer_ok(None, "") and bearer_ok("Bearer anything", "")  # no token set: open
+    assert bearer_ok("Bearer s3cret", "s3cret") and bearer_ok("bearer s3cret", "s3cret")
+    assert not bearer_ok(None, "s3cret")
+    assert not bearer_ok("Bearer s3cre", "s3cret")
+    assert not bearer_ok("Basic s3cret", "s3cret")
+    assert bearer_ok(auth_headers("s3cret")["Authorization"], "s3cret") and auth_headers("") == {}
 
 
 def test_the_advertised_url_is_dialable() -> None:
