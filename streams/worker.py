@@ -27,14 +27,16 @@ from faust.types import TP
 from faust.web import Request, Response, View, Web
 
 from streams.config import EngineConfig
-from streams.delivery import InputDelivery, write_state
+from streams.delivery import InputDelivery, delete_state, write_state
 from streams.engine import Engine, RawRecord, user_view
 from streams.faust_app import make_app
 from streams.infra.kafka_check import TopicSpec
 from streams.infra.paths import explore_home
 from streams.live_page import LiveFeed, counters, render_page
 from streams.metrics import Metrics
+from streams.novelty_table import keep_running
 from streams.peers import bearer_ok, find_user
+from streams.state import expired_users
 
 TABLES = ("users", "positions")
 
@@ -100,13 +102,21 @@ def create_app(cfg: EngineConfig) -> faust.App:
 
     @app.task
     async def follow_novelty_table() -> None:
-        """Keep the whole compacted novelty topic in memory: the global table every worker reads."""
+        """Keep the whole compacted novelty topic in memory: the global table every worker reads; a
+        crash (a broker error) starts the follower again, from the topic's beginning."""
+        def crashed(exc: Exception) -> None:
+            metrics.task_restarts.labels("novelty_table").inc()
+            app.log.error(f"the novelty-table follower crashed ({type(exc).__name__}: {exc}); starting it again")
+
+        await keep_running(read_novelty_table, crashed, backoff_s=1.0)
+
+    async def read_novelty_table() -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False, group_id=None,
                                     fetch_max_wait_ms=200, **cfg.kafka_security().client_kwargs())
-        await consumer.start()
         try:
+            await consumer.start()
             parts = consumer.partitions_for_topic(cfg.novelty_topic) or {0}
             tps = [TopicPartition(cfg.novelty_topic, p) for p in parts]
             consumer.assign(tps)
@@ -214,6 +224,18 @@ def create_app(cfg: EngineConfig) -> faust.App:
                                          bool(request.query.get("local")), lambda state: user_view(state, engine),
                                          cfg.partitions, cfg.key_partitioner, cfg.web_token)
             return self.json(body, status=code)
+
+    if cfg.user_ttl_s > 0:
+        @app.timer(min(60.0, max(1.0, cfg.user_ttl_s / 10)))
+        async def forget_users() -> None:
+            """Delete users without an event for `user_ttl_s` (a tombstone in their changelog partition)."""
+            if app.rebalancing:
+                return
+            mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == cfg.interactions_topic}
+            gone = expired_users(list(users.items()), time.time(), cfg.user_ttl_s, mine)
+            for user, partition in gone:
+                delete_state(users, user, cfg.interactions_topic, partition)
+            metrics.users_expired.inc(len(gone))
 
     @app.timer(5.0)
     async def refresh_lag() -> None:

@@ -144,3 +144,83 @@ scrape_configs:
             prom.stop()
     assert latency and float(latency[0]["value"][1]) > 0
     assert up and up[0]["value"][1] == "1"
+
+
+def hostile_records(item: str) -> list[tuple[str, bytes | None, bytes]]:
+    """(expected reason, key, value) of records that raised inside the worker, or were accepted, before
+    issue 13; each key (or, keyless, its item of the value) names the record in the DLQ."""
+    good = {**GOOD, "item_id": item}
+
+    def rec(user: str, **fields: object) -> bytes:
+        return json.dumps({**good, "user_id": user, **fields}).encode()
+
+    out: list[tuple[str, bytes | None, bytes]] = []
+    for n in range(3):
+        user = f"hostile-{n}"
+        out += [("bad_json", f"{user}-nested".encode(), b"[" * 2000 + b"]" * 2000),  # RecursionError before
+                ("wrong_type", f"{user}-ts".encode(),
+                 rec(f"{user}-ts").replace(b'"ts": 1000000', b'"ts": ' + b"9" * 400)),
+                ("wrong_type", f"{user}-weight".encode(), rec(f"{user}-weight", weight=10**400)),  # OverflowError
+                ("wrong_type", f"{user}-event-id".encode(), rec(f"{user}-event-id", event_id=10**300)),
+                ("oversized", f"{user}-key-".encode() + b"k" * 300, rec(f"{user}-key-" + "k" * 300)),
+                ("missing_key", None, rec(f"{user}-keyless"))]
+    return out
+
+
+def test_hostile_records_reach_the_dlq_and_cost_no_valid_event(apache_bootstrap: str, triton, seqrec_artifacts,  # type: ignore[no-untyped-def]
+                                                               novelty_artifacts, tmp_path: Path) -> None:
+    """Each hostile record goes to the DLQ with its reason, the valid records of its batches are applied
+    once each, and the worker keeps going. Before: one nested value or huge integer raised out of the
+    agent and every record of its batch (up to 500) was counted as a duplicate afterwards, never applied;
+    keyless records and ids of any length were accepted."""
+    cfg = engine_config(apache_bootstrap, seqrec_artifacts, triton.repository, triton.grpc)
+    ensure_topics(cfg)
+    valid = synthetic_events(seqrec_artifacts.dataset, n_users=30, max_per_user=20)
+    hostile = hostile_records(seqrec_artifacts.catalog.item_ids[0])
+    records: list[tuple[bytes | None, bytes]] = []
+    step = len(valid) // len(hostile)
+    for i, (_, key, value) in enumerate(hostile):  # spread over the stream, so that most batches hold one
+        records += [e.encode() for e in valid[i * step:(i + 1) * step]] + [(key, value)]
+    records += [e.encode() for e in valid[len(hostile) * step:]]
+    with WorkerProcess(cfg, tmp_path) as worker:
+        produce(apache_bootstrap, cfg.interactions_topic, records, progress=False)
+        dlq = read_topic(apache_bootstrap, cfg.dlq_topic, lambda recs: len(recs) >= len(hostile), timeout_s=90)
+        per_user: dict[str, int] = {}
+        for e in valid:
+            per_user[e.user_id] = per_user.get(e.user_id, 0) + 1
+
+        def applied() -> bool:
+            return all(worker.get(f"/users/{u}")[1].get("events_applied") == n for u, n in per_user.items())
+
+        wait_until(applied, 90, "every valid event applied", worker.proc, interval_s=0.5)
+        assert worker.alive()
+        metrics = worker.metrics_text()
+    got = sorted((dict(r.headers)["reason"].decode(), r.key, r.value) for r in dlq)
+    assert got == sorted(hostile), [g[:2] for g in got]
+    assert f'explore_events_total{{outcome="applied"}} {float(len(valid))}' in metrics
+    assert f'explore_events_total{{outcome="invalid"}} {float(len(hostile))}' in metrics
+
+
+def test_hostile_novelty_rows_are_ignored_and_the_worker_gets_ready(apache_bootstrap: str, triton,  # type: ignore[no-untyped-def]
+                                                                    seqrec_artifacts, novelty_artifacts,
+                                                                    tmp_path: Path) -> None:
+    """Anyone who can write the novelty topic: a deeply nested value crashed the table follower before
+    (RecursionError), the table never loaded and /ready answered 503 for good; rows of another catalog
+    or with cluster ids past the catalog's were used."""
+    cfg = engine_config(apache_bootstrap, seqrec_artifacts, triton.repository, triton.grpc)
+    ensure_topics(cfg)
+    version = seqrec_artifacts.catalog.version
+
+    def row(clusters: list[int], catalog_version: str) -> bytes:
+        return json.dumps({"clusters": clusters, "scores": [0.0] * len(clusters),
+                           "catalog_version": catalog_version}).encode()
+
+    rows = [(b"0,1", b"[" * 3000 + b"]" * 3000), (b"0,1", row([999], version)), (b"1,0", row([2], "another")),
+            (b"spam-" + b"x" * 100, row([2], version))]
+    produce(apache_bootstrap, cfg.novelty_topic, rows, progress=False)
+    with WorkerProcess(cfg, tmp_path) as worker:  # start() waits for /ready
+        status, body = worker.get("/ready")
+        metrics = worker.metrics_text()
+    assert status == 200 and body["novelty_contexts"] == 0, body
+    assert 'explore_novelty_rows_ignored_total{reason="invalid"} 3.0' in metrics
+    assert 'explore_novelty_rows_ignored_total{reason="stale"} 1.0' in metrics

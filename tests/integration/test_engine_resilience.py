@@ -203,3 +203,61 @@ def test_triton_outage_falls_back_and_returns(apache_bootstrap: str, tiny_reposi
     assert any(r["seqrec_path"] == "triton" and r["sent_at"] > back for r in recs), "never went back to Triton"
     assert 'explore_inference_seconds_count{model="seqrec",path="onnx"}' in text
     assert 'explore_inference_errors_total{model=' in text
+
+
+def test_a_stalled_partition_is_sought_to_its_first_record_not_to_offset_zero(apache_bootstrap: str) -> None:
+    """On a partition whose head retention removed, where nothing was applied yet, the stall re-seek goes
+    where `start_offset` starts (its first record); before, it sought to 0, out of range."""
+    import asyncio
+    import logging
+    import uuid
+
+    from kafka import KafkaAdminClient, TopicPartition
+
+    from streams.delivery import InputDelivery
+    from streams.infra.kafka_check import create_topic
+    from streams.metrics import Metrics
+
+    topic = f"stall-{uuid.uuid4().hex[:8]}"
+    create_topic(apache_bootstrap, topic, partitions=2)
+    produce(apache_bootstrap, topic, [(b"u", b"%d" % i) for i in range(10)], progress=False)
+    partition = read_topic(apache_bootstrap, topic, lambda r: len(r) == 10)[0].partition  # one key: one partition
+    admin = KafkaAdminClient(bootstrap_servers=apache_bootstrap)
+    try:
+        admin.delete_records({TopicPartition(topic, partition): 6})  # what retention does to a partition's head
+    finally:
+        admin.close()
+    positions: dict[str, int] = {}  # nothing applied yet (the `positions` table's interface)
+    delivery = InputDelivery(apache_bootstrap, topic, positions, Metrics(), logging.getLogger("test"))
+    seeks = asyncio.run(delivery.stall_seeks([partition]))
+    assert seeks == {partition: 6}
+    positions[str(partition)] = 7  # applied up to 7: it continues at 8
+    assert asyncio.run(delivery.stall_seeks([partition])) == {partition: 8}
+
+
+def test_a_user_without_events_for_the_ttl_is_forgotten_with_a_tombstone(apache_bootstrap: str, triton,  # type: ignore[no-untyped-def]
+                                                                         seqrec_artifacts, novelty_artifacts,
+                                                                         tmp_path: Path) -> None:
+    """user_ttl_s: the worker deletes a user it has not applied an event for since, and the tombstone lands in
+    the changelog partition of the user's state, so a recovering worker forgets the user too."""
+    cfg = engine_config(apache_bootstrap, seqrec_artifacts, triton.repository, triton.grpc, user_ttl_s=2.0)
+    ensure_topics(cfg)
+    events = synthetic_events(seqrec_artifacts.dataset, n_users=12, max_per_user=5)
+    users = {e.user_id for e in events}
+    changelog = f"{cfg.app_id}-users-changelog"
+
+    def tombstoned(records: list) -> set[str]:
+        return {r.key.decode().strip('"') for r in records if r.value is None}
+
+    with WorkerProcess(cfg, tmp_path) as worker:
+        produce(apache_bootstrap, cfg.interactions_topic, [e.encode() for e in events], progress=False)
+        records = read_topic(apache_bootstrap, changelog, lambda recs: tombstoned(recs) >= users, timeout_s=90)
+        wait_until(lambda: all(worker.get(f"/users/{u}?local=1")[0] == 404 for u in users), 30,
+                   "every user forgotten", worker.proc)
+        metrics = worker.metrics_text()
+    assert tombstoned(records) >= users
+    for user in users:
+        mine = [r for r in records if r.key.decode().strip('"') == user]
+        assert len({r.partition for r in mine}) == 1, (user, [(r.partition, r.value is None) for r in mine])
+        assert mine[-1].value is None and any(r.value is not None for r in mine)
+    assert f"explore_users_expired_total {float(len(users))}" in metrics

@@ -71,3 +71,49 @@ def test_concurrent_requests_of_mixed_lengths_are_answered_each_correctly(triton
         want_items, want_scores = twin.top_n(history, allowed)
         np.testing.assert_allclose(scores, want_scores, atol=1e-5)
         assert np.array_equal(items[valid_slots(scores)], want_items[valid_slots(want_scores)])
+
+
+def test_the_router_splits_calls_to_the_served_batch_limits_and_a_refusal_is_not_an_outage(  # type: ignore[no-untyped-def]
+        triton, seqrec_artifacts, novelty_artifacts) -> None:
+    """A worker batch can need more rows than a model serves (seqrec 256, interest_generator 64): the
+    router asks in pieces, all on Triton. Before, Triton refused the call, the router took that for an
+    outage and served every request from the fallback for `retry_after_s`."""
+    import asyncio
+
+    from streams.inference.router import ModelRouter
+    from streams.model_files import ModelFiles
+
+    art = seqrec_artifacts
+    cfg = art.module.model.cfg
+    rng = np.random.default_rng(2)
+    files = ModelFiles(triton.repository, art.catalog, k=2)
+    twins = files.local_models(threads=1)
+    calls: list[tuple[str, str, bool]] = []
+    router = ModelRouter(triton.grpc, twins, timeout_s=60.0, retries=0, retry_after_s=600.0,
+                         on_call=lambda m, p, s, ok: calls.append((m, p, ok)), max_batch=dict(files.max_batch))
+    history, allowed = random_inputs(cfg.n_items, art.module.n_clusters, 300, cfg.max_len, rng)
+    n = art.module.n_clusters
+    pairs = [(a, b) for a in range(n) for b in range(n) if a != b]  # contexts: K = 2 distinct clusters
+    contexts = np.array([pairs[i % len(pairs)] for i in range(100)], dtype=np.int64)
+    novelty_inputs = {"context": contexts, "exclude": np.zeros((100, n), bool)}
+
+    async def run() -> None:
+        (items, scores), path = await router.infer("seqrec", {"history": history, "allowed": allowed},
+                                                   ["items", "scores"])
+        assert path == "triton" and router.triton_up, router.last_error
+        twin_items, twin_scores = twins["seqrec"]({"history": history, "allowed": allowed})
+        assert np.array_equal(items, twin_items) and np.array_equal(scores, twin_scores)
+        (clusters, _), path = await router.infer("interest_generator", novelty_inputs, ["clusters", "scores"])
+        assert path == "triton" and len(clusters) == 100, router.last_error
+        assert np.array_equal(clusters, twins["interest_generator"](novelty_inputs)[0])
+        assert ("seqrec", "triton", True) in calls and not [c for c in calls if not c[2]]
+        # A limit above the served one: Triton refuses that request; the twin answers it, Triton stays up.
+        router.max_batch["seqrec"] = 1000
+        (items, _), path = await router.infer("seqrec", {"history": history, "allowed": allowed}, ["items", "scores"])
+        assert path == "onnx" and len(items) == 300 and router.triton_up
+        assert calls[-2:] == [("seqrec", "triton", False), ("seqrec", "onnx", True)], calls[-2:]
+        _, path = await router.infer("seqrec", {"history": history[:5], "allowed": allowed[:5]}, ["items", "scores"])
+        assert path == "triton"
+        await router.close()
+
+    asyncio.run(run())
