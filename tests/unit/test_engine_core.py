@@ -209,3 +209,22 @@ def test_a_batch_larger_than_the_served_limits_is_answered_in_several_calls(engi
     arrays, path = asyncio.run(router.infer("double", {"a": np.arange(10)}, ["y"]))
     assert path == "onnx" and arrays[0].tolist() == list(range(0, 20, 2)) and seen == [4, 4, 2]
     assert engine.router.max_batch == engine.models.max_batch
+
+
+def test_a_slate_round_that_fails_keeps_the_batch_applied(engine: Engine) -> None:
+    """Model calls failing on both paths cost the batch's slates, not its state updates (before: the
+    exception left `handle` and the batch was lost)."""
+    by_cluster: dict[int, list[str]] = {}
+    for item, c in zip(engine.item_ids, engine.item_cluster, strict=True):
+        by_cluster.setdefault(c, []).append(item)
+    a, b = sorted(by_cluster)[-2:]
+    original, engine.router = engine.router, ModelRouter("", {})  # no Triton and no twin: every call raises
+    engine.table.clear()
+    try:
+        out = asyncio.run(engine.handle([_record("w1", by_cluster[a][0], 0, 1000.0),
+                                         _record("w1", by_cluster[b][0], 1, 1001.0)], {}.get, now=2000.0))
+    finally:
+        engine.router = original
+    assert out.applied == 2 and not out.dlq and not out.recommendations
+    assert out.states["w1"][0]["context"] == [a, b] and out.states["w1"][0]["slate"] is None  # due again next time
+    assert _counter(engine.metrics.no_slate, "error") == 1
