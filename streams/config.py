@@ -101,7 +101,7 @@ class EngineConfig:
     triton_ssl: bool = _setting(False, "TLS for Triton's gRPC (the server runs with --grpc-use-ssl)", "TRITON_SSL")
     triton_ssl_root_certs: str = _setting("", "PEM CA file that signed Triton's certificate (empty: the system's)",
                                           "TRITON_SSL_ROOT_CERTS")
-    triton_ssl_certfile: str = _setting("", "PEM client certificate for Triton (--grpc-use-mutual-auth)",
+    triton_ssl_certfile: str = _setting("", "PEM client certificate for Triton (--grpc-use-ssl-mutual)",
                                         "TRITON_SSL_CERTFILE")
     triton_ssl_keyfile: str = _setting("", "PEM private key of that client certificate", "TRITON_SSL_KEYFILE")
     web_token: str = _setting("", "bearer token that /users/{id} and /live require (workers send it to each "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -70,7 +71,9 @@ def compose_env() -> dict[str, str]:
     # Empty data: the models job trains on the synthetic data set; small settings keep it short.
     return {**os.environ, "EXPLORE_DATA": str(data), "EXPLORE_PREBUILT": str(prebuilt), "RETRAIN": "1",
             "CLUSTER_LEVELS": "4,8", "SEQREC_TRAIN_ARGS": "--epochs 3", "NOVELTY_TRAIN_ARGS": "--epochs 2",
-            "REPLAY_RATE": "2000", "EXPLORE_APP_ID": "stacktest"}
+            "REPLAY_RATE": "2000", "EXPLORE_APP_ID": "stacktest",
+            # Grafana is left out here, but compose reads the whole file and its password has no default.
+            "GRAFANA_ADMIN_PASSWORD": os.environ.get("GRAFANA_ADMIN_PASSWORD") or secrets.token_urlsafe(16)}
 
 
 def compose(*args: str, check: bool = True, capture: bool = False) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,7 @@ class TritonTLS:
     """PEM files for a TLS gRPC channel to Triton (`tritonserver --grpc-use-ssl=true`).
 
     `root_certificates` is the CA that signed the server's certificate (empty: the system's CAs);
-    the client pair is for a server that also checks clients (`--grpc-use-mutual-auth=true`).
+    the client pair is for a server that also checks clients (`--grpc-use-ssl-mutual=true`).
     """
 
     root_certificates: str = ""

@@ -87,7 +87,8 @@ class EmbeddedTriton(ProcessService):
 
     def __init__(self, model_repository: Path, work_dir: Path, http_port: int | None = None,
                  grpc_port: int | None = None, metrics_port: int | None = None,
-                 detached: bool = False) -> None:
+                 detached: bool = False, extra_args: tuple[str, ...] = ()) -> None:
+        """`extra_args` go to tritonserver as they are, e.g. the --grpc-use-ssl flags for a TLS gRPC endpoint."""
         self.model_repository = Path(model_repository).resolve()
         if not self.model_repository.is_dir():
             raise InfraError(f"Triton model repository {self.model_repository} does not exist")
@@ -114,7 +115,7 @@ class EmbeddedTriton(ProcessService):
                   f"--metrics-port={self.metrics_port}", "--allow-metrics=true",
                   "--allow-gpu-metrics=false", "--metrics-interval-ms=500", "--http-address=127.0.0.1",
                   "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
-                  "--exit-on-error=true", "--log-verbose=0"],
+                  "--exit-on-error=true", "--log-verbose=0", *extra_args],
             log_path=self.work_dir / "tritonserver.log",
             env=env,
             detached=detached,

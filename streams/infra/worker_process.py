@@ -12,12 +12,13 @@ from pathlib import Path
 
 from streams.config import EngineConfig
 from streams.infra.process import ManagedProcess, ProcessService, free_port
+from streams.peers import auth_headers
 
 
-def http_json(url: str, timeout_s: float = 2.0) -> tuple[int, dict]:
+def http_json(url: str, timeout_s: float = 2.0, headers: dict[str, str] | None = None) -> tuple[int, dict]:
     """(status, JSON body) of a GET; status 0 when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout_s) as r:
             return r.status, json.loads(r.read() or b"{}")
     except urllib.error.HTTPError as e:
         try:
@@ -72,7 +73,8 @@ class WorkerProcess(ProcessService):
         return self
 
     def get(self, path: str) -> tuple[int, dict]:
-        return http_json(self.url + path)
+        """(status, body) of a GET on the worker, with its web token when it has one."""
+        return http_json(self.url + path, headers=auth_headers(self.cfg.web_token))
 
     def metrics_text(self) -> str:
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:

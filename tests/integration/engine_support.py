@@ -12,6 +12,7 @@ import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
 from streams.config import EngineConfig
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.replay import Event, dataset_events
 
 
@@ -33,10 +34,11 @@ def synthetic_events(ds, n_users: int, max_per_user: int = 40) -> list[Event]:  
     return events
 
 
-def read_topic(bootstrap: str, topic: str, until: Callable[[list], bool], timeout_s: float = 60.0) -> list:
+def read_topic(bootstrap: str, topic: str, until: Callable[[list], bool], timeout_s: float = 60.0,
+               security: KafkaSecurity = PLAINTEXT) -> list:
     """Records of `topic` from the beginning, until `until(records)` holds or the time is up."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest", fetch_max_wait_ms=200)
+                             auto_offset_reset="earliest", fetch_max_wait_ms=200, **security.client_kwargs())
     parts = None
     deadline = time.monotonic() + timeout_s
     while parts is None and time.monotonic() < deadline:

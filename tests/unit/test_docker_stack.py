@@ -52,18 +52,20 @@ REQUIRED_PANELS = (
 
 # --- reading the files -----------------------------------------------------------------------
 
-_VAR = re.compile(r"\$\$|\$\{(\w+)(?:(:?)-([^}]*))?\}")
+_VAR = re.compile(r"\$\$|\$\{(\w+)(?:(:?)([-?])([^}]*))?\}")
+REQUIRED = "<required>"  # what a `${NAME:?message}` variable, which has no default, reads as here
 
 
 def interpolate(value: Any) -> Any:
-    """Compose's `${NAME:-default}` interpolation with an empty environment (the defaults)."""
+    """Compose's `${NAME:-default}` interpolation with an empty environment (the defaults); a
+    `${NAME:?message}` variable must be set by the user and reads as REQUIRED."""
     if isinstance(value, str):
         def sub(m: re.Match[str]) -> str:
             if m.group(0) == "$$":
                 return "$"
             if m.group(3) is None:
                 raise AssertionError(f"{m.group(0)} in {COMPOSE.name} has no default")
-            return m.group(3)
+            return REQUIRED if m.group(3) == "?" else m.group(4)
         return _VAR.sub(sub, value)
     if isinstance(value, dict):
         return {k: interpolate(v) for k, v in value.items()}
@@ -302,6 +304,25 @@ def test_endpoints_in_the_environment_name_services_and_their_ports() -> None:
             assert port == int(flag_values(svc["triton"])["grpc-port"])  # TRITON_URL is gRPC
             checked += 1
     assert checked >= 4  # models, worker, replay (Kafka) and worker (Triton)
+
+
+def test_published_ports_listen_on_loopback_unless_asked() -> None:
+    """A `docker compose up` on a host with a public address must not publish Kafka, Triton,
+    Prometheus or Grafana to the network by default (PUBLISH_ADDRESS opens them on purpose)."""
+    raw = yaml.safe_load(COMPOSE.read_text())["services"]
+    published = 0
+    for name, service in services().items():
+        for port, spec in zip(service.get("ports") or [], raw[name].get("ports") or [], strict=True):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+            assert str(spec).startswith("${PUBLISH_ADDRESS:-127.0.0.1}:"), f"{name}: {spec}"
+            published += 1
+    assert published >= 6
+
+
+def test_grafana_has_no_default_password_and_no_anonymous_viewers_unless_asked() -> None:
+    env = environment(services()["grafana"])
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == REQUIRED  # compose refuses to start without one
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
 
 
 def test_workers_scale_and_their_settings_are_engine_settings() -> None:
