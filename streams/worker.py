@@ -73,7 +73,7 @@ def ensure_topics(cfg: EngineConfig, timeout_s: float = 30.0) -> None:
     topics = engine_topics(cfg)
     create_topics(cfg.bootstrap, topics, security, cfg.replication_factor, cfg.min_insync_replicas)
     wait_for_topics(cfg.bootstrap, {t.name: t.partitions for t in topics}, timeout_s, security)
-    check_access(cfg.bootstrap, topics, security)
+    check_access(cfg.bootstrap, topics, security, group=cfg.app_id)
 
 
 def create_app(cfg: EngineConfig) -> faust.App:

@@ -182,13 +182,30 @@ def create_topic(bootstrap: str, name: str, partitions: int = 1, compacted: bool
 _TOPIC_AUTHORIZATION_FAILED = 29  # Kafka's error code
 
 
+def _group_visible(admin, group: str) -> bool:  # type: ignore[no-untyped-def]
+    """False when the broker refuses this user the consumer group (not even DESCRIBE: finding its
+    coordinator fails with an authorization error). Any other answer, including a coordinator not
+    ready yet on a fresh cluster or an answer the client cannot parse (Tansu's), says nothing against
+    the user, so it counts as visible."""
+    from kafka.errors import GroupAuthorizationFailedError
+
+    try:
+        admin.describe_groups([group])
+    except GroupAuthorizationFailedError:
+        return False
+    except Exception:  # a probe: only an explicit refusal is evidence
+        pass
+    return True
+
+
 def _error_name(code: int) -> str:
     from kafka.errors import for_code
 
     return for_code(code).__name__
 
 
-def check_access(bootstrap: str, topics: list[TopicSpec], security: KafkaSecurity = PLAINTEXT) -> None:
+def check_access(bootstrap: str, topics: list[TopicSpec], security: KafkaSecurity = PLAINTEXT,
+                 group: str = "") -> None:
     """Raise a `KafkaAccessError` naming every topic operation the broker withholds from this user.
 
     A worker that may not write the DLQ would otherwise start, run, and fail only when the first
@@ -196,11 +213,13 @@ def check_access(bootstrap: str, topics: list[TopicSpec], security: KafkaSecurit
     operations), so it is asked once, before the worker subscribes.
     """
     admin = _admin(bootstrap, security, "explore-access")
+    problems = []
     try:
         described = {t["name"]: t for t in admin.describe_topics([t.name for t in topics])}
+        if group and not _group_visible(admin, group):
+            problems.append(f"consumer group {group!r}: no READ permission (the workers share the partitions in it)")
     finally:
         admin.close()
-    problems = []
     for t in topics:
         info = described.get(t.name, {})
         code = info.get("error_code", 0)

@@ -20,10 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from streams.inference.tls import TritonTLS, grpc_client_kwargs
 from streams.infra.kafka_check import kafka_ready
 from streams.infra.paths import explore_home
 from streams.infra.process import InfraError, Service, kill_group, pid_alive, pid_cmdline
 from streams.infra.triton import http_ready
+from streams.kafka_security import PLAINTEXT
 
 KafkaKind = Literal["tansu", "apache"]
 
@@ -71,13 +73,24 @@ def external_triton() -> tuple[str, str | None, str | None] | None:
     return strip_scheme(grpc), strip_scheme(http) if http else None, metrics
 
 
-def triton_grpc_ready(url: str) -> bool:
+def external_settings():  # type: ignore[no-untyped-def]
+    """The engine's settings from the environment: an external Kafka or Triton (KAFKA_BOOTSTRAP,
+    TRITON_URL) is reached with the same security settings as the worker reaches it."""
+    from streams.config import EngineConfig
+
+    try:
+        return EngineConfig.load()
+    except ValueError as e:
+        raise InfraError(str(e)) from None
+
+
+def triton_grpc_ready(url: str, tls: TritonTLS | None = None) -> bool:
     """True when a Triton server answers ServerReady over gRPC."""
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
     try:
-        client = grpcclient.InferenceServerClient(url=url)
+        client = grpcclient.InferenceServerClient(url=url, **grpc_client_kwargs(tls))
     except InferenceServerException:
         return False
     try:
@@ -125,7 +138,7 @@ class Stack(Service):
     def _start_kafka(self) -> str:
         ext = external_kafka()
         if ext:
-            if not kafka_ready(ext, timeout_s=10):
+            if not kafka_ready(ext, timeout_s=10, security=external_settings().kafka_security()):
                 raise InfraError(f"KAFKA_BOOTSTRAP={ext} does not answer a metadata request")
             self.records.append(ServiceRecord("kafka", "external", ext))
             return ext
@@ -137,7 +150,7 @@ class Stack(Service):
     def _start_triton(self) -> tuple[str, str | None, str | None]:
         ext = external_triton()
         if ext:
-            if not triton_grpc_ready(ext[0]):
+            if not triton_grpc_ready(ext[0], external_settings().triton_tls()):
                 raise InfraError(f"TRITON_URL={ext[0]} does not answer ServerReady over gRPC")
             self.records.append(ServiceRecord("triton", "external", ext[0]))
             return ext
@@ -238,10 +251,13 @@ def service_healthy(r: ServiceRecord) -> tuple[bool, str]:
     """(healthy, why) for one recorded service."""
     if r.pid is not None and (not pid_alive(r.pid) or (r.marker and r.marker not in pid_cmdline(r.pid))):
         return False, "process is gone"
+    external = external_settings() if r.kind == "external" else None  # what `infra up` started is plaintext
     if r.name == "kafka":
-        return (True, "answers metadata") if kafka_ready(r.address) else (False, "no metadata answer")
+        security = external.kafka_security() if external else PLAINTEXT
+        ok = kafka_ready(r.address, security=security)
+        return (True, "answers metadata") if ok else (False, "no metadata answer")
     http = r.extra.get("http")
-    ok = http_ready(http) if http else triton_grpc_ready(r.address)
+    ok = http_ready(http) if http else triton_grpc_ready(r.address, external.triton_tls() if external else None)
     return (True, "ready") if ok else (False, "not ready")
 
 

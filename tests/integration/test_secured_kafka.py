@@ -8,7 +8,8 @@ worker processes (`explore serve`), started with the settings a user would set:
 - with a wrong password: the error says the broker refused the credentials;
 - with credentials (SCRAM-SHA-512) and its ACLs: events in (produced over PLAIN), state, slates
   out (read over SCRAM-SHA-256); its web pages ask for the bearer token and Faust's are off;
-- without write access to the DLQ: refused at start, naming the topic and the operation.
+- without write access to the DLQ (nor an ACL for its consumer group): refused at start, naming
+  each topic or group and the operation.
 """
 
 from __future__ import annotations
@@ -141,16 +142,17 @@ def test_a_worker_with_credentials_runs_end_to_end(  # type: ignore[no-untyped-d
     assert kafka_round_trip(cfg.bootstrap, security=admin)["records"] == 20
 
 
-def test_a_worker_without_write_access_to_the_dlq_says_so(  # type: ignore[no-untyped-def]
+def test_a_worker_without_write_access_to_the_dlq_nor_its_group_says_so(  # type: ignore[no-untyped-def]
         secured_kafka: SecuredKafka, seqrec_artifacts, novelty_artifacts, tiny_repository: Path,
         tmp_path: Path) -> None:
     cfg = secured_config(secured_kafka, seqrec_artifacts, tiny_repository, "nodlq", "SCRAM-SHA-512")
     admin = secured_kafka.security("admin")
     create_topics(cfg.bootstrap, engine_topics(cfg), admin)  # an operator made the topics
-    grant(secured_kafka.bootstrap, admin, "nodlq", [("TOPIC", tag_of(cfg), "PREFIXED", "ALL"),
-                                                    ("GROUP", tag_of(cfg), "PREFIXED", "READ")])
+    grant(secured_kafka.bootstrap, admin, "nodlq", [("TOPIC", tag_of(cfg), "PREFIXED", "ALL")])  # no group ACL
     grant(secured_kafka.bootstrap, admin, "nodlq", [("TOPIC", cfg.dlq_topic, "LITERAL", "WRITE")], deny=True)
     log = refusal(cfg, tmp_path)
     assert "does not allow user 'nodlq'" in log, log[-2000:]
     assert f"topic '{cfg.dlq_topic}': no WRITE permission (rejected input records go there)" in log
+    assert f"consumer group '{cfg.app_id}': no READ permission" in log
+    assert f"topic '{cfg.recommendations_topic}'" not in log  # only what is missing is named
     assert "Traceback" not in log
