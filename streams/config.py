@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from streams.feedback import Horizon
 from streams.inference.tls import TritonTLS
 from streams.kafka_security import KafkaSecurity
 
@@ -46,6 +47,8 @@ class EngineConfig:
     dlq_topic: str = _setting("interactions-dlq", "rejected input records, unchanged, reason in the headers")
     recommendations_topic: str = _setting("recommendations", "output topic: novel clusters and slates")
     novelty_topic: str = _setting("novel-interests", "compacted topic with the precomputed novelty table")
+    feedback_topic: str = _setting("exploration-feedback", "output topic: one record per proposed novel cluster "
+                                                           "once it resolves (accepted or not)")
     partitions: int = _setting(8, "partitions of the topics the engine creates (the interactions topic too)")
     catalog: str = _setting("", "catalog directory (`explore clusters build --out`)")
     repository: str = _setting("", "Triton model repository with seqrec/ and interest_generator/ "
@@ -61,6 +64,13 @@ class EngineConfig:
                                       "slates never repeat any of them)")
     dedupe_ids: int = _setting(64, "recent event ids kept per user to drop duplicate deliveries")
     slate_max_age_s: float = _setting(86400.0, "event-time age after which a slate is renewed without a context change")
+    feedback_horizon_events: int = _setting(20, "a proposed novel cluster is accepted when one of the user's next this "
+                                                "many events lands in it, else not; 0: no event limit")
+    feedback_horizon_s: float = _setting(86400.0, "a proposed novel cluster counts as accepted only within this much "
+                                                  "event time after its slate; 0: no time limit (at least one of the "
+                                                  "two horizons must be set)")
+    feedback_max_open: int = _setting(8, "open slates remembered per user for feedback; a newer one resolves the "
+                                         "oldest as evicted (bounds the state)")
     batch_size: int = _setting(500, "events per micro-batch (Faust take)")
     batch_within_ms: int = _setting(20, "longest wait to fill a micro-batch")
     max_payload_bytes: int = _setting(4096, "larger input records go to the DLQ")
@@ -150,9 +160,13 @@ class EngineConfig:
 
     def check(self) -> None:
         for name in ("k", "m", "n", "partitions", "batch_size", "recent_items", "dedupe_ids", "max_payload_bytes",
-                     "fetch_max_wait_ms", "max_id_length", "max_key_bytes"):
+                     "fetch_max_wait_ms", "max_id_length", "max_key_bytes", "feedback_max_open"):
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name} must be at least 1, got {getattr(self, name)}")
+        if self.feedback_horizon_events < 0 or self.feedback_horizon_s < 0 or not (
+                self.feedback_horizon_events or self.feedback_horizon_s):
+            raise ValueError("settings feedback_horizon_events and feedback_horizon_s must be 0 (off) or more, "
+                             "and not both 0: a proposal must resolve some time")
         if self.user_ttl_s < 0:
             raise ValueError(f"setting user_ttl_s must be 0 (never) or more, got {self.user_ttl_s}")
         if self.store not in ("memory://", "rocksdb://"):
@@ -183,6 +197,10 @@ class EngineConfig:
         if not self.triton_ssl:
             return None
         return TritonTLS(self.triton_ssl_root_certs, self.triton_ssl_certfile, self.triton_ssl_keyfile)
+
+    def feedback_horizon(self) -> Horizon:
+        """How long a proposed cluster waits for the user before it resolves as not accepted."""
+        return Horizon(self.feedback_horizon_events, self.feedback_horizon_s)
 
     def canonical_url(self) -> str:
         """Where other workers reach this worker's web server (Faust's `canonical_url`).

@@ -26,6 +26,7 @@ import numpy as np
 from interests.catalog import Catalog
 from interests.constrained import EXCLUDED
 from streams.config import EngineConfig
+from streams.feedback import FeedbackRecord, feedback_record, open_slate, remember, resolve
 from streams.inference.router import ModelRouter
 from streams.inference.seqrec import pad_histories
 from streams.metrics import Metrics
@@ -54,6 +55,7 @@ class BatchResult:
     dlq: list[tuple[RawRecord, Rejection]] = field(default_factory=list)
     table_fills: list[tuple[bytes, bytes]] = field(default_factory=list)  # novelty topic key, value
     recommendations: list[Recommendation] = field(default_factory=list)
+    feedback: list[FeedbackRecord] = field(default_factory=list)  # proposals resolved by this batch
     states: dict[str, tuple[dict, RawRecord]] = field(default_factory=dict)  # user -> state, its last record
     applied: int = 0
     duplicates: int = 0
@@ -100,6 +102,11 @@ class Engine:
             self.table[key] = row
         self.metrics.table_size.set(len(self.table))
 
+    def _count_feedback(self, records: Sequence[FeedbackRecord]) -> None:
+        """`explore_feedback_total{source,rank,outcome}`: acceptance by source and rank is its ratio."""
+        for r in records:
+            self.metrics.feedback.labels(r.source, str(r.rank), r.outcome).inc()
+
     # -- one batch ---------------------------------------------------------------------------
     async def handle(self, records: Sequence[RawRecord], load_state: Callable[[str], dict | None],
                      now: float | None = None) -> BatchResult:
@@ -128,6 +135,7 @@ class Engine:
             except Exception:  # the batch's states stand; these users get a slate with their next event
                 log.exception(f"no slates for {len(users)} users of this batch")
                 m.no_slate.labels("error").inc(len(users))
+        self._count_feedback(out.feedback)
         return out
 
     def _apply_record(self, rec: RawRecord, load_state: Callable[[str], dict | None], limits: Limits, now: float,
@@ -142,12 +150,17 @@ class Engine:
         user = parsed.user_id
         entry = out.states.get(user)
         state = copy_state(entry[0] if entry else load_state(user))
-        applied = apply(state, parsed, self.item_cluster[parsed.item], rec.partition, rec.offset, cfg.k,
-                        cfg.recent_items, cfg.dedupe_ids)
+        cluster = self.item_cluster[parsed.item]
+        applied = apply(state, parsed, cluster, rec.partition, rec.offset, cfg.k, cfg.recent_items, cfg.dedupe_ids)
+        fed: list[FeedbackRecord] = []
         if applied:
             state["seen"] = now
+            fed = [feedback_record(user, r, self.descriptions)
+                   for r in resolve(state["proposals"], state["n"], parsed.ts, cluster, parsed.item_id,
+                                    parsed.weight, cfg.feedback_horizon())]
         due = applied and needs_slate(state, cfg.k, cfg.slate_max_age_s)
         out.states[user] = (state, rec)
+        out.feedback += fed
         out.applied += applied
         out.duplicates += not applied
         if due:
@@ -170,6 +183,11 @@ class Engine:
                 continue
             out.recommendations.append(self._recommendation(u, states[u], novel[u], slate, source[u], seqrec_path,
                                                             out.states[u][1], triggers[u]))
+            evicted = remember(states[u]["proposals"], open_slate(states[u]["n"], states[u]["ts"],
+                                                                  states[u]["context"], [c for c, _ in novel[u]],
+                                                                  source[u], self.models.versions),
+                               self.cfg.feedback_max_open)
+            out.feedback += [feedback_record(u, r, self.descriptions) for r in evicted]
 
     async def _fill_table(self, users: list[str], states: dict[str, dict]) -> list[tuple[bytes, bytes]]:
         """Model call 1: `interest_generator` for the contexts missing from the table, without exclusions
@@ -257,7 +275,9 @@ def user_view(state: dict | None, engine: Engine) -> dict:
             "recent_items": [engine.item_ids[i] for i in state["items"][-20:]],
             "context": [{"id": c, "description": d[c]} for c in state["context"]],
             "known_clusters": [{"id": c, "description": d[c]} for c in state["known"]],
-            "last_slate": state["slate"], "input_position": state["pos"]}
+            "last_slate": state["slate"], "input_position": state["pos"],
+            "open_proposals": [{"slate": p["n"], "clusters": [c for c, _ in p["open"]]}
+                               for p in state.get("proposals", [])]}
 
 
 __all__ = ["BatchResult", "Engine", "RawRecord", "user_view"]

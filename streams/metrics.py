@@ -3,7 +3,10 @@
 Names follow Prometheus conventions: an `explore_` prefix, base units (seconds), `_total` on
 counters. The share of slate items from novel clusters is
 `explore_slate_novel_items_total / explore_slate_items_total`; the table hit rate is
-`explore_novelty_table_lookups_total{result="hit"}` over all lookups (both counted per user).
+`explore_novelty_table_lookups_total{result="hit"}` over all lookups (both counted per user). The
+acceptance rate of proposed clusters by source and rank is
+`explore_feedback_total{outcome="accepted"}` over the `accepted` and `horizon` outcomes together
+(`evicted` ones never reached their horizon: no label).
 """
 
 from __future__ import annotations
@@ -66,6 +69,10 @@ class Metrics:
                                      "event (a tombstone in the changelog)", registry=r)
         self.task_restarts = Counter("explore_task_restarts", "Background tasks started again after a crash, "
                                      "by task", ["task"], registry=r)
+        self.feedback = Counter("explore_feedback", "Proposed novel clusters resolved, by source (table or live), "
+                                "rank (1-based place in the slate) and outcome: accepted (the user took it up "
+                                "within the horizon), horizon (not accepted), evicted (the user's open slates "
+                                "exceeded feedback_max_open)", ["source", "rank", "outcome"], registry=r)
         self.triton_up.set(0)
 
     def observe_call(self, model: str, path: str, seconds: float, ok: bool) -> None:

@@ -25,7 +25,7 @@ class Interaction:
     ts: float  # event time, seconds since the epoch
     event: str
     event_id: str | None
-    weight: float
+    weight: float | None  # as sent (a rating, say); None when the record has none
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,4 +118,4 @@ def parse_interaction(key: bytes | None, value: bytes | None, item_index: dict[s
     event_id = doc.get("event_id")
     weight = doc.get("weight")
     return Interaction(user, item, str(doc["item_id"]), ts, doc["event"],
-                       None if event_id is None else str(event_id), 1.0 if weight is None else float(weight))
+                       None if event_id is None else str(event_id), None if weight is None else float(weight))

@@ -1,7 +1,8 @@
 """The load generator: a dataset's interactions to the `interactions` topic, in time order, at a rate.
 
 Records follow the topic contract (docs/DESIGN.md): key = user id, value = JSON
-`{user_id, item_id, ts, event, event_id}`. The event id is stable (`<user>-<position>`), so a
+`{user_id, item_id, ts, event, event_id}`, plus `weight` (the rating) when the dataset has ratings
+(any weight other than 1). The event id is stable (`<user>-<position>`), so a
 replay that is run twice is recognised as duplicates by the engine.
 """
 
@@ -24,10 +25,13 @@ class Event:
     item_id: str
     ts: int
     event_id: str
+    weight: float | None = None  # the rating, when the source has ratings
 
     def encode(self) -> tuple[bytes, bytes]:
-        value = {"user_id": self.user_id, "item_id": self.item_id, "ts": self.ts, "event": "interaction",
-                 "event_id": self.event_id}
+        value: dict[str, object] = {"user_id": self.user_id, "item_id": self.item_id, "ts": self.ts,
+                                    "event": "interaction", "event_id": self.event_id}
+        if self.weight is not None:
+            value["weight"] = self.weight
         return self.user_id.encode(), json.dumps(value).encode()
 
 
@@ -43,8 +47,10 @@ def dataset_events(ds: Dataset, start_fraction: float = 0.0, users: Iterable[int
         keep &= np.isin(ds.users, np.fromiter(users, dtype=np.int64))
     idx = np.flatnonzero(keep)
     idx = idx[np.argsort(ds.timestamps[idx], kind="stable")]
+    rated = bool(np.any(ds.weights != 1))  # all 1: the source had no ratings (Dataset's convention)
     return [Event(str(ds.user_ids[ds.users[j]]), str(ds.item_ids[ds.items[j]]), int(ds.timestamps[j]),
-                  f"{ds.user_ids[ds.users[j]]}-{position[j]}") for j in idx]
+                  f"{ds.user_ids[ds.users[j]]}-{position[j]}", float(ds.weights[j]) if rated else None)
+            for j in idx]
 
 
 def paced(n: int, rate: float) -> Iterator[int]:

@@ -12,7 +12,9 @@ The state is a plain dict (the Faust table stores it as JSON in its changelog):
   an event id already seen) is recognised and leaves the state as it is;
 - `n`: interactions applied, `ts`: the newest event time, `seen`: the worker's clock when an event
   was last applied (what `user_ttl_s` counts from; states written before it existed use `ts`);
-- `slate`: the last recommendation sent (context, clusters, items, event time).
+- `slate`: the last recommendation sent (context, clusters, items, event time);
+- `proposals`: the slates whose novel clusters are still open for feedback (`streams.feedback`),
+  at most `feedback_max_open` of them; states written before it existed have none.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from streams.records import Interaction
 
 
 def new_state() -> dict:
-    return {"items": [], "known": [], "context": [], "pos": None, "ids": [], "n": 0, "ts": 0.0, "slate": None}
+    return {"items": [], "known": [], "context": [], "pos": None, "ids": [], "n": 0, "ts": 0.0, "slate": None,
+            "proposals": []}
 
 
 def copy_state(state: dict | None) -> dict:
@@ -31,7 +34,8 @@ def copy_state(state: dict | None) -> dict:
     if state is None:
         return new_state()
     return {**state, "items": list(state["items"]), "known": list(state["known"]),
-            "context": list(state["context"]), "ids": list(state["ids"])}
+            "context": list(state["context"]), "ids": list(state["ids"]),
+            "proposals": [{**p, "open": [list(x) for x in p["open"]]} for p in state.get("proposals", [])]}
 
 
 def is_duplicate(state: dict, partition: int, offset: int, event_id: str | None) -> bool:

@@ -6,8 +6,8 @@ the wiring relies on lives beside it: `streams.engine` (a batch in, what to writ
 `streams.delivery` (offsets: order, acks, resume and stall, lag) and `streams.peers` (which worker
 answers `GET /users/{id}`).
 
-- Events are taken with `noack_take` and acked only after their batch's state, DLQ records and
-  recommendations have been handed to the producer (`streams.delivery` says why).
+- Events are taken with `noack_take` and acked only after their batch's state, DLQ records,
+  recommendations and feedback records have been handed to the producer (`streams.delivery` says why).
 - The user table is written once per user per batch, to the changelog partition of the user's
   input partition (co-partitioned: `interactions` is keyed by user, so no repartition hop).
 - Records of partitions that were revoked while the batch was buffered are not applied: the
@@ -48,6 +48,8 @@ def engine_topics(cfg: EngineConfig) -> list[TopicSpec]:
         TopicSpec(cfg.interactions_topic, cfg.partitions, operations=read, why="the input"),
         TopicSpec(cfg.dlq_topic, cfg.partitions, operations=write, why="rejected input records go there"),
         TopicSpec(cfg.recommendations_topic, cfg.partitions, operations=write, why="the slates go there"),
+        TopicSpec(cfg.feedback_topic, cfg.partitions, operations=write,
+                  why="what users did with the proposed clusters goes there"),
         TopicSpec(cfg.novelty_topic, 1, compacted=True, operations=both,
                   why="the novelty table: read whole, live answers written back"),
         *(TopicSpec(f"{cfg.app_id}-{table}-changelog", cfg.partitions, compacted=True, operations=both,
@@ -89,6 +91,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
     interactions = app.topic(cfg.interactions_topic, partitions=cfg.partitions, **raw)
     dlq = app.topic(cfg.dlq_topic, **raw)
     recommendations = app.topic(cfg.recommendations_topic, **raw)
+    feedback = app.topic(cfg.feedback_topic, **raw)
     novelty = app.topic(cfg.novelty_topic, **raw)
     users = app.Table("users", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
     positions = app.Table("positions", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
@@ -167,6 +170,8 @@ def create_app(cfg: EngineConfig) -> faust.App:
                 value = recommendation.encode(now)
                 await recommendations.send(key=recommendation.key, value=value)
                 live.add(value)
+            for record in result.feedback:
+                await feedback.send(key=record.key, value=record.encode())
             delivery.release(mine + duplicates)
             for e in events:
                 delivery.acked(e)

@@ -1,0 +1,167 @@
+"""Exploration feedback: did the user take up a proposed novel cluster? Pure: no Kafka, no models.
+
+Every slate proposes M novel clusters. The worker remembers them in the user's state (so they are
+co-partitioned with the user's events, recovered with the state after a restart, and changed
+exactly once per applied event, as the state is) and resolves each one on the user's later events:
+
+- **accepted** when an event within the horizon lands in the cluster (its item's cluster at the
+  serving level): the record carries that item and its `weight` as the rating, when the event had one;
+- **horizon** (not accepted) when the horizon passes: `horizon.events` events after the slate
+  without one in the cluster, or an event more than `horizon.seconds` of event time after the
+  slate (that event does not count: it is outside the horizon); 0 turns either limit off;
+- **evicted** (not accepted, and not a label: the horizon had not passed) when a user has more
+  than `max_open` slates open: the oldest is resolved, so the state stays bounded whatever the
+  user does.
+
+A horizon is measured on the user's own events, in their partition order: a user who never comes
+back leaves its proposals open (a time horizon needs an event to see that it passed).
+
+One open slate in the state (short keys: it is stored per user in the changelog):
+`{"n": events applied when the slate was made, "ts": its event time, "ctx": context cluster ids,
+"src": "table" or "live", "v": model versions, "open": [[cluster, rank], ...]}`; rank is 1-based,
+the cluster's place among the slate's novel clusters.
+
+`FeedbackRecord` is the value on the `exploration-feedback` topic (keyed by user id), one per
+resolved proposal, and `parse_feedback` reads it back (the alignment model's input).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+OUTCOMES = ("accepted", "horizon", "evicted")
+
+
+@dataclass(frozen=True, slots=True)
+class Horizon:
+    """How long a proposal may wait for the user: `events` interactions, `seconds` of event time (0: no limit)."""
+
+    events: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """One proposal whose fate is known: the open slate it came from and what happened."""
+
+    slate: dict  # the open slate entry (see the module docstring)
+    cluster: int
+    rank: int
+    outcome: str  # one of OUTCOMES
+    after_events: int  # the user's events after the slate when it resolved
+    ts: float | None  # event time of the event that resolved it (None: evicted by a new slate)
+    item_id: str | None  # the accepting event's item
+    rating: float | None  # the accepting event's weight, when it had one
+
+
+def open_slate(n: int, ts: float, context: Sequence[int], clusters: Sequence[int], source: str,
+               versions: dict[str, str]) -> dict:
+    """The state's entry for a slate just sent: every proposed cluster open, ranked in slate order."""
+    return {"n": int(n), "ts": float(ts), "ctx": [int(c) for c in context], "src": source, "v": dict(versions),
+            "open": [[int(c), rank] for rank, c in enumerate(clusters, start=1)]}
+
+
+def remember(slates: list[dict], slate: dict, max_open: int) -> list[Resolved]:
+    """Add `slate` to the user's open slates in place; the oldest beyond `max_open` are resolved as
+    evicted (bounded state: a user who keeps changing context would otherwise grow it forever)."""
+    slates.append(slate)
+    out: list[Resolved] = []
+    while len(slates) > max_open:
+        old = slates.pop(0)
+        out += [Resolved(old, c, r, "evicted", slate["n"] - old["n"], None, None, None) for c, r in old["open"]]
+    return out
+
+
+def resolve(slates: list[dict], n: int, ts: float, cluster: int, item_id: str, rating: float | None,
+            horizon: Horizon) -> list[Resolved]:
+    """Resolve the user's open slates in place against its `n`-th event (cluster, event time `ts`).
+
+    The time limit is checked first: an event past it closes the slate without counting. Otherwise
+    the event accepts its cluster if open, and a slate that has now seen `horizon.events` events
+    closes its other clusters; a slate with nothing open left is dropped.
+    """
+    out: list[Resolved] = []
+    keep: list[dict] = []
+    for slate in slates:
+        after = n - slate["n"]
+        if after <= 0:  # made after this event (cannot happen in order; kept rather than guessed)
+            keep.append(slate)
+            continue
+        if horizon.seconds > 0 and ts - slate["ts"] > horizon.seconds:
+            out += [Resolved(slate, c, r, "horizon", after, ts, None, None) for c, r in slate["open"]]
+            continue
+        still = []
+        for c, r in slate["open"]:
+            if c == cluster:
+                out.append(Resolved(slate, c, r, "accepted", after, ts, item_id, rating))
+            else:
+                still.append([c, r])
+        if horizon.events > 0 and after >= horizon.events:
+            out += [Resolved(slate, c, r, "horizon", after, ts, None, None) for c, r in still]
+            still = []
+        if still:
+            keep.append({**slate, "open": still})
+    slates[:] = keep
+    return out
+
+
+@dataclass(frozen=True)
+class FeedbackRecord:
+    """One resolved proposal as written to `exploration-feedback` (keyed by user id).
+
+    `feedback_id` (`user/slate/cluster`, the slate being its `events_applied` on `recommendations`)
+    names the proposal: a consumer can join it to its slate, and drop a re-sent record after a
+    crash (the topic is written at least once, like `recommendations`).
+    """
+
+    feedback_id: str
+    user_id: str
+    slate: int  # events_applied of the slate on `recommendations`
+    slate_ts: float
+    context: list[dict]  # [{"id", "description"}], most recent last
+    cluster: dict  # {"id", "description"}
+    rank: int  # 1-based place among the slate's novel clusters
+    source: str  # "table" or "live"
+    versions: dict[str, str]
+    accepted: bool
+    outcome: str  # accepted, horizon (not accepted) or evicted (not accepted; the horizon had not passed)
+    after_events: int
+    resolved_ts: float | None
+    item_id: str | None
+    rating: float | None
+
+    @property
+    def key(self) -> bytes:
+        return self.user_id.encode()
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+
+def feedback_record(user: str, r: Resolved, descriptions: Sequence[str]) -> FeedbackRecord:
+    """The topic's record of one resolved proposal, with the descriptions the prompt would use."""
+    s = r.slate
+    return FeedbackRecord(
+        feedback_id=f"{user}/{s['n']}/{r.cluster}", user_id=user, slate=s["n"], slate_ts=s["ts"],
+        context=[{"id": c, "description": descriptions[c]} for c in s["ctx"]],
+        cluster={"id": r.cluster, "description": descriptions[r.cluster]}, rank=r.rank, source=s["src"],
+        versions=s["v"], accepted=r.outcome == "accepted", outcome=r.outcome, after_events=r.after_events,
+        resolved_ts=r.ts, item_id=r.item_id, rating=r.rating)
+
+
+def parse_feedback(value: bytes | str) -> FeedbackRecord:
+    """A record of the topic (or a line of a file of them) back into a `FeedbackRecord`; ValueError if it is not one."""
+    try:
+        doc = json.loads(value)
+        record = FeedbackRecord(**doc)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not a feedback record: {exc}") from None
+    if record.outcome not in OUTCOMES:
+        raise ValueError(f"not a feedback record: outcome {record.outcome!r}")
+    return record
+
+
+__all__ = ["OUTCOMES", "FeedbackRecord", "Horizon", "Resolved", "feedback_record", "open_slate", "parse_feedback",
+           "remember", "resolve"]
