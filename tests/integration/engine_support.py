@@ -22,7 +22,8 @@ def engine_config(bootstrap: str, seqrec_artifacts, repository: Path, triton_url
     tag = uuid.uuid4().hex[:8]
     values = {"bootstrap": bootstrap, "app_id": f"engine-{tag}", "interactions_topic": f"interactions-{tag}",
               "dlq_topic": f"dlq-{tag}", "recommendations_topic": f"recs-{tag}", "novelty_topic": f"novel-{tag}",
-              "partitions": 4, "catalog": str(Path(seqrec_artifacts.checkpoint).parent / "catalog"),
+              "feedback_topic": f"feedback-{tag}", "partitions": 4,
+              "catalog": str(Path(seqrec_artifacts.checkpoint).parent / "catalog"),
               "repository": str(repository), "triton_url": triton_url, "batch_within_ms": 10,
               "triton_timeout_s": 1.0, "triton_retry_after_s": 1.0, **overrides}
     return EngineConfig().with_values(values)
