@@ -75,6 +75,14 @@ def _short(value: object) -> str:
     return f"{value!r:.80}"
 
 
+def _utf8(text: str) -> bytes | None:
+    """`text` as UTF-8, or None for text no key can spell (a lone surrogate, which JSON's \\u escapes allow)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+
+
 def parse_interaction(key: bytes | None, value: bytes | None, item_index: dict[str, int],
                       limits: Limits) -> Interaction | Rejection:
     """The interaction in `value`, or why it is rejected. `key` must be the user id: a keyless record
@@ -107,7 +115,7 @@ def parse_interaction(key: bytes | None, value: bytes | None, item_index: dict[s
         if doc.get(name) is not None and not ok(doc[name]):
             return Rejection("wrong_type", f"{name}={_short(doc[name])}")
     user = str(doc["user_id"])
-    if key.decode("utf-8", "replace") != user:
+    if key != _utf8(user):  # byte for byte: a lenient decoding of the key gave two keys one user
         return Rejection("key_mismatch", f"key {key[:80]!r} but user_id {user[:80]!r}")
     item = item_index.get(str(doc["item_id"]))
     if item is None:

@@ -70,7 +70,9 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], rate
     from kafka import KafkaProducer
     from tqdm import tqdm
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=5, batch_size=64 * 1024,
+    # acks="all" (with the idempotent producer this implies): a record the leader acknowledged alone is lost when
+    # that broker dies, and a retried batch can land behind newer ones (the 3-broker test saw a user reordered).
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, batch_size=64 * 1024,
                              **security.client_kwargs())
     t0 = time.perf_counter()
     try:

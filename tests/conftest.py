@@ -7,6 +7,8 @@ its service fails the tests that need it, with the reason.
 - `tansu_bootstrap`: the embedded Tansu broker.
 - `apache_bootstrap`: real Apache Kafka (KRaft). `KAFKA_BOOTSTRAP` names an existing cluster to
   use instead; otherwise one is started from jars resolved through Maven (cached outside the repo).
+- `apache_cluster`: three Apache Kafka nodes in one KRaft quorum (replication 3), for the tests
+  that kill a broker; started when a test asks for it, never from `KAFKA_BOOTSTRAP`.
 - `broker`: parametrised over both, for tests that must hold on either.
 - `triton`: the embedded tritonserver over a repository with `tiny_linear`, `seqrec` (a small
   SASRec trained here on planted synthetic data) and `interest_generator` (a small novelty LM),
@@ -62,6 +64,16 @@ def apache_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     with ApacheKafka(tmp_path_factory.mktemp("apache-kafka")) as kafka:
         yield kafka.bootstrap
+
+
+@pytest.fixture(scope="session")
+def apache_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A 3-node Apache Kafka cluster (`streams.infra.apache_kafka.KafkaCluster`): tests kill and restart its
+    nodes, so it is always one started here, whatever KAFKA_BOOTSTRAP says."""
+    from streams.infra.apache_kafka import KafkaCluster
+
+    with KafkaCluster(tmp_path_factory.mktemp("apache-cluster"), nodes=3) as cluster:
+        yield cluster
 
 
 @pytest.fixture(params=["tansu", "apache"])

@@ -1,9 +1,11 @@
-"""Real Apache Kafka (KRaft, one node that is broker and controller) on loopback, without Docker.
+"""Real Apache Kafka (KRaft; each node both broker and controller) on loopback, without Docker.
 
 Tests of restarts, rebalancing and latency need the real thing: the embedded Tansu broker is
 not a reference for correctness. The broker jars are resolved through Maven from
 `kafka-pom.xml` (beside this file) and cached outside the repository, storage is formatted in a
-fresh work directory, and the JVM runs as a managed child process.
+fresh work directory, and the JVM runs as a managed child process. `ApacheKafka` is one node (a
+cluster of its own by default); `KafkaCluster` runs several of them as one quorum, so that a
+broker can be killed and brought back while the others serve (replication tests).
 
 Run by hand: `scripts/kafka-local fetch|run`, or `explore infra up --kafka apache`.
 """
@@ -13,8 +15,10 @@ from __future__ import annotations
 import argparse
 import base64
 import fcntl
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +29,15 @@ from pathlib import Path
 
 from streams.infra.kafka_check import kafka_ready
 from streams.infra.paths import explore_home
-from streams.infra.process import InfraError, ManagedProcess, ProcessService, free_port, require_free_port
+from streams.infra.process import (
+    InfraError,
+    ManagedProcess,
+    ProcessService,
+    Service,
+    free_port,
+    require_free_port,
+    wait_until,
+)
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 
 DEFAULT_VERSION = "4.1.1"
@@ -135,10 +147,28 @@ class SaslSslListener:
                 for arg in ("--add-scram", f"{mechanism}=[name={name},password={password}]")]
 
 
+@dataclass(frozen=True)
+class Quorum:
+    """Where a node stands in a KRaft cluster: its id, every voter (`id@host:port`, comma-joined) and the
+    cluster id they were formatted with. A single node is a quorum of one."""
+
+    node_id: int
+    voters: str
+    cluster_id: str
+
+    @property
+    def size(self) -> int:
+        return len(self.voters.split(","))
+
+
 def server_properties(work_dir: Path, port: int, controller_port: int,
-                      secured: SaslSslListener | None = None) -> str:
-    """A single-node KRaft configuration tuned for tests: quick group joins, small internal topics;
-    with `secured`, the client listener is SASL_SSL with ACLs instead of PLAINTEXT."""
+                      secured: SaslSslListener | None = None, quorum: Quorum | None = None) -> str:
+    """A KRaft configuration tuned for tests: quick group joins, small internal topics replicated to
+    every node of the quorum (one by default); with `secured`, the client listener is SASL_SSL with
+    ACLs instead of PLAINTEXT."""
+    node_id, voters = (quorum.node_id, quorum.voters) if quorum else (1, f"1@127.0.0.1:{controller_port}")
+    replicas = min(3, quorum.size) if quorum else 1
+    min_isr = max(1, replicas - 1)
     if secured is None:
         listener = [
             f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
@@ -150,20 +180,21 @@ def server_properties(work_dir: Path, port: int, controller_port: int,
         listener = secured.properties(port, controller_port)
     return "\n".join([
         "process.roles=broker,controller",
-        "node.id=1",
-        f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+        f"node.id={node_id}",
+        f"controller.quorum.voters={voters}",
         "controller.listener.names=CONTROLLER",
         *listener,
         f"log.dirs={work_dir / 'data'}",
         "num.partitions=1",
         "auto.create.topics.enable=true",
-        "offsets.topic.replication.factor=1",
+        f"default.replication.factor={replicas}",
+        f"offsets.topic.replication.factor={replicas}",
         "offsets.topic.num.partitions=4",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
+        f"transaction.state.log.replication.factor={replicas}",
+        f"transaction.state.log.min.isr={min_isr}",
         "transaction.state.log.num.partitions=4",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
+        f"share.coordinator.state.topic.replication.factor={replicas}",
+        f"share.coordinator.state.topic.min.isr={min_isr}",
         "group.initial.rebalance.delay.ms=0",
         "log.retention.hours=24",
         "",
@@ -178,7 +209,8 @@ class ApacheKafka(ProcessService):
     stop_grace_s = 30.0  # a controlled shutdown, then SIGKILL
 
     def __init__(self, work_dir: Path, port: int | None = None, version: str = DEFAULT_VERSION,
-                 detached: bool = False, heap_mb: int = 768, secured: SaslSslListener | None = None) -> None:
+                 detached: bool = False, heap_mb: int = 768, secured: SaslSslListener | None = None,
+                 controller_port: int | None = None, quorum: Quorum | None = None) -> None:
         if port is not None:
             require_free_port(port, "Apache Kafka")
         if java_major_version() < 17:
@@ -186,7 +218,8 @@ class ApacheKafka(ProcessService):
         self.version = version
         self.host = "127.0.0.1"
         self.port = port or free_port()
-        self.controller_port = free_port()
+        self.controller_port = controller_port or free_port()
+        self.quorum = quorum
         self.work_dir = Path(work_dir)
         self.heap_mb = heap_mb
         self.detached = detached
@@ -206,23 +239,112 @@ class ApacheKafka(ProcessService):
 
     def start(self, timeout_s: float = 90.0) -> ApacheKafka:
         """Fetch the jars if needed, format storage, start the broker, wait for metadata."""
-        libs = kafka_libs(self.version)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        props = self.work_dir / "server.properties"
-        props.write_text(server_properties(self.work_dir, self.port, self.controller_port, self.secured))
-        scram = self.secured.scram_arguments() if self.secured else []
-        fmt = subprocess.run(self._java(libs, "kafka.tools.StorageTool", "format", "--ignore-formatted",
-                                        "-t", _cluster_id(), "-c", str(props), *scram),
-                             capture_output=True, text=True, check=False)
-        if fmt.returncode != 0:
-            raise InfraError(f"Formatting Kafka storage in {self.work_dir} failed:\n{fmt.stdout}{fmt.stderr}")
-        self.process = ManagedProcess(name="apache-kafka", argv=self._java(libs, "kafka.Kafka", str(props)),
-                                      log_path=self.work_dir / "kafka.log", detached=self.detached)
+        self._prepare()
         self._run(timeout_s)
         return self
 
+    def launch(self) -> ApacheKafka:
+        """Format (once) and start the node without waiting: a node of a larger quorum answers only once
+        enough of the others run too. Storage formatted before is kept, so a killed node comes back
+        with its logs."""
+        self._prepare()
+        assert self.process is not None
+        self.process.start()
+        return self
+
+    def _prepare(self) -> None:
+        """Write server.properties, format the storage unless it already is, and make the process."""
+        libs = kafka_libs(self.version)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        props = self.work_dir / "server.properties"
+        props.write_text(server_properties(self.work_dir, self.port, self.controller_port, self.secured, self.quorum))
+        scram = self.secured.scram_arguments() if self.secured else []
+        cluster_id = self.quorum.cluster_id if self.quorum else _cluster_id()
+        fmt = subprocess.run(self._java(libs, "kafka.tools.StorageTool", "format", "--ignore-formatted",
+                                        "-t", cluster_id, "-c", str(props), *scram),
+                             capture_output=True, text=True, check=False)
+        if fmt.returncode != 0:
+            raise InfraError(f"Formatting Kafka storage in {self.work_dir} failed:\n{fmt.stdout}{fmt.stderr}")
+        name = f"apache-kafka-{self.quorum.node_id}" if self.quorum else "apache-kafka"
+        self.process = ManagedProcess(name=name, argv=self._java(libs, "kafka.Kafka", str(props)),
+                                      log_path=self.work_dir / "kafka.log", detached=self.detached)
+
+    def kill(self) -> None:
+        """SIGKILL the broker's whole process group, as a crashed machine would stop: no controlled shutdown."""
+        if self.process is not None and self.process.alive():
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.stop()
+
     def ready(self) -> bool:
         return kafka_ready(self.bootstrap, security=self.security)
+
+
+class KafkaCluster(Service):
+    """`nodes` Apache Kafka nodes on loopback forming one KRaft quorum (each broker and controller);
+    internal topics are replicated to min(3, nodes). A context manager; `kill(i)` and `restart(i)`
+    take node i down the hard way and bring it back with its storage, to test a broker that dies."""
+
+    def __init__(self, work_dir: Path, nodes: int = 3, version: str = DEFAULT_VERSION, heap_mb: int = 384) -> None:
+        controller_ports = [free_port() for _ in range(nodes)]
+        voters = ",".join(f"{i + 1}@127.0.0.1:{p}" for i, p in enumerate(controller_ports))
+        cluster_id = _cluster_id()
+        self.nodes = [ApacheKafka(Path(work_dir) / f"node-{i + 1}", version=version, heap_mb=heap_mb,
+                                  controller_port=controller_ports[i], quorum=Quorum(i + 1, voters, cluster_id))
+                      for i in range(nodes)]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    def start(self, timeout_s: float = 120.0) -> KafkaCluster:
+        """Start every node, then wait until each answers and lists every broker."""
+        try:
+            for node in self.nodes:
+                node.launch()
+            for node in self.nodes:
+                self._wait(node, timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait(self, node: ApacheKafka, timeout_s: float) -> None:
+        """Until `node` answers a metadata request and the cluster lists all its brokers."""
+        def ready() -> bool:
+            return node.ready() and brokers_listed(node.bootstrap) == len(self.nodes)
+
+        wait_until(ready, timeout_s, f"Kafka node {node.quorum.node_id if node.quorum else 1}", node.process,
+                   interval_s=0.5)
+
+    def kill(self, index: int) -> None:
+        """SIGKILL node `index` (0-based)."""
+        self.nodes[index].kill()
+
+    def restart(self, index: int, timeout_s: float = 120.0) -> None:
+        """Start node `index` again on its storage and ports, and wait until the cluster lists it."""
+        self._wait(self.nodes[index].launch(), timeout_s)
+
+    def stop(self) -> None:
+        """SIGKILL every node: their storage is thrown away, and a controlled shutdown of the last nodes
+        waits for a quorum that the first ones to stop took with them."""
+        for node in self.nodes:
+            node.kill()
+
+
+def brokers_listed(bootstrap: str) -> int:
+    """How many brokers the cluster's metadata lists (0 when it does not answer)."""
+    from kafka import KafkaAdminClient
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000, client_id="explore-probe")
+    except Exception:  # not up yet
+        return 0
+    try:
+        return len(admin.describe_cluster()["brokers"])
+    except Exception:  # not up yet
+        return 0
+    finally:
+        admin.close()
 
 
 def main(argv: list[str] | None = None) -> int:

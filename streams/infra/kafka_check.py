@@ -204,6 +204,25 @@ def _error_name(code: int) -> str:
     return for_code(code).__name__
 
 
+_NOT_YET_KNOWN = (3, 5)  # UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE
+
+
+def _describe_settled(admin, names: list[str], timeout_s: float = 15.0) -> dict[str, dict]:  # type: ignore[no-untyped-def]
+    """Each topic's metadata, asked again while a broker does not know a topic yet.
+
+    On a cluster of several brokers a topic that one broker already lists can be unknown to the broker
+    the next request reaches, for a moment: on 3 brokers the access check called topics the engine had
+    just created and waited for "unknown", and the worker refused to start.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = {t["name"]: t for t in admin.describe_topics(names)}
+        if time.monotonic() > deadline or not any(d.get("error_code", 0) in _NOT_YET_KNOWN
+                                                  for d in described.values()):
+            return described
+        time.sleep(0.2)
+
+
 def check_access(bootstrap: str, topics: list[TopicSpec], security: KafkaSecurity = PLAINTEXT,
                  group: str = "") -> None:
     """Raise a `KafkaAccessError` naming every topic operation the broker withholds from this user.
@@ -215,7 +234,7 @@ def check_access(bootstrap: str, topics: list[TopicSpec], security: KafkaSecurit
     admin = _admin(bootstrap, security, "explore-access")
     problems = []
     try:
-        described = {t["name"]: t for t in admin.describe_topics([t.name for t in topics])}
+        described = _describe_settled(admin, [t.name for t in topics])
         if group and not _group_visible(admin, group):
             problems.append(f"consumer group {group!r}: no READ permission (the workers share the partitions in it)")
     finally:

@@ -221,6 +221,11 @@ def test_an_unresolvable_wildcard_host_asks_for_the_advertised_url(monkeypatch) 
     (b"", record(), "missing_key"),
     (b"u1", record(event_id=10**120), "wrong_type"),  # an int id longer than max_id_length characters
     (b"u" * 130, record(user_id="u" * 130), "oversized"),  # a key longer than max_key_bytes
+    # Keys that are not the user id's UTF-8; decoded with "replace", both were taken for user "u\ufffd" before,
+    # so one user's events could come on two keys, and two partitions.
+    (b"u\xff", record(user_id="u\ufffd"), "key_mismatch"),
+    (b"u\xfe", record(user_id="u\ufffd"), "key_mismatch"),
+    (b"s\xed\xa0\x80", record(user_id="s\ud800"), "key_mismatch"),  # a lone surrogate has no UTF-8
 ])
 def test_hostile_records_are_rejected_with_a_reason_not_raised(key: bytes | None, value: bytes, reason: str) -> None:
     limits = Limits(max_payload_bytes=4096, min_ts=1.0, max_ts=2e9, max_id_length=100, max_key_bytes=128)
