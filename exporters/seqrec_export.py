@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from exporters.repository import write_repository
-from exporters.seqrec_onnx import Parity, check_parity, check_tensorrt, random_inputs, write_seqrec_model
+from exporters.seqrec_onnx import Parity, TopNGraph, check_parity, check_tensorrt, random_inputs, write_seqrec_model
 from interests.catalog import Catalog, CatalogError
+from interests.clustered_topn import ClusteredTopN
 from interests.topn import RestrictedTopN
 from interests.train_seqrec import load_checkpoint
 
@@ -24,15 +25,23 @@ class ExportResult:
     tensorrt: Parity | None = None
 
 
-def restricted_model(checkpoint: Path, catalog: Catalog, top_n: int, level: int | None) -> tuple[RestrictedTopN, dict]:
-    """The checkpoint's SASRec wrapped with the catalog's item-to-cluster map at `level`."""
+GRAPHS = {"clustered": ClusteredTopN, "full": RestrictedTopN}  # served: clustered; full: the reference
+
+
+def restricted_model(checkpoint: Path, catalog: Catalog, top_n: int, level: int | None,
+                     graph: str = "clustered") -> tuple[TopNGraph, dict]:
+    """The checkpoint's SASRec wrapped with the catalog's item-to-cluster map at `level`.
+
+    `graph`: "clustered" scores only the allowed clusters' items (what is served); "full" scores
+    every item (the reference, same answers, O(catalog) per request).
+    """
     model, ckpt = load_checkpoint(checkpoint)
     if ckpt.get("catalog_version") != catalog.version:
         raise CatalogError(f"{checkpoint} was trained with catalog {ckpt.get('catalog_version')}, "
                            f"not {catalog.version}: export with the catalog it was trained with")
     lv = catalog.finest if level is None else level
     item_cluster = torch.from_numpy(catalog.item_clusters(lv).astype(np.int64))
-    return RestrictedTopN(model, item_cluster, catalog.levels[lv], top_n), {**ckpt, "level": lv}
+    return GRAPHS[graph](model, item_cluster, catalog.levels[lv], top_n), {**ckpt, "level": lv}
 
 
 def export_seqrec(checkpoint: Path, catalog_dir: Path, repository: Path, top_n: int = 20,
@@ -43,6 +52,7 @@ def export_seqrec(checkpoint: Path, catalog_dir: Path, repository: Path, top_n: 
     cfg = module.model.cfg
     meta = {"model": "seqrec", "catalog_version": catalog.version, "level": ckpt["level"],
             "n_items": cfg.n_items, "n_clusters": module.n_clusters, "top_n": module.top_n, "max_len": cfg.max_len,
+            "graph": "clustered", "cluster_size": module.cluster_size,
             "valid": ckpt.get("valid", {}), "trained_on": ckpt.get("dataset", "")}
     write_repository(repository, {"seqrec": lambda d: write_seqrec_model(d, module, meta)})
     onnx_path = Path(repository) / "seqrec" / "1" / "model.onnx"

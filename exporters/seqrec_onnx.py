@@ -1,8 +1,9 @@
 """SASRec with the cluster-restricted top-N -> ONNX, checked against PyTorch, -> Triton's `seqrec`.
 
 The exported graph: inputs `history` int64 [B, L] and `allowed` bool [B, C]; outputs `items`
-int64 [B, N] (1-based item ids) and `scores` float32 [B, N]. Batch and history length are
-dynamic; opset 17.
+int64 [B, N] (1-based item ids, 0 in unfilled slots) and `scores` float32 [B, N]. Batch and
+history length are dynamic; opset 17. Either graph of the contract in `interests.topn` exports:
+the clustered one (`ClusteredTopN`, served) or the full-scoring reference.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import torch
 from interests.topn import RestrictedTopN
 
 OPSET = 17
+TopNGraph = RestrictedTopN  # or its subclass ClusteredTopN: same inputs, outputs and answers
 
 
-def export_onnx(module: RestrictedTopN, path: Path) -> Path:
+def export_onnx(module: TopNGraph, path: Path) -> Path:
     """Export `module` (in eval mode) to `path` with dynamic batch and history length."""
     module.eval()
     path = Path(path)
@@ -55,7 +57,7 @@ def random_inputs(n_items: int, n_clusters: int, batch: int, length: int, rng: n
     return history.astype(np.int64), allowed
 
 
-def check_parity(module: RestrictedTopN, onnx_path: Path, inputs: list[tuple[np.ndarray, np.ndarray]],
+def check_parity(module: TopNGraph, onnx_path: Path, inputs: list[tuple[np.ndarray, np.ndarray]],
                  providers: list[str] | None = None) -> Parity:
     """Compare PyTorch and onnxruntime on each (history, allowed) pair: score diff and top-N ids.
 
@@ -77,7 +79,7 @@ def check_parity(module: RestrictedTopN, onnx_path: Path, inputs: list[tuple[np.
     return Parity(len(inputs), worst, same)
 
 
-def write_seqrec_model(dest: Path, module: RestrictedTopN, meta: dict) -> Path:
+def write_seqrec_model(dest: Path, module: TopNGraph, meta: dict) -> Path:
     """Write `dest` (a Triton model version directory, e.g. repo/seqrec/1): model.onnx + meta.json."""
     dest = Path(dest)
     export_onnx(module, dest / "model.onnx")
@@ -95,7 +97,7 @@ def tensorrt_available() -> bool:
     return "TensorrtExecutionProvider" in ort.get_available_providers()
 
 
-def check_tensorrt(module: RestrictedTopN, onnx_path: Path, inputs: list[tuple[np.ndarray, np.ndarray]],
+def check_tensorrt(module: TopNGraph, onnx_path: Path, inputs: list[tuple[np.ndarray, np.ndarray]],
                    tol: float = 1e-2) -> Parity:
     """Build the TensorRT engine through onnxruntime's TensorRT provider and compare with PyTorch.
 

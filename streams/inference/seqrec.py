@@ -1,8 +1,8 @@
 """Clients of the `seqrec` model (cluster-restricted top-N): Triton over gRPC and an in-process twin.
 
 Both take histories [B, L] of 1-based item ids (left-padded with 0) and allowed clusters [B, C]
-and return (items [B, N], scores [B, N]); slots that no eligible item fills carry EXCLUDED (the
-one of `interests.constrained`, which the graph `interests.topn` uses); callers drop them
+and return (items [B, N], scores [B, N]); slots that no eligible item fills carry item 0 and
+EXCLUDED (the one of `interests.constrained`; the contract is `interests.topn`'s); callers drop them
 (`streams.recommendation.slate_items`). The twin runs the very ONNX file that Triton serves, so
 the answers are the same; it is the fallback when Triton is unreachable.
 """
