@@ -134,3 +134,19 @@ def test_the_horizon_settings_must_let_proposals_resolve() -> None:
                    {"feedback_max_open": 0}):
         with pytest.raises(ValueError, match="feedback_"):
             EngineConfig().with_values(values)
+
+
+def test_the_replay_sends_ratings_only_when_the_data_set_has_them() -> None:
+    """A rating reaches a feedback record only if the replay sends it: MovieLens has ratings, synthetic data not."""
+    import numpy as np
+
+    from interests.datasets import build_dataset
+    from streams.replay import dataset_events
+
+    def values(weights: list[float] | None) -> list[dict]:
+        ds = build_dataset("t", ["u", "u", "v"], ["a", "b", "a"], np.array([1, 2, 3]),
+                           None if weights is None else np.array(weights))
+        return [json.loads(e.encode()[1]) for e in dataset_events(ds)]
+
+    assert [v.get("weight") for v in values([4.5, 1.0, 3.0])] == [4.5, 1.0, 3.0]
+    assert all("weight" not in v for v in values(None))
