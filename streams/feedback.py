@@ -22,14 +22,21 @@ One open slate in the state (short keys: it is stored per user in the changelog)
 the cluster's place among the slate's novel clusters.
 
 `FeedbackRecord` is the value on the `exploration-feedback` topic (keyed by user id), one per
-resolved proposal, and `parse_feedback` reads it back (the alignment model's input).
+resolved proposal; `parse_feedback`, `read_feedback_file` and `read_feedback_topic` read them back,
+and `labelled_outcomes` turns them into the alignment model's input (`interests.alignment`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from interests.alignment import Outcome
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
 
 OUTCOMES = ("accepted", "horizon", "evicted")
 
@@ -163,5 +170,60 @@ def parse_feedback(value: bytes | str) -> FeedbackRecord:
     return record
 
 
-__all__ = ["OUTCOMES", "FeedbackRecord", "Horizon", "Resolved", "feedback_record", "open_slate", "parse_feedback",
-           "remember", "resolve"]
+def read_feedback_file(path: Path) -> list[FeedbackRecord]:
+    """Records from a file of them, one JSON value per line (as `explore novelty align --feedback` takes)."""
+    out = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                out.append(parse_feedback(line))
+            except ValueError as exc:
+                raise ValueError(f"{path}: line {n}: {exc}") from None
+    return out
+
+
+def read_feedback_topic(bootstrap: str, topic: str, security: KafkaSecurity = PLAINTEXT,
+                        timeout_s: float = 60.0) -> list[FeedbackRecord]:
+    """Every record of the feedback topic up to its end as of now (a consumer of its own, no group);
+    values that are not feedback records are skipped, not fatal (anyone may write the topic)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             **security.client_kwargs())
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not tps:
+            raise ValueError(f"topic {topic!r} does not exist at {bootstrap}")
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        out = []
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {topic!r}: not read to its end in {timeout_s:.0f} s")
+            for batch in consumer.poll(timeout_ms=500).values():
+                for r in batch:
+                    with contextlib.suppress(ValueError):
+                        out.append(parse_feedback(r.value or b""))
+    finally:
+        consumer.close()
+    return out
+
+
+def labelled_outcomes(records: Iterable[FeedbackRecord]) -> list[Outcome]:
+    """The outcomes an alignment model learns from: each proposal once (the topic is written at least
+    once: a repeat has the same `feedback_id`), evicted ones left out (their horizon had not passed)."""
+    seen: set[str] = set()
+    out = []
+    for r in records:
+        if r.outcome == "evicted" or r.feedback_id in seen:
+            continue
+        seen.add(r.feedback_id)
+        out.append(Outcome(tuple(c["id"] for c in r.context), tuple(c["description"] for c in r.context),
+                           r.cluster["id"], r.cluster["description"], r.accepted))
+    return out
+
+
+__all__ = ["OUTCOMES", "FeedbackRecord", "Horizon", "Resolved", "feedback_record", "labelled_outcomes", "open_slate",
+           "parse_feedback", "read_feedback_file", "read_feedback_topic", "remember", "resolve"]

