@@ -3,7 +3,10 @@
 `interests.topn.RestrictedTopN` scores all n_items and masks; at a million items that is a [B, 1M]
 product and top-k per request, although the engine allows 3 clusters out of hundreds. Here the
 items are laid out by cluster in a padded index `members` [C, S] (S = the largest cluster; ids
-ascending, 0 pads), and the graph
+ascending, 0 pads), and so are their embeddings (`by_cluster`, row 1 + c * S + offset; row 0 and
+padding rows zero): a cluster's vectors are one contiguous block, read sequentially (gathering the
+same rows scattered over a 1M-item table took twice as long), and the history is looked up in the
+same table, so the export holds one copy of the embeddings. The graph
 
 1. picks each row's allowed clusters: TopK over the [B, C] flags with K = the most clusters any
    row of the batch allows (a tensor, so the exported graph keeps it dynamic);
@@ -56,16 +59,25 @@ class ClusteredTopN(RestrictedTopN):
         members, offset = cluster_layout(item_cluster.numpy(), n_clusters)
         self.cluster_size = members.shape[1]
         self.register_buffer("members", torch.from_numpy(members), persistent=False)
-        # Indexed by 1-based id; id 0 (padding) sits in cluster -1, which no row picks.
+        # Indexed by 1-based id; id 0 (padding) sits in cluster -1, which no row picks, and row 0.
         self.register_buffer("slot_cluster", torch.cat([torch.tensor([-1]), item_cluster.long()]), persistent=False)
         self.register_buffer("slot_offset", torch.cat([torch.tensor([0]), torch.from_numpy(offset)]),
                              persistent=False)
+        row = torch.cat([torch.tensor([0]), 1 + item_cluster.long() * self.cluster_size + torch.from_numpy(offset)])
+        self.register_buffer("row_of", row, persistent=False)
+        # A copy of the model's embeddings at construction (the graph is built from a trained model).
+        with torch.no_grad():
+            by_cluster = model.item_emb.weight.new_zeros(1 + n_clusters * self.cluster_size, model.cfg.dim)
+            by_cluster[row[1:]] = model.item_emb.weight[1:]
+        self.register_buffer("by_cluster", by_cluster, persistent=False)
 
     def forward(self, history: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.model(history)[:, -1]  # [B, D]
+        recent = history[:, -self.model.cfg.max_len:]
+        hidden = self.model.encode(self.by_cluster[self.row_of[recent]], recent > 0)[:, -1]  # [B, D]
         chosen, chosen_ok = self.chosen_clusters(allowed)  # [B, K]
         ids = self.members[chosen].flatten(1)  # [B, K*S]
-        scores = (self.model.item_emb.weight[ids] @ hidden[:, :, None])[:, :, 0]
+        rows = 1 + chosen[:, :, None] * self.cluster_size + torch.arange(self.cluster_size, device=history.device)
+        scores = (self.by_cluster[rows.flatten(1)] @ hidden[:, :, None]).squeeze(-1)  # contiguous blocks
         keep = (ids > 0) & chosen_ok[:, :, None].expand(-1, -1, self.cluster_size).flatten(1)
         scores = self.mask_seen(scores.masked_fill(~keep, EXCLUDED), history, chosen)
         # At least top_n candidates, whatever K * S is (TopK needs them); the extra ones are never eligible.

@@ -89,13 +89,20 @@ class SASRec(nn.Module):
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         history = history[:, -self.cfg.max_len:]
-        length = history.shape[1]
+        return self.encode(self.item_emb(history), history > 0)
+
+    def encode(self, items: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, L, D] of item vectors [B, L, D] (`real`: not padding), the newest last.
+
+        Apart from `forward` so that a graph holding the embeddings in another layout (by cluster:
+        `interests.clustered_topn`) looks them up itself and the export keeps one copy of them.
+        """
+        length = items.shape[1]
         # Newest item at position 0, whatever the length of the history.
-        positions = (length - 1) - torch.arange(length, device=history.device)  # (a descending arange exports wrongly)
-        x = self.item_emb(history) * math.sqrt(self.cfg.dim) + self.pos_emb(positions)[None]
-        real = history > 0
+        positions = (length - 1) - torch.arange(length, device=items.device)  # (a descending arange exports wrongly)
+        x = items * math.sqrt(self.cfg.dim) + self.pos_emb(positions)[None]
         x = self.drop(x) * real[..., None]
-        idx = torch.arange(length, device=history.device)  # comparisons, not tril/eye: ONNX-friendly for bool
+        idx = torch.arange(length, device=items.device)  # comparisons, not tril/eye: ONNX-friendly for bool
         allowed = (idx[None, :] <= idx[:, None])[None, None] & real[:, None, None, :]
         # A padding query may see nothing; let it see itself so the softmax stays finite.
         allowed = allowed | (idx[None, :] == idx[:, None])[None, None]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
+
+import numpy as np
 
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 
@@ -19,6 +21,16 @@ def context_key(context: Sequence[int]) -> bytes:
     """The table's key for a context (cluster ids, most recent last): the engine's lookups and fills
     and the published precomputed rows must spell it the same."""
     return ",".join(str(int(c)) for c in context).encode()
+
+
+def row_value(clusters: Sequence[int], scores: Sequence[float], catalog_version: str | None,
+              source: str | None = None) -> bytes:
+    """A row's record value as published (precomputed, or a worker's live fill with `source`):
+    `parse_row` reads it back."""
+    doc: dict = {"clusters": list(clusters), "scores": list(scores), "catalog_version": catalog_version}
+    if source is not None:
+        doc["source"] = source
+    return json.dumps(doc).encode()
 
 
 def parse_row(key: bytes, value: bytes, catalog_version: str, k: int,
@@ -47,13 +59,99 @@ def parse_row(key: bytes, value: bytes, catalog_version: str, k: int,
     clusters, scores = doc.get("clusters"), doc.get("scores")
     if not isinstance(clusters, list) or not isinstance(scores, list) or len(clusters) != len(scores):
         return "invalid"
-    if len(clusters) > n_clusters or len(set(clusters)) != len(clusters):
+    # Types before `set` and `isfinite`: a list as a cluster id (unhashable) or a 400-digit score (OverflowError)
+    # raised here, crashed the follower, and its restart met the same row again, for good.
+    if len(clusters) > n_clusters or not all(type(c) is int and 0 <= c < n_clusters for c in clusters):
         return "invalid"
-    if not all(type(c) is int and 0 <= c < n_clusters for c in clusters):
+    if len(set(clusters)) != len(clusters):
         return "invalid"
-    if not all(type(s) in (int, float) and math.isfinite(s) for s in scores):
+    if not all(_finite(s) for s in scores):
         return "invalid"
     return clusters, [float(s) for s in scores]
+
+
+def _finite(score: object) -> bool:
+    """A finite number that fits a float (an int too large for one makes `math.isfinite` raise)."""
+    try:
+        return type(score) in (int, float) and math.isfinite(score)  # type: ignore[arg-type]
+    except OverflowError:
+        return False
+
+
+Row = tuple[list[int], list[float]]  # (ranked clusters, their scores), as parse_row gives them
+
+
+class CompactTable(MutableMapping[bytes, Row]):
+    """The novelty table as a worker holds it: every row in two numpy arrays, keyed by context.
+
+    Why: 1,000 clusters give ~1M contexts of 64 ranked clusters each. As Python rows (lists of int
+    and float objects) that is ~2.7 kB a row, ~2.7 GB in every worker (`benchmarks/scale.py`); here
+    a row is 64 x (2-byte cluster + 8-byte score), the scores kept exactly as published, plus the
+    key's dict entry. It reads and writes (clusters, scores) lists as the dict did, so the engine
+    is unchanged; rows are stored in slots that grow by doubling and are reused after a delete.
+    """
+
+    def __init__(self, n_clusters: int, capacity: int = 1024) -> None:
+        self.dtype = np.int16 if n_clusters <= np.iinfo(np.int16).max else np.int32
+        self.slots: dict[bytes, int] = {}
+        self.free: list[int] = []
+        self.used = 0
+        self.clusters = np.zeros((capacity, 0), self.dtype)
+        self.scores = np.zeros((capacity, 0), np.float64)
+        self.length = np.zeros(capacity, np.int32)
+
+    def __getitem__(self, key: bytes) -> Row:
+        slot = self.slots[key]
+        n = int(self.length[slot])
+        return self.clusters[slot, :n].tolist(), self.scores[slot, :n].tolist()
+
+    def __setitem__(self, key: bytes, row: Row) -> None:
+        clusters, scores = row
+        slot = self.slots.get(key)
+        if slot is None:
+            slot = self.free.pop() if self.free else self.used
+            self.used = max(self.used, slot + 1)
+            self.fit(slot + 1, len(clusters))
+            self.slots[key] = slot
+        else:
+            self.fit(slot + 1, len(clusters))
+        self.clusters[slot, :len(clusters)] = clusters
+        self.scores[slot, :len(scores)] = scores
+        self.length[slot] = len(clusters)
+
+    def __delitem__(self, key: bytes) -> None:
+        self.free.append(self.slots.pop(key))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.slots
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.slots)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def clear(self) -> None:
+        self.slots.clear()
+        self.free.clear()
+        self.used = 0
+
+    def fit(self, rows: int, depth: int) -> None:
+        """Grow the arrays to hold `rows` rows of `depth` clusters: doubling, so n rows cost O(n) copies."""
+        capacity, width = self.clusters.shape
+        if rows <= capacity and depth <= width:
+            return
+        capacity, width = max(rows, 2 * capacity if rows > capacity else capacity), max(depth, width)
+        for name in ("clusters", "scores"):
+            old = getattr(self, name)
+            new = np.zeros((capacity, width), old.dtype)
+            new[:old.shape[0], :old.shape[1]] = old
+            setattr(self, name, new)
+        self.length = np.concatenate([self.length, np.zeros(capacity - len(self.length), np.int32)])
+
+    def nbytes(self) -> int:
+        """Bytes of the arrays (the key index is a dict on top: ~100-150 bytes a context)."""
+        return self.clusters.nbytes + self.scores.nbytes + self.length.nbytes
 
 
 async def keep_running(task: Callable[[], Awaitable[None]], on_crash: Callable[[Exception], None],
@@ -90,9 +188,8 @@ def publish_table(bootstrap: str, topic: str, rows: Iterable[dict], security: Ka
     sent = 0
     try:
         for row in rows:
-            value = {"clusters": row["clusters"], "scores": row["scores"],
-                     "catalog_version": row.get("catalog_version")}
-            producer.send(topic, key=context_key(row["context"]), value=json.dumps(value).encode())
+            value = row_value(row["clusters"], row["scores"], row.get("catalog_version"))
+            producer.send(topic, key=context_key(row["context"]), value=value)
             sent += 1
         producer.flush()
     finally:

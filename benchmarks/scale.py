@@ -1,0 +1,248 @@
+"""How the engine's costs grow with the catalog (issue 15, "What to measure"), in one run.
+
+1. seqrec's restricted top-N at 10k / 100k / 1M items and 32 / 256 / 1,000 clusters, batch 1 and
+   64, on onnxruntime (2 threads): the full-scoring graph (`interests.topn.RestrictedTopN`, every
+   item scored and masked) beside the clustered graph (`interests.clustered_topn.ClusteredTopN`,
+   only the allowed clusters' items), on the same requests: histories of 50 random items, 3
+   allowed clusters per row (the engine's M). SASRec with random weights (dim 64, 2 blocks, 2
+   heads: the defaults) and items assigned to clusters uniformly at random (balanced up to
+   chance): cost does not depend on what the weights learnt. Timings are one run on a shared
+   machine: compare the two graphs within a row, not across runs.
+2. The novelty table at 32 / 256 / 1,000 clusters (K = 2: C * (C - 1) contexts, rows as deep as
+   `table_depth`): bytes on the topic (key + value as published, `streams.novelty_table`) and bytes
+   in a worker's memory as today's Python rows (`parse_row` into a dict, measured by tracemalloc).
+   Rows hold random scores; a sample of rows is measured and multiplied out when the table is large.
+
+Run: python benchmarks/scale.py                     (everything, a few minutes on 2 cores)
+     python benchmarks/scale.py --items 10000,100000 --clusters 32 --seconds 0.5   (a quick look)
+     python benchmarks/scale.py --plot docs/scale.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import tempfile
+import time
+import tracemalloc
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from exporters.seqrec_onnx import TopNGraph, export_onnx
+from interests.clustered_topn import ClusteredTopN
+from interests.novelty_precompute import table_depth
+from interests.sasrec import SASRec, SASRecConfig
+from interests.topn import RestrictedTopN
+from streams.inference.seqrec import OnnxSeqRec
+from streams.novelty_table import context_key, parse_row, row_value
+
+ALLOWED = 3  # novel clusters per slate (the engine's M)
+HISTORY = 50
+TOP_N = 20
+
+
+@dataclass
+class Timing:
+    p50_ms: float
+    rows_per_s: float
+
+
+@dataclass
+class TopNRow:
+    items: int
+    clusters: int
+    largest: int
+    batch: int
+    full: Timing
+    clustered: Timing
+
+
+def random_requests(n_items: int, n_clusters: int, batch: int, count: int,
+                    rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`count` requests of `batch` full histories and ALLOWED distinct allowed clusters per row."""
+    out = []
+    for _ in range(count):
+        history = rng.integers(1, n_items + 1, size=(batch, HISTORY)).astype(np.int64)
+        allowed = np.zeros((batch, n_clusters), bool)
+        for row in range(batch):
+            allowed[row, rng.choice(n_clusters, ALLOWED, replace=False)] = True
+        out.append((history, allowed))
+    return out
+
+
+def measure(twin: OnnxSeqRec, requests: list[tuple[np.ndarray, np.ndarray]], seconds: float) -> Timing:
+    """p50 latency and rows/s of back-to-back calls for `seconds` (at least 3 calls, after one warm-up)."""
+    twin.top_n(*requests[0])
+    latencies: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(latencies) < 3:
+        t0 = time.perf_counter()
+        twin.top_n(*requests[len(latencies) % len(requests)])
+        latencies.append(time.perf_counter() - t0)
+    rows = sum(len(requests[i % len(requests)][0]) for i in range(len(latencies)))
+    return Timing(float(np.percentile(latencies, 50) * 1000), rows / sum(latencies))
+
+
+def session_for(graph: TopNGraph, work: Path, name: str) -> OnnxSeqRec:
+    """Export `graph` and open it as the worker does (2 threads)."""
+    return OnnxSeqRec(export_onnx(graph, work / f"{name}.onnx"), threads=2)
+
+
+def topn_growth(item_counts: list[int], cluster_counts: list[int], batches: list[int], seconds: float,
+                work: Path) -> list[TopNRow]:
+    """Both graphs on the same requests for every (items, clusters, batch); prints each row as measured."""
+    rows = []
+    print(f"{'items':>9} {'clusters':>8} {'largest':>7} {'batch':>5} {'full p50 ms':>11} {'full rows/s':>11} "
+          f"{'clust p50 ms':>12} {'clust rows/s':>12} {'speed-up':>8}", flush=True)
+    for n_items in item_counts:
+        torch.manual_seed(0)
+        model = SASRec(SASRecConfig(n_items=n_items, max_len=HISTORY)).eval()
+        for n_clusters in cluster_counts:
+            rng = np.random.default_rng(n_items + n_clusters)
+            item_cluster = torch.from_numpy(rng.integers(0, n_clusters, n_items))
+            clustered = ClusteredTopN(model, item_cluster, n_clusters, TOP_N)
+            twins = {"full": session_for(RestrictedTopN(model, item_cluster, n_clusters, TOP_N), work, "full"),
+                     "clustered": session_for(clustered, work, "clustered")}
+            for batch in batches:
+                requests = random_requests(n_items, n_clusters, batch, 8, rng)
+                a, b = (twins[g].top_n(*requests[0]) for g in ("full", "clustered"))
+                if not (np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1], atol=1e-4)):
+                    print("  (the two graphs disagree on this request: see tests/unit/test_clustered_topn.py)")
+                full, fast = (measure(twins[g], requests, seconds) for g in ("full", "clustered"))
+                row = TopNRow(n_items, n_clusters, clustered.cluster_size, batch, full, fast)
+                rows.append(row)
+                print(f"{n_items:>9,} {n_clusters:>8} {row.largest:>7} {batch:>5} {full.p50_ms:>11.2f} "
+                      f"{full.rows_per_s:>11,.0f} {fast.p50_ms:>12.2f} {fast.rows_per_s:>12,.0f} "
+                      f"{full.p50_ms / fast.p50_ms:>7.1f}x", flush=True)
+            del twins, clustered
+            gc.collect()
+    return rows
+
+
+@dataclass
+class TableRow:
+    clusters: int
+    contexts: int
+    depth: int
+    sampled: int
+    topic_bytes_per_row: float
+    memory_bytes_per_row: float
+
+    @property
+    def topic_bytes(self) -> float:
+        return self.topic_bytes_per_row * self.contexts
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.memory_bytes_per_row * self.contexts
+
+
+def table_size(n_clusters: int, k: int, sample: int, rng: np.random.Generator) -> TableRow:
+    """Bytes per row on the topic and as the worker holds it, from `sample` rows (all when fewer)."""
+    contexts = n_clusters ** k - n_clusters if k == 2 else None
+    if contexts is None:
+        raise ValueError("only K = 2 is measured")
+    depth = table_depth(n_clusters, k)
+    chosen = rng.choice(contexts, min(sample, contexts), replace=False)
+    pairs = [(int(i) // (n_clusters - 1), int(i) % (n_clusters - 1)) for i in chosen]
+    records = []
+    for a, b in pairs:
+        b += b >= a  # the (n_clusters - 1) clusters other than a
+        ranked = [int(c) for c in rng.permutation(n_clusters) if c not in (a, b)][:depth]
+        scores = np.sort(np.log(rng.random(depth)).astype(np.float32))[::-1].tolist()
+        records.append((context_key([a, b]), row_value(ranked, scores, "0123456789abcdef")))
+    topic = sum(len(key) + len(value) for key, value in records) / len(records)
+    table: dict[bytes, tuple[list[int], list[float]]] = {}
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for key, value in records:  # as the worker's follower does: bytes from Kafka, parsed, kept
+        row = parse_row(bytes(key), bytes(value), "0123456789abcdef", k, n_clusters)
+        assert not isinstance(row, str), row
+        table[bytes(key)] = row
+    memory = (tracemalloc.get_traced_memory()[0] - before) / len(records)
+    tracemalloc.stop()
+    return TableRow(n_clusters, contexts, depth, len(records), topic, memory)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
+def table_growth(cluster_counts: list[int], sample: int) -> list[TableRow]:
+    print(f"\n{'clusters':>8} {'contexts':>9} {'depth':>5} {'sampled':>7} {'topic B/row':>11} {'topic':>9} "
+          f"{'worker B/row':>12} {'worker (Python rows)':>20}", flush=True)
+    rows = []
+    for n_clusters in cluster_counts:
+        row = table_size(n_clusters, 2, sample, np.random.default_rng(n_clusters))
+        rows.append(row)
+        print(f"{row.clusters:>8} {row.contexts:>9,} {row.depth:>5} {row.sampled:>7,} "
+              f"{row.topic_bytes_per_row:>11,.0f} {human(row.topic_bytes):>9} "
+              f"{row.memory_bytes_per_row:>12,.0f} {human(row.memory_bytes):>20}",
+              flush=True)
+    return rows
+
+
+def plot(rows: list[TopNRow], path: Path) -> None:
+    """Batch-64 latency against catalog size: one line per graph and cluster count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for n_clusters in sorted({r.clusters for r in rows}):
+        mine = [r for r in rows if r.clusters == n_clusters and r.batch == max(x.batch for x in rows)]
+        xs = [r.items for r in mine]
+        ax.plot(xs, [r.full.p50_ms for r in mine], "o--", label=f"full scoring, {n_clusters} clusters")
+        ax.plot(xs, [r.clustered.p50_ms for r in mine], "s-", label=f"clustered, {n_clusters} clusters")
+    ax.set(xscale="log", yscale="log", xlabel="items in the catalog", ylabel="p50 ms per request",
+           title=f"seqrec top-{TOP_N}, {ALLOWED} allowed clusters, batch {max(r.batch for r in rows)}, onnxruntime")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=ints, default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--clusters", type=ints, default=[32, 256, 1000])
+    parser.add_argument("--batches", type=ints, default=[1, 64])
+    parser.add_argument("--seconds", type=float, default=1.0, help="per graph and configuration")
+    parser.add_argument("--table-sample", type=int, default=2000, help="novelty rows measured per cluster count")
+    parser.add_argument("--skip-topn", action="store_true")
+    parser.add_argument("--plot", type=Path, help="write the batch-64 latency plot here (PNG)")
+    parser.add_argument("--json", type=Path, help="write every measurement here")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    print(f"seqrec top-{TOP_N}, onnxruntime 2 threads, random weights (dim 64, 2 blocks), history {HISTORY}, "
+          f"{ALLOWED} allowed clusters per row, items in clusters uniformly at random", flush=True)
+    topn: list[TopNRow] = []
+    if not args.skip_topn:
+        with tempfile.TemporaryDirectory() as tmp:
+            topn = topn_growth(args.items, args.clusters, args.batches, args.seconds, Path(tmp))
+    table = table_growth(args.clusters, args.table_sample)
+    if args.plot and topn:
+        plot(topn, args.plot)
+        print(f"plot: {args.plot}")
+    if args.json:
+        args.json.write_text(json.dumps({"topn": [vars(r) | {"full": vars(r.full), "clustered": vars(r.clustered)}
+                                                  for r in topn],
+                                         "table": [vars(r) for r in table]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
