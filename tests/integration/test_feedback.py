@@ -1,8 +1,9 @@
 """Exploration feedback end to end: the records on `exploration-feedback` are what the replayed events imply.
 
 What this adds to the unit tests of `streams.feedback`: the wiring (the open slates travel in the
-user's state through the changelog, the records reach their topic), and the restart: a worker
-stopped mid-stream and a second one that recovers the state resolve every proposal exactly once.
+user's state through the changelog, the records reach their topic), the restart (a worker
+stopped mid-stream and a second one that recovers the state resolve every proposal exactly once),
+and `explore novelty align --topic` reading the records back from a real broker.
 The expected records are computed here, independently, from the slates on `recommendations`
 (which depend on how events fell into micro-batches) and each user's events after each slate.
 """
@@ -18,6 +19,8 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from explore.cli import main
+from interests.alignment import AlignmentModel
 from streams.config import EngineConfig
 from streams.infra.process import wait_until
 from streams.infra.worker_process import WorkerProcess
@@ -116,6 +119,10 @@ def test_feedback_records_are_what_the_events_imply(broker_name: str, triton, se
         total = sum(float(line.split()[-1]) for line in metrics.splitlines()
                     if line.startswith("explore_feedback_total{"))
         assert total == sum(counts.values())
+        # `explore novelty align --topic` reads the same records back from the broker and learns from all of them.
+        assert main(["novelty", "align", "--topic", cfg.feedback_topic, "--bootstrap", bootstrap, "--min-events", "1",
+                     "--out", str(tmp_path / "align")]) == 0
+        assert AlignmentModel.load(tmp_path / "align").meta["outcomes"] == sum(counts.values())
         return
     first = WorkerProcess(cfg, tmp_path, "first").start()
     producer = Producer(bootstrap, cfg.interactions_topic, records, rate=300)
