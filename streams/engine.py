@@ -14,7 +14,6 @@ per event is parsing and a dict update, the cost per model call is shared by the
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ from streams.inference.router import ModelRouter
 from streams.inference.seqrec import pad_histories
 from streams.metrics import Metrics
 from streams.model_files import ModelFiles
-from streams.novelty_table import context_key, parse_row
+from streams.novelty_table import CompactTable, context_key, parse_row, row_value
 from streams.recommendation import Recommendation, novel_for_user, slate_items
 from streams.records import Limits, Rejection, parse_interaction
 from streams.state import apply, copy_state, needs_slate
@@ -84,7 +83,7 @@ class Engine:
                                   cfg.triton_retries, cfg.triton_retry_after_s, self.metrics.observe_call,
                                   lambda up: self.metrics.triton_up.set(1 if up else 0), self.models.max_batch,
                                   tls=cfg.triton_tls())
-        self.table: dict[bytes, tuple[list[int], list[float]]] = {}
+        self.table = CompactTable(self.n_clusters)  # arrays, not Python rows: ~1M contexts fit (issue 15)
 
     # -- the novelty table -------------------------------------------------------------------
     def learn(self, key: bytes | None, value: bytes | None) -> None:
@@ -193,7 +192,7 @@ class Engine:
         """Model call 1: `interest_generator` for the contexts missing from the table, without exclusions
         (the user-independent answer); the answers join the table and are returned to be published."""
         keys = {u: context_key(states[u]["context"]) for u in users}
-        missing = sorted(set(keys.values()) - set(self.table))
+        missing = sorted({k for k in keys.values() if k not in self.table})  # not set(self.table): O(table)
         misses = sum(1 for u in users if keys[u] not in self.table)  # one lookup per user, as hits
         self.metrics.table_lookups.labels("miss").inc(misses)
         self.metrics.table_lookups.labels("hit").inc(len(users) - misses)
@@ -207,8 +206,7 @@ class Engine:
         for key, cs, ss in zip(missing, clusters.tolist(), scores.tolist(), strict=True):
             ranked = [(c, s) for c, s in zip(cs, ss, strict=True) if c >= 0]
             self.table[key] = ([c for c, _ in ranked], [s for _, s in ranked])
-            fills.append((key, json.dumps({"clusters": self.table[key][0], "scores": self.table[key][1],
-                                           "catalog_version": self.catalog.version, "source": "live"}).encode()))
+            fills.append((key, row_value(*self.table[key], self.catalog.version, source="live")))
         self.metrics.table_size.set(len(self.table))
         return fills
 
