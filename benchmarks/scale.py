@@ -10,8 +10,11 @@
    machine: compare the two graphs within a row, not across runs.
 2. The novelty table at 32 / 256 / 1,000 clusters (K = 2: C * (C - 1) contexts, rows as deep as
    `table_depth`): bytes on the topic (key + value as published, `streams.novelty_table`) and bytes
-   in a worker's memory as today's Python rows (`parse_row` into a dict, measured by tracemalloc).
-   Rows hold random scores; a sample of rows is measured and multiplied out when the table is large.
+   in a worker's memory as Python rows (`parse_row` into a dict, measured by tracemalloc; the
+   worker's form before `CompactTable`). Rows hold random scores; a sample of rows is measured and
+   multiplied out when the table is large.
+3. `CompactTable` (the worker's form now) loaded with 1M contexts of 1,000 clusters in a fresh
+   process, as the follower loads it (parse_row, store; no broker): seconds and resident set.
 
 Run: python benchmarks/scale.py                     (everything, a few minutes on 2 cores)
      python benchmarks/scale.py --items 10000,100000 --clusters 32 --seconds 0.5   (a quick look)
@@ -190,6 +193,53 @@ def table_growth(cluster_counts: list[int], sample: int) -> list[TableRow]:
     return rows
 
 
+def rss_bytes() -> int:
+    """This process's resident set (Linux /proc)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def compact_ingest(n_clusters: int, contexts: int) -> dict:
+    """Load `contexts` published rows into a CompactTable as the worker's follower does (parse_row, then
+    store): seconds and the growth of the resident set. Run in a fresh process (see main)."""
+    from streams.novelty_table import CompactTable
+
+    rng = np.random.default_rng(0)
+    depth = table_depth(n_clusters, 2)
+    values = [row_value(rng.permutation(n_clusters)[:depth].tolist(),
+                        np.sort(np.log(rng.random(depth)).astype(np.float32))[::-1].tolist(), "v") for _ in range(256)]
+    table = CompactTable(n_clusters)
+    gc.collect()
+    before = rss_bytes()
+    start = time.perf_counter()
+    for i in range(contexts):
+        a, b = divmod(i % (n_clusters * (n_clusters - 1)), n_clusters - 1)
+        key = context_key([a, b + (b >= a)])
+        row = parse_row(key, values[i % len(values)], "v", 2, n_clusters)
+        assert not isinstance(row, str), row
+        table[key] = row
+    seconds = time.perf_counter() - start
+    return {"clusters": n_clusters, "contexts": len(table), "seconds": seconds, "rss_growth": rss_bytes() - before,
+            "arrays": table.nbytes(), "rss": rss_bytes()}
+
+
+def compact_growth(n_clusters: int, contexts: int) -> dict:
+    """`compact_ingest` in a child process, so that the resident set is the table's alone."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, __file__, "--compact-child", f"{n_clusters},{contexts}"],
+                         capture_output=True, text=True, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    print(f"\ncompact table (arrays keyed by context), {result['contexts']:,} contexts of {n_clusters} clusters: "
+          f"loaded in {result['seconds']:.1f} s ({result['contexts'] / result['seconds']:,.0f} rows/s, parse_row + "
+          f"store, no broker), resident set grew {human(result['rss_growth'])} (arrays {human(result['arrays'])}), "
+          f"process {human(result['rss'])}", flush=True)
+    return result
+
+
 def plot(rows: list[TopNRow], path: Path) -> None:
     """Batch-64 latency against catalog size: one line per graph and cluster count."""
     import matplotlib
@@ -224,9 +274,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="per graph and configuration")
     parser.add_argument("--table-sample", type=int, default=2000, help="novelty rows measured per cluster count")
     parser.add_argument("--skip-topn", action="store_true")
+    parser.add_argument("--compact-contexts", type=int, default=1_000_000,
+                        help="contexts loaded into the compact table at 1,000 clusters (0: skip)")
+    parser.add_argument("--compact-child", help=argparse.SUPPRESS)
     parser.add_argument("--plot", type=Path, help="write the batch-64 latency plot here (PNG)")
     parser.add_argument("--json", type=Path, help="write every measurement here")
     args = parser.parse_args()
+    if args.compact_child:
+        print(json.dumps(compact_ingest(*ints(args.compact_child))))
+        return
     torch.set_num_threads(2)
     print(f"seqrec top-{TOP_N}, onnxruntime 2 threads, random weights (dim 64, 2 blocks), history {HISTORY}, "
           f"{ALLOWED} allowed clusters per row, items in clusters uniformly at random", flush=True)
@@ -235,13 +291,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             topn = topn_growth(args.items, args.clusters, args.batches, args.seconds, Path(tmp))
     table = table_growth(args.clusters, args.table_sample)
+    compact = compact_growth(max(args.clusters), args.compact_contexts) if args.compact_contexts else None
     if args.plot and topn:
         plot(topn, args.plot)
         print(f"plot: {args.plot}")
     if args.json:
         args.json.write_text(json.dumps({"topn": [vars(r) | {"full": vars(r.full), "clustered": vars(r.clustered)}
                                                   for r in topn],
-                                         "table": [vars(r) for r in table]}, indent=1))
+                                         "table": [vars(r) for r in table], "compact": compact}, indent=1))
 
 
 if __name__ == "__main__":
