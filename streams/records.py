@@ -2,8 +2,9 @@
 
 A record is `{user_id, item_id, ts, event}` with optional `event_id` and `weight` (docs/DESIGN.md).
 `parse_interaction` returns either an `Interaction` or a `Rejection` whose reason is one of
-`REASONS`; the worker sends rejected records unchanged to the dead-letter topic with the reason
-and detail in the headers, so nothing is dropped silently and every reason is countable.
+`REASONS`; the worker sends rejected records to the dead-letter topic as `dead_letter` makes them
+(unchanged up to `DLQ_MAX_BYTES` of key and of value, reason and detail in the headers), so nothing is
+dropped silently and every reason is countable.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 REASONS = ("missing_key", "oversized", "bad_json", "not_object", "missing_field", "wrong_type", "key_mismatch",
            "unknown_item", "ts_out_of_range", "internal_error")
 REQUIRED = ("user_id", "item_id", "ts", "event")
+DLQ_MAX_BYTES = 64 * 1024  # of a rejected record's key, and of its value, kept in its dead-letter copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +129,25 @@ def parse_interaction(key: bytes | None, value: bytes | None, item_index: dict[s
     weight = doc.get("weight")
     return Interaction(user, item, str(doc["item_id"]), ts, doc["event"],
                        None if event_id is None else str(event_id), None if weight is None else float(weight))
+
+
+def dead_letter(key: bytes | None, value: bytes | None, rejection: Rejection,
+                source: str) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """(key, value, headers) of a rejected record's copy in the dead-letter topic: key and value as they
+    came, headers `reason`, `detail` and `source` (topic/partition/offset of the original).
+
+    A key or value over `DLQ_MAX_BYTES` keeps its first `DLQ_MAX_BYTES` bytes, and a `truncated` header
+    gives the original sizes. An input topic can take records larger than a producer may send (Faust's
+    limit is 1,000,000 bytes): the copy of a record with a 1 MiB key failed to send, the agent crashed
+    and took the worker down with it.
+    """
+    def cut(part: bytes | None) -> bytes | None:
+        return part if part is None or len(part) <= DLQ_MAX_BYTES else part[:DLQ_MAX_BYTES]
+
+    headers = [("reason", rejection.reason.encode()),
+               ("detail", rejection.detail.encode("utf-8", "backslashreplace")), ("source", source.encode())]
+    sizes = [f"{name} {len(part)} bytes" for name, part in (("key", key), ("value", value))
+             if part is not None and len(part) > DLQ_MAX_BYTES]
+    if sizes:
+        headers.append(("truncated", ", ".join(sizes).encode()))
+    return cut(key), cut(value), headers

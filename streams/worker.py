@@ -36,6 +36,7 @@ from streams.live_page import LiveFeed, counters, render_page
 from streams.metrics import Metrics
 from streams.novelty_table import keep_running
 from streams.peers import bearer_ok, find_user
+from streams.records import dead_letter
 from streams.state import expired_users
 
 TABLES = ("users", "positions")
@@ -156,9 +157,9 @@ def create_app(cfg: EngineConfig) -> faust.App:
             result = await engine.handle(records, users.get)
             by_offset = {(e.message.partition, e.message.offset): e for e in mine}
             for rec, rej in result.dlq:
-                headers = [("reason", rej.reason.encode()), ("detail", rej.detail.encode()),
-                           ("source", f"{cfg.interactions_topic}/{rec.partition}/{rec.offset}".encode())]
-                await dlq.send(key=rec.key, value=rec.value, headers=headers)
+                key, value, headers = dead_letter(rec.key, rec.value, rej,
+                                                  f"{cfg.interactions_topic}/{rec.partition}/{rec.offset}")
+                await dlq.send(key=key, value=value, headers=headers)
             for key, value in result.table_fills:
                 await novelty.send(key=key, value=value)
             for user, (state, rec) in result.states.items():

@@ -281,6 +281,10 @@ def test_users_expire_after_the_ttl_since_their_last_event_was_applied() -> None
     (b"1,99", {"clusters": [4], "scores": [-1.0], "catalog_version": "v1"}, "invalid"),
     (b"spam", {"clusters": [4], "scores": [-1.0], "catalog_version": "v1"}, "invalid"),
     (b"1,2", [[[]]], "invalid"),
+    # These raised (TypeError: unhashable; OverflowError) and crashed the table follower, again after each restart.
+    (b"1,2", {"clusters": [[3]], "scores": [-1.0], "catalog_version": "v1"}, "invalid"),
+    (b"1,2", {"clusters": [{"a": 3}], "scores": [-1.0], "catalog_version": "v1"}, "invalid"),
+    (b"1,2", {"clusters": [3], "scores": [-10**400], "catalog_version": "v1"}, "invalid"),
 ])
 def test_novelty_rows_from_elsewhere_are_refused_with_a_reason(key: bytes, value: object, reason: str) -> None:
     assert parse_row(key, json.dumps(value).encode(), "v1", k=2, n_clusters=8) == reason
@@ -319,3 +323,17 @@ def test_a_crashed_task_is_started_again() -> None:
 
     asyncio.run(keep_running(flaky, lambda exc: crashes.append(str(exc)), backoff_s=0.0))
     assert runs == [0, 1, 2] and crashes == ["broker gone 1", "broker gone 2"]
+
+
+def test_a_dead_letter_copy_keeps_the_record_up_to_a_bound_and_says_what_it_cut() -> None:
+    """The copy of a record with a 1 MiB key failed to send (over the producer's request size), the agent
+    crashed and the worker with it; the copy is now cut, and the headers point at the original."""
+    from streams.records import DLQ_MAX_BYTES, dead_letter
+
+    rejection = Rejection("oversized", "key of 1048576 bytes > 256")
+    key, value, headers = dead_letter(b"k" * 2**20, b"v", rejection, "interactions/3/17")
+    assert len(key) == DLQ_MAX_BYTES and value == b"v"
+    assert dict(headers) == {"reason": b"oversized", "detail": b"key of 1048576 bytes > 256",
+                             "source": b"interactions/3/17", "truncated": b"key 1048576 bytes"}
+    assert dead_letter(None, b"x", Rejection("missing_key", "no key \ud800"), "t/0/1") == (
+        None, b"x", [("reason", b"missing_key"), ("detail", b"no key \\ud800"), ("source", b"t/0/1")])
