@@ -277,8 +277,12 @@ def _replay_and_watch(ds, start_ts, cfg, worker, catalog, run: Path, args, steps
     with open(run / "recommendations.jsonl", "w") as f:
         for r in view.records:
             f.write(json.dumps(r) + "\n")
+    from streams.feedback import read_feedback_topic
+
+    feedback = read_feedback_topic(cfg.bootstrap, cfg.feedback_topic)  # `explore novelty align --feedback` reads it
+    (run / "feedback.jsonl").write_text("".join(r.encode().decode() + "\n" for r in feedback))
     return {"records": view.records, "events": len(events), "held": len(held), "replay_s": replay_s,
-            "start_ts": start_ts,
+            "start_ts": start_ts, "feedback": feedback,
             "metrics": _parse_metrics(metrics)}
 
 
@@ -354,6 +358,14 @@ def _print_summary(s: dict, steps: Steps, run: Path, report: Path | None, total_
           f"{slates['table']:,.0f}, live {slates['live']:,.0f}); novelty table hit rate "
           f"{hits / max(hits + misses, 1):.1%}; held-out event-to-slate p50 {np.median(lat):.0f} ms, "
           f"p99 {np.percentile(lat, 99):.0f} ms")
+    from streams.feedback import acceptance
+
+    fb = s["feedback"]
+    outcomes = {o: sum(r.outcome == o for r in fb) for o in ("accepted", "horizon", "evicted")}
+    by_rank = acceptance(fb, lambda r: r.rank)
+    print(f"  feedback: {len(fb):,} proposed clusters resolved (accepted {outcomes['accepted']:,}, not accepted "
+          f"{outcomes['horizon']:,}, evicted {outcomes['evicted']:,}); acceptance by rank "
+          + ", ".join(f"{k}: {v:.1%}" for k, v in sorted(by_rank.items())) + f"; {run}/feedback.jsonl")
     print("  steps: " + ", ".join(f"{k.split(',')[0].split(':')[0]} {v:.0f} s" for k, v in steps.times.items()))
     if report:
         print(f"  report: {report}")

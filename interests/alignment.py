@@ -29,7 +29,7 @@ import hashlib
 import json
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,7 @@ class Outcome:
     cluster: int
     description: str
     accepted: bool
+    rank: int = 0  # its place among the slate's novel clusters (1: the novelty LM's first); 0: unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ class AlignmentExample:
     label: float
     events: int
     accepted: int
+    rank: float = 0.0  # the mean rank the novelty LM gave the candidate in this context's slates
 
 
 def aggregate(outcomes: Iterable[Outcome], min_events: int = 5, steps: int = 10) -> list[AlignmentExample]:
@@ -73,7 +75,7 @@ def aggregate(outcomes: Iterable[Outcome], min_events: int = 5, steps: int = 10)
     for (context, cluster), g in sorted(kept.items()):
         label = round(rates[(context, cluster)] / top * steps) / steps if top > 0 else 0.0
         out.append(AlignmentExample(context, cluster, prompt_text(g[0].context_descriptions), g[0].description,
-                                    label, len(g), sum(o.accepted for o in g)))
+                                    label, len(g), sum(o.accepted for o in g), sum(o.rank for o in g) / len(g)))
     return out
 
 
@@ -146,20 +148,22 @@ def train_alignment(examples: Sequence[AlignmentExample], alpha: float = 1.0, me
                                                               "features": len(names), **(meta or {})})
 
 
-def pairwise_accuracy(model: AlignmentModel, examples: Sequence[AlignmentExample]) -> tuple[float, int]:
-    """Within each context, the share of candidate pairs with different labels that the model orders as
-    the labels do (the best-of-n question), and how many pairs there were."""
+def pairwise_accuracy(score: Callable[[AlignmentExample], float],
+                      examples: Sequence[AlignmentExample]) -> tuple[float, int]:
+    """Within each context, the share of candidate pairs with different labels that `score` orders as the
+    labels do (the best-of-n question), and how many pairs there were; a tie counts half."""
     by_context: dict[tuple[int, ...], list[AlignmentExample]] = defaultdict(list)
     for e in examples:
         by_context[e.context].append(e)
-    right = total = 0
+    right, total = 0.0, 0
     for group in by_context.values():
-        scores = [model.score(e.prompt, e.description) for e in group]
+        scores = [score(e) for e in group]
         for i in range(len(group)):
             for j in range(i + 1, len(group)):
                 if group[i].label != group[j].label:
                     total += 1
-                    right += (scores[i] - scores[j]) * (group[i].label - group[j].label) > 0
+                    agree = (scores[i] - scores[j]) * (group[i].label - group[j].label)
+                    right += 1.0 if agree > 0 else 0.5 if agree == 0 else 0.0
     return (right / total if total else float("nan")), total
 
 
@@ -169,8 +173,8 @@ def align(outcomes: Sequence[Outcome], min_events: int = 5, steps: int = 10, alp
 
     A share `holdout` of the contexts (chosen by a hash of the context, so the same feedback always
     splits alike) is left out of a first fit and scored by `pairwise_accuracy` there: how often the
-    model orders two candidates of a context it never saw as their labels do. The model returned is
-    fitted on every example.
+    model orders two candidates of a context it never saw as their labels do, beside how often the
+    novelty LM's own order (the slates' ranks) does. The model returned is fitted on every example.
     """
     examples = aggregate(outcomes, min_events, steps)
     labels = sorted({e.label for e in examples})
@@ -181,8 +185,11 @@ def align(outcomes: Sequence[Outcome], min_events: int = 5, steps: int = 10, alp
     held = [e for e in examples if _held_out(e.context, holdout)]
     fit = [e for e in examples if not _held_out(e.context, holdout)]
     if held and fit:
+        first = train_alignment(fit, alpha)
         report["holdout_pairwise_accuracy"], report["holdout_pairs"] = pairwise_accuracy(
-            train_alignment(fit, alpha), held)
+            lambda e: first.score(e.prompt, e.description), held)
+        if all(e.rank > 0 for e in held):
+            report["holdout_lm_rank_accuracy"] = pairwise_accuracy(lambda e: -e.rank, held)[0]
     model = train_alignment(examples, alpha, {**(meta or {}), **report})
     return model, report
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -211,6 +211,18 @@ def read_feedback_topic(bootstrap: str, topic: str, security: KafkaSecurity = PL
     return out
 
 
+def acceptance(records: Iterable[FeedbackRecord], by: Callable[[FeedbackRecord], object]) -> dict[object, float]:
+    """Accepted over accepted + not accepted per group (`by`: rank, source...), as `explore_feedback_total`
+    gives it; evicted proposals have no label and count nowhere."""
+    counts: dict[object, list[int]] = {}
+    for r in records:
+        if r.outcome != "evicted":
+            c = counts.setdefault(by(r), [0, 0])
+            c[0] += r.accepted
+            c[1] += 1
+    return {k: a / n for k, (a, n) in counts.items()}
+
+
 def labelled_outcomes(records: Iterable[FeedbackRecord]) -> list[Outcome]:
     """The outcomes an alignment model learns from: each proposal once (the topic is written at least
     once: a repeat has the same `feedback_id`), evicted ones left out (their horizon had not passed)."""
@@ -221,9 +233,9 @@ def labelled_outcomes(records: Iterable[FeedbackRecord]) -> list[Outcome]:
             continue
         seen.add(r.feedback_id)
         out.append(Outcome(tuple(c["id"] for c in r.context), tuple(c["description"] for c in r.context),
-                           r.cluster["id"], r.cluster["description"], r.accepted))
+                           r.cluster["id"], r.cluster["description"], r.accepted, r.rank))
     return out
 
 
-__all__ = ["OUTCOMES", "FeedbackRecord", "Horizon", "Resolved", "feedback_record", "labelled_outcomes", "open_slate",
-           "parse_feedback", "read_feedback_file", "read_feedback_topic", "remember", "resolve"]
+__all__ = ["OUTCOMES", "FeedbackRecord", "Horizon", "Resolved", "acceptance", "feedback_record", "labelled_outcomes",
+           "open_slate", "parse_feedback", "read_feedback_file", "read_feedback_topic", "remember", "resolve"]

@@ -379,7 +379,10 @@ def cmd_novelty_align(args: argparse.Namespace) -> int:
           f"{report['examples']:,} with at least {args.min_events} outcomes, over {report['contexts']:,} contexts")
     print(f"labels (acceptance over the best group's, {args.steps} steps): {report['labels']}")
     if held is not None:
-        print(f"held-out contexts: {report['holdout_pairs']} candidate pairs, ordered as their labels: {held:.3f}")
+        lm = report.get("holdout_lm_rank_accuracy")
+        print(f"held-out contexts: {report['holdout_pairs']} candidate pairs with different labels; ordered as "
+              f"the labels by the alignment model {held:.3f}"
+              + ("" if lm is None else f", by the novelty LM's own ranks {lm:.3f}") + " (ties count half)")
     print(f"alignment model: {len(model.weights):,} word-pair weights, fitted in {time.perf_counter() - t0:.1f} s; "
           f"{path}")
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -42,6 +44,10 @@ def test_groups_are_filtered_by_count_normalised_by_the_best_and_rounded_to_step
                                   "A new interest for the user:")
     assert examples[0].description == DESCRIPTIONS[4]
     assert aggregate([outcome(ctx, 4, False)] * 5)[0].label == 0.0  # nothing accepted anywhere: no division by 0
+    ranked = aggregate([Outcome(ctx, ("a", "b"), 4, "c", True, rank=r) for r in (1, 1, 2, 2, 2)], min_events=5)
+    assert ranked[0].rank == pytest.approx(1.6)  # the novelty LM's mean rank: the baseline the model is held to
+    by_rank = pairwise_accuracy(lambda e: -e.rank, [replace(examples[0], rank=2.0), replace(examples[1], rank=1.0)])
+    assert by_rank == (0.0, 1)  # the LM put the worse candidate first
 
 
 def test_the_model_learns_a_planted_preference_and_carries_it_to_unseen_contexts(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -51,7 +57,7 @@ def test_the_model_learns_a_planted_preference_and_carries_it_to_unseen_contexts
     # Combinations of clusters the feedback never had together, with a space cluster and without:
     # every pair of candidates ordered as the planted rates order them (labels from 400 users a pair).
     held_out = aggregate(planted([(1, 7), (0, 1), (2, 7), (7, 2)], per_pair=400, seed=1), min_events=5)
-    accuracy, pairs = pairwise_accuracy(model, held_out)
+    accuracy, pairs = pairwise_accuracy(lambda e: model.score(e.prompt, e.description), held_out)
     assert pairs == 12 and accuracy == 1.0, (accuracy, pairs)
     # A cluster the feedback never had ("space, station, astronauts"): only its word "space" is known,
     # and that is enough to put horror before westerns; a context without it puts westerns first.

@@ -150,3 +150,14 @@ def test_the_replay_sends_ratings_only_when_the_data_set_has_them() -> None:
 
     assert [v.get("weight") for v in values([4.5, 1.0, 3.0])] == [4.5, 1.0, 3.0]
     assert all("weight" not in v for v in values(None))
+
+
+def test_acceptance_is_accepted_over_labelled_proposals_per_group() -> None:
+    from streams.feedback import acceptance
+
+    open_ = [slate(5, 100.0, [7, 8, 9]), slate(6, 101.0, [3, 4])]
+    resolved = resolve(open_, 7, 110.0, 7, "a", None, Horizon(2, 0))  # slate 5: 7 accepted, 8 and 9 not
+    resolved += remember(open_, slate(8, 111.0, [1]), max_open=1)  # slate 6 evicted: no label
+    records = [feedback_record("u", r, DESCRIPTIONS) for r in resolved]
+    assert acceptance(records, lambda r: r.rank) == {1: 1.0, 2: 0.0, 3: 0.0}
+    assert acceptance(records, lambda r: r.source) == {"table": 1 / 3}
