@@ -92,3 +92,24 @@ def grant(bootstrap: str, admin: KafkaSecurity, user: str, operations: list[tupl
         client.close()
     failed = result.get("failed") if isinstance(result, dict) else None
     assert not failed, f"creating ACLs failed: {failed}"
+
+
+def revoke_denial(bootstrap: str, admin: KafkaSecurity, user: str, kind: str, resource: str, operation: str) -> None:
+    """Delete the LITERAL DENY ACL that `grant(..., deny=True)` made for `user` on one resource."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import (
+        ACLFilter,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePatternFilter,
+        ResourceType,
+    )
+
+    pattern = ResourcePatternFilter(ResourceType[kind], resource, ACLResourcePatternType.LITERAL)
+    acl_filter = ACLFilter(f"User:{user}", "*", ACLOperation[operation], ACLPermissionType.DENY, pattern)
+    client = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="explore-test-acls", **admin.client_kwargs())
+    try:
+        client.delete_acls([acl_filter])
+    finally:
+        client.close()

@@ -206,7 +206,8 @@ def test_hostile_novelty_rows_are_ignored_and_the_worker_gets_ready(apache_boots
                                                                     tmp_path: Path) -> None:
     """Anyone who can write the novelty topic: a deeply nested value crashed the table follower before
     (RecursionError), the table never loaded and /ready answered 503 for good; rows of another catalog
-    or with cluster ids past the catalog's were used."""
+    or with cluster ids past the catalog's were used; a list as a cluster id or a 400-digit score crashed it
+    again after every restart (the table stopped at that row for good)."""
     cfg = engine_config(apache_bootstrap, seqrec_artifacts, triton.repository, triton.grpc)
     ensure_topics(cfg)
     version = seqrec_artifacts.catalog.version
@@ -215,12 +216,15 @@ def test_hostile_novelty_rows_are_ignored_and_the_worker_gets_ready(apache_boots
         return json.dumps({"clusters": clusters, "scores": [0.0] * len(clusters),
                            "catalog_version": catalog_version}).encode()
 
+    unhashable = json.dumps({"clusters": [[2]], "scores": [0.0], "catalog_version": version}).encode()
+    huge_score = json.dumps({"clusters": [2], "scores": [10**400], "catalog_version": version}).encode()
     rows = [(b"0,1", b"[" * 3000 + b"]" * 3000), (b"0,1", row([999], version)), (b"1,0", row([2], "another")),
-            (b"spam-" + b"x" * 100, row([2], version))]
+            (b"spam-" + b"x" * 100, row([2], version)), (b"0,1", unhashable), (b"1,0", huge_score)]
     produce(apache_bootstrap, cfg.novelty_topic, rows, progress=False)
     with WorkerProcess(cfg, tmp_path) as worker:  # start() waits for /ready
         status, body = worker.get("/ready")
         metrics = worker.metrics_text()
     assert status == 200 and body["novelty_contexts"] == 0, body
-    assert 'explore_novelty_rows_ignored_total{reason="invalid"} 3.0' in metrics
+    assert 'explore_novelty_rows_ignored_total{reason="invalid"} 5.0' in metrics
+    assert 'explore_task_restarts_total{task="novelty_table"}' not in metrics  # the two raised before: a crash loop
     assert 'explore_novelty_rows_ignored_total{reason="stale"} 1.0' in metrics

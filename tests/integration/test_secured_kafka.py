@@ -9,11 +9,15 @@ worker processes (`explore serve`), started with the settings a user would set:
 - with credentials (SCRAM-SHA-512) and its ACLs: events in (produced over PLAIN), state, slates
   out (read over SCRAM-SHA-256); its web pages ask for the bearer token and Faust's are off;
 - without write access to the DLQ (nor an ACL for its consumer group): refused at start, naming
-  each topic or group and the operation.
+  each topic or group and the operation;
+- read access to the novelty topic withdrawn while it runs: the novelty-table follower crashes on
+  the broker's refusal, is started again until the access is back, then reads what was published
+  meanwhile; no event is lost or applied twice.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +34,7 @@ from streams.kafka_security import KafkaSecurity
 from streams.replay import produce
 from streams.worker import engine_topics, ensure_topics
 from tests.integration.engine_support import expected_states, item_cluster_map, read_topic, synthetic_events
-from tests.integration.secure_kafka import grant, make_tls_files
+from tests.integration.secure_kafka import grant, make_tls_files, revoke_denial
 
 pytestmark = pytest.mark.integration
 
@@ -157,3 +161,54 @@ def test_a_worker_without_write_access_to_the_dlq_nor_its_group_says_so(  # type
     assert f"consumer group '{cfg.app_id}': no READ permission" in log
     assert f"topic '{cfg.recommendations_topic}'" not in log  # only what is missing is named
     assert "Traceback" not in log
+
+
+def restarts(worker: WorkerProcess) -> float:
+    """explore_task_restarts_total{task="novelty_table"}: how often the follower was started again."""
+    for line in worker.metrics_text().splitlines():
+        if line.startswith('explore_task_restarts_total{task="novelty_table"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_the_novelty_follower_crashing_on_a_broker_refusal_is_restarted_and_loses_nothing(  # type: ignore[no-untyped-def]
+        secured_kafka: SecuredKafka, seqrec_artifacts, novelty_artifacts, tiny_repository: Path,
+        tmp_path: Path) -> None:
+    """A real crash of the follower task: the broker refuses its fetches (READ on the novelty topic denied
+    mid-run, TopicAuthorizationFailedError). It is started again, and crashes again, until READ is allowed
+    again; then it reads the row published meanwhile. The agent applies every event meanwhile, once."""
+    cfg = secured_config(secured_kafka, seqrec_artifacts, tiny_repository, "engine", "SCRAM-SHA-512")
+    admin = secured_kafka.security("admin")
+    grant(secured_kafka.bootstrap, admin, "engine", [("TOPIC", tag_of(cfg), "PREFIXED", "ALL"),
+                                                     ("GROUP", tag_of(cfg), "PREFIXED", "READ")])
+    events = synthetic_events(seqrec_artifacts.dataset, n_users=12, max_per_user=12)
+    expected = expected_states(events, item_cluster_map(seqrec_artifacts), cfg.k)
+    half = len(events) // 2
+    engine = secured_kafka.security("engine", "PLAIN")
+    with WorkerProcess(cfg, tmp_path, command="serve") as worker:
+        produce(cfg.bootstrap, cfg.interactions_topic, [e.encode() for e in events[:half]], progress=False,
+                security=engine)
+        grant(secured_kafka.bootstrap, admin, "engine", [("TOPIC", cfg.novelty_topic, "LITERAL", "READ")], deny=True)
+        wait_until(lambda: restarts(worker) >= 2, 60, "the follower crashed and was started again", worker.proc)
+        stale = json.dumps({"clusters": [0], "scores": [0.0], "catalog_version": "another"}).encode()
+        produce(cfg.bootstrap, cfg.novelty_topic, [(b"0,1", stale)], progress=False, security=admin)
+        produce(cfg.bootstrap, cfg.interactions_topic, [e.encode() for e in events[half:]], progress=False,
+                security=engine)
+        crashes = restarts(worker)
+        revoke_denial(secured_kafka.bootstrap, admin, "engine", "TOPIC", cfg.novelty_topic, "READ")
+        wait_until(lambda: 'explore_novelty_rows_ignored_total{reason="stale"} 1.0' in worker.metrics_text(), 60,
+                   "the restarted follower read the row published while it crashed", worker.proc)
+
+        def applied() -> bool:
+            return all(worker.get(f"/users/{u}")[1].get("events_applied") == s["n"] for u, s in expected.items())
+
+        wait_until(applied, 90, "every event applied once", worker.proc, interval_s=0.5)
+        states = {u: worker.get(f"/users/{u}")[1] for u in expected}
+        assert worker.alive() and worker.get("/ready")[0] == 200
+        log = worker.proc.log_path.read_text()
+    assert "the novelty-table follower crashed (TopicAuthorizationFailedError" in log, log[-3000:]
+    for user, state in expected.items():
+        assert [c["id"] for c in states[user]["context"]] == state["context"], user
+    print(f"\n#13 figures: follower crash: READ on the novelty topic denied mid-run, the follower crashed and was "
+          f"started {crashes:.0f}+ times, then read the row published meanwhile; {len(events)} events of "
+          f"{len(expected)} users applied exactly once, worker alive and ready")
