@@ -33,15 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from exporters.seqrec_onnx import TopNGraph, export_onnx
-from interests.clustered_topn import ClusteredTopN
 from interests.novelty_precompute import table_depth
-from interests.sasrec import SASRec, SASRecConfig
-from interests.topn import RestrictedTopN
-from streams.inference.seqrec import OnnxSeqRec
 from streams.novelty_table import context_key, parse_row, row_value
+
+# PyTorch and the exporters are imported where the seqrec part runs: the compact-table child
+# process measures its resident set, and a worker does not import them.
 
 ALLOWED = 3  # novel clusters per slate (the engine's M)
 HISTORY = 50
@@ -77,7 +74,7 @@ def random_requests(n_items: int, n_clusters: int, batch: int, count: int,
     return out
 
 
-def measure(twin: OnnxSeqRec, requests: list[tuple[np.ndarray, np.ndarray]], seconds: float) -> Timing:
+def measure(twin, requests: list[tuple[np.ndarray, np.ndarray]], seconds: float) -> Timing:
     """p50 latency and rows/s of back-to-back calls for `seconds` (at least 3 calls, after one warm-up)."""
     twin.top_n(*requests[0])
     latencies: list[float] = []
@@ -90,14 +87,24 @@ def measure(twin: OnnxSeqRec, requests: list[tuple[np.ndarray, np.ndarray]], sec
     return Timing(float(np.percentile(latencies, 50) * 1000), rows / sum(latencies))
 
 
-def session_for(graph: TopNGraph, work: Path, name: str) -> OnnxSeqRec:
-    """Export `graph` and open it as the worker does (2 threads)."""
+def session_for(graph, work: Path, name: str):  # type: ignore[no-untyped-def]
+    """Export `graph` (a RestrictedTopN) and open it as the worker does (onnxruntime, 2 threads)."""
+    from exporters.seqrec_onnx import export_onnx
+    from streams.inference.seqrec import OnnxSeqRec
+
     return OnnxSeqRec(export_onnx(graph, work / f"{name}.onnx"), threads=2)
 
 
 def topn_growth(item_counts: list[int], cluster_counts: list[int], batches: list[int], seconds: float,
                 work: Path) -> list[TopNRow]:
     """Both graphs on the same requests for every (items, clusters, batch); prints each row as measured."""
+    import torch
+
+    from interests.clustered_topn import ClusteredTopN
+    from interests.sasrec import SASRec, SASRecConfig
+    from interests.topn import RestrictedTopN
+
+    torch.set_num_threads(2)
     rows = []
     print(f"{'items':>9} {'clusters':>8} {'largest':>7} {'batch':>5} {'full p50 ms':>11} {'full rows/s':>11} "
           f"{'clust p50 ms':>12} {'clust rows/s':>12} {'speed-up':>8}", flush=True)
@@ -213,16 +220,16 @@ def compact_ingest(n_clusters: int, contexts: int) -> dict:
     table = CompactTable(n_clusters)
     gc.collect()
     before = rss_bytes()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for i in range(contexts):
         a, b = divmod(i % (n_clusters * (n_clusters - 1)), n_clusters - 1)
         key = context_key([a, b + (b >= a)])
         row = parse_row(key, values[i % len(values)], "v", 2, n_clusters)
         assert not isinstance(row, str), row
         table[key] = row
-    seconds = time.perf_counter() - start
-    return {"clusters": n_clusters, "contexts": len(table), "seconds": seconds, "rss_growth": rss_bytes() - before,
-            "arrays": table.nbytes(), "rss": rss_bytes()}
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"clusters": n_clusters, "contexts": len(table), "seconds": seconds, "cpu_seconds": cpu,
+            "rss_growth": rss_bytes() - before, "arrays": table.nbytes(), "rss": rss_bytes()}
 
 
 def compact_growth(n_clusters: int, contexts: int) -> dict:
@@ -234,9 +241,10 @@ def compact_growth(n_clusters: int, contexts: int) -> dict:
                          capture_output=True, text=True, check=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     print(f"\ncompact table (arrays keyed by context), {result['contexts']:,} contexts of {n_clusters} clusters: "
-          f"loaded in {result['seconds']:.1f} s ({result['contexts'] / result['seconds']:,.0f} rows/s, parse_row + "
-          f"store, no broker), resident set grew {human(result['rss_growth'])} (arrays {human(result['arrays'])}), "
-          f"process {human(result['rss'])}", flush=True)
+          f"loaded in {result['seconds']:.1f} s, {result['cpu_seconds']:.1f} s of CPU "
+          f"({result['contexts'] / result['cpu_seconds']:,.0f} rows per CPU second; parse_row + store, no broker), "
+          f"resident set grew {human(result['rss_growth'])} (arrays {human(result['arrays'])}), "
+          f"the process (Python, numpy, the table) {human(result['rss'])}", flush=True)
     return result
 
 
@@ -248,11 +256,11 @@ def plot(rows: list[TopNRow], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for n_clusters in sorted({r.clusters for r in rows}):
+    for i, n_clusters in enumerate(sorted({r.clusters for r in rows})):
         mine = [r for r in rows if r.clusters == n_clusters and r.batch == max(x.batch for x in rows)]
         xs = [r.items for r in mine]
-        ax.plot(xs, [r.full.p50_ms for r in mine], "o--", label=f"full scoring, {n_clusters} clusters")
-        ax.plot(xs, [r.clustered.p50_ms for r in mine], "s-", label=f"clustered, {n_clusters} clusters")
+        ax.plot(xs, [r.full.p50_ms for r in mine], "o--", color=f"C{i}", label=f"full scoring, {n_clusters} clusters")
+        ax.plot(xs, [r.clustered.p50_ms for r in mine], "s-", color=f"C{i}", label=f"clustered, {n_clusters} clusters")
     ax.set(xscale="log", yscale="log", xlabel="items in the catalog", ylabel="p50 ms per request",
            title=f"seqrec top-{TOP_N}, {ALLOWED} allowed clusters, batch {max(r.batch for r in rows)}, onnxruntime")
     ax.legend(fontsize=7)
@@ -279,11 +287,16 @@ def main() -> None:
     parser.add_argument("--compact-child", help=argparse.SUPPRESS)
     parser.add_argument("--plot", type=Path, help="write the batch-64 latency plot here (PNG)")
     parser.add_argument("--json", type=Path, help="write every measurement here")
+    parser.add_argument("--replot", type=Path, help="draw --plot from a --json file of an earlier run, measure nothing")
     args = parser.parse_args()
+    if args.replot and args.plot:
+        saved = json.loads(args.replot.read_text())["topn"]
+        plot([TopNRow(**{**r, "full": Timing(**r["full"]), "clustered": Timing(**r["clustered"])}) for r in saved],
+             args.plot)
+        return
     if args.compact_child:
         print(json.dumps(compact_ingest(*ints(args.compact_child))))
         return
-    torch.set_num_threads(2)
     print(f"seqrec top-{TOP_N}, onnxruntime 2 threads, random weights (dim 64, 2 blocks), history {HISTORY}, "
           f"{ALLOWED} allowed clusters per row, items in clusters uniformly at random", flush=True)
     topn: list[TopNRow] = []
