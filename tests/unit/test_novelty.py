@@ -692,3 +692,15 @@ def test_base_model_names_resolve_offline_with_clear_errors(tmp_path: Path, monk
         base_models.resolve_base_model("absent")
     with pytest.raises(base_models.BaseModelError, match="unknown base model"):
         base_models.ensure_base_model("no-such-model")
+
+
+def test_the_demo_table_holds_every_ordered_pair_of_a_small_catalog() -> None:
+    """No live fills on a small catalog (a pretrained model cannot afford them on a CPU); the seen
+    contexts beyond the limit."""
+    from explore.demo import table_contexts
+
+    seen = np.array([[0, 1], [2, 3]])
+    full = table_contexts(seen, 8)
+    assert len(full) == 56 == len({tuple(c) for c in full}) and all(a != b for a, b in full)
+    assert table_contexts(seen, 32) != [[0, 1], [2, 3]] and len(table_contexts(seen, 32)) == 992
+    assert table_contexts(seen, 40) == [[0, 1], [2, 3]]
