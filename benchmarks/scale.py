@@ -1,7 +1,8 @@
 """How the engine's costs grow with the catalog (issue 15, "What to measure"), in one run.
 
 1. seqrec's restricted top-N at 10k / 100k / 1M items and 32 / 256 / 1,000 clusters, batch 1 and
-   64, on onnxruntime (2 threads): the full-scoring graph (`interests.topn.RestrictedTopN`, every
+   64, on onnxruntime (2 threads; with --triton also through the embedded Triton on the CPU,
+   gRPC, one caller): the full-scoring graph (`interests.topn.RestrictedTopN`, every
    item scored and masked) beside the clustered graph (`interests.clustered_topn.ClusteredTopN`,
    only the allowed clusters' items), on the same requests: histories of 50 random items, 3
    allowed clusters per row (the engine's M). SASRec with random weights (dim 64, 2 blocks, 2
@@ -59,6 +60,7 @@ class TopNRow:
     batch: int
     full: Timing
     clustered: Timing
+    path: str = "onnxruntime"
 
 
 def random_requests(n_items: int, n_clusters: int, batch: int, count: int,
@@ -95,9 +97,34 @@ def session_for(graph, work: Path, name: str):  # type: ignore[no-untyped-def]
     return OnnxSeqRec(export_onnx(graph, work / f"{name}.onnx"), threads=2)
 
 
+def triton_server(work: Path):  # type: ignore[no-untyped-def]
+    """The embedded Triton (CPU) serving work/clustered.onnx as `seqrec` and work/full.onnx as `seqrec_full`,
+    each with the committed `triton_models/seqrec` (Python backend over onnxruntime, 2 threads)."""
+    import shutil
+
+    from exporters.repository import source_dir
+    from streams.infra.triton import EmbeddedTriton
+
+    for name, graph in (("seqrec", "clustered"), ("seqrec_full", "full")):
+        dest = work / "repo" / name
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(source_dir() / "seqrec", dest, ignore=shutil.ignore_patterns("__pycache__", "*.onnx"))
+        config = dest / "config.pbtxt"
+        config.write_text(config.read_text().replace('name: "seqrec"', f'name: "{name}"'))
+        shutil.copy(work / f"{graph}.onnx", dest / "1" / "model.onnx")
+    return EmbeddedTriton(work / "repo", work / "triton").start(timeout_s=600)
+
+
+def print_row(row: TopNRow) -> None:
+    print(f"{row.items:>9,} {row.clusters:>8} {row.largest:>7} {row.batch:>5} {row.path:>11} {row.full.p50_ms:>11.2f} "
+          f"{row.full.rows_per_s:>11,.0f} {row.clustered.p50_ms:>12.2f} {row.clustered.rows_per_s:>12,.0f} "
+          f"{row.full.p50_ms / row.clustered.p50_ms:>7.1f}x", flush=True)
+
+
 def topn_growth(item_counts: list[int], cluster_counts: list[int], batches: list[int], seconds: float,
-                work: Path) -> list[TopNRow]:
-    """Both graphs on the same requests for every (items, clusters, batch); prints each row as measured."""
+                work: Path, triton: bool = False) -> list[TopNRow]:
+    """Both graphs on the same requests for every (items, clusters, batch), on onnxruntime in-process and
+    with `triton` also through the embedded Triton over gRPC (one caller); prints each row as measured."""
     import torch
 
     from interests.clustered_topn import ClusteredTopN
@@ -106,8 +133,10 @@ def topn_growth(item_counts: list[int], cluster_counts: list[int], batches: list
 
     torch.set_num_threads(2)
     rows = []
-    print(f"{'items':>9} {'clusters':>8} {'largest':>7} {'batch':>5} {'full p50 ms':>11} {'full rows/s':>11} "
-          f"{'clust p50 ms':>12} {'clust rows/s':>12} {'speed-up':>8}", flush=True)
+    from streams.inference.seqrec import TritonSeqRec
+
+    print(f"{'items':>9} {'clusters':>8} {'largest':>7} {'batch':>5} {'path':>11} {'full p50 ms':>11} "
+          f"{'full rows/s':>11} {'clust p50 ms':>12} {'clust rows/s':>12} {'speed-up':>8}", flush=True)
     for n_items in item_counts:
         torch.manual_seed(0)
         model = SASRec(SASRecConfig(n_items=n_items, max_len=HISTORY)).eval()
@@ -117,17 +146,26 @@ def topn_growth(item_counts: list[int], cluster_counts: list[int], batches: list
             clustered = ClusteredTopN(model, item_cluster, n_clusters, TOP_N)
             twins = {"full": session_for(RestrictedTopN(model, item_cluster, n_clusters, TOP_N), work, "full"),
                      "clustered": session_for(clustered, work, "clustered")}
-            for batch in batches:
-                requests = random_requests(n_items, n_clusters, batch, 8, rng)
-                a, b = (twins[g].top_n(*requests[0]) for g in ("full", "clustered"))
-                if not (np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1], atol=1e-4)):
-                    print("  (the two graphs disagree on this request: see tests/unit/test_clustered_topn.py)")
-                full, fast = (measure(twins[g], requests, seconds) for g in ("full", "clustered"))
-                row = TopNRow(n_items, n_clusters, clustered.cluster_size, batch, full, fast)
-                rows.append(row)
-                print(f"{n_items:>9,} {n_clusters:>8} {row.largest:>7} {batch:>5} {full.p50_ms:>11.2f} "
-                      f"{full.rows_per_s:>11,.0f} {fast.p50_ms:>12.2f} {fast.rows_per_s:>12,.0f} "
-                      f"{full.p50_ms / fast.p50_ms:>7.1f}x", flush=True)
+            server = triton_server(work) if triton else None
+            remote = {"full": TritonSeqRec(server.grpc_url, "seqrec_full", timeout_s=300),
+                      "clustered": TritonSeqRec(server.grpc_url, "seqrec", timeout_s=300)} if server else {}
+            try:
+                for batch in batches:
+                    requests = random_requests(n_items, n_clusters, batch, 8, rng)
+                    a, b = (twins[g].top_n(*requests[0]) for g in ("full", "clustered"))
+                    if not (np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1], atol=1e-4)):
+                        print("  (the two graphs disagree on this request: see tests/unit/test_clustered_topn.py)")
+                    for path, calls in (("onnxruntime", twins), ("Triton", remote)):
+                        if calls:
+                            rows.append(TopNRow(n_items, n_clusters, clustered.cluster_size, batch,
+                                                measure(calls["full"], requests, seconds),
+                                                measure(calls["clustered"], requests, seconds), path))
+                            print_row(rows[-1])
+            finally:
+                for client in remote.values():
+                    client.close()
+                if server:
+                    server.stop()
             del twins, clustered
             gc.collect()
     return rows
@@ -257,7 +295,8 @@ def plot(rows: list[TopNRow], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for i, n_clusters in enumerate(sorted({r.clusters for r in rows})):
-        mine = [r for r in rows if r.clusters == n_clusters and r.batch == max(x.batch for x in rows)]
+        mine = [r for r in rows if r.clusters == n_clusters and r.batch == max(x.batch for x in rows)
+                and r.path == "onnxruntime"]
         xs = [r.items for r in mine]
         ax.plot(xs, [r.full.p50_ms for r in mine], "o--", color=f"C{i}", label=f"full scoring, {n_clusters} clusters")
         ax.plot(xs, [r.clustered.p50_ms for r in mine], "s-", color=f"C{i}", label=f"clustered, {n_clusters} clusters")
@@ -282,6 +321,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="per graph and configuration")
     parser.add_argument("--table-sample", type=int, default=2000, help="novelty rows measured per cluster count")
     parser.add_argument("--skip-topn", action="store_true")
+    parser.add_argument("--triton", action="store_true", help="also through the embedded Triton (CPU), one caller")
     parser.add_argument("--compact-contexts", type=int, default=1_000_000,
                         help="contexts loaded into the compact table at 1,000 clusters (0: skip)")
     parser.add_argument("--compact-child", help=argparse.SUPPRESS)
@@ -302,7 +342,7 @@ def main() -> None:
     topn: list[TopNRow] = []
     if not args.skip_topn:
         with tempfile.TemporaryDirectory() as tmp:
-            topn = topn_growth(args.items, args.clusters, args.batches, args.seconds, Path(tmp))
+            topn = topn_growth(args.items, args.clusters, args.batches, args.seconds, Path(tmp), args.triton)
     table = table_growth(args.clusters, args.table_sample)
     compact = compact_growth(max(args.clusters), args.compact_contexts) if args.compact_contexts else None
     if args.plot and topn:
