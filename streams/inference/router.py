@@ -10,7 +10,9 @@ the answer comes from one path or the other, and `on_call` reports which.
 A request with more rows than a model serves (`max_batch`, its `max_batch_size`) is split into
 calls of at most that many rows. A request Triton refuses (INVALID_ARGUMENT: it is this request
 that is wrong, not the server) is answered by the local twin without retry, and Triton stays up
-for every other request.
+for every other request. A model Triton answers for but cannot serve (NOT_FOUND: not loaded;
+INTERNAL: it raised) is served by its twin for `retry_after_s`, while Triton keeps serving the
+other models: before, a missing `seqrec` sent `interest_generator` to the fallback too.
 """
 
 from __future__ import annotations
@@ -46,6 +48,13 @@ def is_refusal(exc: BaseException) -> bool:
     return callable(status) and status() == "StatusCode.INVALID_ARGUMENT"
 
 
+def is_model_failure(exc: BaseException) -> bool:
+    """Triton answered, and cannot serve this model (NOT_FOUND: not loaded or unknown; INTERNAL: the model
+    failed): the server is up for the other models."""
+    status = getattr(exc, "status", None)
+    return callable(status) and status() in ("StatusCode.NOT_FOUND", "StatusCode.INTERNAL")
+
+
 class CallObserver(Protocol):
     def __call__(self, model: str, path: str, seconds: float, ok: bool) -> None: ...
 
@@ -64,6 +73,7 @@ class ModelRouter:
         self.on_state = on_state or (lambda up: None)
         self.client = None
         self.down_until = 0.0 if url else float("inf")
+        self.model_down_until: dict[str, float] = {}  # models Triton cannot serve, while it serves the rest
         self.last_error = "" if url else "no Triton URL configured"
 
     @property
@@ -105,7 +115,7 @@ class ModelRouter:
 
     async def _infer_call(self, model: str, inputs: dict[str, np.ndarray],
                           outputs: list[str]) -> tuple[list[np.ndarray], str]:
-        if self.triton_up:
+        if self.triton_up and time.monotonic() >= self.model_down_until.get(model, 0.0):
             for _attempt in range(self.retries + 1):
                 t0 = time.perf_counter()
                 try:
@@ -117,6 +127,11 @@ class ModelRouter:
                     self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
                     if is_refusal(exc):
                         return await self._local(model, inputs)  # this request only; Triton stays up
+                    if is_model_failure(exc):  # this model only, for a while; Triton stays up for the rest
+                        self.model_down_until[model] = time.monotonic() + self.retry_after_s
+                        log.warning(f"Triton at {self.url} cannot serve {model} ({self.last_error}); serving it "
+                                    f"from the in-process model for {self.retry_after_s:.0f} s")
+                        return await self._local(model, inputs)
                     await self._reset_client()
                     continue
                 self.on_call(model, "triton", time.perf_counter() - t0, True)

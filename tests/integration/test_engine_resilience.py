@@ -1,4 +1,4 @@
-"""The engine under stress on real Apache Kafka: restarts, rebalancing, a Triton outage.
+"""The engine under stress on real Apache Kafka: restarts, rebalancing, a broker killed, a Triton outage.
 
 Every test checks the same invariant at the end: each user's state reflects each of its input
 events exactly once (count, context, known clusters, newest items), computed independently here.
@@ -28,6 +28,7 @@ from tests.integration.engine_support import (
 )
 
 pytestmark = pytest.mark.integration
+DUPLICATES = 'explore_events_total{outcome="duplicate"}'
 
 
 class Producer(threading.Thread):
@@ -131,6 +132,10 @@ def test_restart_recovers_state_and_loses_nothing(how: str, store: str, apache_b
     finally:
         first.stop()
     assert 'explore_events_total{outcome="applied"}' in text
+    duplicates = metric(text, DUPLICATES)
+    print(f"\n#13 figures: restart ({how.upper()}, {store}): {len(events)} events of "
+          f"{len({e.user_id for e in events})} users, the worker stopped mid-stream, a new one applied every event "
+          f"exactly once ({duplicates:.0f} redelivered records recognised as duplicates)")
 
 
 def test_rebalance_second_worker_joins_and_leaves(apache_bootstrap: str, triton, seqrec_artifacts,  # type: ignore[no-untyped-def]
@@ -164,6 +169,8 @@ def test_rebalance_second_worker_joins_and_leaves(apache_bootstrap: str, triton,
         producer.finish()
         assert shared > 0
         assert_exact_states(first, events, item_cluster, cfg.k)
+    print(f"\n#13 figures: rebalance: {len(events)} events of {len({e.user_id for e in events})} users, a second "
+          f"worker joined mid-stream, applied {shared:.0f} of them and left; every event in the state exactly once")
 
 
 def test_triton_outage_falls_back_and_returns(apache_bootstrap: str, tiny_repository: Path, seqrec_artifacts,  # type: ignore[no-untyped-def]
@@ -203,6 +210,40 @@ def test_triton_outage_falls_back_and_returns(apache_bootstrap: str, tiny_reposi
     assert any(r["seqrec_path"] == "triton" and r["sent_at"] > back for r in recs), "never went back to Triton"
     assert 'explore_inference_seconds_count{model="seqrec",path="onnx"}' in text
     assert 'explore_inference_errors_total{model=' in text
+    paths = {path: sum(1 for r in recs if r["seqrec_path"] == path) for path in ("triton", "onnx")}
+    print(f"\n#13 figures: Triton stopped mid-stream and started again: {len(events)} events applied exactly once, "
+          f"{len(recs)} slates ({paths['triton']} from Triton, {paths['onnx']} from the twin while it was down)")
+
+
+def test_triton_refusing_one_model_costs_only_that_model(apache_bootstrap: str, tiny_repository: Path,  # type: ignore[no-untyped-def]
+                                                         seqrec_artifacts, novelty_artifacts, engine_setup,
+                                                         tmp_path: Path) -> None:
+    """Triton runs and serves `interest_generator`, but refuses every `seqrec` request (the model is not
+    loaded: what a model that failed to load, or was unloaded, looks like). The slates come from the
+    twin; the novel clusters still come from Triton; every event is applied exactly once."""
+    from streams.infra.triton import EmbeddedTriton
+
+    events, item_cluster = engine_setup
+    only_generator = ("--model-control-mode=explicit", "--load-model=interest_generator")
+    cfg = engine_config(apache_bootstrap, seqrec_artifacts, tiny_repository, "")
+    ensure_topics(cfg)
+    with EmbeddedTriton(tiny_repository, tmp_path / "triton", extra_args=only_generator) as server:
+        cfg = cfg.with_values({"triton_url": server.grpc_url})
+        with WorkerProcess(cfg, tmp_path, "worker") as worker:
+            produce(apache_bootstrap, cfg.interactions_topic, [e.encode() for e in events], rate=600,
+                    progress=False)
+            assert_exact_states(worker, events, item_cluster, cfg.k)
+            text = worker.metrics_text()
+            assert worker.alive()
+    recs = recommendations(read_topic(apache_bootstrap, cfg.recommendations_topic, lambda r: False, timeout_s=5))
+    paths = {path: sum(1 for r in recs if r["seqrec_path"] == path) for path in ("triton", "onnx")}
+    generator = {path: metric(text, f'explore_inference_seconds_count{{model="interest_generator",path="{path}"}}')
+                 for path in ("triton", "onnx")}
+    assert recs and paths["triton"] == 0, paths
+    assert generator["triton"] > 0 and generator["onnx"] == 0, generator
+    print(f"\n#13 figures: Triton refusing seqrec: {len(events)} events applied exactly once, {len(recs)} slates "
+          f"all from the twin, interest_generator calls {generator['triton']:.0f} on Triton and "
+          f"{generator['onnx']:.0f} on the twin, worker alive")
 
 
 def test_a_stalled_partition_is_sought_to_its_first_record_not_to_offset_zero(apache_bootstrap: str) -> None:
@@ -261,3 +302,57 @@ def test_a_user_without_events_for_the_ttl_is_forgotten_with_a_tombstone(apache_
         assert len({r.partition for r in mine}) == 1, (user, [(r.partition, r.value is None) for r in mine])
         assert mine[-1].value is None and any(r.value is not None for r in mine)
     assert f"explore_users_expired_total {float(len(users))}" in metrics
+
+
+def busiest_node(bootstrap: str, topics: list[str]) -> int:
+    """The id of the broker that leads most partitions of `topics`: killing it moves the most leaders."""
+    from collections import Counter
+
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        leaders = Counter(p["leader_id"] for t in admin.describe_topics(topics) for p in t["partitions"])
+    finally:
+        admin.close()
+    return leaders.most_common(1)[0][0]
+
+
+def test_a_broker_killed_mid_stream_and_brought_back_loses_and_repeats_nothing(  # type: ignore[no-untyped-def]
+        apache_cluster, triton, seqrec_artifacts, engine_setup, tmp_path: Path) -> None:
+    """3 brokers, every engine topic replicated 3 times (min.insync.replicas 2, the defaults on 3 brokers):
+    SIGKILL the broker leading most of the engine's partitions while events stream in, keep streaming on
+    two, bring it back. The worker never stops, and every event is in the state exactly once."""
+    events, item_cluster = engine_setup
+    cfg = engine_config(apache_cluster.bootstrap, seqrec_artifacts, triton.repository, triton.grpc)
+    ensure_topics(cfg)
+    topics = [cfg.interactions_topic, f"{cfg.app_id}-users-changelog", f"{cfg.app_id}-positions-changelog"]
+    with WorkerProcess(cfg, tmp_path, "worker") as worker:
+        producer = Producer(apache_cluster.bootstrap, cfg.interactions_topic, [e.encode() for e in events], rate=120)
+        producer.start()
+        wait_until(lambda: applied(worker) > len(events) / 5, 60, "a fifth of the events applied", worker.proc)
+        victim = busiest_node(apache_cluster.bootstrap, topics)
+        apache_cluster.kill(victim - 1)
+        at_kill = applied(worker)
+        wait_until(lambda: applied(worker) > at_kill + len(events) / 5, 90, "events applied with a broker down",
+                   worker.proc)
+        on_two = applied(worker) - at_kill
+        apache_cluster.restart(victim - 1)
+        producer.finish(timeout_s=120)
+        assert_exact_states(worker, events, item_cluster, cfg.k)
+        text = worker.metrics_text()
+        assert worker.alive()
+    duplicates = metric(text, DUPLICATES)
+    assert metric(text, 'explore_events_total{outcome="applied"}') == len(events)
+    print(f"\n#13 figures: broker kill: {len(events)} events of {len({e.user_id for e in events})} users, "
+          f"broker {victim} of 3 SIGKILLed after {at_kill:.0f} applied, {on_two:.0f} applied on two brokers, "
+          f"then restarted; applied {len(events)} exactly once, {duplicates:.0f} redelivered records recognised "
+          f"as duplicates, worker alive")
+
+
+def metric(text: str, name: str) -> float:
+    """The value of the sample `name` (with its labels) in Prometheus text; 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0

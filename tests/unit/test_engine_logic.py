@@ -312,6 +312,30 @@ def test_a_refused_request_is_told_apart_from_an_outage() -> None:
     assert not is_refusal(TimeoutError())
 
 
+def test_a_model_triton_cannot_serve_goes_to_its_twin_and_the_others_stay_on_triton() -> None:
+    """Triton answering NOT_FOUND for seqrec (not loaded) took Triton down for interest_generator too."""
+    from tritonclient.utils import InferenceServerException
+
+    from streams.inference.router import ModelRouter
+
+    calls: list[tuple[str, str]] = []
+    router = ModelRouter("triton:8001", {"seqrec": lambda inputs: [np.zeros(1)], "interest_generator":
+                                         lambda inputs: [np.ones(1)]}, retry_after_s=60.0)
+
+    async def fake_triton(model: str, inputs: dict, outputs: list) -> list:
+        calls.append(("triton", model))
+        if model == "seqrec":
+            raise InferenceServerException("unknown model", status="StatusCode.NOT_FOUND")
+        return [np.full(1, 2.0)]
+
+    router._triton = fake_triton  # type: ignore[method-assign]
+    inputs = {"x": np.zeros((1, 1))}
+    for _ in range(2):
+        assert asyncio.run(router.infer("seqrec", inputs, ["y"]))[1] == "onnx"
+        assert asyncio.run(router.infer("interest_generator", inputs, ["y"]))[1] == "triton"
+    assert router.triton_up and calls.count(("triton", "seqrec")) == 1  # not asked again within retry_after_s
+
+
 def test_a_crashed_task_is_started_again() -> None:
     runs: list[int] = []
     crashes: list[str] = []
