@@ -152,7 +152,8 @@ class NoveltyLM:
     def __init__(self, model, tokenizer, descriptions: list[str], meta: dict | None = None) -> None:  # type: ignore[no-untyped-def]
         self.model, self.tokenizer, self.descriptions = model, tokenizer, descriptions
         self.meta = meta or {}
-        self.device = next(model.parameters()).device
+        # the model's device (the CPU without a model: wire-contract tests build prompts with a tokenizer alone)
+        self.device = next(model.parameters()).device if model is not None else torch.device("cpu")
         self.eos_id = int(tokenizer.eos_token_id)
         self.pad_id = int(tokenizer.pad_token_id)
         # A description is the same tokens in a context and as a target: " <description>".
