@@ -114,6 +114,12 @@ class AlignmentModel:
         scores = [self.score(prompt, c) for c in candidates]
         return sorted(range(len(candidates)), key=lambda i: -scores[i])
 
+    @property
+    def version(self) -> str:
+        """A digest of the weights: two models that score alike carry the same version, wherever they were saved."""
+        doc = json.dumps({"bias": self.bias, "weights": self.weights}, sort_keys=True).encode()
+        return hashlib.blake2b(doc, digest_size=8).hexdigest()
+
     def save(self, out_dir: Path) -> Path:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "alignment.json"
