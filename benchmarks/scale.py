@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from interests.novelty_precompute import table_depth
-from streams.novelty_table import context_key, parse_row, row_value
+from streams.novelty_table import Row, context_key, parse_row, row_value
 
 # PyTorch and the exporters are imported where the seqrec part runs: the compact-table child
 # process measures its resident set, and a worker does not import them.
@@ -204,7 +204,7 @@ def table_size(n_clusters: int, k: int, sample: int, rng: np.random.Generator) -
         scores = np.sort(np.log(rng.random(depth)).astype(np.float32))[::-1].tolist()
         records.append((context_key([a, b]), row_value(ranked, scores, "0123456789abcdef")))
     topic = sum(len(key) + len(value) for key, value in records) / len(records)
-    table: dict[bytes, tuple[list[int], list[float]]] = {}
+    table: dict[bytes, Row] = {}
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     for key, value in records:  # as the worker's follower does: bytes from Kafka, parsed, kept

@@ -169,7 +169,7 @@ class Engine:
         """Slates for `users`, in the three model calls at most that a batch makes."""
         states = {u: out.states[u][0] for u in users}
         out.table_fills += await self._fill_table(users, states)
-        novel, source = await self._novel_clusters(users, states)
+        novel, source, versions = await self._novel_clusters(users, states)
         ready = [u for u in users if novel[u]]
         self.metrics.no_slate.labels("no_novel_cluster").inc(len(users) - len(ready))
         if not ready:
@@ -181,10 +181,10 @@ class Engine:
                 self.metrics.no_slate.labels("no_items").inc()
                 continue
             out.recommendations.append(self._recommendation(u, states[u], novel[u], slate, source[u], seqrec_path,
-                                                            out.states[u][1], triggers[u]))
+                                                            out.states[u][1], triggers[u], versions[u]))
             evicted = remember(states[u]["proposals"], open_slate(states[u]["n"], states[u]["ts"],
                                                                   states[u]["context"], [c for c, _ in novel[u]],
-                                                                  source[u], self.models.versions),
+                                                                  source[u], versions[u]),
                                self.cfg.feedback_max_open)
             out.feedback += [feedback_record(u, r, self.descriptions) for r in evicted]
 
@@ -205,25 +205,28 @@ class Engine:
         fills = []
         for key, cs, ss in zip(missing, clusters.tolist(), scores.tolist(), strict=True):
             ranked = [(c, s) for c, s in zip(cs, ss, strict=True) if c >= 0]
-            self.table[key] = ([c for c, _ in ranked], [s for _, s in ranked])
-            fills.append((key, row_value(*self.table[key], self.catalog.version, source="live")))
+            self.table[key] = ([c for c, _ in ranked], [s for _, s in ranked], {})
+            fills.append((key, row_value(*self.table[key][:2], self.catalog.version, source="live")))
         self.metrics.table_size.set(len(self.table))
         return fills
 
-    async def _novel_clusters(self, users: list[str],
-                              states: dict[str, dict]) -> tuple[dict[str, list[tuple[int, float]]], dict[str, str]]:
-        """Each user's novel clusters and where they came from: the table row minus what the user knows;
-        model call 2, `interest_generator` with the user's own exclusions, for users left with fewer
-        than M (a longer live answer replaces the row's)."""
+    async def _novel_clusters(self, users: list[str], states: dict[str, dict]
+                              ) -> tuple[dict[str, list[tuple[int, float]]], dict[str, str], dict[str, dict[str, str]]]:
+        """Each user's novel clusters, where they came from and the versions of what chose them: the table
+        row minus what the user knows, with the row's versions (`row_versions`); model call 2,
+        `interest_generator` with the user's own exclusions, for users left with fewer than M (a longer
+        live answer replaces the row's, and the worker's versions alone then name what chose it)."""
         m = self.cfg.m
         novel: dict[str, list[tuple[int, float]]] = {}
         source: dict[str, str] = {}
+        versions: dict[str, dict[str, str]] = {}
         for u in users:
-            ranked, scores = self.table[context_key(states[u]["context"])]
+            ranked, scores, row_versions = self.table[context_key(states[u]["context"])]
             novel[u], source[u] = novel_for_user(ranked, scores, states[u]["known"], m), "table"
+            versions[u] = self.row_versions(row_versions)
         live = [u for u in users if len(novel[u]) < m]
         if not live:
-            return novel, source
+            return novel, source, versions
         contexts = np.array([states[u]["context"] for u in live], dtype=np.int64)
         exclude = np.zeros((len(live), self.n_clusters), bool)
         for i, u in enumerate(live):
@@ -233,8 +236,14 @@ class Engine:
         for i, u in enumerate(live):
             answer = novel_for_user(clusters[i].tolist(), scores[i].tolist(), states[u]["known"], m)
             if len(answer) > len(novel[u]):
-                novel[u], source[u] = answer, "live"
-        return novel, source
+                novel[u], source[u], versions[u] = answer, "live", self.models.versions
+        return novel, source, versions
+
+    def row_versions(self, row: dict[str, str]) -> dict[str, str]:
+        """The versions a slate from a table row carries: the worker's models and what the row adds (the
+        alignment model that ordered it); the worker's own names win, a row cannot relabel its models."""
+        mine = self.models.versions
+        return {**mine, **{k: v for k, v in row.items() if k not in mine}} if row else mine
 
     async def _top_items(self, users: list[str], states: dict[str, dict],
                          novel: dict[str, list[tuple[int, float]]]) -> tuple[list[np.ndarray], str]:
@@ -247,7 +256,8 @@ class Engine:
         return await self.router.infer("seqrec", {"history": history, "allowed": allowed}, ["items", "scores"])
 
     def _recommendation(self, user: str, state: dict, novel: list[tuple[int, float]], slate: list[tuple[int, float]],
-                        source: str, path: str, last: RawRecord, trigger_ts: float) -> Recommendation:
+                        source: str, path: str, last: RawRecord, trigger_ts: float,
+                        versions: dict[str, str]) -> Recommendation:
         """The slate as sent; the state remembers it (its context decides when the next one is due)."""
         allowed = {c for c, _ in novel}
         items = [{"item_id": self.item_ids[i], "cluster": self.item_cluster[i], "score": round(s, 5)}
@@ -260,7 +270,7 @@ class Engine:
         return Recommendation(
             user_id=user, context=[{"id": c, "description": self.descriptions[c]} for c in state["context"]],
             novel_clusters=[{"id": c, "description": self.descriptions[c], "score": round(s, 5)} for c, s in novel],
-            slate=items, source=source, seqrec_path=path, versions=self.models.versions, event_ts=state["ts"],
+            slate=items, source=source, seqrec_path=path, versions=versions, event_ts=state["ts"],
             input=(last.partition, last.offset), events_applied=state["n"], trigger_ts=trigger_ts)
 
 

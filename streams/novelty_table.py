@@ -1,8 +1,11 @@
 """The precomputed novelty table on Kafka: a compacted topic keyed by the context tuple.
 
 Key: the context's cluster ids joined by commas ("12,7", most recent last). Value: JSON with the
-ranked novel clusters and their scores and the catalog version. Compaction keeps the latest answer
-per context, so every worker can read the topic as a global table.
+ranked novel clusters and their scores, the catalog version and, optionally, `versions`: what chose
+the row's order beyond the worker's own models (`{"alignment": digest, "best_of": "n"}` for a row
+re-ranked by `interests.best_of_n`), carried into the slates and feedback records it makes.
+Compaction keeps the latest answer per context, so every worker can read the topic as a global
+table, and a republished row replaces the old one in running workers.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import numpy as np
 
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 
+Row = tuple[list[int], list[float], dict[str, str]]  # (ranked clusters, their scores, versions): parse_row
+
 
 def context_key(context: Sequence[int]) -> bytes:
     """The table's key for a context (cluster ids, most recent last): the engine's lookups and fills
@@ -23,27 +28,45 @@ def context_key(context: Sequence[int]) -> bytes:
     return ",".join(str(int(c)) for c in context).encode()
 
 
+MAX_VERSIONS = 8  # entries of a row's `versions`
+MAX_VERSION_CHARS = 64  # characters of each name and value (a digest is 12-16)
+
+
 def row_value(clusters: Sequence[int], scores: Sequence[float], catalog_version: str | None,
-              source: str | None = None) -> bytes:
-    """A row's record value as published (precomputed, or a worker's live fill with `source`):
-    `parse_row` reads it back."""
+              source: str | None = None, versions: dict[str, str] | None = None) -> bytes:
+    """A row's record value as published (precomputed, or a worker's live fill with `source`; `versions`
+    when something beyond the worker's models chose its order): `parse_row` reads it back."""
     doc: dict = {"clusters": list(clusters), "scores": list(scores), "catalog_version": catalog_version}
     if source is not None:
         doc["source"] = source
+    if versions:
+        doc["versions"] = dict(versions)
     return json.dumps(doc).encode()
 
 
-def parse_row(key: bytes, value: bytes, catalog_version: str, k: int,
-              n_clusters: int) -> tuple[list[int], list[float]] | str:
-    """(clusters, scores) of a novelty-topic record, or why it is not used: "stale" (written for another
-    catalog version, or without one) or "invalid" (a key that is not K cluster ids, cluster ids out of
-    range or repeated, more of them than the catalog has, scores that do not match).
+def _versions(doc: dict) -> dict[str, str] | None:
+    """A row's `versions` ({} when it has none), or None when it is not a small dict of short strings:
+    each distinct one is kept by every worker and copied into slates, so its size is bounded here."""
+    versions = doc.get("versions", {})
+    if not isinstance(versions, dict) or len(versions) > MAX_VERSIONS:
+        return None
+    for name, value in versions.items():
+        if not isinstance(value, str) or len(name) > MAX_VERSION_CHARS or len(value) > MAX_VERSION_CHARS:
+            return None
+    return versions
+
+
+def parse_row(key: bytes, value: bytes, catalog_version: str, k: int, n_clusters: int) -> Row | str:
+    """(clusters, scores, versions) of a novelty-topic record, or why it is not used: "stale" (written for
+    another catalog version, or without one) or "invalid" (a key that is not K cluster ids, cluster ids out
+    of range or repeated, more of them than the catalog has, scores that do not match, `versions` that
+    is not a small dict of short strings).
 
     Anyone who can write the topic can add rows; only rows of this catalog are kept, so the table
     stays bounded (at most one row per context of K clusters) and a foreign row can never index
     past the catalog's clusters.
     """
-    if len(value) > 256 + 64 * n_clusters:  # a full row: one id and one score per cluster
+    if len(value) > 256 + 64 * n_clusters + 16 * MAX_VERSIONS * MAX_VERSION_CHARS:  # a full row, full versions
         return "invalid"
     try:
         context = [int(c) for c in key.split(b",")]
@@ -56,8 +79,9 @@ def parse_row(key: bytes, value: bytes, catalog_version: str, k: int,
         return "invalid"
     if doc.get("catalog_version") != catalog_version:
         return "stale"
-    clusters, scores = doc.get("clusters"), doc.get("scores")
-    if not isinstance(clusters, list) or not isinstance(scores, list) or len(clusters) != len(scores):
+    clusters, scores, versions = doc.get("clusters"), doc.get("scores"), _versions(doc)
+    if not isinstance(clusters, list) or not isinstance(scores, list) or len(clusters) != len(scores) \
+            or versions is None:
         return "invalid"
     # Types before `set` and `isfinite`: a list as a cluster id (unhashable) or a 400-digit score (OverflowError)
     # raised here, crashed the follower, and its restart met the same row again, for good.
@@ -72,20 +96,19 @@ def parse_row(key: bytes, value: bytes, catalog_version: str, k: int,
             return "invalid"
     except OverflowError:
         return "invalid"
-    return clusters, list(map(float, scores))
-
-
-Row = tuple[list[int], list[float]]  # (ranked clusters, their scores), as parse_row gives them
+    return clusters, list(map(float, scores)), versions
 
 
 class CompactTable(MutableMapping[bytes, Row]):
-    """The novelty table as a worker holds it: every row in two numpy arrays, keyed by context.
+    """The novelty table as a worker holds it: every row in numpy arrays, keyed by context.
 
     Why: 1,000 clusters give ~1M contexts of 64 ranked clusters each. As Python rows (lists of int
     and float objects) that is ~2.7 kB a row, ~2.7 GB in every worker (`benchmarks/scale.py`); here
     a row is 64 x (2-byte cluster + 8-byte score), the scores kept exactly as published, plus the
-    key's dict entry. It reads and writes (clusters, scores) lists as the dict did, so the engine
-    is unchanged; rows are stored in slots that grow by doubling and are reused after a delete.
+    key's dict entry. A row's `versions` is a 4-byte index into the few distinct versions the rows
+    carry (one per republished table, not one dict per row). It reads and writes (clusters, scores,
+    versions) as a dict would, so the engine is unchanged; rows are stored in slots that grow by
+    doubling and are reused after a delete.
     """
 
     def __init__(self, n_clusters: int, capacity: int = 1024) -> None:
@@ -96,14 +119,17 @@ class CompactTable(MutableMapping[bytes, Row]):
         self.clusters = np.zeros((capacity, 0), self.dtype)
         self.scores = np.zeros((capacity, 0), np.float64)
         self.length = np.zeros(capacity, np.int32)
+        self.version = np.full(capacity, -1, np.int32)  # index into `versions`; -1: a free slot
+        self.versions: list[dict[str, str]] = []
+        self.version_index: dict[tuple[tuple[str, str], ...], int] = {}
 
     def __getitem__(self, key: bytes) -> Row:
         slot = self.slots[key]
         n = int(self.length[slot])
-        return self.clusters[slot, :n].tolist(), self.scores[slot, :n].tolist()
+        return self.clusters[slot, :n].tolist(), self.scores[slot, :n].tolist(), dict(self.versions[self.version[slot]])
 
     def __setitem__(self, key: bytes, row: Row) -> None:
-        clusters, scores = row
+        clusters, scores, versions = row
         slot = self.slots.get(key)
         if slot is None:
             slot = self.free.pop() if self.free else self.used
@@ -115,9 +141,12 @@ class CompactTable(MutableMapping[bytes, Row]):
         self.clusters[slot, :len(clusters)] = clusters
         self.scores[slot, :len(scores)] = scores
         self.length[slot] = len(clusters)
+        self.version[slot] = self.intern(versions)
 
     def __delitem__(self, key: bytes) -> None:
-        self.free.append(self.slots.pop(key))
+        slot = self.slots.pop(key)
+        self.version[slot] = -1
+        self.free.append(slot)
 
     def __contains__(self, key: object) -> bool:
         return key in self.slots
@@ -132,6 +161,39 @@ class CompactTable(MutableMapping[bytes, Row]):
         self.slots.clear()
         self.free.clear()
         self.used = 0
+        self.version[:] = -1
+        self.versions.clear()
+        self.version_index.clear()
+
+    def intern(self, versions: dict[str, str]) -> int:
+        """The index of `versions` among the distinct ones; versions no row uses any more are dropped
+        when they outnumber the rows (a writer that sends a new dict per record cannot grow the list)."""
+        name = tuple(sorted(versions.items()))
+        found = self.version_index.get(name)
+        if found is not None:
+            return found
+        if len(self.versions) >= max(64, 2 * len(self.slots)):
+            self._drop_unused_versions()
+        self.version_index[name] = len(self.versions)
+        self.versions.append(dict(versions))
+        return len(self.versions) - 1
+
+    def _drop_unused_versions(self) -> None:
+        """Renumber the versions rows still use (O(slots) in numpy; at most once per doubling)."""
+        used = self.version[:self.used]
+        live = np.unique(used[used >= 0])
+        remap = np.full(len(self.versions), -1, np.int32)
+        remap[live] = np.arange(len(live), dtype=np.int32)
+        self.version[:self.used] = np.where(used >= 0, remap[np.maximum(used, 0)], -1)
+        self.versions = [self.versions[i] for i in live.tolist()]
+        self.version_index = {tuple(sorted(v.items())): i for i, v in enumerate(self.versions)}
+
+    def version_counts(self, top: int = 8) -> list[dict]:
+        """The rows per distinct `versions`, most rows first (`top` of them): whether a republished table
+        has reached this worker."""
+        counts = np.bincount(self.version[:self.used][self.version[:self.used] >= 0], minlength=len(self.versions))
+        order = np.argsort(-counts, kind="stable")[:top]
+        return [{"versions": dict(self.versions[i]), "rows": int(counts[i])} for i in order.tolist() if counts[i]]
 
     def fit(self, rows: int, depth: int) -> None:
         """Grow the arrays to hold `rows` rows of `depth` clusters: doubling, so n rows cost O(n) copies."""
@@ -144,11 +206,13 @@ class CompactTable(MutableMapping[bytes, Row]):
             new = np.zeros((capacity, width), old.dtype)
             new[:old.shape[0], :old.shape[1]] = old
             setattr(self, name, new)
-        self.length = np.concatenate([self.length, np.zeros(capacity - len(self.length), np.int32)])
+        grow = capacity - len(self.length)
+        self.length = np.concatenate([self.length, np.zeros(grow, np.int32)])
+        self.version = np.concatenate([self.version, np.full(grow, -1, np.int32)])
 
     def nbytes(self) -> int:
         """Bytes of the arrays (the key index is a dict on top: ~100-150 bytes a context)."""
-        return self.clusters.nbytes + self.scores.nbytes + self.length.nbytes
+        return self.clusters.nbytes + self.scores.nbytes + self.length.nbytes + self.version.nbytes
 
 
 async def keep_running(task: Callable[[], Awaitable[None]], on_crash: Callable[[Exception], None],
@@ -185,7 +249,7 @@ def publish_table(bootstrap: str, topic: str, rows: Iterable[dict], security: Ka
     sent = 0
     try:
         for row in rows:
-            value = row_value(row["clusters"], row["scores"], row.get("catalog_version"))
+            value = row_value(row["clusters"], row["scores"], row.get("catalog_version"), versions=row.get("versions"))
             producer.send(topic, key=context_key(row["context"]), value=value)
             sent += 1
         producer.flush()

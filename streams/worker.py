@@ -206,7 +206,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
     async def ready(web: Web, request: Request) -> Response:
         ok = status["table_loaded"] and status["processing"] and not app.rebalancing
         body = {"ready": ok, "novelty_table_loaded": status["table_loaded"], "rebalancing": app.rebalancing,
-                "novelty_contexts": len(engine.table)}
+                "novelty_contexts": len(engine.table), "novelty_versions": engine.table.version_counts()}
         return web.json(body, status=200 if ok else 503)
 
     @app.page("/live")

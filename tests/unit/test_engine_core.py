@@ -15,6 +15,7 @@ from streams.delivery import AckGuard
 from streams.engine import Engine, RawRecord
 from streams.inference.router import ModelRouter
 from streams.metrics import Metrics
+from streams.novelty_table import context_key, row_value
 
 
 def _counter(counter, *labels: str) -> float:  # type: ignore[no-untyped-def]
@@ -158,6 +159,35 @@ def test_foreign_novelty_rows_are_counted_and_ignored(engine: Engine) -> None:
     out = asyncio.run(engine.handle(records, {}.get, now=2000.0))
     assert out.applied == 2 and not out.dlq and [k for k, _ in out.table_fills] == [key]  # a miss, filled live
     assert all(0 <= c["id"] < engine.n_clusters for r in out.recommendations for c in r.novel_clusters)
+
+
+def test_a_slate_from_a_table_row_carries_the_rows_versions_and_a_live_one_the_workers_alone(engine: Engine) -> None:
+    """Issue 16 item 3: a row re-ranked by an alignment model names it; the slate it makes, and the feedback
+    records of that slate, carry the worker's model versions and the row's (which cannot relabel the worker's)."""
+    by_cluster: dict[int, list[str]] = {}
+    for item, c in zip(engine.item_ids, engine.item_cluster, strict=True):
+        by_cluster.setdefault(c, []).append(item)
+    a, b, *rest = sorted(by_cluster)
+    ranked = rest[::-1]  # not the LM's order: the slate must follow the row as published
+    row_versions = {"alignment": "feed0123", "best_of": str(len(ranked)), "catalog": "forged"}
+    engine.table.clear()
+    engine.learn(context_key([a, b]), row_value(ranked, [-1.0 - i for i in range(len(ranked))],
+                                                engine.catalog.version, versions=row_versions))
+    engine.learn(context_key([b, a]), row_value(ranked[:1], [-1.0], engine.catalog.version, versions=row_versions))
+    records = [_record("t1", by_cluster[a][0], 0, 1000.0), _record("t1", by_cluster[b][0], 1, 1001.0),
+               _record("t2", by_cluster[b][1], 2, 1002.0), _record("t2", by_cluster[a][1], 3, 1003.0)]
+    out = asyncio.run(engine.handle(records, {}.get, now=2000.0))
+    slates = {r.user_id: r for r in out.recommendations}
+    assert slates["t1"].source == "table" and [c["id"] for c in slates["t1"].novel_clusters] == ranked[:engine.cfg.m]
+    merged = {**engine.models.versions, "alignment": "feed0123", "best_of": str(len(ranked))}
+    assert slates["t1"].versions == merged and json.loads(slates["t1"].encode(2000.0))["versions"] == merged
+    assert slates["t2"].source == "live" and slates["t2"].versions == engine.models.versions  # the row ran dry
+    states = {u: s for u, (s, _) in out.states.items()}
+    taken = by_cluster[ranked[0]][0]
+    later = asyncio.run(engine.handle([_record("t1", taken, 4, 1004.0)], states.get, now=2000.0))
+    feedback = [f for f in later.feedback if f.user_id == "t1"]
+    assert [(f.cluster["id"], f.outcome) for f in feedback] == [(ranked[0], "accepted")]
+    assert feedback[0].versions == merged
 
 
 def _repository_copy(tiny_repository: Path, tmp_path: Path) -> Path:

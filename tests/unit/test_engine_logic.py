@@ -292,7 +292,7 @@ def test_novelty_rows_from_elsewhere_are_refused_with_a_reason(key: bytes, value
 
 def test_a_novelty_row_that_fits_the_catalog_is_used() -> None:
     value = json.dumps({"clusters": [3, 4], "scores": [-1.0, -2.5], "catalog_version": "v1"}).encode()
-    assert parse_row(b"1,2", value, "v1", k=2, n_clusters=8) == ([3, 4], [-1.0, -2.5])
+    assert parse_row(b"1,2", value, "v1", k=2, n_clusters=8) == ([3, 4], [-1.0, -2.5], {})
     assert parse_row(b"1,2", b"[" * 5000 + b"]" * 5000, "v1", k=2, n_clusters=8) == "invalid"
 
 
