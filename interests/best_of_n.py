@@ -20,8 +20,7 @@ from interests.alignment import AlignmentModel
 def best_of_n(row: dict, model: AlignmentModel, descriptions: Sequence[str], n: int) -> dict:
     """The row with its first `n` clusters ordered by `model` (ties keep the LM's order), the rest after,
     and `versions["alignment"]` naming the model that chose (rows published so carry it to the slates)."""
-    if n < 1:
-        raise ValueError(f"best-of-n needs n >= 1, got {n}")
+    check_n(n)
     clusters, scores = list(row["clusters"]), list(row["scores"])
     head = min(n, len(clusters))
     order = model.rank([descriptions[c] for c in row["context"]], [descriptions[c] for c in clusters[:head]])
@@ -30,9 +29,54 @@ def best_of_n(row: dict, model: AlignmentModel, descriptions: Sequence[str], n: 
     return {**row, "clusters": [clusters[i] for i in idx], "scores": [scores[i] for i in idx], "versions": versions}
 
 
+def check_n(n: int) -> None:
+    """n is how many of the LM's candidates the alignment model chooses among: one at least."""
+    if n < 1:
+        raise ValueError(f"best-of-n needs n >= 1, got {n}")
+
+
 def best_of_n_rows(rows: Iterable[dict], model: AlignmentModel, descriptions: Sequence[str], n: int) -> list[dict]:
     """`best_of_n` over a table."""
     return [best_of_n(r, model, descriptions, n) for r in rows]
 
 
-__all__ = ["best_of_n", "best_of_n_rows"]
+def alignment_catalogs(model: AlignmentModel) -> set[str]:
+    """The catalog versions of the feedback the model learnt from (`explore novelty align` keeps the records'
+    versions in its meta); empty when it does not say."""
+    return {str(v["catalog"]) for v in model.meta.get("versions", ()) if isinstance(v, dict) and "catalog" in v}
+
+
+def check_table(rows: Sequence[dict], model: AlignmentModel, catalog_version: str, n_clusters: int) -> None:
+    """Refuse what would re-rank the wrong clusters: rows of another catalog (or cluster ids past its
+    `n_clusters`: another level), an alignment model whose feedback named other catalogs (its words
+    were learnt for other clusters), and rows already re-ranked (their first n are another model's
+    pick; re-rank the LM's own table, so that candidates past n keep the LM's order)."""
+    from interests.catalog import CatalogError
+
+    for r in rows:
+        if r.get("catalog_version") != catalog_version:
+            raise CatalogError(f"a table row for context {r['context']} is of catalog {r.get('catalog_version')}, "
+                               f"the descriptions are of catalog {catalog_version}")
+        if any(not 0 <= c < n_clusters for c in (*r["context"], *r["clusters"])):
+            raise CatalogError(f"a table row for context {r['context']} names clusters past the {n_clusters} of "
+                               "this catalog level: pass the novelty model's --level")
+        if "alignment" in r.get("versions", {}):
+            raise ValueError(f"the row for context {r['context']} is already re-ranked (alignment "
+                             f"{r['versions']['alignment']}): re-rank the table `explore novelty precompute` wrote")
+    catalogs = alignment_catalogs(model)
+    if catalogs and catalog_version not in catalogs:
+        raise CatalogError(f"the alignment model learnt from feedback of catalog(s) {sorted(catalogs)}, the table "
+                           f"is of catalog {catalog_version}: train it on this catalog's feedback")
+
+
+def rerank_table(rows: Sequence[dict], model: AlignmentModel, descriptions: Sequence[str], n: int,
+                 catalog_version: str) -> tuple[list[dict], int]:
+    """The table re-ranked (`check_table`, then `best_of_n` per row) and how many rows changed order:
+    cheap (no LM), so a new alignment model reaches running workers by republishing the result."""
+    check_n(n)
+    check_table(rows, model, catalog_version, len(descriptions))
+    out = best_of_n_rows(rows, model, descriptions, n)
+    return out, sum(a["clusters"] != b["clusters"] for a, b in zip(rows, out, strict=True))
+
+
+__all__ = ["alignment_catalogs", "best_of_n", "best_of_n_rows", "check_table", "rerank_table"]

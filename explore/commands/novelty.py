@@ -366,6 +366,7 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
     from interests.novelty_lm import NoveltyLM
     from interests.novelty_precompute import precompute, table_depth
 
+    model = _alignment_model(args)  # before the LM loads: a wrong path fails at once
     lm = NoveltyLM.load(args.model, args.device)
     prior = None if args.no_prior else lm.prior
     n, k = len(lm.descriptions), lm.meta["k"]
@@ -378,8 +379,7 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model = _alignment_model(args)  # before the LM runs: a wrong path or catalog fails at once
-    if model is not None:
+    if model is not None:  # before the LM runs: an alignment model of another catalog fails at once
         from interests.best_of_n import check_table
 
         check_table([], model, lm.meta["catalog_version"], n)

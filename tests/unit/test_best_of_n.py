@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from interests.alignment import AlignmentModel
-from interests.best_of_n import best_of_n, best_of_n_rows
+from interests.best_of_n import best_of_n, best_of_n_rows, rerank_table
 
 DESCRIPTIONS = ["space opera", "detective noir", "western frontier", "romantic comedy", "war drama"]
 
@@ -43,3 +43,44 @@ def test_versions_name_the_weights_and_n_must_be_positive() -> None:
     assert _model({"d:a": 1.0}).version == _model({"d:a": 1.0}).version != _model({"d:a": 2.0}).version
     with pytest.raises(ValueError, match="n >= 1"):
         best_of_n({"context": [0], "clusters": [1], "scores": [0.0]}, _model({}), DESCRIPTIONS, n=0)
+
+
+def _table() -> list[dict]:
+    return [{"context": [0, 1], "clusters": [2, 3, 4], "scores": [-0.1, -0.5, -0.9], "catalog_version": "v"},
+            {"context": [3, 4], "clusters": [0, 1, 2], "scores": [-0.2, -0.3, -0.4], "catalog_version": "v"}]
+
+
+def test_a_table_is_reranked_and_the_rows_that_changed_order_are_counted() -> None:
+    model = AlignmentModel({"d:comedy": 1.0}, 0.0, {"versions": [{"catalog": "v", "seqrec": "s"}]})
+    rows, changed = rerank_table(_table(), model, DESCRIPTIONS, n=3, catalog_version="v")
+    assert [r["clusters"] for r in rows] == [[3, 2, 4], [0, 1, 2]] and changed == 1  # no comedy in the second
+    assert all(r["versions"]["alignment"] == model.version for r in rows)
+
+
+@pytest.mark.parametrize(("table", "meta", "n", "error"), [
+    (_table(), {"versions": [{"catalog": "other"}]}, 2, "feedback of catalog"),
+    ([{**_table()[0], "catalog_version": "old"}], {}, 2, "of catalog old"),
+    ([{**_table()[0], "clusters": [2, 3, len(DESCRIPTIONS)]}], {}, 2, "--level"),
+    ([{**_table()[0], "versions": {"alignment": "abc"}}], {}, 2, "already re-ranked"),
+    (_table(), {}, 0, "n >= 1"),
+])
+def test_reranking_refuses_what_would_rank_the_wrong_clusters(table: list[dict], meta: dict, n: int,
+                                                              error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        rerank_table(table, AlignmentModel({}, 0.0, meta), DESCRIPTIONS, n, catalog_version="v")
+
+
+@pytest.mark.parametrize(("argv", "error"), [
+    (["rerank", "--align", "{tmp}/nothing", "--best-of", "3"], "no alignment model there"),
+    (["rerank", "--align", "{tmp}/align", "--best-of", "0"], "n >= 1"),
+    (["rerank", "--align", "{tmp}/align", "--best-of", "3"], "no table there"),
+    (["precompute", "--align", "{tmp}/align"], "go together"),  # before the LM (none there) loads
+])
+def test_best_of_n_commands_say_what_is_missing_or_wrong(argv: list[str], error: str, tmp_path,  # type: ignore[no-untyped-def]
+                                                         capsys) -> None:
+    from explore.cli import main
+
+    AlignmentModel({}, 0.0, {}).save(tmp_path / "align")
+    files = ["--table", str(tmp_path / "none.jsonl")] if argv[0] == "rerank" else ["--model", str(tmp_path / "lm")]
+    assert main(["novelty", *(a.format(tmp=tmp_path) for a in argv), *files]) == 1
+    assert error in capsys.readouterr().err
