@@ -83,3 +83,33 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+PRECOMPUTE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class PrecomputeMetrics:
+    """A precompute worker's metrics (`streams.precompute_worker`): its throughput is
+    `rate(explore_precompute_contexts_total{outcome="published"})`, and the job's progress what
+    `explore novelty precompute-status` reads from the group's committed offsets."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.contexts = Counter("explore_precompute_contexts", "Requests answered, by outcome: published (a row "
+                                "committed to the novelty topic), stale (for another catalog), invalid (not a "
+                                "context of this catalog); each committed with the input offsets", ["outcome"],
+                                registry=r)
+        self.batches = Counter("explore_precompute_batches", "Batches, by outcome: committed (rows and offsets in "
+                               "one transaction) or aborted (read again)", ["outcome"], registry=r)
+        self.errors = Counter("explore_precompute_errors", "Failed batches, by stage: triton (the call failed) or "
+                              "kafka (the transaction failed); the batch is read again", ["stage"], registry=r)
+        self.seconds = Histogram("explore_precompute_batch_seconds", "Seconds per batch by stage: triton (the "
+                                 "model calls) and publish (rows, offsets, commit)", ["stage"],
+                                 buckets=PRECOMPUTE_BUCKETS, registry=r)
+        self.lag = Gauge("explore_precompute_lag", "Requests behind the end of this worker's partitions", registry=r)
+        self.partitions = Gauge("explore_precompute_partitions", "Requests-topic partitions the group gave this "
+                                "worker", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+

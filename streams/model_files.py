@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from interests.catalog import Catalog, CatalogError
@@ -58,6 +59,30 @@ def check_novelty_meta(decoder: dict, catalog: Catalog, k: int | None, level: in
                            ": export the novelty model again (`explore novelty export`) for this catalog")
 
 
+@dataclass(frozen=True)
+class NoveltyServing:
+    """What a precompute job needs of the `interest_generator` a repository holds: the rows it writes must
+    name its catalog, its contexts have its K, its clusters are numbered below `n_clusters`, and no call
+    may carry more rows than `max_batch` (None: no limit); `level` is its catalog level (None: not recorded)."""
+
+    catalog_version: str
+    k: int
+    n_clusters: int
+    max_batch: int | None
+    level: int | None = None
+
+
+def novelty_serving(repository: Path) -> NoveltyServing:
+    """The `NoveltyServing` of the `interest_generator` exported into `repository` (the files Triton serves)."""
+    model = Path(repository) / "interest_generator"
+    decoder = model / "1" / "decoder.json"
+    if not decoder.is_file():
+        raise FileNotFoundError(f"{decoder} is missing: export the novelty model first (`explore novelty export`)")
+    meta = json.loads(decoder.read_text())
+    return NoveltyServing(str(meta["catalog_version"]), int(meta["k"]), len(meta["sequences"]),
+                          _pbtxt_max_batch(model / "config.pbtxt"), meta.get("level"))
+
+
 class ModelFiles:
     """The exported models a worker serves, read from a Triton repository, with their versions."""
 
@@ -95,4 +120,4 @@ class ModelFiles:
                 "interest_generator": lambda x: list(novelty.propose(x["context"], x["exclude"]))}
 
 
-__all__ = ["ModelFiles"]
+__all__ = ["ModelFiles", "NoveltyServing", "novelty_serving"]

@@ -117,8 +117,11 @@ def create_app(cfg: EngineConfig) -> faust.App:
     async def read_novelty_table() -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
+        # read_committed: the rows of a precompute worker's aborted transaction (it died mid-batch, and its
+        # batch is answered again) are never learnt; end_offsets is then the last stable offset.
         consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False, group_id=None,
-                                    fetch_max_wait_ms=200, **cfg.kafka_security().client_kwargs())
+                                    fetch_max_wait_ms=200, isolation_level="read_committed",
+                                    **cfg.kafka_security().client_kwargs())
         try:
             await consumer.start()
             parts = consumer.partitions_for_topic(cfg.novelty_topic) or {0}

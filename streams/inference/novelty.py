@@ -16,6 +16,7 @@ import numpy as np
 
 from interests.constrained import Generator
 from streams.inference.grpc import GrpcModel
+from streams.inference.tls import TritonTLS
 
 
 class OnnxNovelty:
@@ -32,8 +33,9 @@ class OnnxNovelty:
 class TritonNovelty(GrpcModel):
     """`interest_generator` on a Triton server over gRPC; one long-lived connection."""
 
-    def __init__(self, url: str, model: str = "interest_generator", timeout_s: float = 10.0) -> None:
-        super().__init__(url, model, timeout_s)
+    def __init__(self, url: str, model: str = "interest_generator", timeout_s: float = 10.0,
+                 tls: TritonTLS | None = None) -> None:
+        super().__init__(url, model, timeout_s, tls)
 
     def propose(self, contexts: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         clusters, scores = self.infer({"context": np.asarray(contexts, np.int64), "exclude": np.asarray(exclude, bool)},
