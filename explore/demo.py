@@ -52,12 +52,13 @@ class Steps:
 
 
 def build_models(train_ds: Dataset, run: Path, small: bool, steps: Steps, quiet: bool,
-                 novelty_model: str | None = None) -> dict:
+                 novelty_model: str | None = None, levels: tuple[int, ...] | None = None) -> dict:
     """Catalog, SASRec, novelty LM (+ prior), both exported into run/model_repository; the table rows.
 
     `small` picks the synthetic data's sizes (levels 4,8, a one-block SASRec, a narrower LM).
     `novelty_model` (a --base-model name or directory) puts that pretrained model, zero-shot, behind
-    the language policy instead of the LM trained from scratch.
+    the language policy instead of the LM trained from scratch. `levels` overrides the catalog's cluster
+    counts (`explore loop ab --levels`: the small models over a finer catalog).
     """
     from exporters.novelty_onnx import export_generator
     from exporters.seqrec_export import export_seqrec
@@ -70,7 +71,8 @@ def build_models(train_ds: Dataset, run: Path, small: bool, steps: Steps, quiet:
     from interests.train_seqrec import TrainConfig, train
 
     steps.start("interest clusters from the training period")
-    catalog = build_catalog(train_ds, BuildConfig(levels=(4, 8) if small else (8, 32)), progress=not quiet)
+    levels = levels or ((4, 8) if small else (8, 32))
+    catalog = build_catalog(train_ds, BuildConfig(levels=levels), progress=not quiet)
     catalog.save(run / "catalog")
     print(format_catalog(catalog, catalog.finest, top=2) if not quiet else f"catalog {catalog.version}")
 
@@ -298,7 +300,7 @@ def _replay_and_watch(ds, start_ts, cfg, worker, catalog, run: Path, args, steps
     (run / "feedback.jsonl").write_text("".join(r.encode().decode() + "\n" for r in feedback))
     return {"records": view.records, "events": len(events), "held": len(held), "replay_s": replay_s,
             "start_ts": start_ts, "feedback": feedback,
-            "metrics": _parse_metrics(metrics)}
+            "metrics": parse_metrics(metrics)}
 
 
 def _with_bad_records(records: list[tuple[bytes, bytes]], n: int, seed: int) -> list[tuple[bytes, bytes]]:
@@ -320,8 +322,8 @@ def _wait_applied(worker, n: int, timeout_s: float) -> None:  # type: ignore[no-
     from streams.infra.process import wait_until
 
     def seen() -> bool:
-        m = _parse_metrics(worker.metrics_text())
-        return sum(_count(m, "explore_events_total", outcome=o) for o in HANDLED) >= n
+        m = parse_metrics(worker.metrics_text())
+        return sum(metric_count(m, "explore_events_total", outcome=o) for o in HANDLED) >= n
 
     wait_until(seen, timeout_s, f"the worker processed {n:,} events", worker.proc, interval_s=0.5)
 
@@ -332,13 +334,14 @@ def _wait_slates(worker, view, timeout_s: float) -> None:  # type: ignore[no-unt
     from streams.infra.process import wait_until
 
     def arrived() -> bool:
-        m = _parse_metrics(worker.metrics_text())
-        return len(view.records) >= sum(_count(m, "explore_slates_total", source=s) for s in ("table", "live"))
+        m = parse_metrics(worker.metrics_text())
+        return len(view.records) >= sum(metric_count(m, "explore_slates_total", source=s) for s in ("table", "live"))
 
     wait_until(arrived, timeout_s, "the live view read every slate the worker sent", worker.proc, interval_s=0.2)
 
 
-def _parse_metrics(text: str) -> dict[str, float]:
+def parse_metrics(text: str) -> dict[str, float]:
+    """A worker's /metrics text as {series with its labels: value} (what the demo and the loop wait on)."""
     out = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -350,7 +353,8 @@ def _parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def _count(m: dict[str, float], name: str, **labels: str) -> float:
+def metric_count(m: dict[str, float], name: str, **labels: str) -> float:
+    """One series of `parse_metrics`' result, 0 when the worker has not counted it yet."""
     key = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else name
     return m.get(key, 0.0)
 
@@ -360,10 +364,10 @@ def _print_summary(s: dict, steps: Steps, run: Path, report: Path | None, total_
     m = s["metrics"]
     held = [r for r in s["records"] if r["event_ts"] >= s["start_ts"]]
     lat = np.array([r["latency_ms"] for r in held]) if held else np.zeros(1)
-    hits = _count(m, "explore_novelty_table_lookups_total", result="hit")
-    misses = _count(m, "explore_novelty_table_lookups_total", result="miss")
-    events = {o: _count(m, "explore_events_total", outcome=o) for o in HANDLED}
-    slates = {src: _count(m, "explore_slates_total", source=src) for src in ("table", "live")}
+    hits = metric_count(m, "explore_novelty_table_lookups_total", result="hit")
+    misses = metric_count(m, "explore_novelty_table_lookups_total", result="miss")
+    events = {o: metric_count(m, "explore_events_total", outcome=o) for o in HANDLED}
+    slates = {src: metric_count(m, "explore_slates_total", source=src) for src in ("table", "live")}
     print("\nSummary")
     dlq = {k.split('"')[1]: v for k, v in m.items() if k.startswith("explore_dlq_records_total{")}
     print(f"  events: {s['events']:,} replayed ({s['held']:,} held-out in {s['replay_s']:.1f} s); applied "

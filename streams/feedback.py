@@ -186,6 +186,17 @@ def read_feedback_topic(bootstrap: str, topic: str, security: KafkaSecurity = PL
                         timeout_s: float = 60.0) -> list[FeedbackRecord]:
     """Every record of the feedback topic up to its end as of now (a consumer of its own, no group);
     values that are not feedback records are skipped, not fatal (anyone may write the topic)."""
+    out = []
+    for value in read_topic_values(bootstrap, topic, security, timeout_s):
+        with contextlib.suppress(ValueError):
+            out.append(parse_feedback(value))
+    return out
+
+
+def read_topic_values(bootstrap: str, topic: str, security: KafkaSecurity = PLAINTEXT,
+                      timeout_s: float = 60.0) -> list[bytes]:
+    """Every value of `topic` up to its end as of now, partition by partition (no group, no commits):
+    what the feedback readers and `explore loop ab` (which also reads `recommendations`) need."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
@@ -203,9 +214,7 @@ def read_feedback_topic(bootstrap: str, topic: str, security: KafkaSecurity = PL
             if time.monotonic() > deadline:
                 raise TimeoutError(f"topic {topic!r}: not read to its end in {timeout_s:.0f} s")
             for batch in consumer.poll(timeout_ms=500).values():
-                for r in batch:
-                    with contextlib.suppress(ValueError):
-                        out.append(parse_feedback(r.value or b""))
+                out.extend(r.value or b"" for r in batch)
     finally:
         consumer.close()
     return out
@@ -238,4 +247,5 @@ def labelled_outcomes(records: Iterable[FeedbackRecord]) -> list[Outcome]:
 
 
 __all__ = ["OUTCOMES", "FeedbackRecord", "Horizon", "Resolved", "acceptance", "feedback_record", "labelled_outcomes",
-           "open_slate", "parse_feedback", "read_feedback_file", "read_feedback_topic", "remember", "resolve"]
+           "open_slate", "parse_feedback", "read_feedback_file", "read_feedback_topic", "read_topic_values", "remember",
+           "resolve"]
