@@ -22,6 +22,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +130,19 @@ def throughput(progress, total: int, timeout_s: float = 600) -> float:  # type: 
     raise TimeoutError(f"only {progress()} of {total} events processed in {timeout_s} s")
 
 
-def passthrough(bootstrap: str, work: Path, tag: str, fetch_max_wait_ms: int) -> tuple[ManagedProcess, str, str]:
+@dataclass
+class Runner:
+    """A worker under test: where its input goes and its output comes from, and how to drive it."""
+
+    src: str
+    dst: str
+    start: Callable[[], None]
+    stop: Callable[[], None]
+    progress: Callable[[], float]
+    metrics: Callable[[], str] = lambda: ""  # the worker's /metrics text (the engine's only)
+
+
+def passthrough(bootstrap: str, work: Path, tag: str, fetch_max_wait_ms: int) -> Runner:
     src, dst = f"pt-in-{tag}", f"pt-out-{tag}"
     for t in (src, dst):
         create_topic(bootstrap, t, partitions=8)
@@ -137,12 +151,97 @@ def passthrough(bootstrap: str, work: Path, tag: str, fetch_max_wait_ms: int) ->
            "PASSTHROUGH_WITHIN_MS": "10", "PASSTHROUGH_FETCH_MAX_WAIT_MS": str(fetch_max_wait_ms)}
     proc = ManagedProcess(f"pt-{tag}", [sys.executable, "-m", "streams.passthrough", "worker", "-l", "warn"],
                           work / f"pt-{tag}.log", env=env)
-    return proc, src, dst
+
+    def start() -> None:
+        proc.start()
+        produce(bootstrap, src, [(b"warm", b"{}")], progress=False)
+        wait_until(lambda: topic_total(bootstrap, dst) >= 1, 120, "pass-through ready", proc)
+
+    return Runner(src, dst, start, proc.stop, lambda: topic_total(bootstrap, dst))
+
+
+def engine(bootstrap: str, work: Path, tag: str, models: tuple, ds, triton_url: str,  # type: ignore[no-untyped-def]
+           fetch_max_wait_ms: int) -> Runner:
+    """An engine worker on its own topics, its novelty table published as in production."""
+    catalog, repo, table = models
+    cfg = EngineConfig().with_values({"bootstrap": bootstrap, "app_id": f"bench-{tag}", "catalog": str(catalog),
+                                      "repository": str(repo), "triton_url": triton_url,
+                                      "interactions_topic": f"in-{tag}", "recommendations_topic": f"recs-{tag}",
+                                      "dlq_topic": f"dlq-{tag}", "novelty_topic": f"novel-{tag}",
+                                      "feedback_topic": f"fb-{tag}", "web_port": free_port(),
+                                      "fetch_max_wait_ms": fetch_max_wait_ms})
+    ensure_topics(cfg)
+    publish_table(bootstrap, cfg.novelty_topic, table)
+    worker = WorkerProcess(cfg, work, f"engine-{tag}")
+
+    def progress() -> float:
+        return sum(counter(worker.url, f'explore_events_total{{outcome="{o}"}}') for o in ("applied", "duplicate",
+                                                                                             "invalid"))
+
+    def start() -> None:
+        # Warm-up users first, as the pass-through gets its warm record: the first batches after a
+        # start wait for the first fetch, gRPC channel and model calls (~0.5 s of slates at 0.6-1 s
+        # measured); the run measures steady state.
+        worker.start()
+        produce(bootstrap, cfg.interactions_topic, events_of(ds, WARM_UP, f"warm{tag}"), progress=False)
+        wait_until(lambda: progress() >= WARM_UP, 120, "engine warm-up", worker.proc)
+
+    return Runner(cfg.interactions_topic, cfg.recommendations_topic, start, worker.stop, progress,
+                  worker.metrics_text)
 
 
 def pct(values: list[float]) -> tuple[float, float, float]:
     a = np.asarray(values)
     return tuple(float(np.percentile(a, q)) for q in (50, 95, 99)) if len(a) else (float("nan"),) * 3  # type: ignore[return-value]
+
+
+def stage_sums(metrics_text: str) -> dict[str, tuple[float, float]]:
+    """stage -> (seconds, batches) of `explore_batch_stage_seconds` in a worker's /metrics text."""
+    out: dict[str, list[float]] = {}
+    for line in metrics_text.splitlines():
+        for part, i in (("_sum{", 0), ("_count{", 1)):
+            if line.startswith("explore_batch_stage_seconds" + part):
+                stage = line.split('stage="')[1].split('"')[0]
+                out.setdefault(stage, [0.0, 0.0])[i] = float(line.split()[-1])
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def stage_means(before: str, after: str) -> dict[str, float]:
+    """Mean milliseconds per batch of each stage between two /metrics snapshots."""
+    a, b = stage_sums(before), stage_sums(after)
+    return {k: 1000 * (s - a.get(k, (0, 0))[0]) / max(n - a.get(k, (0, 0))[1], 1) for k, (s, n) in b.items()}
+
+
+def latency_run(bootstrap: str, runner: Runner, records: list, rate: float, is_engine: bool) -> dict:
+    """Events at a fixed rate; event-to-output latency percentiles and, for the engine, its stages."""
+    runner.start()
+    before = runner.metrics()
+    produce(bootstrap, runner.src, records, rate=rate, progress=False)
+    time.sleep(3)
+    after = runner.metrics()
+    out = read_all(bootstrap, runner.dst)
+    if is_engine:
+        lat = [d["latency_ms"] for d in map(json.loads, (r.value for r in out)) if not d["user_id"].startswith("warm")]
+    else:
+        sent = {r.value: r.timestamp for r in read_all(bootstrap, runner.src)}
+        lat = [r.timestamp - sent[r.value] for r in out if r.value in sent]
+    runner.stop()
+    return {"latency_ms": pct(lat), "outputs": len(lat), "stages_ms": stage_means(before, after) if is_engine else {}}
+
+
+def throughput_run(bootstrap: str, runner: Runner, records: list) -> float:
+    runner.start()
+    base = runner.progress()
+    produce(bootstrap, runner.src, records, progress=False)
+    result = throughput(lambda: runner.progress() - base, len(records))
+    runner.stop()
+    return result
+
+
+def print_stages(stages: dict[str, float]) -> None:
+    order = ["queued", "admit", "handle", "write", "send", "ack"]
+    print("  engine batch stages, mean ms per batch: "
+          + ", ".join(f"{k} {stages[k]:.1f}" for k in order if k in stages))
 
 
 def main() -> int:
@@ -153,6 +252,9 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=600, help="synthetic users")
     ap.add_argument("--fetch-max-wait-ms", type=int, default=EngineConfig().fetch_max_wait_ms,
                     help="the consumers' fetch wait, for both workers (Faust's own is 1500)")
+    ap.add_argument("--sweep", type=lambda t: [float(x) for x in t.split(",")], default=[],
+                    help="also engine latency runs at these rates (events/s, comma-separated): the highest rate "
+                         "with p99 under 250 ms")
     args = ap.parse_args()
     from streams.infra.apache_kafka import ApacheKafka
     from streams.infra.triton import EmbeddedTriton
@@ -160,76 +262,29 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="engine-bench-"))
     print(f"building models on synthetic data in {work} ...", flush=True)
     catalog, repo, ds, table = build_models(work, args.users)
-    rows = {}
+    rows: dict[str, dict] = {}
     with ApacheKafka(work / "kafka") as kafka, EmbeddedTriton(repo, work / "triton") as triton:
         b = kafka.bootstrap
+
+        def runner(name: str, tag: str) -> Runner:
+            if name == "engine":
+                return engine(b, work, tag, (catalog, repo, table), ds, triton.grpc_url, args.fetch_max_wait_ms)
+            return passthrough(b, work, tag, args.fetch_max_wait_ms)
+
         for name in ("pass-through", "engine"):
-            result = {}
-            for phase in ("throughput", "latency"):
-                tag = f"{name[:2]}{phase[:2]}{int(time.time())}"
-                n = args.backlog if phase == "throughput" else int(args.rate * args.seconds)
-                records = events_of(ds, n, tag)
-                if name == "engine":
-                    cfg = EngineConfig().with_values({"bootstrap": b, "app_id": f"bench-{tag}", "catalog": str(catalog),
-                                                      "repository": str(repo), "triton_url": triton.grpc_url,
-                                                      "interactions_topic": f"in-{tag}",
-                                                      "recommendations_topic": f"recs-{tag}",
-                                                      "dlq_topic": f"dlq-{tag}", "novelty_topic": f"novel-{tag}",
-                                                      "web_port": free_port(),
-                                                      "fetch_max_wait_ms": args.fetch_max_wait_ms})
-                    ensure_topics(cfg)
-                    publish_table(b, cfg.novelty_topic, table)
-                    worker = WorkerProcess(cfg, work, f"engine-{phase}")
-                    src, dst = cfg.interactions_topic, cfg.recommendations_topic
-
-                    def progress(w: WorkerProcess = worker) -> float:
-                        return sum(counter(w.url, f'explore_events_total{{outcome="{o}"}}')
-                                   for o in ("applied", "duplicate", "invalid"))
-
-                    def start(w: WorkerProcess = worker, src: str = src, tag: str = tag,
-                              progress=progress) -> None:  # type: ignore[no-untyped-def]
-                        # Warm-up users first, as the pass-through gets its warm record: the first
-                        # batches after a start wait for the first fetch, gRPC channel and model
-                        # calls (~0.5 s of slates at 0.6-1 s measured); the run measures steady state.
-                        w.start()
-                        warm = events_of(ds, WARM_UP, f"warm{tag}")
-                        produce(b, src, warm, progress=False)
-                        wait_until(lambda: progress() >= WARM_UP, 120, "engine warm-up", w.proc)
-
-                    stop = worker.stop
-                else:
-                    proc, src, dst = passthrough(b, work, tag, args.fetch_max_wait_ms)
-
-                    def progress(dst: str = dst) -> float:
-                        return topic_total(b, dst)
-
-                    def start(p: ManagedProcess = proc, src: str = src, dst: str = dst) -> None:
-                        p.start()
-                        produce(b, src, [(b"warm", b"{}")], progress=False)
-                        wait_until(lambda: topic_total(b, dst) >= 1, 120, "pass-through ready", p)
-
-                    stop = proc.stop
-                if phase == "throughput":
-                    start()
-                    base = progress()
-                    produce(b, src, records, progress=False)
-                    result["events/s"] = throughput(lambda base=base: progress() - base, n)
-                else:
-                    start()
-                    produce(b, src, records, rate=args.rate, progress=False)
-                    time.sleep(3)
-                    out = read_all(b, dst)
-                    if name == "engine":
-                        docs = [json.loads(r.value) for r in out]
-                        lat = [d["latency_ms"] for d in docs if not d["user_id"].startswith("warm")]
-                    else:
-                        sent = {r.value: r.timestamp for r in read_all(b, src)}
-                        lat = [r.timestamp - sent[r.value] for r in out if r.value in sent]
-                    result["latency_ms"] = pct(lat)
-                    result["outputs"] = len(lat)
-                stop()
+            tag = f"{name[:2]}th{int(time.time())}"
+            result = {"events/s": throughput_run(b, runner(name, tag), events_of(ds, args.backlog, tag))}
+            tag = f"{name[:2]}la{int(time.time())}"
+            records = events_of(ds, int(args.rate * args.seconds), tag)
+            result.update(latency_run(b, runner(name, tag), records, args.rate, name == "engine"))
             rows[name] = result
             print(f"{name}: {result}", flush=True)
+        sweep = {}
+        for rate in args.sweep:
+            tag = f"sw{int(rate)}x{int(time.time())}"
+            sweep[rate] = latency_run(b, runner("engine", tag), events_of(ds, int(rate * args.seconds), tag), rate,
+                                      True)
+            print(f"engine at {rate:.0f} events/s: {sweep[rate]}", flush=True)
     pt, en = rows["pass-through"], rows["engine"]
     print("\nApache Kafka (KRaft) + embedded Triton (CPU), one worker each, this machine:")
     print(f"{'worker':<14}{'events/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'outputs':>9}")
@@ -239,6 +294,16 @@ def main() -> int:
     print(f"engine / pass-through throughput: {en['events/s'] / pt['events/s']:.2f}; "
           f"latency run at {args.rate:.0f} events/s for {args.seconds:.0f} s after a warm-up of {WARM_UP} "
           f"events; fetch wait {args.fetch_max_wait_ms} ms")
+    print_stages(en["stages_ms"])
+    if sweep:
+        print(f"\nengine latency by rate ({args.seconds:.0f} s each, fresh worker each):")
+        print(f"{'events/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'slates':>9}")
+        for rate, r in sweep.items():
+            print(f"{rate:>10.0f}" + "".join(f"{v:>9.1f}" for v in r["latency_ms"]) + f"{r['outputs']:>9}")
+            print_stages(r["stages_ms"])
+        under = [rate for rate, r in sweep.items() if r["latency_ms"][2] < 250]
+        print(f"highest rate tried with p99 under 250 ms: {max(under):.0f} events/s" if under
+              else "no rate tried kept p99 under 250 ms")
     return 0
 
 

@@ -11,6 +11,8 @@ acceptance rate of proposed clusters by source and rank is
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -51,6 +53,11 @@ class Metrics:
         self.slate_novel_items = Counter("explore_slate_novel_items", "Items sent in slates that lie in one of "
                                          "the slate's novel clusters", registry=r)
         self.batch = Histogram("explore_batch_size", "Events per micro-batch", buckets=BATCH_BUCKETS, registry=r)
+        self.stage = Histogram("explore_batch_stage_seconds", "Where a micro-batch's time goes: queued (its oldest "
+                               "event's Kafka timestamp to the batch's start: transport and the batch wait), "
+                               "admit (delivery checks), handle (validation, state, model calls), write (state, "
+                               "DLQ, table fills), send (slates and feedback handed to the producer), ack",
+                               ["stage"], buckets=INFER_BUCKETS, registry=r)
         self.lag = Gauge("explore_consumer_lag", "Records behind the end of each assigned interactions "
                          "partition", ["partition"], registry=r)
         self.acks_withheld = Counter("explore_acks_withheld", "Input records Faust skipped without delivering "
@@ -113,3 +120,15 @@ class PrecomputeMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+
+class StageClock:
+    """Observes the time since the previous mark under each stage's label: one clock per micro-batch."""
+
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+        self.last = time.perf_counter()
+
+    def mark(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.histogram.labels(stage).observe(now - self.last)
+        self.last = now

@@ -33,7 +33,7 @@ from streams.faust_app import make_app
 from streams.infra.kafka_check import TopicSpec
 from streams.infra.paths import explore_home
 from streams.live_page import LiveFeed, counters, render_page
-from streams.metrics import Metrics
+from streams.metrics import Metrics, StageClock
 from streams.novelty_table import keep_running
 from streams.peers import bearer_ok, find_user
 from streams.records import dead_letter
@@ -152,12 +152,17 @@ def create_app(cfg: EngineConfig) -> faust.App:
         status["last_batch"] = time.monotonic()
         async for events in stream.noack_take(cfg.batch_size, within=cfg.batch_within_ms / 1000):
             status["last_batch"] = time.monotonic()
+            clock = StageClock(metrics.stage)
+            oldest = min(e.message.timestamp for e in events)  # ms, the broker's or the producer's clock
+            metrics.stage.labels("queued").observe(max(0.0, time.time() - oldest / 1000))
             assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == cfg.interactions_topic}
             mine, duplicates = await delivery.admit(events, assigned, app.consumer)
             metrics.batch.observe(len(events))
             records = [RawRecord(e.message.key, e.message.value, e.message.partition, e.message.offset,
                                  e.message.timestamp) for e in mine]
+            clock.mark("admit")
             result = await engine.handle(records, users.get)
+            clock.mark("handle")
             by_offset = {(e.message.partition, e.message.offset): e for e in mine}
             for rec, rej in result.dlq:
                 key, value, headers = dead_letter(rec.key, rec.value, rej,
@@ -168,6 +173,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
             for user, (state, rec) in result.states.items():
                 write_state(users, user, state, by_offset[(rec.partition, rec.offset)])
             delivery.record_positions(mine)
+            clock.mark("write")
             now = time.time()
             for recommendation in result.recommendations:
                 metrics.latency.observe(now - recommendation.trigger_ts)
@@ -176,10 +182,12 @@ def create_app(cfg: EngineConfig) -> faust.App:
                 live.add(value)
             for record in result.feedback:
                 await feedback.send(key=record.key, value=record.encode())
+            clock.mark("send")
             delivery.release(mine + duplicates)
             for e in events:
                 delivery.acked(e)
                 await stream.ack(e)
+            clock.mark("ack")
             if trace:
                 spans: dict[int, list[int]] = {}
                 for e in events:
