@@ -81,8 +81,9 @@ def test_a_reranked_table_republished_to_a_running_worker_changes_rows_slates_an
     item_cluster = item_cluster_map(seqrec_artifacts)
     publish = ["--publish", "--topic", cfg.novelty_topic, "--bootstrap", tansu_bootstrap]
     table = tmp_path / "table.jsonl"
-    assert main(["novelty", "precompute", "--model", str(novelty_artifacts.lm.save(tmp_path / "lm")), "--all-contexts",
-                 "--out", str(table), "--quiet", *publish]) == 0
+    lm_dir = str(novelty_artifacts.lm.save(tmp_path / "lm"))
+    assert main(["novelty", "precompute", "--model", lm_dir, "--all-contexts", "--out", str(table), "--quiet",
+                 *publish]) == 0
     lm_rows = read_rows(table)
     events = synthetic_events(seqrec_artifacts.dataset, n_users=40, max_per_user=12)
     users = sorted({e.user_id for e in events})
@@ -118,6 +119,10 @@ def test_a_reranked_table_republished_to_a_running_worker_changes_rows_slates_an
         assert changed and all(new_rows[c]["clusters"][0] == target for c in holding)  # the preference took
         row_versions = {"alignment": model.version, "best_of": str(depth)}
         assert all(r["versions"] == row_versions for r in new_rows.values())
+        fresh = tmp_path / "fresh.jsonl"  # a fresh table re-ranked as it is decoded: the same rows
+        assert main(["novelty", "precompute", "--model", lm_dir, "--all-contexts", "--out", str(fresh), "--quiet",
+                     "--align", str(tmp_path / "align"), "--best-of", str(depth)]) == 0
+        assert read_rows(fresh) == new_rows
 
         # (a) the running worker's rows change: every row now carries the alignment model's version.
         wait_until(lambda: worker.get("/ready")[1].get("novelty_versions") ==
