@@ -153,8 +153,8 @@ def create_app(cfg: EngineConfig) -> faust.App:
         async for events in stream.noack_take(cfg.batch_size, within=cfg.batch_within_ms / 1000):
             status["last_batch"] = time.monotonic()
             clock = StageClock(metrics.stage)
-            oldest = min(e.message.timestamp for e in events)  # ms, the broker's or the producer's clock
-            metrics.stage.labels("queued").observe(max(0.0, time.time() - oldest / 1000))
+            oldest = min(e.message.timestamp for e in events)  # seconds (Faust's), the producer's clock
+            metrics.stage.labels("queued").observe(max(0.0, time.time() - oldest))
             assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == cfg.interactions_topic}
             mine, duplicates = await delivery.admit(events, assigned, app.consumer)
             metrics.batch.observe(len(events))
