@@ -30,7 +30,7 @@ from streams.inference.router import ModelRouter
 from streams.inference.seqrec import pad_histories
 from streams.metrics import Metrics
 from streams.model_files import ModelFiles
-from streams.novelty_table import CompactTable, context_key, parse_row, row_value
+from streams.novelty_table import CompactTable, context_key, parse_row, ranked_row, row_value
 from streams.recommendation import Recommendation, novel_for_user, slate_items
 from streams.records import Limits, Rejection, parse_interaction
 from streams.state import apply, copy_state, needs_slate
@@ -204,8 +204,7 @@ class Engine:
             ["clusters", "scores"])
         fills = []
         for key, cs, ss in zip(missing, clusters.tolist(), scores.tolist(), strict=True):
-            ranked = [(c, s) for c, s in zip(cs, ss, strict=True) if c >= 0]
-            self.table[key] = ([c for c, _ in ranked], [s for _, s in ranked], {})
+            self.table[key] = (*ranked_row(cs, ss), {})
             fills.append((key, row_value(*self.table[key][:2], self.catalog.version, source="live")))
         self.metrics.table_size.set(len(self.table))
         return fills

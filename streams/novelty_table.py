@@ -44,6 +44,14 @@ def row_value(clusters: Sequence[int], scores: Sequence[float], catalog_version:
     return json.dumps(doc).encode()
 
 
+def ranked_row(clusters: Sequence[int], scores: Sequence[float]) -> tuple[list[int], list[float]]:
+    """One answer of `interest_generator` as a table row: its slots in order, without the empty ones
+    (cluster -1: no allowed cluster left): how the engine's live fills and the precompute workers
+    (`streams.precompute_worker`) both turn an answer into a row."""
+    kept = [(int(c), float(s)) for c, s in zip(clusters, scores, strict=True) if c >= 0]
+    return [c for c, _ in kept], [s for _, s in kept]
+
+
 def _versions(doc: dict) -> dict[str, str] | None:
     """A row's `versions` ({} when it has none), or None when it is not a small dict of short strings:
     each distinct one is kept by every worker and copied into slates, so its size is bounded here."""

@@ -45,13 +45,6 @@ def parse_request(key: bytes | None, value: bytes | None, catalog_version: str, 
     return context if doc.get("catalog_version") == catalog_version else "stale"
 
 
-def ranked_row(clusters: Sequence[int], scores: Sequence[float]) -> tuple[list[int], list[float]]:
-    """One answer of `interest_generator` as a table row: its slots in order, without the empty ones
-    (cluster -1: no allowed cluster left), as the engine's live fills store them."""
-    kept = [(int(c), float(s)) for c, s in zip(clusters, scores, strict=True) if c >= 0]
-    return [c for c, _ in kept], [s for _, s in kept]
-
-
 def published_keys(records: Iterable[tuple[bytes | None, bytes | None]], catalog_version: str, k: int,
                    n_clusters: int) -> set[bytes]:
     """Contexts with a usable row of this catalog on the novelty topic (records in offset order; a

@@ -35,8 +35,8 @@ from streams.inference.tls import TritonTLS
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 from streams.metrics import PrecomputeMetrics
 from streams.model_files import NoveltyServing
-from streams.novelty_table import context_key, row_value
-from streams.precompute_jobs import REQUESTS_TOPIC, first_offsets, next_offsets, parse_request, ranked_row
+from streams.novelty_table import context_key, ranked_row, row_value
+from streams.precompute_jobs import REQUESTS_TOPIC, first_offsets, next_offsets, parse_request
 
 log = logging.getLogger(__name__)
 WORKER_HEADER = "precompute-worker"  # on every row: which worker (id/pid) published it

@@ -22,8 +22,7 @@ from kafka import KafkaConsumer, TopicPartition
 from streams.inference.novelty import TritonNovelty
 from streams.infra.kafka_check import create_topic
 from streams.model_files import novelty_serving
-from streams.novelty_table import parse_row
-from streams.precompute_jobs import ranked_row
+from streams.novelty_table import parse_row, ranked_row
 from streams.precompute_worker import WORKER_HEADER
 
 pytestmark = pytest.mark.integration

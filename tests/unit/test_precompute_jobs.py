@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from streams.model_files import NoveltyServing
-from streams.novelty_table import context_key, parse_row
+from streams.novelty_table import context_key, parse_row, ranked_row
 from streams.precompute_jobs import (
     first_offsets,
     next_offsets,
@@ -22,7 +22,6 @@ from streams.precompute_jobs import (
     pending,
     progress,
     published_keys,
-    ranked_row,
     request_value,
 )
 from streams.precompute_worker import PrecomputeWorker, WorkerSettings, propose_rows
