@@ -190,10 +190,10 @@ def _register_critics(nsub: argparse._SubParsersAction) -> None:
                     "critics.json, critics.md and the critics (critics/NAME/alignment.json) to --out.")
     add_dataset_args(nc)
     add_holdout_arg(nc)
-    nc.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
+    nc.add_argument("--catalog", type=Path, default=Path("runs/catalog"), help="the catalog the tables rank")
     nc.add_argument("--table", action="append", required=True, metavar="NAME=PATH",
                     help="a variant's novelty table (rows as `explore novelty precompute` writes them); repeat")
-    nc.add_argument("--level", type=int, default=None, help="the tables' catalog level (default: the finest)")
+    nc.add_argument("--level", type=int, default=None, help="the tables' catalog level (None: the finest)")
     nc.add_argument("--m", type=int, default=0, help="novel clusters per slate (0: the engine's M)")
     nc.add_argument("--best-of", type=int, default=0, help="n of best-of-n re-ranking (0: 2 x M)")
     nc.add_argument("--min-events", type=int, default=5, help="outcomes a (context, candidate) group needs")
