@@ -75,6 +75,11 @@ def windows(ds: Dataset, item_cluster: np.ndarray, k: int) -> dict[str, tuple[fl
     return {"A": (float(split.cut_valid), float(split.cut_test)), "B": (float(split.cut_test), math.inf)}
 
 
+def window_json(window: tuple[float, float]) -> list[float | None]:
+    """A window as JSON writes it: an open end (window B runs to the data's end) is null, not Infinity."""
+    return [window[0], None if window[1] == math.inf else window[1]]
+
+
 def train_critics(ds: Dataset, catalog: Catalog, tables: dict[str, list[dict]], window: tuple[float, float],
                   cfg: EngineConfig, s: Settings, out: Path) -> tuple[dict[str, AlignmentModel], dict[str, dict]]:
     """One alignment model per variant from that variant's offline feedback on `window` (saved under out/critics)."""
@@ -83,7 +88,7 @@ def train_critics(ds: Dataset, catalog: Catalog, tables: dict[str, list[dict]], 
     for name, rows in tqdm(tables.items(), desc="critics", unit="variant"):
         fb = simulate_feedback(ds, clusters, table_rows(rows), descriptions, *window, cfg, {"table": name})
         model, report = align(labelled_outcomes(fb.records), s.min_events, s.steps, s.alpha,
-                              meta={"variant": name, "window": [window[0], min(window[1], 2.0**63)]})
+                              meta={"variant": name, "window": window_json(window)})
         model.save(out / "critics" / name)
         critics[name] = model
         reports[name] = {**report, "slates": len(fb.slates), "open_at_end": fb.open_at_end, "no_row": fb.no_row}
@@ -140,7 +145,7 @@ def run(ds: Dataset, catalog: Catalog, tables: dict[str, list[dict]], cfg: Engin
     gen_rows, own, base = generators(tables, critics, catalog.descriptions(s.level), s.best_of)
     traffic = entropy_bits(c.traffic for c in catalog.clusters[s.level])
     return {"settings": vars(s), "catalog_version": catalog.version, "clusters": catalog.levels[s.level],
-            "dataset": ds.name, "windows": {w: [a, None if b == math.inf else b] for w, (a, b) in win.items()},
+            "dataset": ds.name, "windows": {w: window_json(x) for w, x in win.items()},
             "critics": critic_reports, "base": base, **score_generators(catalog, tables, critics, gen_rows, own, s),
             "catalog_traffic": {"entropy_bits": traffic, "effective_clusters": 2 ** traffic},
             "window_b": acceptance_check(ds, catalog, gen_rows, base, win["B"], cfg, s.level)}
