@@ -22,6 +22,7 @@ Pure (no Kafka, no models): slates and feedback records in, numbers and text out
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -49,6 +50,21 @@ def proposals(slates: Sequence[dict], feedback: Sequence, since: float) -> list[
     return out
 
 
+def state_resets(slates: Sequence[dict]) -> list[str]:
+    """Users whose `events_applied` fell from one slate to a later one (by input offset): the worker lost
+    their state. Seen right after a worker restart (the loop restarts each arm's worker once, to change
+    its batch size); such a user's later slates match no slate of the other arm."""
+    seen: dict[str, list[tuple[tuple[int, int], int]]] = {}
+    for s in slates:
+        seen.setdefault(s["user_id"], []).append((tuple(s["input"]), int(s["events_applied"])))
+    out = []
+    for user, marks in seen.items():
+        counts = [n for _, n in sorted(marks)]
+        if any(b < a for a, b in pairwise(counts)):
+            out.append(user)
+    return sorted(out)
+
+
 def rate(accepted: Sequence[bool], users: Sequence[str], seed: int = 0) -> dict:
     """Share accepted with its bootstrap interval over users."""
     hits = np.asarray(accepted, dtype=np.int8)
@@ -59,14 +75,18 @@ def rate(accepted: Sequence[bool], users: Sequence[str], seed: int = 0) -> dict:
 
 
 def arm_summary(props: list[dict], m: int, seed: int = 0) -> dict:
-    """One arm's acceptance: all proposals, by rank, by fate, and per slate (any proposal taken up)."""
+    """One arm's acceptance: all proposals, by rank, by fate, per slate (any proposal taken up), and over the
+    resolved ones only (accepted / (accepted + horizon): `explore_feedback_total`'s ratio, which leaves out
+    evicted and open proposals and so leans towards accepted ones, which resolve early)."""
     users = [p["user"] for p in props]
     slates: dict[tuple[str, int], bool] = {}
     for p in props:
         slates[(p["user"], p["slate"])] = slates.get((p["user"], p["slate"]), False) or p["accepted"]
     by_rank = {r: rate([p["accepted"] for p in props if p["rank"] == r], [p["user"] for p in props if p["rank"] == r],
                        seed) for r in range(1, m + 1)}
+    resolved = [p for p in props if p["outcome"] in ("accepted", "horizon")]
     return {"slates": len(slates), "proposals": rate([p["accepted"] for p in props], users, seed), "by_rank": by_rank,
+            "resolved": rate([p["accepted"] for p in resolved], [p["user"] for p in resolved], seed),
             "outcomes": {o: sum(p["outcome"] == o for p in props) for o in ("accepted", "horizon", "evicted", "open")},
             "sources": {s: sum(p["source"] == s for p in props) for s in sorted({p["source"] for p in props})},
             "slates_taken_up": rate(list(slates.values()), [u for u, _ in slates], seed)}
@@ -150,6 +170,7 @@ def build_report(arms: dict[str, dict], cut, judged: dict, alignment: dict, m: i
     props = {name: proposals(a["slates"], a["feedback"], cut.b_start) for name, a in arms.items()}
     return {"periods": {"a_start": cut.a_start, "b_start": cut.b_start},
             "arms": {name: arm_summary(p, m, seed) for name, p in props.items()},
+            "state_resets": {name: state_resets(a["slates"]) for name, a in arms.items()},
             "paired": paired_arms(props["aligned"], props["lm"], seed), "judge": judged,
             "alignment": {k: v for k, v in alignment.items() if not isinstance(v, dict | list)},
             "seconds_per_arm": {name: a["seconds"] for name, a in arms.items()}}
@@ -174,6 +195,8 @@ def format_report(report: dict) -> str:
              f"| slates | {lm['slates']:,} | {al['slates']:,} |",
              f"| acceptance, every proposal | {_ci(lm['proposals'])} | {_ci(al['proposals'])} |"]
     lines += [f"| acceptance at rank {r} | {_ci(lm['by_rank'][r])} | {_ci(al['by_rank'][r])} |" for r in lm["by_rank"]]
+    lines.append(f"| acceptance, resolved proposals only (the engine's ratio) | {_ci(lm['resolved'])} | "
+                 f"{_ci(al['resolved'])} |")
     lines.append(f"| slates with a proposal taken up | {_ci(lm['slates_taken_up'])} | {_ci(al['slates_taken_up'])} |")
     fates = lambda a: ", ".join(f"{k} {v:,}" for k, v in a["outcomes"].items())  # noqa: E731
     lines.append(f"| proposals by fate | {fates(lm)} | {fates(al)} |")
@@ -192,6 +215,10 @@ def format_report(report: dict) -> str:
               f"-{p['slates_taken_up']['lost']} (exact McNemar p = {p['slates_taken_up']['p']:.3g}); the aligned arm "
               f"proposed other clusters on {p['other_clusters']:.1%} of them, another order on "
               f"{p['other_order']:.1%}.")]
+    resets = report["state_resets"]
+    if any(resets.values()):
+        lines.append("Users whose state the worker lost after its restart (their later slates pair with nothing): "
+                     + "; ".join(f"{arm} {len(users)} ({', '.join(users[:5])})" for arm, users in resets.items()) + ".")
     for target in TARGETS:
         vs = next((r[target]["vs_best"] for r in judge.get("methods", {}).values()
                    if target in r and "vs_best" in r[target]), None)
