@@ -91,8 +91,13 @@ def kafka_libs(version: str = DEFAULT_VERSION, quiet: bool = False) -> Path:
 
 
 def _cluster_id() -> str:
-    """A KRaft cluster id: a UUID in URL-safe base64 without padding (what kafka-storage makes)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: a UUID in URL-safe base64 without padding (what kafka-storage makes), never
+    starting with "-": kafka-storage's parser took such an id (1 in 64) for an option and the start
+    failed ("argument --cluster-id/-t: expected one argument"); Kafka's own Uuid.randomUuid skips them too."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 @dataclass(frozen=True)

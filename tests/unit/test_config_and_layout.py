@@ -49,6 +49,9 @@ def test_cluster_id_is_a_base64_uuid() -> None:
     ids = {_cluster_id() for _ in range(10)}
     assert len(ids) == 10
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", i) for i in ids)
+    # 1 in 64 random ids starts with "-", which kafka-storage reads as an option: none may (without the
+    # check, 1,000 draws include one with probability 1 - (63/64)^1000 > 0.9999998)
+    assert not any(_cluster_id().startswith("-") for _ in range(1000))
 
 
 def test_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
