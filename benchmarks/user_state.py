@@ -9,7 +9,9 @@ For 10k / 100k users (and more with --users), in one run on Apache Kafka (KRaft,
    engine writes them), then a worker starts with an empty data directory and the time until
    `/ready` (recovery done, novelty table loaded, processing) is measured, with its resident set
    and data directory; for `memory://` and for `rocksdb://`, and for `rocksdb://` once more after
-   a clean stop (a restart that keeps its data directory replays only what it has not stored).
+   a clean stop (a restart that keeps its data directory replays only what it has not stored);
+   with --gc-default, `memory://` once more with CPython's default GC threshold (see the setting
+   `gc_young_threshold`).
    A sample of users is read back through `/users/{id}?local=1` and must equal what was written.
 
 States are synthetic but full-sized: the engine's bounds filled (`recent_items` items,
@@ -135,7 +137,7 @@ def start_and_time(cfg: EngineConfig, work: Path, name: str, sample: dict[str, d
     return {"worker": worker, "ready_s": ready_s, "rss": rss_bytes(worker.proc.pid)}
 
 
-def measure_users(bootstrap: str, base: EngineConfig, work: Path, n_users: int) -> dict:
+def measure_users(bootstrap: str, base: EngineConfig, work: Path, n_users: int, gc_default: bool = False) -> dict:
     """Every measurement of the module docstring for one user count."""
     tag = f"s{n_users}"
     cfg = replace(base, app_id=f"state-{tag}", interactions_topic=f"in-{tag}", dlq_topic=f"dlq-{tag}",
@@ -161,6 +163,13 @@ def measure_users(bootstrap: str, base: EngineConfig, work: Path, n_users: int) 
             again["worker"].stop()
         else:
             run["worker"].stop()
+        shutil.rmtree(data, ignore_errors=True)
+    if gc_default:  # the same recovery with CPython's own GC thresholds: what `gc_young_threshold` buys
+        data = work / f"{tag}-gc700"
+        run = start_and_time(replace(cfg, store="memory://", gc_young_threshold=700, data_dir=str(data),
+                                     web_port=free_port()), work, f"{tag}-gc700", sample)
+        run["worker"].stop()
+        out["memory_gc700"] = {"ready_s": run["ready_s"], "rss": run["rss"]}
         shutil.rmtree(data, ignore_errors=True)
     return out
 
@@ -195,12 +204,18 @@ def report(empty: dict, rows: list[dict]) -> None:
               f"(memory://), {r['users'] / max(d['ready_s'] - empty['ready_s'], 1e-9):,.0f} users/s (rocksdb://); "
               f"RSS over the empty worker {(m['rss'] - empty['rss']) / r['users']:,.0f} B/user (memory://), "
               f"{(d['rss'] - empty['rss']) / r['users']:,.0f} B/user (rocksdb://)")
+        if "memory_gc700" in r:
+            print(f"{r['users']:,} users, memory://, CPython's default GC threshold (700): ready in "
+                  f"{r['memory_gc700']['ready_s']:.1f} s against {m['ready_s']:.1f} s with gc_young_threshold "
+                  f"{EngineConfig().gc_young_threshold:,}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--users", type=lambda t: [int(x) for x in t.split(",")], default=[10_000, 100_000])
     ap.add_argument("--json", type=Path, help="write every measurement here")
+    ap.add_argument("--gc-default", action="store_true",
+                    help="also recover memory:// with CPython's default GC threshold (700), side by side")
     args = ap.parse_args()
     from engine_throughput import build_models
 
@@ -216,7 +231,7 @@ def main() -> None:
         rows = []
         for n in args.users:
             print(f"{n:,} users: writing the changelog, then recovering it ...", flush=True)
-            rows.append(measure_users(kafka.bootstrap, base, work, n))
+            rows.append(measure_users(kafka.bootstrap, base, work, n, args.gc_default))
             print(json.dumps(rows[-1]), flush=True)
     report(empty, rows)
     if args.json:
