@@ -52,8 +52,10 @@ def proposals(slates: Sequence[dict], feedback: Sequence, since: float) -> list[
 
 def state_resets(slates: Sequence[dict]) -> list[str]:
     """Users whose `events_applied` fell from one slate to a later one (by input offset): the worker lost
-    their state. Seen right after a worker restart (the loop restarts each arm's worker once, to change
-    its batch size); such a user's later slates match no slate of the other arm."""
+    their state. Seen right after a worker restart on the embedded Tansu (the loop restarts each arm's
+    worker once, to change its batch size): Tansu reports a changelog partition's end below its last
+    records, and the restarted worker's recovery stops there. Not seen on Apache Kafka. Such a user's
+    later slates match no slate of the other arm."""
     seen: dict[str, list[tuple[tuple[int, int], int]]] = {}
     for s in slates:
         seen.setdefault(s["user_id"], []).append((tuple(s["input"]), int(s["events_applied"])))
@@ -217,7 +219,8 @@ def format_report(report: dict) -> str:
               f"{p['other_order']:.1%}.")]
     resets = report["state_resets"]
     if any(resets.values()):
-        lines.append("Users whose state the worker lost after its restart (their later slates pair with nothing): "
+        lines.append("Users whose state the restarted worker did not recover (the broker reported a changelog's end "
+                     "below its last records; their later slates pair with nothing): "
                      + "; ".join(f"{arm} {len(users)} ({', '.join(users[:5])})" for arm, users in resets.items()) + ".")
     for target in TARGETS:
         vs = next((r[target]["vs_best"] for r in judge.get("methods", {}).values()

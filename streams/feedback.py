@@ -196,7 +196,11 @@ def read_feedback_topic(bootstrap: str, topic: str, security: KafkaSecurity = PL
 def read_topic_values(bootstrap: str, topic: str, security: KafkaSecurity = PLAINTEXT,
                       timeout_s: float = 60.0) -> list[bytes]:
     """Every value of `topic` up to its end as of now, partition by partition (no group, no commits):
-    what the feedback readers and `explore loop ab` (which also reads `recommendations`) need."""
+    what the feedback readers and `explore loop ab` (which also reads `recommendations`) need.
+
+    Once every partition reached the end the broker reported, it polls on until a poll comes back empty
+    (three at most: a topic being written would never end): the embedded broker (Tansu) was seen
+    reporting a partition's end below its last records, while it hands them out all the same."""
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
@@ -210,10 +214,15 @@ def read_topic_values(bootstrap: str, topic: str, security: KafkaSecurity = PLAI
         end = consumer.end_offsets(tps)
         deadline = time.monotonic() + timeout_s
         out = []
-        while any(consumer.position(tp) < end[tp] for tp in tps):
+        after_end = 0  # polls since every partition reached the reported end
+        while after_end < 3:
+            after_end += all(consumer.position(tp) >= end[tp] for tp in tps)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"topic {topic!r}: not read to its end in {timeout_s:.0f} s")
-            for batch in consumer.poll(timeout_ms=500).values():
+            batches = consumer.poll(timeout_ms=500)
+            if after_end and not batches:
+                break
+            for batch in batches.values():
                 out.extend(r.value or b"" for r in batch)
     finally:
         consumer.close()

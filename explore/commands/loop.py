@@ -56,7 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ab.add_argument("--steps", type=int, default=10, help="align: label levels in [0, 1]")
     ab.add_argument("--alpha", type=float, default=1.0, help="align: ridge regularisation")
     ab.add_argument("--m", type=int, default=3, help="novel clusters per slate (the engine's M), and the judge's M")
-    ab.add_argument("--kafka", choices=["tansu", "apache"], default="tansu", help="which broker to start")
+    ab.add_argument("--kafka", choices=["tansu", "apache"], default="tansu",
+                    help="which broker to start. Each arm's worker restarts once; Tansu reports a partition's end "
+                         "below its last records, so the restarted worker's recovery can miss a user's newest state "
+                         "(the report lists such users); Apache Kafka (needs Java) recovers every one")
     ab.add_argument("--run-dir", default=None, help="where everything goes (default: runs/loop-YYYYmmdd-HHMMSS)")
     ab.add_argument("--seed", type=int, default=0, help="seed of --synthetic and of the bootstrap")
     ab.add_argument("--quiet", action="store_true", help="no progress bars")
