@@ -35,4 +35,5 @@ def crash_at(n: int) -> None:
 
 if __name__ == "__main__":
     crash_at(int(sys.argv[1]))
+    print(f"pid {os.getpid()}", flush=True)  # the rows' header names it: the test tells this worker's rows apart
     sys.exit(main(["novelty", "precompute-worker", *sys.argv[2:]]))

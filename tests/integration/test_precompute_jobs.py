@@ -47,6 +47,11 @@ def read_all(bootstrap: str, topic: str, isolation: str) -> list:
         consumer.close()
 
 
+def first_pid(run: subprocess.CompletedProcess) -> int:
+    """The pid the crashing worker printed before its first batch (tests/integration/precompute_crash.py)."""
+    return int(run.stdout.split("pid ", 1)[1].split()[0])
+
+
 def explore(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "explore", "novelty", *args], capture_output=True, text=True,
                           timeout=timeout_s, check=False)
@@ -77,13 +82,14 @@ def test_a_killed_worker_resumes_without_loss_or_duplication(apache_bootstrap: s
     keys = Counter(r.key for r in committed)
     assert sorted(keys) == sorted(",".join(map(str, c)).encode() for c in contexts)  # no loss
     assert set(keys.values()) == {1}  # no duplicate
+    # a poll may bring fewer than BATCH requests, so the counts come from the rows' headers
     by_process = Counter(dict(r.headers)[WORKER_HEADER].decode().split("/")[1] for r in committed)
-    assert len(by_process) == 2 and sorted(by_process.values()) == [(KILL_AT - 1) * BATCH,
-                                                                   len(contexts) - (KILL_AT - 1) * BATCH]
+    first_rows = by_process.pop(str(first_pid(first)), 0)
+    assert 0 < first_rows <= (KILL_AT - 1) * BATCH and list(by_process.values()) == [len(contexts) - first_rows]
     # nothing published before the kill was recomputed: the second worker answered the rest only, and
     # the killed transaction's rows are on the log, aborted, seen by a read_uncommitted reader alone
-    assert totals["published"] == len(contexts) - (KILL_AT - 1) * BATCH and totals["aborted"] == 0
-    assert len(everything) == len(contexts) + BATCH
+    assert totals["published"] == len(contexts) - first_rows and totals["aborted"] == 0
+    assert 0 < len(everything) - len(contexts) <= BATCH
 
     model = TritonNovelty(triton.grpc)  # each row is the model's own answer for its context
     try:
