@@ -110,3 +110,34 @@ def test_a_killed_worker_resumes_without_loss_or_duplication(apache_bootstrap: s
     assert f"{len(contexts)} of {len(contexts)} requests answered, 0 left" in status.stdout, status.stderr
     again = explore("enqueue", "--all-contexts", *job)  # a second enqueue finds every context published
     assert f"{len(contexts)} already on" in again.stdout and "enqueued 0 requests" in again.stdout, again.stderr
+
+
+def test_the_engine_never_learns_the_rows_of_an_aborted_transaction(apache_bootstrap: str, triton, seqrec_artifacts,
+                                                                    novelty_artifacts, tmp_path: Path) -> None:
+    """The engine's table follower reads read_committed: a row of a transaction a precompute worker did not
+    commit (it died; its batch is answered again) is never in the table."""
+    from kafka import KafkaProducer
+
+    from streams.infra.worker_process import WorkerProcess
+    from streams.novelty_table import row_value
+    from streams.worker import ensure_topics
+    from tests.integration.engine_support import engine_config
+
+    cfg = engine_config(apache_bootstrap, seqrec_artifacts, triton.repository, triton.grpc)
+    ensure_topics(cfg)
+    version = novelty_serving(triton.repository).catalog_version
+    producer = KafkaProducer(bootstrap_servers=apache_bootstrap, transactional_id=f"abort-{uuid.uuid4().hex[:8]}")
+    producer.init_transactions()
+    for key, commit in ((b"0,1", True), (b"1,0", False)):
+        producer.begin_transaction()
+        producer.send(cfg.novelty_topic, key=key, value=row_value([2, 3], [-1.0, -2.0], version, source="precompute"))
+        producer.flush()
+        if commit:
+            producer.commit_transaction()
+        else:
+            producer.abort_transaction()
+    producer.close()
+    assert len(read_all(apache_bootstrap, cfg.novelty_topic, "read_uncommitted")) == 2  # both rows are on the log
+    with WorkerProcess(cfg, tmp_path) as worker:
+        _, body = worker.get("/ready")
+    assert body["novelty_table_loaded"] and body["novelty_contexts"] == 1, body
