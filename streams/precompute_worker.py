@@ -150,16 +150,18 @@ class PrecomputeWorker:
         try:
             t0 = time.perf_counter()
             rows = propose_rows(self.model, contexts, s.serving.n_clusters, s.serving.max_batch) if contexts else []
-            m.seconds.labels("triton").observe(time.perf_counter() - t0)
-            self.totals.triton_s += time.perf_counter() - t0
+            spent = time.perf_counter() - t0
+            m.seconds.labels("triton").observe(spent)
+            self.totals.triton_s += spent
         except Exception as exc:  # Triton down or refusing: nothing was published; read the batch again
             self._failed(records, "triton", exc)
             return
         try:
             t0 = time.perf_counter()
             self._publish(contexts, rows, records)
-            m.seconds.labels("publish").observe(time.perf_counter() - t0)
-            self.totals.publish_s += time.perf_counter() - t0
+            spent = time.perf_counter() - t0
+            m.seconds.labels("publish").observe(spent)
+            self.totals.publish_s += spent
         except Exception as exc:
             self._abort()
             self._failed(records, "kafka", exc)

@@ -77,8 +77,12 @@ def _contexts(args: argparse.Namespace, serving) -> list[list[int]]:  # type: ig
     if args.all_contexts:
         return [list(c) for c in itertools.permutations(range(serving.n_clusters), serving.k)]
     from explore.commands.novelty import _novelty_split
+    from interests.catalog import CatalogError
 
-    _, _, _, examples, _ = _novelty_split(args, serving.k, serving.level)
+    _, catalog, _, examples, _ = _novelty_split(args, serving.k, serving.level)
+    if catalog.version != serving.catalog_version:  # else the contexts would name another catalog's clusters
+        raise CatalogError(f"{args.catalog} is catalog {catalog.version}; {args.repository}'s interest_generator "
+                           f"was exported with catalog {serving.catalog_version}")
     return np.unique(examples.contexts, axis=0).tolist()
 
 
