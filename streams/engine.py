@@ -213,17 +213,24 @@ class Engine:
                               ) -> tuple[dict[str, list[tuple[int, float]]], dict[str, str], dict[str, dict[str, str]]]:
         """Each user's novel clusters, where they came from and the versions of what chose them: the table
         row minus what the user knows, with the row's versions (`row_versions`); model call 2,
-        `interest_generator` with the user's own exclusions, for users left with fewer than M (a longer
-        live answer replaces the row's, and the worker's versions alone then name what chose it)."""
+        `interest_generator` with the user's own exclusions, for users left with fewer than M by a row
+        that does not rank every cluster (a longer live answer replaces the row's, and the worker's
+        versions alone then name what chose it)."""
         m = self.cfg.m
         novel: dict[str, list[tuple[int, float]]] = {}
         source: dict[str, str] = {}
         versions: dict[str, dict[str, str]] = {}
+        exhaustive: set[str] = set()
         for u in users:
             ranked, scores, row_versions = self.table[context_key(states[u]["context"])]
             novel[u], source[u] = novel_for_user(ranked, scores, states[u]["known"], m), "table"
             versions[u] = self.row_versions(row_versions)
-        live = [u for u in users if len(novel[u]) < m]
+            if len(ranked) >= self.n_clusters - len(states[u]["context"]):
+                exhaustive.add(u)
+        # A row that ranks every cluster its context leaves (`table_depth`) already holds every novel
+        # cluster the user has: a live call could not find more, and at 8 clusters such users (who know
+        # most of them) made one extra model call in many batches (~38 ms each at 1,000 events/s).
+        live = [u for u in users if len(novel[u]) < m and u not in exhaustive]
         if not live:
             return novel, source, versions
         contexts = np.array([states[u]["context"] for u in live], dtype=np.int64)

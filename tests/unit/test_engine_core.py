@@ -190,6 +190,38 @@ def test_a_slate_from_a_table_row_carries_the_rows_versions_and_a_live_one_the_w
     assert feedback[0].versions == merged
 
 
+def test_a_row_that_ranks_every_cluster_is_not_asked_again_live_when_the_user_knows_most_of_them(
+        engine: Engine) -> None:
+    """A row ranking every cluster its context leaves holds every novel cluster a user has: a user left
+    with fewer than M gets them from the row, without a live call that could find no more; a shorter row
+    still asks live."""
+    by_cluster: dict[int, list[str]] = {}
+    for item, c in zip(engine.item_ids, engine.item_cluster, strict=True):
+        by_cluster.setdefault(c, []).append(item)
+    clusters = sorted(by_cluster)
+    assert len(clusters) == engine.n_clusters >= engine.cfg.m + 2
+    a, b, *rest = clusters
+    engine.table.clear()
+    engine.learn(context_key([a, b]), row_value(rest, [-1.0 - i for i in range(len(rest))], engine.catalog.version))
+    engine.learn(context_key([b, a]), row_value(rest[:-1], [-1.0 - i for i in range(len(rest) - 1)],
+                                                engine.catalog.version))
+    calls = engine.metrics.inference.labels("interest_generator", "onnx")
+
+    def live_calls_for(user: str, first: int, last: int, offset: int) -> tuple[float, list[int], str]:
+        # the user knows every cluster but the row's last one, and ends on the context (first, last)
+        known = [*rest[:-1], first, last]
+        records = [_record(user, by_cluster[c][0], offset + i, 1000.0 + i) for i, c in enumerate(known)]
+        count = sum(b.get() for b in calls._buckets)
+        out = asyncio.run(engine.handle(records, {}.get, now=2000.0))
+        slate = next(r for r in out.recommendations if r.user_id == user)
+        return sum(b.get() for b in calls._buckets) - count, [c["id"] for c in slate.novel_clusters], slate.source
+
+    made, novel, source = live_calls_for("x1", a, b, 0)
+    assert (made, novel, source) == (0, [rest[-1]], "table")
+    made, novel, _ = live_calls_for("x2", b, a, 100)  # this row lacks rest[-1]: only a live call can find it
+    assert made == 1 and novel == [rest[-1]]
+
+
 def _repository_copy(tiny_repository: Path, tmp_path: Path) -> Path:
     import shutil
 
