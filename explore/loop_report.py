@@ -233,8 +233,9 @@ def format_report(report: dict) -> str:
     lines += ["", f"Alignment, trained on period A only: {a['outcomes']:,} labelled proposals ({a['accepted']:,} "
               f"accepted), {a['examples']:,} (context, candidate) groups with at least {a['min_events']} over "
               f"{a['contexts']:,} contexts; best-of-{best} re-ordered {a['rows_reordered']:,} of {a['rows']:,} rows"
-              + ("" if held is None else f"; on A's held-out contexts it orders {held:.3f} of "
-                 f"{a['holdout_pairs']} candidate pairs as their labels, the LM's ranks "
+              + ("" if held is None else "; A's held-out contexts had no candidate pairs with different labels to "
+                 "check it on" if not a.get("holdout_pairs") else f"; on A's held-out contexts it orders {held:.3f} "
+                 f"of {a['holdout_pairs']} candidate pairs as their labels, the LM's ranks "
                  f"{a.get('holdout_lm_rank_accuracy', float('nan')):.3f}") + ".",
               "", OFF_POLICY]
     return "\n".join(lines)
