@@ -1,0 +1,184 @@
+"""A worker's start-up with the novelty table of a 1,000-cluster catalog, end to end (issue 15, item 2).
+
+The goal: with a ~1M-context table, a worker's resident set under 2 GB and `/ready` within 60 s.
+`benchmarks/scale.py` measured the table alone (`CompactTable` filled from parsed rows, no
+broker, no worker); this is the real thing on Apache Kafka (KRaft, one broker):
+
+1. A catalog of C clusters (synthetic data, `build_catalog`), SASRec and the novelty LM trained
+   for one epoch and exported (a worker needs both; what they learnt does not change the cost).
+2. Every ordered context of K = 2 (C(C-1): 999,000 at C = 1,000) gets a row of `table_depth`
+   clusters with random scores, published to the novelty topic as the precompute does
+   (`row_value`, this catalog's version): bytes and the time to publish are reported.
+3. A worker with an empty novelty topic, then one with the full table, each started from
+   nothing and timed to `/ready` (the follower has read the topic to its end); resident set
+   (at ready and its peak while starting) and contexts held (`/ready`'s `novelty_contexts`, must equal the
+   rows published). Only cost is measured: that the engine serves the rows it holds is the
+   engine tests' part.
+
+One run on a shared 2-core machine: compare within the run. Run:
+python benchmarks/table_ready.py [--clusters 1000] [--contexts N (a prefix of the contexts, for a
+quick run)] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from streams.config import EngineConfig
+from streams.infra.process import free_port, wait_until
+from streams.infra.worker_process import WorkerProcess
+from streams.novelty_table import context_key, row_value
+from streams.worker import ensure_topics
+
+
+def build_models(work: Path, n_clusters: int) -> tuple[Path, Path, str]:
+    """A catalog of `n_clusters` and the two exported models a worker serves (one epoch each)."""
+    from exporters.novelty_onnx import export_generator
+    from exporters.seqrec_export import export_seqrec
+    from interests.build import BuildConfig, build_catalog
+    from interests.novelty_data import novel_transitions, split_by_time
+    from interests.novelty_lm import LMConfig, train_novelty_lm
+    from interests.seqsplit import leave_one_out
+    from interests.synthetic import make_synthetic
+    from interests.train_seqrec import TrainConfig, train
+
+    ds, _ = make_synthetic(n_clusters=n_clusters, items_per_cluster=10, n_users=2 * n_clusters, seed=1)
+    catalog = build_catalog(ds, BuildConfig(levels=(max(2, n_clusters // 16), n_clusters)), progress=False)
+    got = len(catalog.descriptions())
+    if got != n_clusters:
+        raise SystemExit(f"the catalog has {got} clusters at its finest level, not {n_clusters}")
+    catalog.save(work / "catalog")
+    train(leave_one_out(ds), TrainConfig(max_len=50, dim=32, heads=2, blocks=1, epochs=1, patience=1, seed=0),
+          progress=False, checkpoint=work / "model.pt", extra={"catalog_version": catalog.version})
+    export_seqrec(work / "model.pt", work / "catalog", work / "repo", top_n=20)
+    novel = split_by_time(novel_transitions(ds, catalog.item_clusters(), 2))
+    lm, _ = train_novelty_lm(catalog.descriptions(), novel.train, novel.valid,
+                             LMConfig(layers=1, dim=48, heads=2, epochs=1, patience=1),
+                             {"catalog_version": catalog.version, "k": 2, "level": catalog.finest}, progress=False)
+    export_generator(lm, work / "repo")
+    return work / "catalog", work / "repo", catalog.version
+
+
+def publish_table(bootstrap: str, topic: str, n_clusters: int, depth: int, version: str,
+                  limit: int | None) -> tuple[int, int, float]:
+    """Publish a row for every ordered context of 2 clusters (the first `limit` of them):
+    (rows, bytes of keys and values, seconds)."""
+    from kafka import KafkaProducer
+    from tqdm import tqdm
+
+    rnd = random.Random(n_clusters)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=50, batch_size=1024 * 1024,
+                             max_request_size=8 * 1024 * 1024)
+    contexts = itertools.islice(itertools.permutations(range(n_clusters), 2), limit)
+    total = n_clusters * (n_clusters - 1) if limit is None else min(limit, n_clusters * (n_clusters - 1))
+    rows = size = 0
+    t0 = time.perf_counter()
+    try:
+        for context in tqdm(contexts, total=total, desc="publishing rows", unit="row", mininterval=5):
+            clusters = [c for c in rnd.sample(range(n_clusters), depth + 2) if c not in context][:depth]
+            scores = sorted((-rnd.random() * 10 for _ in clusters), reverse=True)
+            key, value = context_key(context), row_value(clusters, scores, version, source="precompute")
+            producer.send(topic, key=key, value=value)
+            rows, size = rows + 1, size + len(key) + len(value)
+        producer.flush()
+    finally:
+        producer.close()
+    return rows, size, time.perf_counter() - t0
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def start_and_time(cfg: EngineConfig, work: Path, name: str) -> dict:
+    """Start a worker from nothing, time it to /ready, read what it holds; stop it."""
+    worker = WorkerProcess(cfg, work, name)
+    t0 = time.perf_counter()
+    worker.start(wait_s=0)
+    peak = 0
+    try:
+        def ready() -> bool:
+            nonlocal peak
+            peak = max(peak, rss_bytes(worker.proc.pid))
+            return worker.ready()
+
+        wait_until(ready, 1800, f"{name} ready", worker.proc, interval_s=0.2)
+        ready_s = time.perf_counter() - t0
+        _, body = worker.get("/ready")
+        rss = rss_bytes(worker.proc.pid)
+    finally:
+        worker.stop()
+    return {"ready_s": ready_s, "rss": rss, "peak_rss": max(peak, rss), "contexts": body.get("novelty_contexts")}
+
+
+def mb(n: float) -> str:
+    return f"{n / 2**20:,.0f} MB"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clusters", type=int, default=1000, help="clusters of the synthetic catalog (default 1000)")
+    ap.add_argument("--contexts", type=int, help="publish only the first N contexts (a quick run)")
+    ap.add_argument("--json", type=Path, help="write every measurement here")
+    args = ap.parse_args()
+    from interests.novelty_precompute import table_depth
+    from streams.infra.apache_kafka import ApacheKafka
+
+    work = Path(tempfile.mkdtemp(prefix="table-ready-"))
+    t0 = time.perf_counter()
+    print(f"building a {args.clusters}-cluster catalog and its models in {work} ...", flush=True)
+    catalog, repo, version = build_models(work, args.clusters)
+    print(f"models built in {time.perf_counter() - t0:.0f} s", flush=True)
+    depth = table_depth(args.clusters, 2)
+    out: dict = {"clusters": args.clusters, "depth": depth}
+    with ApacheKafka(work / "kafka") as kafka:
+        base = EngineConfig().with_values({"bootstrap": kafka.bootstrap, "catalog": str(catalog),
+                                           "repository": str(repo)})
+
+        def worker_cfg(tag: str) -> EngineConfig:
+            cfg = replace(base, app_id=f"table-{tag}", interactions_topic=f"in-{tag}", dlq_topic=f"dlq-{tag}",
+                          recommendations_topic=f"recs-{tag}", feedback_topic=f"fb-{tag}",
+                          novelty_topic=f"novel-{tag}", web_port=free_port(), data_dir=str(work / f"data-{tag}"))
+            ensure_topics(cfg)
+            return cfg
+
+        out["empty"] = start_and_time(worker_cfg("empty"), work, "empty")
+        print(f"worker, empty table: ready in {out['empty']['ready_s']:.1f} s, RSS {mb(out['empty']['rss'])}",
+              flush=True)
+        full = worker_cfg("full")
+        rows, size, secs = publish_table(kafka.bootstrap, full.novelty_topic, args.clusters, depth, version,
+                                         args.contexts)
+        out["published"] = {"rows": rows, "bytes": size, "seconds": secs}
+        print(f"published {rows:,} rows, {mb(size)}, in {secs:.0f} s", flush=True)
+        out["full"] = start_and_time(full, work, "full")
+    f, e = out["full"], out["empty"]
+    print(f"\nworker with {f['contexts']:,} contexts ({args.clusters} clusters, rows of {depth}): ready in "
+          f"{f['ready_s']:.1f} s (empty table {e['ready_s']:.1f} s), RSS {mb(f['rss'])} (peak {mb(f['peak_rss'])}; "
+          f"empty {mb(e['rss'])}): {(f['rss'] - e['rss']) / max(rows, 1):,.0f} B a context over the empty worker")
+    extra = f["ready_s"] - e["ready_s"]
+    if extra > 1:  # below a second the difference is start-up noise, not the table
+        print(f"the table's share of the start: {extra:.1f} s, {size / 2**20 / extra:,.0f} MB/s, "
+              f"{rows / extra:,.0f} rows/s")
+    if f["contexts"] != rows:
+        raise SystemExit(f"the worker holds {f['contexts']} contexts, {rows} were published")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
