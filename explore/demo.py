@@ -29,7 +29,7 @@ from urllib.parse import quote
 import numpy as np
 
 from interests.datasets import Dataset
-from interests.seqsplit import training_period
+from interests.seqsplit import held_out_start, training_period
 
 
 class Steps:
@@ -206,7 +206,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     steps.start("data")
     ds = dataset_from_args(args)
-    start_ts = float(np.quantile(ds.timestamps, 1 - args.holdout))
+    start_ts = held_out_start(ds, args.holdout)
     train_ds = training_period(ds, start_ts)
     print(ds.summary())
     print(f"held out: the last {args.holdout:.0%} of time ({int((ds.timestamps >= start_ts).sum()):,} interactions "

@@ -31,11 +31,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from explore.demo import Steps, build_models, metric_count, parse_metrics
 from interests.datasets import Dataset
-from interests.seqsplit import training_period
+from interests.seqsplit import held_out_start, training_period
 
 ARMS = ("lm", "aligned")  # period B's arms: the LM's table, the aligned one
 
@@ -51,10 +49,9 @@ class Periods:
 def periods(ds: Dataset, holdout: float, b_share: float) -> Periods:
     """The training period: all but the last `holdout` of time (interaction quantiles, as `explore demo`
     cuts it, so a demo run's models fit); B: the last `b_share` of the held-out time."""
-    if not 0 < holdout < 1 or not 0 < b_share < 1:
-        raise ValueError(f"--holdout and --b-share must lie in (0, 1), got {holdout} and {b_share}")
-    return Periods(float(np.quantile(ds.timestamps, 1 - holdout)),
-                   float(np.quantile(ds.timestamps, 1 - holdout * b_share)))
+    if not 0 < b_share < 1:
+        raise ValueError(f"--b-share must lie in (0, 1), got {b_share}")
+    return Periods(held_out_start(ds, holdout), held_out_start(ds, holdout * b_share))
 
 
 def reused_models(run: Path, train_ds: Dataset) -> dict:

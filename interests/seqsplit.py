@@ -102,6 +102,18 @@ def popularity_ranks(split: LeaveOneOut, which: str = "test") -> np.ndarray:
     return ranks_of(scores, targets)
 
 
+def held_out_start(ds: Dataset, share: float) -> float:
+    """Where the last `share` of time starts: the (1 - share) quantile of the interaction times.
+
+    The one definition of "hold out the last share of time" (`explore demo --holdout`, the novelty
+    commands' `--holdout`, `explore loop ab`): a command that reuses a demo run's models must cut
+    the data exactly where the demo did, or its evaluation period overlaps their training.
+    """
+    if not 0 < share < 1:
+        raise ValueError(f"--holdout is a share of time in (0, 1), got {share}")
+    return float(np.quantile(ds.timestamps, 1 - share))
+
+
 def training_period(ds: Dataset, start_ts: float) -> Dataset:
     """The same users and items, only the interactions before `start_ts` (per-user order kept).
 

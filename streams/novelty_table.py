@@ -28,6 +28,20 @@ def context_key(context: Sequence[int]) -> bytes:
     return ",".join(str(int(c)) for c in context).encode()
 
 
+def parse_context_key(key: bytes | None, k: int, n_clusters: int) -> list[int] | None:
+    """The context a table key names, or None when it is not K distinct cluster ids of the catalog
+    spelt as `context_key` spells them: rows and precompute requests (`streams.precompute_jobs`) are
+    keyed alike, and a key that parses here can never index past the catalog's clusters."""
+    try:
+        context = [int(c) for c in (key or b"").split(b",")]
+    except ValueError:
+        return None
+    if len(context) != k or len(set(context)) != k or any(not 0 <= c < n_clusters for c in context) \
+            or context_key(context) != key:
+        return None
+    return context
+
+
 MAX_VERSIONS = 8  # entries of a row's `versions`
 MAX_VERSION_CHARS = 64  # characters of each name and value (a digest is 12-16)
 
@@ -66,9 +80,9 @@ def _versions(doc: dict) -> dict[str, str] | None:
 
 def parse_row(key: bytes, value: bytes, catalog_version: str, k: int, n_clusters: int) -> Row | str:
     """(clusters, scores, versions) of a novelty-topic record, or why it is not used: "stale" (written for
-    another catalog version, or without one) or "invalid" (a key that is not K cluster ids, cluster ids out
-    of range or repeated, more of them than the catalog has, scores that do not match, `versions` that
-    is not a small dict of short strings).
+    another catalog version, or without one) or "invalid" (a key that is not K distinct cluster ids, cluster
+    ids out of range or repeated, more of them than the catalog has, scores that do not match, `versions`
+    that is not a small dict of short strings).
 
     Anyone who can write the topic can add rows; only rows of this catalog are kept, so the table
     stays bounded (at most one row per context of K clusters) and a foreign row can never index
@@ -76,12 +90,11 @@ def parse_row(key: bytes, value: bytes, catalog_version: str, k: int, n_clusters
     """
     if len(value) > 256 + 64 * n_clusters + 16 * MAX_VERSIONS * MAX_VERSION_CHARS:  # a full row, full versions
         return "invalid"
+    if parse_context_key(key, k, n_clusters) is None:
+        return "invalid"
     try:
-        context = [int(c) for c in key.split(b",")]
         doc = json.loads(value)
     except (ValueError, RecursionError):
-        return "invalid"
-    if len(context) != k or any(not 0 <= c < n_clusters for c in context) or context_key(context) != key:
         return "invalid"
     if not isinstance(doc, dict):
         return "invalid"

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
-from streams.novelty_table import context_key, parse_row
+from streams.novelty_table import context_key, parse_context_key, parse_row
 
 REQUESTS_TOPIC = "novelty-requests"
 
@@ -34,13 +34,14 @@ def parse_request(key: bytes | None, value: bytes | None, catalog_version: str, 
     worker's model speaks) or "invalid" (not K distinct cluster ids of this catalog, spelt as `context_key`
     spells them; a value that is not a request). Anyone who can write the topic can add requests, so a
     worker never sends Triton a context it cannot answer."""
+    context = parse_context_key(key, k, n_clusters)
+    if context is None:
+        return "invalid"
     try:
-        context = [int(c) for c in (key or b"").split(b",")]
         doc = json.loads(value or b"")
     except (ValueError, RecursionError):
         return "invalid"
-    if len(context) != k or len(set(context)) != k or any(not 0 <= c < n_clusters for c in context) \
-            or context_key(context) != key or not isinstance(doc, dict):
+    if not isinstance(doc, dict):
         return "invalid"
     return context if doc.get("catalog_version") == catalog_version else "stale"
 

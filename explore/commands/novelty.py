@@ -245,11 +245,9 @@ def holdout_dataset(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     share = getattr(args, "holdout", 0.0)
     if not share:
         return ds
-    if not 0 < share < 1:
-        raise ValueError(f"--holdout is a share of time in (0, 1), got {share}")
-    from interests.seqsplit import training_period
+    from interests.seqsplit import held_out_start, training_period
 
-    return training_period(ds, float(np.quantile(ds.timestamps, 1 - share)))
+    return training_period(ds, held_out_start(ds, share))
 
 
 def _novelty_split(args: argparse.Namespace, k: int, level: int | None):  # type: ignore[no-untyped-def]

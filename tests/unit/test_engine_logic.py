@@ -280,6 +280,8 @@ def test_users_expire_after_the_ttl_since_their_last_event_was_applied() -> None
     (b"1,2,3", {"clusters": [4], "scores": [-1.0], "catalog_version": "v1"}, "invalid"),  # K = 2
     (b"1,99", {"clusters": [4], "scores": [-1.0], "catalog_version": "v1"}, "invalid"),
     (b"spam", {"clusters": [4], "scores": [-1.0], "catalog_version": "v1"}, "invalid"),
+    (b"3,3", {"clusters": [4], "scores": [-1.0], "catalog_version": "v1"}, "invalid"),  # contexts are distinct
+    (b"01,2", {"clusters": [4], "scores": [-1.0], "catalog_version": "v1"}, "invalid"),  # not as context_key spells it
     (b"1,2", [[[]]], "invalid"),
     # These raised (TypeError: unhashable; OverflowError) and crashed the table follower, again after each restart.
     (b"1,2", {"clusters": [[3]], "scores": [-1.0], "catalog_version": "v1"}, "invalid"),

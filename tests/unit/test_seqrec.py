@@ -14,11 +14,13 @@ from exporters.seqrec_onnx import check_parity, export_onnx, random_inputs
 from interests.build import BuildConfig, build_catalog
 from interests.sasrec import SASRec, SASRecConfig
 from interests.seqsplit import (
+    held_out_start,
     leave_one_out,
     pad_left,
     popularity_ranks,
     ranking_metrics,
     ranks_of,
+    training_period,
     training_windows,
 )
 from interests.synthetic import make_synthetic
@@ -51,6 +53,17 @@ def test_leave_one_out_holds_out_the_last_two(data) -> None:
     assert split.test_target[0] == s[-1] and split.valid_target[0] == s[-2]
     assert np.array_equal(split.train[u], s[:-2]) and np.array_equal(split.test_history[0], s[:-1])
     assert "leave-one-out" in split.protocol() and "all" in split.protocol()
+
+
+def test_the_held_out_share_of_time_is_cut_where_every_command_cuts_it(data) -> None:
+    ds, _, _ = data
+    start = held_out_start(ds, 0.2)
+    train_ds = training_period(ds, start)
+    assert train_ds.n_interactions == int((ds.timestamps < start).sum())
+    assert abs(train_ds.n_interactions / ds.n_interactions - 0.8) < 0.02  # ties at the quantile move it a little
+    for share in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="share of time"):
+            held_out_start(ds, share)
 
 
 def test_training_windows_target_each_position_once() -> None:
