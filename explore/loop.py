@@ -169,6 +169,25 @@ def align_on_a(feedback: list, since: float, rows: list[dict], descriptions: lis
     return aligned, report
 
 
+LOOP_OWNS = ("bootstrap", "triton_url", "catalog", "repository", "partitions", "m", "n")  # set by the loop itself
+
+
+def arm_settings(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """`--setting` pairs as engine settings, checked before anything runs (a typo fails now, not after
+    the models are built); the loop's own (endpoints, models, partitions, --m) cannot be set this way."""
+    from streams.config import EngineConfig
+
+    settings = dict(pairs)
+    owned = sorted(set(settings) & set(LOOP_OWNS))
+    if owned:
+        raise SystemExit(f"error: --setting cannot set {', '.join(owned)}: the loop sets them (use --m for m)")
+    try:
+        EngineConfig().with_values(settings)
+    except ValueError as e:
+        raise SystemExit(f"error: --setting: {e}") from None
+    return settings
+
+
 def run_loop_ab(args: argparse.Namespace) -> int:
     """`explore loop ab` (the module docstring says every step)."""
     from explore.commands.common import dataset_from_args
@@ -180,6 +199,7 @@ def run_loop_ab(args: argparse.Namespace) -> int:
 
     if not (args.data or args.interactions or args.items or args.synthetic):
         args.synthetic = True
+    settings = arm_settings(getattr(args, "setting", []))
     t_all = time.perf_counter()
     run = Path(args.run_dir or f"runs/loop-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     run.mkdir(parents=True, exist_ok=True)
@@ -211,8 +231,8 @@ def run_loop_ab(args: argparse.Namespace) -> int:
         ends = stack.endpoints
         assert ends is not None
         pids += [r.pid for r in stack.records if r.pid]
-        base = EngineConfig().with_values({"bootstrap": ends.kafka_bootstrap, "triton_url": ends.triton_grpc,
-                                           "catalog": str(models["catalog_dir"]),
+        base = EngineConfig().with_values({**settings, "bootstrap": ends.kafka_bootstrap,
+                                           "triton_url": ends.triton_grpc, "catalog": str(models["catalog_dir"]),
                                            "repository": str(models["repository"]), "partitions": 4,
                                            "m": args.m, "n": 10})
         arm_a = run_arm(base, run, "a", rows, history, period_a, not args.quiet, pids)
@@ -232,6 +252,7 @@ def run_loop_ab(args: argparse.Namespace) -> int:
                           "best_of": args.best_of, "min_events": args.min_events, "steps": args.steps,
                           "alpha": args.alpha, "m": args.m, "reuse": str(args.reuse) if args.reuse else None,
                           "horizon_events": base.feedback_horizon_events, "horizon_s": base.feedback_horizon_s,
+                          "max_open": base.feedback_max_open, "engine_settings": settings,
                           "events": {"training": len(history), "A": len(period_a), "B": len(period_b)}}
     steps.done()
     report["seconds"] = {**{k.split(":")[0].split(";")[0]: round(v, 1) for k, v in steps.times.items()},

@@ -192,7 +192,12 @@ def format_report(report: dict) -> str:
     """The A/B table as markdown (printed, and written to ab.md)."""
     lm, al = report["arms"]["lm"], report["arms"]["aligned"]
     best = report["settings"]["best_of"]
-    lines = [f"## Offline A/B of the feedback loop: {report['settings']['dataset']}", "",
+    settings = report["settings"]
+    lines = [f"## Offline A/B of the feedback loop: {settings['dataset']}", "",
+             f"Horizon: {settings.get('horizon_events')} events or {settings.get('horizon_s')} s of event time; "
+             f"{settings.get('max_open', '?')} open slates a user" + "".join(
+                 f"; {k} = {v}" for k, v in settings.get("engine_settings", {}).items()
+                 if k not in ("feedback_horizon_events", "feedback_horizon_s", "feedback_max_open")) + ".", "",
              f"| period B | LM table | aligned (best-of-{best}) |", "|---|---|---|",
              f"| slates | {lm['slates']:,} | {al['slates']:,} |",
              f"| acceptance, every proposal | {_ci(lm['proposals'])} | {_ci(al['proposals'])} |"]

@@ -63,7 +63,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     ab.add_argument("--run-dir", default=None, help="where everything goes (default: runs/loop-YYYYmmdd-HHMMSS)")
     ab.add_argument("--seed", type=int, default=0, help="seed of --synthetic and of the bootstrap")
     ab.add_argument("--quiet", action="store_true", help="no progress bars")
+    ab.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE", type=engine_setting,
+                    help="an engine setting for every arm's workers (a name of the README's Configuration table, "
+                         "e.g. feedback_horizon_events=10 or feedback_max_open=8); repeat for more; the report "
+                         "lists them")
     ab.set_defaults(func=cmd_loop_ab)
+
+
+def engine_setting(text: str) -> tuple[str, str]:
+    """NAME=VALUE of `--setting` (the name and value are checked with the others by EngineConfig)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"a setting is NAME=VALUE, e.g. feedback_max_open=8, got {text!r}")
+    return name.strip(), value.strip()
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

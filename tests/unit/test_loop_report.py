@@ -52,3 +52,14 @@ def test_a_user_whose_events_applied_fall_is_a_lost_state() -> None:
     slates = [_slate("u", 15, [1], offset=43), _slate("u", 2, [1], offset=45), _slate("v", 3, [1], offset=44),
               _slate("v", 5, [1], offset=46)]
     assert state_resets(slates) == ["u"]
+
+
+def test_the_arms_engine_settings_are_checked_before_anything_runs() -> None:
+    from explore.loop import arm_settings
+
+    assert arm_settings([("feedback_max_open", "8"), ("feedback_horizon_events", "10")]) == \
+        {"feedback_max_open": "8", "feedback_horizon_events": "10"}
+    for bad, says in (([("feedback_max_opn", "8")], "unknown setting"), ([("m", "2")], "the loop sets"),
+                      ([("feedback_max_open", "0")], "at least 1")):
+        with pytest.raises(SystemExit, match=says):
+            arm_settings(bad)
