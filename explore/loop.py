@@ -152,13 +152,18 @@ def align_on_a(feedback: list, since: float, rows: list[dict], descriptions: lis
     """The alignment model from period A's resolved proposals (slates made in A), and the table re-ranked
     by best-of-n; both written under `out`."""
     from interests.alignment import align
-    from interests.best_of_n import best_of_n_rows
+    from interests.best_of_n import WeakAlignment, best_of_n_rows, check_evidence
     from streams.feedback import labelled_outcomes
 
     outcomes = labelled_outcomes(r for r in feedback if r.slate_ts >= since)
     model, report = align(outcomes, args.min_events, args.steps, args.alpha,
                           meta={"source": "explore loop ab, period A"})
     model.save(out / "alignment")
+    try:  # the guard `explore novelty rerank` applies before it publishes: B would compare the LM with itself
+        check_evidence(model, args.min_pairs)
+    except WeakAlignment as e:
+        raise SystemExit(f"error: not re-ranking: {e}. Period A's feedback and the alignment model are in {out}; "
+                         "--min-pairs 0 measures the unguarded re-ranking on B.") from None
     aligned = best_of_n_rows(rows, model, descriptions, args.best_of)
     (out / "table-aligned.jsonl").write_text("".join(json.dumps(r) + "\n" for r in aligned))
     moved = sum(a["clusters"] != r["clusters"] for a, r in zip(aligned, rows, strict=True))
@@ -250,6 +255,7 @@ def run_loop_ab(args: argparse.Namespace) -> int:
     report = build_report(arms, cut, judged, alignment, args.m, args.seed)
     report["settings"] = {"dataset": ds.name, "holdout": args.holdout, "b_share": args.b_share,
                           "best_of": args.best_of, "min_events": args.min_events, "steps": args.steps,
+                          "min_pairs": args.min_pairs,
                           "alpha": args.alpha, "m": args.m, "reuse": str(args.reuse) if args.reuse else None,
                           "horizon_events": base.feedback_horizon_events, "horizon_s": base.feedback_horizon_s,
                           "max_open": base.feedback_max_open, "engine_settings": settings,

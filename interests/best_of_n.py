@@ -35,6 +35,40 @@ def check_n(n: int) -> None:
         raise ValueError(f"best-of-n needs n >= 1, got {n}")
 
 
+# Held-out candidate pairs an alignment model must have been checked on before it may replace the LM's order
+# (`explore novelty align` leaves a share of the contexts out of a first fit and scores both orders there). With
+# 20 pairs, 0.70 against a coin's 0.5 has a one-sided binomial p of about 0.06.
+MIN_HELDOUT_PAIRS = 20
+
+
+class WeakAlignment(ValueError):
+    """The alignment model has no held-out evidence that its order beats the LM's: re-ranking would be a guess."""
+
+
+def check_evidence(model: AlignmentModel, min_pairs: int = MIN_HELDOUT_PAIRS) -> None:
+    """Refuse a model that was checked on fewer than `min_pairs` held-out candidate pairs, or that ordered
+    them no better than the LM's own ranks did (than a coin, when the LM's ranks were not known); 0 skips.
+
+    Why: at 32 clusters, `explore loop ab`'s period A gave feedback on 7 contexts; a model fitted on them
+    was carried by shared words to all 992 rows and made slates worse (+130 / -202 taken up). Its
+    held-out check had no pair at all, which nothing looked at."""
+    if min_pairs <= 0:
+        return
+    meta = model.meta
+    pairs = int(meta.get("holdout_pairs") or 0)
+    acc, lm = meta.get("holdout_pairwise_accuracy"), meta.get("holdout_lm_rank_accuracy")
+    hint = ("collect more feedback (contexts with at least --min-events outcomes) and align again, or pass "
+            "--min-pairs 0 to re-rank anyway")
+    if pairs < min_pairs or acc is None:
+        raise WeakAlignment(f"alignment model {model.version} was checked on {pairs} held-out candidate pairs, "
+                            f"fewer than --min-pairs {min_pairs}: no evidence that its order beats the LM's; {hint}")
+    bar, against = (lm, "the LM's own ranks") if lm is not None and lm == lm else (0.5, "a coin")
+    if not acc > bar:
+        raise WeakAlignment(f"alignment model {model.version} orders {acc:.3f} of {pairs} held-out candidate pairs "
+                            f"as their labels, {against} {bar:.3f}: it does not beat the order it would replace; "
+                            f"{hint}")
+
+
 def best_of_n_rows(rows: Iterable[dict], model: AlignmentModel, descriptions: Sequence[str], n: int) -> list[dict]:
     """`best_of_n` over a table."""
     return [best_of_n(r, model, descriptions, n) for r in rows]
@@ -70,13 +104,15 @@ def check_table(rows: Sequence[dict], model: AlignmentModel, catalog_version: st
 
 
 def rerank_table(rows: Sequence[dict], model: AlignmentModel, descriptions: Sequence[str], n: int,
-                 catalog_version: str) -> tuple[list[dict], int]:
-    """The table re-ranked (`check_table`, then `best_of_n` per row) and how many rows changed order:
-    cheap (no LM), so a new alignment model reaches running workers by republishing the result."""
+                 catalog_version: str, min_pairs: int = MIN_HELDOUT_PAIRS) -> tuple[list[dict], int]:
+    """The table re-ranked (`check_table`, `check_evidence`, then `best_of_n` per row) and how many rows
+    changed order: cheap (no LM), so a new alignment model reaches running workers by republishing the result."""
     check_n(n)
     check_table(rows, model, catalog_version, len(descriptions))
+    check_evidence(model, min_pairs)
     out = best_of_n_rows(rows, model, descriptions, n)
     return out, sum(a["clusters"] != b["clusters"] for a, b in zip(rows, out, strict=True))
 
 
-__all__ = ["alignment_catalogs", "best_of_n", "best_of_n_rows", "check_table", "rerank_table"]
+__all__ = ["MIN_HELDOUT_PAIRS", "WeakAlignment", "alignment_catalogs", "best_of_n", "best_of_n_rows", "check_evidence",
+           "check_table", "rerank_table"]

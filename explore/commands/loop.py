@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from explore.commands.common import add_dataset_args, levels
+from interests.best_of_n import MIN_HELDOUT_PAIRS
 
 AB_DESCRIPTION = """\
 The offline protocol of the feedback loop, in one command, on the real engine (embedded Kafka,
@@ -55,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ab.add_argument("--min-events", type=int, default=5, help="align: outcomes a (context, candidate) group needs")
     ab.add_argument("--steps", type=int, default=10, help="align: label levels in [0, 1]")
     ab.add_argument("--alpha", type=float, default=1.0, help="align: ridge regularisation")
+    ab.add_argument("--min-pairs", type=int, default=MIN_HELDOUT_PAIRS, metavar="P",
+                    help="stop after A unless the alignment model was checked on at least P held-out candidate pairs "
+                         "and ordered them better than the LM's ranks, as `explore novelty rerank` requires before "
+                         "it publishes; 0: re-rank anyway, to measure what an unchecked model does")
     ab.add_argument("--m", type=int, default=3, help="novel clusters per slate (the engine's M), and the judge's M")
     ab.add_argument("--kafka", choices=["tansu", "apache"], default="tansu",
                     help="which broker to start. Each arm's worker restarts once; Tansu reports a partition's end "

@@ -429,9 +429,10 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if model is not None:  # before the LM runs: an alignment model of another catalog fails at once
-        from interests.best_of_n import check_table
+        from interests.best_of_n import check_evidence, check_table
 
         check_table([], model, lm.meta["catalog_version"], n)
+        check_evidence(model, args.min_pairs)
     rows = precompute(lm, contexts, args.top, args.beam, use_prior=not args.no_prior, cache=not args.no_cache,
                       batch=args.batch, progress=not args.quiet)
     secs = time.perf_counter() - t0
@@ -439,7 +440,7 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
     print(f"{len(rows):,} contexts in {secs:.1f} s ({len(rows) / secs:.0f} contexts/s; top {args.top}, beam "
           f"{max(args.beam, args.top)}, {how}, prior alpha {0 if prior is None else lm.meta['prior']['alpha']:g})")
     if model is not None:
-        rows = _rerank(rows, model, lm.descriptions, args.best_of, lm.meta["catalog_version"])
+        rows = _rerank(rows, model, lm.descriptions, args.best_of, lm.meta["catalog_version"], args.min_pairs)
     out.write_text("".join(json.dumps(row) + "\n" for row in rows))
     print(f"table: {out}")
     _publish(args, rows)
@@ -447,13 +448,20 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
 
 
 def add_best_of_args(p: argparse.ArgumentParser, required: bool) -> None:
-    """--align and --best-of: the alignment model that re-ranks a table's rows, and among how many."""
+    """--align, --best-of, --min-pairs: the alignment model that re-ranks a table's rows, among how many, and
+    the held-out evidence it needs first."""
+    from interests.best_of_n import MIN_HELDOUT_PAIRS
+
     p.add_argument("--align", type=Path, required=required, default=None,
                    help="an alignment model directory (`explore novelty align --out`)" +
                         ("" if required else ": re-rank each row's first --best-of clusters by it"))
     p.add_argument("--best-of", type=int, required=required, default=None, metavar="N",
                    help="how many of the LM's candidates per context the alignment model orders (the row's first "
                         "N: the beam's best); the rest keep the LM's order behind them")
+    p.add_argument("--min-pairs", type=int, default=MIN_HELDOUT_PAIRS, metavar="P",
+                   help="refuse to re-rank unless the alignment model was checked on at least P held-out candidate "
+                        "pairs and ordered them better than the LM's own ranks (`explore novelty align` prints both); "
+                        "0: re-rank anyway (default: %(default)s)")
 
 
 def add_publish_args(p: argparse.ArgumentParser) -> None:
@@ -479,11 +487,11 @@ def _alignment_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _rerank(rows: list[dict], model, descriptions: list[str], n: int,  # type: ignore[no-untyped-def]
-            catalog_version: str) -> list[dict]:
+            catalog_version: str, min_pairs: int) -> list[dict]:
     """`interests.best_of_n.rerank_table`, and what it changed, printed."""
     from interests.best_of_n import rerank_table
 
-    ranked, changed = rerank_table(rows, model, descriptions, n, catalog_version)
+    ranked, changed = rerank_table(rows, model, descriptions, n, catalog_version, min_pairs)
     print(f"best of {n}: {len(rows):,} rows re-ranked by alignment model {model.version}; "
           f"{changed:,} changed order")
     return ranked
@@ -513,7 +521,7 @@ def cmd_novelty_rerank(args: argparse.Namespace) -> int:
     rows = [json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]
     catalog = Catalog.load(args.catalog)
     level = catalog.finest if args.level is None else args.level
-    ranked = _rerank(rows, model, catalog.descriptions(level), args.best_of, catalog.version)
+    ranked = _rerank(rows, model, catalog.descriptions(level), args.best_of, catalog.version, args.min_pairs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("".join(json.dumps(row) + "\n" for row in ranked))
     print(f"table: {args.out}")

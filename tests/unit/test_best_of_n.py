@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from interests.alignment import AlignmentModel
-from interests.best_of_n import best_of_n, best_of_n_rows, rerank_table
+from interests.best_of_n import WeakAlignment, best_of_n, best_of_n_rows, check_evidence, rerank_table
 
 DESCRIPTIONS = ["space opera", "detective noir", "western frontier", "romantic comedy", "war drama"]
 
@@ -51,10 +51,33 @@ def _table() -> list[dict]:
 
 
 def test_a_table_is_reranked_and_the_rows_that_changed_order_are_counted() -> None:
-    model = AlignmentModel({"d:comedy": 1.0}, 0.0, {"versions": [{"catalog": "v", "seqrec": "s"}]})
+    model = AlignmentModel({"d:comedy": 1.0}, 0.0, {"versions": [{"catalog": "v", "seqrec": "s"}], **CHECKED})
     rows, changed = rerank_table(_table(), model, DESCRIPTIONS, n=3, catalog_version="v")
     assert [r["clusters"] for r in rows] == [[3, 2, 4], [0, 1, 2]] and changed == 1  # no comedy in the second
     assert all(r["versions"]["alignment"] == model.version for r in rows)
+
+
+CHECKED = {"holdout_pairs": 31, "holdout_pairwise_accuracy": 0.68, "holdout_lm_rank_accuracy": 0.42}
+
+
+@pytest.mark.parametrize(("meta", "min_pairs", "error"), [
+    ({}, 20, "checked on 0 held-out candidate pairs"),  # align had no held-out pair: no evidence at all
+    ({**CHECKED, "holdout_pairs": 19}, 20, "fewer than --min-pairs 20"),
+    ({**CHECKED, "holdout_pairwise_accuracy": 0.42}, 20, "does not beat"),  # no better than the LM's own order
+    ({"holdout_pairs": 40, "holdout_pairwise_accuracy": 0.5}, 20, "a coin 0.500"),  # the LM's ranks unknown
+    ({"holdout_pairs": 40, "holdout_pairwise_accuracy": 0.6, "holdout_lm_rank_accuracy": float("nan")}, 20, None),
+    (CHECKED, 20, None),
+    ({}, 0, None),  # --min-pairs 0: re-rank anyway
+])
+def test_a_model_must_beat_the_lm_order_on_held_out_pairs_before_it_reranks(meta: dict, min_pairs: int,
+                                                                            error: str | None) -> None:
+    model = AlignmentModel({"d:comedy": 1.0}, 0.0, meta)
+    if error is None:
+        check_evidence(model, min_pairs)
+        rerank_table(_table(), model, DESCRIPTIONS, 3, "v", min_pairs)
+        return
+    with pytest.raises(WeakAlignment, match=error):
+        rerank_table(_table(), model, DESCRIPTIONS, 3, "v", min_pairs)
 
 
 @pytest.mark.parametrize(("table", "meta", "n", "error"), [
