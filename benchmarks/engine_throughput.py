@@ -41,31 +41,39 @@ from streams.worker import ensure_topics
 WARM_UP = 300  # events of separate users the engine processes before a run
 
 
-def build_models(work: Path, users: int) -> tuple[Path, Path, object, list[dict]]:
-    """A catalog, SASRec and novelty LM on planted synthetic data, exported to a Triton repository,
-    and the novelty table over every context (as `explore novelty precompute --all-contexts`)."""
+def export_models(ds, catalog, work: Path, seqrec_epochs: int = 4, lm_epochs: int = 3):  # type: ignore[no-untyped-def]
+    """Save `catalog` to work/catalog, train SASRec and the novelty LM on `ds` (small, fast) and export both
+    to the Triton repository work/repo, as a worker serves them; returns the LM."""
     from exporters.novelty_onnx import export_generator
     from exporters.seqrec_export import export_seqrec
-    from interests.build import BuildConfig, build_catalog
     from interests.novelty_data import novel_transitions, split_by_time
     from interests.novelty_lm import LMConfig, train_novelty_lm
-    from interests.novelty_precompute import precompute, table_depth
     from interests.seqsplit import leave_one_out
-    from interests.synthetic import make_synthetic
     from interests.train_seqrec import TrainConfig, train
 
-    ds, _ = make_synthetic(n_clusters=8, items_per_cluster=40, n_users=users, seed=1)
-    catalog = build_catalog(ds, BuildConfig(levels=(4, 8)), progress=False)
     catalog.save(work / "catalog")
-    split = leave_one_out(ds)
-    train(split, TrainConfig(max_len=50, dim=32, heads=2, blocks=1, epochs=4, patience=4, seed=0), progress=False,
-          checkpoint=work / "model.pt", extra={"catalog_version": catalog.version})
+    train(leave_one_out(ds), TrainConfig(max_len=50, dim=32, heads=2, blocks=1, epochs=seqrec_epochs,
+                                         patience=seqrec_epochs, seed=0),
+          progress=False, checkpoint=work / "model.pt", extra={"catalog_version": catalog.version})
     export_seqrec(work / "model.pt", work / "catalog", work / "repo", top_n=20)
     novel = split_by_time(novel_transitions(ds, catalog.item_clusters(), 2))
     lm, _ = train_novelty_lm(catalog.descriptions(), novel.train, novel.valid,
-                             LMConfig(layers=1, dim=48, heads=2, epochs=3, patience=3),
+                             LMConfig(layers=1, dim=48, heads=2, epochs=lm_epochs, patience=lm_epochs),
                              {"catalog_version": catalog.version, "k": 2, "level": catalog.finest}, progress=False)
     export_generator(lm, work / "repo")
+    return lm
+
+
+def build_models(work: Path, users: int) -> tuple[Path, Path, object, list[dict]]:
+    """A catalog, SASRec and novelty LM on planted synthetic data, exported to a Triton repository,
+    and the novelty table over every context (as `explore novelty precompute --all-contexts`)."""
+    from interests.build import BuildConfig, build_catalog
+    from interests.novelty_precompute import precompute, table_depth
+    from interests.synthetic import make_synthetic
+
+    ds, _ = make_synthetic(n_clusters=8, items_per_cluster=40, n_users=users, seed=1)
+    catalog = build_catalog(ds, BuildConfig(levels=(4, 8)), progress=False)
+    lm = export_models(ds, catalog, work)
     depth = table_depth(len(catalog.descriptions()), 2)
     rows = precompute(lm, [list(c) for c in itertools.permutations(range(len(catalog.descriptions())), 2)],
                       top=depth, beam=depth, progress=False)

@@ -44,29 +44,17 @@ from streams.worker import ensure_topics
 
 def build_models(work: Path, n_clusters: int) -> tuple[Path, Path, str]:
     """A catalog of `n_clusters` and the two exported models a worker serves (one epoch each)."""
-    from exporters.novelty_onnx import export_generator
-    from exporters.seqrec_export import export_seqrec
+    from engine_throughput import export_models
+
     from interests.build import BuildConfig, build_catalog
-    from interests.novelty_data import novel_transitions, split_by_time
-    from interests.novelty_lm import LMConfig, train_novelty_lm
-    from interests.seqsplit import leave_one_out
     from interests.synthetic import make_synthetic
-    from interests.train_seqrec import TrainConfig, train
 
     ds, _ = make_synthetic(n_clusters=n_clusters, items_per_cluster=10, n_users=2 * n_clusters, seed=1)
     catalog = build_catalog(ds, BuildConfig(levels=(max(2, n_clusters // 16), n_clusters)), progress=False)
     got = len(catalog.descriptions())
     if got != n_clusters:
         raise SystemExit(f"the catalog has {got} clusters at its finest level, not {n_clusters}")
-    catalog.save(work / "catalog")
-    train(leave_one_out(ds), TrainConfig(max_len=50, dim=32, heads=2, blocks=1, epochs=1, patience=1, seed=0),
-          progress=False, checkpoint=work / "model.pt", extra={"catalog_version": catalog.version})
-    export_seqrec(work / "model.pt", work / "catalog", work / "repo", top_n=20)
-    novel = split_by_time(novel_transitions(ds, catalog.item_clusters(), 2))
-    lm, _ = train_novelty_lm(catalog.descriptions(), novel.train, novel.valid,
-                             LMConfig(layers=1, dim=48, heads=2, epochs=1, patience=1),
-                             {"catalog_version": catalog.version, "k": 2, "level": catalog.finest}, progress=False)
-    export_generator(lm, work / "repo")
+    export_models(ds, catalog, work, seqrec_epochs=1, lm_epochs=1)
     return work / "catalog", work / "repo", catalog.version
 
 
