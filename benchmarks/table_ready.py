@@ -4,7 +4,7 @@ The goal: with a ~1M-context table, a worker's resident set under 2 GB and `/rea
 `benchmarks/scale.py` measured the table alone (`CompactTable` filled from parsed rows, no
 broker, no worker); this is the real thing on Apache Kafka (KRaft, one broker):
 
-1. A catalog of C clusters (synthetic data, `build_catalog`), SASRec and the novelty LM trained
+1. A catalog of C clusters (synthetic data, its planted clusters), SASRec and the novelty LM trained
    for one epoch and exported (a worker needs both; what they learnt does not change the cost).
 2. Every ordered context of K = 2 (C(C-1): 999,000 at C = 1,000) gets a row of `table_depth`
    clusters with random scores, published to the novelty topic as the precompute does
@@ -42,18 +42,34 @@ from streams.novelty_table import context_key, row_value
 from streams.worker import ensure_topics
 
 
+def planted_catalog(ds, item_cluster, n_clusters: int):  # type: ignore[no-untyped-def]
+    """The synthetic data's planted clusters as a catalog (two levels: 16 fine clusters to a coarse one),
+    with distinct multi-word descriptions: clustering 10,000 items into 1,000 balanced clusters
+    (`build_catalog`) takes many minutes here and would measure nothing this benchmark is about."""
+    import numpy as np
+
+    from interests.catalog import Catalog, Cluster
+
+    fine = np.asarray(item_cluster, dtype=np.int32)
+    coarse = fine // 16
+    n_coarse = int(coarse.max()) + 1
+    sizes, coarse_sizes = np.bincount(fine, minlength=n_clusters), np.bincount(coarse, minlength=n_coarse)
+    levels = [[Cluster(c, 0, None, f"films of kind k{c}", [f"k{c}"], int(coarse_sizes[c]), 0)
+               for c in range(n_coarse)],
+              [Cluster(c, 1, c // 16, f"films about a{c % 16} with b{c // 16} and c{(c * 7) % 5}",
+                       [f"a{c % 16}", f"b{c // 16}"], int(sizes[c]), 0) for c in range(n_clusters)]]
+    return Catalog([n_coarse, n_clusters], levels, list(map(str, ds.item_ids)), list(map(str, ds.item_ids)),
+                   np.stack([coarse, fine]), {"dataset": "synthetic, planted clusters"})
+
+
 def build_models(work: Path, n_clusters: int) -> tuple[Path, Path, str]:
     """A catalog of `n_clusters` and the two exported models a worker serves (one epoch each)."""
     from engine_throughput import export_models
 
-    from interests.build import BuildConfig, build_catalog
     from interests.synthetic import make_synthetic
 
-    ds, _ = make_synthetic(n_clusters=n_clusters, items_per_cluster=10, n_users=2 * n_clusters, seed=1)
-    catalog = build_catalog(ds, BuildConfig(levels=(max(2, n_clusters // 16), n_clusters)), progress=False)
-    got = len(catalog.descriptions())
-    if got != n_clusters:
-        raise SystemExit(f"the catalog has {got} clusters at its finest level, not {n_clusters}")
+    ds, truth = make_synthetic(n_clusters=n_clusters, items_per_cluster=10, n_users=2 * n_clusters, seed=1)
+    catalog = planted_catalog(ds, truth.item_cluster, n_clusters)
     export_models(ds, catalog, work, seqrec_epochs=1, lm_epochs=1)
     return work / "catalog", work / "repo", catalog.version
 
