@@ -9,15 +9,17 @@ broker, no worker); this is the real thing on Apache Kafka (KRaft, one broker):
 2. Every ordered context of K = 2 (C(C-1): 999,000 at C = 1,000) gets a row of `table_depth`
    clusters with random scores, published to the novelty topic as the precompute does
    (`row_value`, this catalog's version): bytes and the time to publish are reported.
-3. A worker with an empty novelty topic, then one with the full table, each started from
-   nothing and timed to `/ready` (the follower has read the topic to its end); resident set
-   (at ready and its peak while starting) and contexts held (`/ready`'s `novelty_contexts`, must equal the
-   rows published). Only cost is measured: that the engine serves the rows it holds is the
-   engine tests' part.
+3. A worker with an empty novelty topic, then workers with the full table, one per
+   `--fetch-bytes` (the follower's fetch size, side by side), each started from nothing and timed
+   to `/ready` (the follower has read the topic to its end); resident set (at ready and its peak
+   while starting) and contexts held (`/ready`'s `novelty_contexts`, must equal the rows
+   published). Only cost is measured: that the engine serves the rows it holds is the engine
+   tests' part.
 
 One run on a shared 2-core machine: compare within the run. Run:
 python benchmarks/table_ready.py [--clusters 1000] [--contexts N (a prefix of the contexts, for a
-quick run)] [--json out.json]
+quick run)] [--fetch-bytes 1048576,16777216] [--work DIR (keep and reuse the published table)]
+[--json out.json]
 """
 
 from __future__ import annotations
@@ -133,55 +135,81 @@ def mb(n: float) -> str:
     return f"{n / 2**20:,.0f} MB"
 
 
+def report(out: dict) -> None:
+    """One line per worker start, against the empty-table worker."""
+    e = out["empty"]
+    rows, size, depth = out["published"]["rows"], out["published"]["bytes"], out["depth"]
+    print(f"\nworker, empty table: ready in {e['ready_s']:.1f} s, RSS {mb(e['rss'])}")
+    for name, f in out["full"].items():
+        extra = f["ready_s"] - e["ready_s"]
+        print(f"worker with {f['contexts']:,} contexts ({out['clusters']} clusters, rows of {depth}), {name}: ready in "
+              f"{f['ready_s']:.1f} s, RSS {mb(f['rss'])} (peak {mb(f['peak_rss'])}): "
+              f"{(f['rss'] - e['rss']) / max(rows, 1):,.0f} B a context over the empty worker"
+              + (f"; the table's share of the start {extra:.1f} s, {size / 2**20 / extra:,.0f} MB/s, "
+                 f"{rows / extra:,.0f} rows/s" if extra > 1 else ""))  # below 1 s: start-up noise
+        if f["contexts"] != rows:
+            raise SystemExit(f"the worker holds {f['contexts']} contexts, {rows} were published")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clusters", type=int, default=1000, help="clusters of the synthetic catalog (default 1000)")
     ap.add_argument("--contexts", type=int, help="publish only the first N contexts (a quick run)")
+    ap.add_argument("--fetch-bytes", type=lambda t: [int(x) for x in t.split(",")],
+                    default=[2**20, EngineConfig().novelty_fetch_bytes],
+                    help="the follower's novelty_fetch_bytes to start the full worker with, side by side "
+                         "(default: Kafka clients' 1 MB and the engine's default)")
+    ap.add_argument("--work", type=Path, help="keep everything here (models, the broker's data) and, when run "
+                                              "again with the same --clusters/--contexts, reuse the published "
+                                              "table instead of publishing it again (~10 min at 1,000 clusters)")
     ap.add_argument("--json", type=Path, help="write every measurement here")
     args = ap.parse_args()
     from interests.novelty_precompute import table_depth
     from streams.infra.apache_kafka import ApacheKafka
 
-    work = Path(tempfile.mkdtemp(prefix="table-ready-"))
+    work = args.work.resolve() if args.work else Path(tempfile.mkdtemp(prefix="table-ready-"))
+    work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     print(f"building a {args.clusters}-cluster catalog and its models in {work} ...", flush=True)
     catalog, repo, version = build_models(work, args.clusters)
     print(f"models built in {time.perf_counter() - t0:.0f} s", flush=True)
     depth = table_depth(args.clusters, 2)
-    out: dict = {"clusters": args.clusters, "depth": depth}
+    out: dict = {"clusters": args.clusters, "depth": depth, "full": {}}
     with ApacheKafka(work / "kafka") as kafka:
         base = EngineConfig().with_values({"bootstrap": kafka.bootstrap, "catalog": str(catalog),
                                            "repository": str(repo)})
 
-        def worker_cfg(tag: str) -> EngineConfig:
+        def worker_cfg(tag: str, topic: str) -> EngineConfig:
+            shutil.rmtree(work / f"data-{tag}", ignore_errors=True)  # every worker starts from nothing
             cfg = replace(base, app_id=f"table-{tag}", interactions_topic=f"in-{tag}", dlq_topic=f"dlq-{tag}",
                           recommendations_topic=f"recs-{tag}", feedback_topic=f"fb-{tag}",
-                          novelty_topic=f"novel-{tag}", web_port=free_port(), data_dir=str(work / f"data-{tag}"))
+                          novelty_topic=topic, web_port=free_port(), data_dir=str(work / f"data-{tag}"))
             ensure_topics(cfg)
             return cfg
 
-        out["empty"] = start_and_time(worker_cfg("empty"), work, "empty")
-        print(f"worker, empty table: ready in {out['empty']['ready_s']:.1f} s, RSS {mb(out['empty']['rss'])}",
-              flush=True)
-        full = worker_cfg("full")
-        rows, size, secs = publish_table(kafka.bootstrap, full.novelty_topic, args.clusters, depth, version,
-                                         args.contexts)
-        out["published"] = {"rows": rows, "bytes": size, "seconds": secs}
-        print(f"published {rows:,} rows, {mb(size)}, in {secs:.0f} s", flush=True)
-        out["full"] = start_and_time(full, work, "full")
-    f, e = out["full"], out["empty"]
-    print(f"\nworker with {f['contexts']:,} contexts ({args.clusters} clusters, rows of {depth}): ready in "
-          f"{f['ready_s']:.1f} s (empty table {e['ready_s']:.1f} s), RSS {mb(f['rss'])} (peak {mb(f['peak_rss'])}; "
-          f"empty {mb(e['rss'])}): {(f['rss'] - e['rss']) / max(rows, 1):,.0f} B a context over the empty worker")
-    extra = f["ready_s"] - e["ready_s"]
-    if extra > 1:  # below a second the difference is start-up noise, not the table
-        print(f"the table's share of the start: {extra:.1f} s, {size / 2**20 / extra:,.0f} MB/s, "
-              f"{rows / extra:,.0f} rows/s")
-    if f["contexts"] != rows:
-        raise SystemExit(f"the worker holds {f['contexts']} contexts, {rows} were published")
+        out["empty"] = start_and_time(worker_cfg("empty", "novel-empty"), work, "empty")
+        print(f"worker, empty table: ready in {out['empty']['ready_s']:.1f} s", flush=True)
+        topic = f"novel-{args.clusters}-{args.contexts or 'all'}-{version}"
+        done = work / f"{topic}.json"  # what was published, written once the producer flushed
+        if done.is_file():
+            out["published"] = json.loads(done.read_text())
+            print(f"reusing the {out['published']['rows']:,} rows published before on {topic}", flush=True)
+        else:
+            ensure_topics(replace(base, novelty_topic=topic))
+            rows, size, secs = publish_table(kafka.bootstrap, topic, args.clusters, depth, version, args.contexts)
+            out["published"] = {"rows": rows, "bytes": size, "seconds": secs}
+            done.write_text(json.dumps(out["published"]))
+            print(f"published {rows:,} rows, {mb(size)}, in {secs:.0f} s", flush=True)
+        for fetch in args.fetch_bytes:
+            name = f"fetch {fetch / 2**20:g} MB"
+            out["full"][name] = start_and_time(replace(worker_cfg(f"full-{fetch}", topic), novelty_fetch_bytes=fetch),
+                                               work, f"full-{fetch}")
+            print(f"{name}: ready in {out['full'][name]['ready_s']:.1f} s", flush=True)
+    report(out)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
-    shutil.rmtree(work, ignore_errors=True)
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
