@@ -9,16 +9,15 @@ broker, no worker); this is the real thing on Apache Kafka (KRaft, one broker):
 2. Every ordered context of K = 2 (C(C-1): 999,000 at C = 1,000) gets a row of `table_depth`
    clusters with random scores, published to the novelty topic as the precompute does
    (`row_value`, this catalog's version): bytes and the time to publish are reported.
-3. A worker with an empty novelty topic, then workers with the full table, one per
-   `--fetch-bytes` (the follower's fetch size, side by side), each started from nothing and timed
-   to `/ready` (the follower has read the topic to its end); resident set (at ready and its peak
-   while starting) and contexts held (`/ready`'s `novelty_contexts`, must equal the rows
-   published). Only cost is measured: that the engine serves the rows it holds is the engine
-   tests' part.
+3. A worker with an empty novelty topic, then `--starts` workers with the full table, one after
+   the other, each started from nothing and timed to `/ready` (the follower has read the topic to
+   its end); resident set (at ready and its peak while starting) and contexts held (`/ready`'s
+   `novelty_contexts`, must equal the rows published). Only cost is measured: that the engine
+   serves the rows it holds is the engine tests' part.
 
 One run on a shared 2-core machine: compare within the run. Run:
 python benchmarks/table_ready.py [--clusters 1000] [--contexts N (a prefix of the contexts, for a
-quick run)] [--fetch-bytes 1048576,16777216] [--work DIR (keep and reuse the published table)]
+quick run)] [--starts 2] [--work DIR (keep and reuse the published table)]
 [--json out.json]
 """
 
@@ -155,10 +154,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clusters", type=int, default=1000, help="clusters of the synthetic catalog (default 1000)")
     ap.add_argument("--contexts", type=int, help="publish only the first N contexts (a quick run)")
-    ap.add_argument("--fetch-bytes", type=lambda t: [int(x) for x in t.split(",")],
-                    default=[2**20, EngineConfig().novelty_fetch_bytes],
-                    help="the follower's novelty_fetch_bytes to start the full worker with, side by side "
-                         "(default: Kafka clients' 1 MB and the engine's default)")
+    ap.add_argument("--starts", type=int, default=2, help="full-table worker starts, one after the other (default 2)")
     ap.add_argument("--work", type=Path, help="keep everything here (models, the broker's data) and, when run "
                                               "again with the same --clusters/--contexts, reuse the published "
                                               "table instead of publishing it again (~10 min at 1,000 clusters)")
@@ -200,10 +196,9 @@ def main() -> None:
             out["published"] = {"rows": rows, "bytes": size, "seconds": secs}
             done.write_text(json.dumps(out["published"]))
             print(f"published {rows:,} rows, {mb(size)}, in {secs:.0f} s", flush=True)
-        for fetch in args.fetch_bytes:
-            name = f"fetch {fetch / 2**20:g} MB"
-            out["full"][name] = start_and_time(replace(worker_cfg(f"full-{fetch}", topic), novelty_fetch_bytes=fetch),
-                                               work, f"full-{fetch}")
+        for start in range(1, args.starts + 1):
+            name = f"start {start}"
+            out["full"][name] = start_and_time(worker_cfg(f"full-{start}", topic), work, f"full-{start}")
             print(f"{name}: ready in {out['full'][name]['ready_s']:.1f} s", flush=True)
     report(out)
     if args.json:

@@ -85,10 +85,6 @@ class EngineConfig:
     fetch_max_wait_ms: int = _setting(100, "longest a fetch waits on the broker for data (Faust's own 1500 ms "
                                            "is added to every event's latency by a broker that does not wake a "
                                            "waiting fetch, such as the embedded one)")
-    novelty_fetch_bytes: int = _setting(16 * 2**20, "bytes one fetch of the novelty-table follower may bring "
-                                                    "(aiokafka's max_partition_fetch_bytes): a starting worker reads "
-                                                    "the whole compacted topic, 1.7 GB at 1,000 clusters; the 1 MB "
-                                                    "default made that ~1,700 round trips")
     store: str = _setting("memory://", "table store: memory:// or rocksdb:// (rocksdict)")
     gc_young_threshold: int = _setting(100_000, "allocations between CPython's young cyclic-GC collections "
                                                 "(CPython's default: 700; users' states are millions of small "
@@ -169,8 +165,7 @@ class EngineConfig:
 
     def check(self) -> None:
         for name in ("k", "m", "n", "partitions", "batch_size", "recent_items", "dedupe_ids", "max_payload_bytes",
-                     "fetch_max_wait_ms", "max_id_length", "max_key_bytes", "feedback_max_open", "gc_young_threshold",
-                     "novelty_fetch_bytes"):
+                     "fetch_max_wait_ms", "max_id_length", "max_key_bytes", "feedback_max_open", "gc_young_threshold"):
             if getattr(self, name) < 1:
                 raise ValueError(f"setting {name} must be at least 1, got {getattr(self, name)}")
         if self.feedback_horizon_events < 0 or self.feedback_horizon_s < 0 or not (

@@ -135,11 +135,8 @@ def create_app(cfg: EngineConfig) -> faust.App:
 
         # read_committed: the rows of a precompute worker's aborted transaction (it died mid-batch, and its
         # batch is answered again) are never learnt; end_offsets is then the last stable offset.
-        # Large fetches: at start-up the follower reads the whole topic (1.7 GB at 1,000 clusters).
         consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False, group_id=None,
                                     fetch_max_wait_ms=200, isolation_level="read_committed",
-                                    max_partition_fetch_bytes=cfg.novelty_fetch_bytes,
-                                    fetch_max_bytes=max(cfg.novelty_fetch_bytes, 50 * 2**20),
                                     **cfg.kafka_security().client_kwargs())
         try:
             await consumer.start()
