@@ -136,6 +136,20 @@ def test_the_horizon_settings_must_let_proposals_resolve() -> None:
             EngineConfig().with_values(values)
 
 
+def test_fewer_open_slates_than_the_horizon_has_events_is_said() -> None:
+    """The defaults let every slate reach its horizon; fewer open slates lose labels to eviction, so say so."""
+    import warnings
+
+    cfg = EngineConfig()
+    assert cfg.feedback_max_open >= cfg.feedback_horizon_events
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        EngineConfig().with_values({"feedback_max_open": 5, "feedback_horizon_events": 5})
+        EngineConfig().with_values({"feedback_max_open": 2, "feedback_horizon_events": 0, "feedback_horizon_s": 60})
+    with pytest.warns(UserWarning, match="evicted without a label"):
+        EngineConfig().with_values({"feedback_max_open": 8, "feedback_horizon_events": 20})
+
+
 def test_the_replay_sends_ratings_only_when_the_data_set_has_them() -> None:
     """A rating reaches a feedback record only if the replay sends it: MovieLens has ratings, synthetic data not."""
     import numpy as np
