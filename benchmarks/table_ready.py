@@ -36,6 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from user_state import mb, rss_bytes  # the same resident-set reading and units as the users' benchmark
+
 from streams.config import EngineConfig
 from streams.infra.process import free_port, wait_until
 from streams.infra.worker_process import WorkerProcess
@@ -102,13 +104,6 @@ def publish_table(bootstrap: str, topic: str, n_clusters: int, depth: int, versi
     return rows, size, time.perf_counter() - t0
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def start_and_time(cfg: EngineConfig, work: Path, name: str) -> dict:
     """Start a worker from nothing, time it to /ready, read what it holds; stop it."""
     worker = WorkerProcess(cfg, work, name)
@@ -128,10 +123,6 @@ def start_and_time(cfg: EngineConfig, work: Path, name: str) -> dict:
     finally:
         worker.stop()
     return {"ready_s": ready_s, "rss": rss, "peak_rss": max(peak, rss), "contexts": body.get("novelty_contexts")}
-
-
-def mb(n: float) -> str:
-    return f"{n / 2**20:,.0f} MB"
 
 
 def report(out: dict) -> None:

@@ -177,7 +177,7 @@ class EngineConfig:
             # proposals in `explore loop ab` were evicted unlabelled (a new slate comes with each context change).
             warnings.warn(f"feedback_max_open ({self.feedback_max_open}) is below feedback_horizon_events "
                           f"({self.feedback_horizon_events}): a user who changes context more often than that "
-                          "within the horizon has proposals evicted without a label", stacklevel=2)
+                          "within the horizon has proposals evicted without a label", stacklevel=3)
         if self.user_ttl_s < 0:
             raise ValueError(f"setting user_ttl_s must be 0 (never) or more, got {self.user_ttl_s}")
         if self.store not in ("memory://", "rocksdb://"):
