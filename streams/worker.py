@@ -270,6 +270,12 @@ def create_app(cfg: EngineConfig) -> faust.App:
                 delete_state(users, user, cfg.interactions_topic, partition)
             metrics.users_expired.inc(len(gone))
 
+    @app.timer(max(1.0, cfg.triton_retry_after_s))
+    async def probe_triton() -> None:
+        """Triton's readiness while the worker is on its fallback (or has not called it yet): the
+        gauge and `/health` follow Triton even when no event needs a model."""
+        await engine.router.probe()
+
     @app.timer(5.0)
     async def refresh_lag() -> None:
         delivery.update_lag(app.consumer)

@@ -75,6 +75,7 @@ class ModelRouter:
         self.down_until = 0.0 if url else float("inf")
         self.model_down_until: dict[str, float] = {}  # models Triton cannot serve, while it serves the rest
         self.last_error = "" if url else "no Triton URL configured"
+        self.reported_up: bool | None = None  # what `on_state` last said; None: nothing yet
 
     @property
     def triton_up(self) -> bool:
@@ -84,7 +85,8 @@ class ModelRouter:
         if self.client is None:
             import tritonclient.grpc.aio as grpcaio
 
-            self.client = grpcaio.InferenceServerClient(url=self.url, **grpc_client_kwargs(self.tls))
+            self.client = grpcaio.InferenceServerClient(url=self.url,
+                                                        **grpc_client_kwargs(self.tls, self.retry_after_s))
         return self.client
 
     async def _triton(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
@@ -135,13 +137,41 @@ class ModelRouter:
                     await self._reset_client()
                     continue
                 self.on_call(model, "triton", time.perf_counter() - t0, True)
-                self.on_state(True)
+                self._report(True)
                 return arrays, "triton"
             self.down_until = time.monotonic() + self.retry_after_s
-            self.on_state(False)
+            self._report(False)
             log.warning(f"Triton at {self.url} failed ({self.last_error}); serving {model} and the rest from "
                         f"the in-process models for {self.retry_after_s:.0f} s")
         return await self._local(model, inputs)
+
+    def _report(self, up: bool) -> None:
+        self.reported_up = up
+        self.on_state(up)
+
+    async def probe(self) -> bool | None:
+        """Ask Triton whether it is ready, unless a call said it was up: the worker's timer calls this
+        so that `explore_triton_up` and `/health` come back to "up" when Triton does, even while no
+        event asks for a model (before, a quiet worker said "fallback" for good after an outage),
+        and so that the first events after it are served by Triton, not by the twin.
+        Returns what it found (None: no Triton configured, or it was already up)."""
+        if not self.url or self.reported_up:
+            return None
+        try:
+            ready = bool(await asyncio.wait_for(self._client().is_server_ready(client_timeout=self.timeout_s),
+                                                self.timeout_s + 0.5))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # still down: the fallback goes on; a fresh channel for the next probe
+            self.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            await self._reset_client()
+            return False
+        if ready:
+            if self.reported_up is False:
+                log.info(f"Triton at {self.url} is ready again; the models are served by it")
+            self.down_until = 0.0
+            self._report(True)
+        return ready
 
     async def _local(self, model: str, inputs: dict[str, np.ndarray]) -> tuple[list[np.ndarray], str]:
         """The in-process twin's answer."""

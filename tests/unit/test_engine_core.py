@@ -98,6 +98,42 @@ def test_the_router_falls_back_to_the_twin_and_tries_triton_again_later() -> Non
     assert ModelRouter("", {}).last_error == "no Triton URL configured"
 
 
+def test_the_probe_brings_a_quiet_router_back_when_triton_is_ready() -> None:
+    """After an outage the worker's timer probes Triton's readiness: the state returns to "up" with no
+    model call, and the next call goes to Triton within its `retry_after_s`; a refused probe keeps the
+    fallback and starts a fresh channel; an up router is not probed."""
+    states: list[bool] = []
+    router = ModelRouter("127.0.0.1:1", {"double": lambda x: [x["a"] * 2]}, timeout_s=1.0, retries=0,
+                         retry_after_s=60.0, on_state=states.append)
+
+    class Triton:  # the readiness answer of a server that came back, or of one still down
+        def __init__(self, ready: bool | Exception) -> None:
+            self.ready, self.asked = ready, 0
+
+        async def is_server_ready(self, client_timeout: float) -> bool:
+            self.asked += 1
+            if isinstance(self.ready, Exception):
+                raise self.ready
+            return self.ready
+
+        async def close(self) -> None:
+            pass
+
+    async def run() -> None:
+        assert (await router.infer("double", {"a": np.arange(2)}, ["y"]))[1] == "onnx"
+        assert states == [False] and not router.triton_up
+        router.client = Triton(ConnectionError("refused"))
+        assert await router.probe() is False and router.client is None and not router.triton_up
+        router.client = down = Triton(False)
+        assert await router.probe() is False and down.asked == 1 and states == [False] and not router.triton_up
+        router.client = up = Triton(True)
+        assert await router.probe() is True and states == [False, True] and router.triton_up
+        assert await router.probe() is None and up.asked == 1  # up: nothing to ask
+
+    asyncio.run(run())
+    assert asyncio.run(ModelRouter("", {}).probe()) is None
+
+
 def test_ack_guard_commits_only_what_the_engine_applied(tmp_path: Path) -> None:
     from faust.types import TP, Message
 
