@@ -14,10 +14,13 @@ broker, no worker); this is the real thing on Apache Kafka (KRaft, one broker):
    its end); resident set (at ready and its peak while starting) and contexts held (`/ready`'s
    `novelty_contexts`, must equal the rows published). Only cost is measured: that the engine
    serves the rows it holds is the engine tests' part.
+4. `--formats binary,json`: the same table also as JSON rows (the format before the binary one, which
+   workers still read) on a topic of its own, and the starts alternate between the two, so that the
+   formats are compared side by side in one run.
 
 One run on a shared 2-core machine: compare within the run. Run:
 python benchmarks/table_ready.py [--clusters 1000] [--contexts N (a prefix of the contexts, for a
-quick run)] [--starts 2] [--work DIR (keep and reuse the published table)]
+quick run)] [--starts 2] [--formats binary[,json]] [--work DIR (keep and reuse the published tables)]
 [--json out.json]
 """
 
@@ -77,10 +80,18 @@ def build_models(work: Path, n_clusters: int) -> tuple[Path, Path, str]:
     return work / "catalog", work / "repo", catalog.version
 
 
+def json_row(clusters: list[int], scores: list[float], version: str, source: str) -> bytes:
+    """A row as JSON, as `row_value` wrote it before the binary format (workers still read it)."""
+    return json.dumps({"clusters": clusters, "scores": scores, "catalog_version": version, "source": source}).encode()
+
+
+ENCODERS = {"binary": row_value, "json": json_row}
+
+
 def publish_table(bootstrap: str, topic: str, n_clusters: int, depth: int, version: str,
-                  limit: int | None) -> tuple[int, int, float]:
-    """Publish a row for every ordered context of 2 clusters (the first `limit` of them):
-    (rows, bytes of keys and values, seconds)."""
+                  limit: int | None, fmt: str) -> tuple[int, int, float]:
+    """Publish a row in format `fmt` for every ordered context of 2 clusters (the first `limit` of them):
+    (rows, bytes of keys and values, seconds). The same rows for either format (a seeded generator)."""
     from kafka import KafkaProducer
     from tqdm import tqdm
 
@@ -92,10 +103,10 @@ def publish_table(bootstrap: str, topic: str, n_clusters: int, depth: int, versi
     rows = size = 0
     t0 = time.perf_counter()
     try:
-        for context in tqdm(contexts, total=total, desc="publishing rows", unit="row", mininterval=5):
+        for context in tqdm(contexts, total=total, desc=f"publishing {fmt} rows", unit="row", mininterval=5):
             clusters = [c for c in rnd.sample(range(n_clusters), depth + 2) if c not in context][:depth]
             scores = sorted((-rnd.random() * 10 for _ in clusters), reverse=True)
-            key, value = context_key(context), row_value(clusters, scores, version, source="precompute")
+            key, value = context_key(context), ENCODERS[fmt](clusters, scores, version, source="precompute")
             producer.send(topic, key=key, value=value)
             rows, size = rows + 1, size + len(key) + len(value)
         producer.flush()
@@ -127,14 +138,15 @@ def start_and_time(cfg: EngineConfig, work: Path, name: str) -> dict:
 
 def report(out: dict) -> None:
     """One line per worker start, against the empty-table worker."""
-    e = out["empty"]
-    rows, size, depth = out["published"]["rows"], out["published"]["bytes"], out["depth"]
+    e, depth = out["empty"], out["depth"]
     print(f"\nworker, empty table: ready in {e['ready_s']:.1f} s, RSS {mb(e['rss'])}")
     for name, f in out["full"].items():
+        published = out["published"][f["format"]]
+        rows, size = published["rows"], published["bytes"]
         extra = f["ready_s"] - e["ready_s"]
-        print(f"worker with {f['contexts']:,} contexts ({out['clusters']} clusters, rows of {depth}), {name}: ready in "
-              f"{f['ready_s']:.1f} s, RSS {mb(f['rss'])} (peak {mb(f['peak_rss'])}): "
-              f"{(f['rss'] - e['rss']) / max(rows, 1):,.0f} B a context over the empty worker"
+        print(f"worker with {f['contexts']:,} contexts ({out['clusters']} clusters, rows of {depth}, {f['format']}: "
+              f"{mb(size)} on the topic), {name}: ready in {f['ready_s']:.1f} s, RSS {mb(f['rss'])} (peak "
+              f"{mb(f['peak_rss'])}): {(f['rss'] - e['rss']) / max(rows, 1):,.0f} B a context over the empty worker"
               + (f"; the table's share of the start {extra:.1f} s, {size / 2**20 / extra:,.0f} MB/s, "
                  f"{rows / extra:,.0f} rows/s" if extra > 1 else ""))  # below 1 s: start-up noise
         if f["contexts"] != rows:
@@ -146,11 +158,17 @@ def main() -> None:
     ap.add_argument("--clusters", type=int, default=1000, help="clusters of the synthetic catalog (default 1000)")
     ap.add_argument("--contexts", type=int, help="publish only the first N contexts (a quick run)")
     ap.add_argument("--starts", type=int, default=2, help="full-table worker starts, one after the other (default 2)")
+    ap.add_argument("--formats", default="binary", help="row formats to publish and start from, comma-separated: "
+                                                        "binary (what the engine publishes), json (the format "
+                                                        "before it); starts alternate between them (default binary)")
     ap.add_argument("--work", type=Path, help="keep everything here (models, the broker's data) and, when run "
                                               "again with the same --clusters/--contexts, reuse the published "
-                                              "table instead of publishing it again (~10 min at 1,000 clusters)")
+                                              "tables instead of publishing them again (~10 min at 1,000 clusters)")
     ap.add_argument("--json", type=Path, help="write every measurement here")
     args = ap.parse_args()
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    if not formats or set(formats) - set(ENCODERS):
+        ap.error(f"--formats takes {' and '.join(ENCODERS)}, comma-separated; got {args.formats!r}")
     from interests.novelty_precompute import table_depth
     from streams.infra.apache_kafka import ApacheKafka
 
@@ -176,21 +194,29 @@ def main() -> None:
 
         out["empty"] = start_and_time(worker_cfg("empty", "novel-empty"), work, "empty")
         print(f"worker, empty table: ready in {out['empty']['ready_s']:.1f} s", flush=True)
-        topic = f"novel-{args.clusters}-{args.contexts or 'all'}-{version}"
-        done = work / f"{topic}.json"  # what was published, written once the producer flushed
-        if done.is_file():
-            out["published"] = json.loads(done.read_text())
-            print(f"reusing the {out['published']['rows']:,} rows published before on {topic}", flush=True)
-        else:
-            ensure_topics(replace(base, novelty_topic=topic))
-            rows, size, secs = publish_table(kafka.bootstrap, topic, args.clusters, depth, version, args.contexts)
-            out["published"] = {"rows": rows, "bytes": size, "seconds": secs}
-            done.write_text(json.dumps(out["published"]))
-            print(f"published {rows:,} rows, {mb(size)}, in {secs:.0f} s", flush=True)
+        topics, out["published"] = {}, {}
+        for fmt in formats:
+            # The JSON table's topic keeps the name it had before the binary format: a kept --work is reused.
+            suffix = "-nt1" if fmt == "binary" else ""
+            topics[fmt] = f"novel-{args.clusters}-{args.contexts or 'all'}-{version}{suffix}"
+            done = work / f"{topics[fmt]}.json"  # what was published, written once the producer flushed
+            if done.is_file():
+                out["published"][fmt] = json.loads(done.read_text())
+                print(f"reusing the {out['published'][fmt]['rows']:,} {fmt} rows published before on {topics[fmt]}",
+                      flush=True)
+                continue
+            ensure_topics(replace(base, novelty_topic=topics[fmt]))
+            rows, size, secs = publish_table(kafka.bootstrap, topics[fmt], args.clusters, depth, version,
+                                             args.contexts, fmt)
+            out["published"][fmt] = {"rows": rows, "bytes": size, "seconds": secs}
+            done.write_text(json.dumps(out["published"][fmt]))
+            print(f"published {rows:,} {fmt} rows, {mb(size)}, in {secs:.0f} s", flush=True)
         for start in range(1, args.starts + 1):
-            name = f"start {start}"
-            out["full"][name] = start_and_time(worker_cfg(f"full-{start}", topic), work, f"full-{start}")
-            print(f"{name}: ready in {out['full'][name]['ready_s']:.1f} s", flush=True)
+            for fmt in formats:
+                name = f"{fmt}, start {start}"
+                result = start_and_time(worker_cfg(f"full-{fmt}-{start}", topics[fmt]), work, f"full-{fmt}-{start}")
+                out["full"][name] = {**result, "format": fmt}
+                print(f"{name}: ready in {result['ready_s']:.1f} s", flush=True)
     report(out)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))

@@ -30,7 +30,7 @@ from streams.inference.router import ModelRouter
 from streams.inference.seqrec import pad_histories
 from streams.metrics import Metrics
 from streams.model_files import ModelFiles
-from streams.novelty_table import CompactTable, context_key, parse_row, ranked_row, row_value
+from streams.novelty_table import CompactTable, context_key, parse_row_arrays, ranked_row, row_value
 from streams.recommendation import Recommendation, novel_for_user, slate_items
 from streams.records import Limits, Rejection, parse_interaction
 from streams.state import apply, copy_state, needs_slate
@@ -94,7 +94,7 @@ class Engine:
         if value is None:
             self.table.pop(key, None)
         else:
-            row = parse_row(key, value, self.catalog.version, self.cfg.k, self.n_clusters)
+            row = parse_row_arrays(key, value, self.catalog.version, self.cfg.k, self.n_clusters)
             if isinstance(row, str):
                 self.metrics.table_rows_ignored.labels(row).inc()
                 return

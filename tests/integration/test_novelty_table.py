@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer
 
+from streams.novelty_table import decode_row
+
 pytestmark = pytest.mark.integration
 
 
@@ -30,7 +32,7 @@ def test_precompute_writes_and_publishes_the_table(tansu_bootstrap: str, novelty
     assert "contexts/s" in run.stdout and f"published {len(rows)}" in run.stdout
     consumer = KafkaConsumer("novel-test", bootstrap_servers=tansu_bootstrap, auto_offset_reset="earliest",
                              group_id=None, consumer_timeout_ms=5000)
-    got = {r.key.decode(): json.loads(r.value) for r in consumer}
+    got = {r.key.decode(): decode_row(r.value) for r in consumer}
     consumer.close()
     assert len(got) == len(rows)
     first = rows[0]

@@ -22,7 +22,7 @@ from kafka import KafkaConsumer, TopicPartition
 from streams.inference.novelty import TritonNovelty
 from streams.infra.kafka_check import create_topic
 from streams.model_files import novelty_serving
-from streams.novelty_table import parse_row, ranked_row
+from streams.novelty_table import decode_row, parse_row, ranked_row
 from streams.precompute_worker import WORKER_HEADER
 
 pytestmark = pytest.mark.integration
@@ -103,7 +103,7 @@ def test_a_killed_worker_resumes_without_loss_or_duplication(apache_bootstrap: s
         row = parse_row(r.key, r.value, serving.catalog_version, serving.k, serving.n_clusters)
         assert not isinstance(row, str) and row[0] == expected[r.key][0], r.key
         assert np.allclose(row[1], expected[r.key][1], atol=1e-4), r.key  # other batch shapes, same answer
-        assert json.loads(r.value)["source"] == "precompute"
+        assert decode_row(r.value)["source"] == "precompute"
 
     status = explore("precompute-status", "--bootstrap", apache_bootstrap, "--requests-topic", f"requests-{tag}",
                      "--group", f"precompute-{tag}")

@@ -298,6 +298,66 @@ def test_a_novelty_row_that_fits_the_catalog_is_used() -> None:
     assert parse_row(b"1,2", b"[" * 5000 + b"]" * 5000, "v1", k=2, n_clusters=8) == "invalid"
 
 
+def _binary(clusters: list, scores: list, version: str = "v1", versions: bytes = b"", n: int | None = None) -> bytes:
+    """A binary row as `row_value` lays it out, with any field wrong on purpose."""
+    import struct
+
+    import numpy as np
+
+    from streams.novelty_table import ROW_MAGIC
+
+    head = struct.pack("<4sHBBH", ROW_MAGIC, len(clusters) if n is None else n, len(version), 0, len(versions))
+    return head + version.encode() + versions + np.asarray(clusters, "<i4").tobytes() + \
+        np.asarray(scores, "<f8").tobytes()
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (_binary([3, 4], [-1.0, -2.0], version="other"), "stale"),
+    (_binary([3, 4], [-1.0, -2.0], version=""), "stale"),
+    (_binary([3, 99], [-1.0, -2.0]), "invalid"),
+    (_binary([3, 8], [-1.0, -2.0]), "invalid"),  # one past the last cluster
+    (_binary([3, -1], [-1.0, -2.0]), "invalid"),
+    (_binary([3, 4], [-1.0, -2.0], n=3), "invalid"),  # the length says more than there is
+    (_binary([3, 4], [-1.0, -2.0])[:-1], "invalid"),  # cut short
+    (_binary([3, 4], [-1.0, -2.0]) + b"\x00", "invalid"),
+    (_binary(list(range(9)), [0.0] * 9), "invalid"),
+    (_binary([3, 3], [-1.0, -2.0]), "invalid"),
+    (_binary([3, 4], [-1.0, float("nan")]), "invalid"),
+    (_binary([3, 4], [float("-inf"), -2.0]), "invalid"),
+    (_binary([3], [-1.0], versions=b"{not json"), "invalid"),
+    (_binary([3], [-1.0], versions=b"[1, 2]"), "invalid"),
+    (_binary([3], [-1.0], versions=b'{"alignment": 3}'), "invalid"),
+    (_binary([3], [-1.0], versions=b"\xff\xfe"), "invalid"),
+    (_binary([3], [-1.0])[:7], "invalid"),  # not even a header
+])
+def test_binary_novelty_rows_are_checked_as_json_ones(value: bytes, reason: str) -> None:
+    from streams.novelty_table import parse_row_arrays
+
+    assert parse_row(b"1,2", value, "v1", k=2, n_clusters=8) == reason
+    assert parse_row_arrays(b"1,2", value, "v1", k=2, n_clusters=8) == reason
+
+
+def test_a_published_row_reads_back_exactly_in_either_format() -> None:
+    from streams.novelty_table import decode_row, row_value
+
+    scores = [-0.1, -1 / 3, -2.5e-300, 0.0]
+    value = row_value([7, 0, 3, 5], scores, "v1", source="precompute", versions={"alignment": "abc", "best_of": "4"})
+    texts = len("v1precompute") + len(json.dumps({"alignment": "abc", "best_of": "4"}))
+    assert value.startswith(b"\x00") and len(value) == 10 + texts + 12 * 4  # binary: 12 bytes a ranked cluster
+    assert parse_row(b"1,2", value, "v1", k=2, n_clusters=8) == ([7, 0, 3, 5], scores,
+                                                                  {"alignment": "abc", "best_of": "4"})
+    assert decode_row(value) == {"clusters": [7, 0, 3, 5], "scores": scores, "catalog_version": "v1",
+                                 "source": "precompute", "versions": {"alignment": "abc", "best_of": "4"}}
+    empty = row_value([], [], "v1")
+    assert parse_row(b"1,2", empty, "v1", k=2, n_clusters=8) == ([], [], {})
+    assert decode_row(empty)["source"] is None and decode_row(b"\x00nt1") is None and decode_row(b"[]") is None
+    legacy = json.dumps({"clusters": [7, 0], "scores": scores[:2], "catalog_version": "v1", "source": "x"}).encode()
+    assert decode_row(legacy)["source"] == "x" and parse_row(b"1,2", legacy, "v1", 2, 8) == ([7, 0], scores[:2], {})
+    for bad in (([1, 2], [0.0]), ([2**31], [0.0])):
+        with pytest.raises(ValueError):
+            row_value(*bad, "v1")
+
+
 def test_model_calls_are_split_to_the_served_batch_limit() -> None:
     inputs = {"a": np.arange(10).reshape(5, 2), "b": np.arange(5)}
     chunks = row_chunks(inputs, 2)
