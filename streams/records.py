@@ -45,11 +45,18 @@ class Limits:
     max_key_bytes: int = 256  # bytes of a record's key (the user id)
 
 
+def _is_text(value: object, max_length: int) -> bool:
+    """A non-empty string of at most `max_length` characters that UTF-8 can spell. Why the last: JSON's
+    \\u escapes allow lone surrogates, which `json` writes back but orjson (which Faust switches to
+    for the state when it is installed) refuses; a worker crashed writing such a user's state."""
+    return isinstance(value, str) and 0 < len(value) <= max_length and _utf8(value) is not None
+
+
 def _is_id(value: object, max_length: int) -> bool:
-    """A non-empty string or an integer of at most `max_length` characters: ids are kept in the
+    """Text (`_is_text`) or an integer of at most `max_length` characters: ids are kept in the
     state (event ids up to `dedupe_ids` of them), so their length bounds the state's size."""
     if isinstance(value, str):
-        return 0 < len(value) <= max_length
+        return _is_text(value, max_length)
     if isinstance(value, int) and not isinstance(value, bool):
         return value.bit_length() <= 4 * max_length and len(str(value)) <= max_length  # bit_length: cheap first cut
     return False
@@ -110,7 +117,7 @@ def parse_interaction(key: bytes | None, value: bytes | None, item_index: dict[s
         return _is_id(v, limits.max_id_length)
 
     for name, ok in (("user_id", is_id), ("item_id", is_id), ("ts", _is_number),
-                     ("event", lambda v: isinstance(v, str) and 0 < len(v) <= 64)):
+                     ("event", lambda v: _is_text(v, 64))):
         if not ok(doc[name]):
             return Rejection("wrong_type", f"{name}={_short(doc[name])}")
     for name, ok in (("event_id", is_id), ("weight", _is_number)):

@@ -125,8 +125,9 @@ def hostile(item: str) -> list[Planned]:
             Planned("bad_json", key.encode(), b'{"user_id": "\xff\xfe", "item_id": "' + item.encode() + b'"}'),
             # A key that is not UTF-8 is not the user id, whatever a lenient decoding makes of it.
             Planned("key_mismatch", f"host\xff-{n}".encode("latin-1"), _good(f"host\ufffd-{n}", item, n)),
-            # A lone surrogate cannot be a key's UTF-8; the key below is its (invalid) 3-byte form.
-            Planned("key_mismatch", b"s\xed\xa0\x80", _good("s\ud800", item, n)),
+            # A lone surrogate is not text UTF-8 can spell (so no key is this user id); the key below is its
+            # (invalid) 3-byte form.
+            Planned("wrong_type", b"s\xed\xa0\x80", _good("s\ud800", item, n)),
             Planned("unknown_item", key.encode(), _good(key, f"{item}\x00", n)),
             Planned("oversized", b"k" * MIB, _good(key, item, n)),
             Planned("missing_key", b"", _good(key, item, n)),
@@ -137,8 +138,9 @@ def hostile(item: str) -> list[Planned]:
 
 
 def valid_plan(rng: random.Random, items: list[str]) -> list[list[Planned]]:
-    """Each user's valid events in order (some ids with NUL bytes or lone surrogates in their event id), and a
-    resend of one of them after it: the same event id again, a duplicate."""
+    """Each user's valid events in order (some ids with NUL bytes), and a resend of one of them after it: the
+    same event id again, a duplicate. Among them, events whose event id has a lone surrogate (no UTF-8
+    spells it): refused as `wrong_type`, the user's other events applied as if it had not come."""
     users = []
     for u in range(VALID_USERS):
         user = f"fz-user-{u}" + ("\x00nul" if u % 50 == 0 else "")
@@ -148,9 +150,10 @@ def valid_plan(rng: random.Random, items: list[str]) -> list[list[Planned]]:
             event_id = f"{user}-{j}" + ("\ud800" if j == 3 else "")
             value = json.dumps({"user_id": user, "item_id": item, "ts": 1_600_000_000 + j, "event": "click",
                                 "event_id": event_id}).encode()
-            events.append(Planned(APPLIED, user.encode(), value, user, item))
+            events.append(Planned(APPLIED, user.encode(), value, user, item) if j != 3
+                          else Planned("wrong_type", user.encode(), value))
         if rng.random() < 0.3:
-            again = rng.choice(events)
+            again = rng.choice([e for e in events if e.fate == APPLIED])
             events.insert(rng.randint(events.index(again) + 1, len(events)), Planned(DUPLICATE, again.key, again.value))
         users.append(events)
     return users
