@@ -152,6 +152,19 @@ class SaslSslListener:
                 for arg in ("--add-scram", f"{mechanism}=[name={name},password={password}]")]
 
 
+def _stored_cluster_id(work_dir: Path) -> str | None:
+    """The cluster id storage in `work_dir` was formatted with, if it was: a node started again on kept
+    storage must be formatted with the same id, which `--ignore-formatted` does not spare (Kafka 4
+    refuses another: "Invalid cluster.id"), so a kept broker (a benchmark's `--work`) came back only once."""
+    meta = work_dir / "data" / "meta.properties"
+    if not meta.is_file():
+        return None
+    for line in meta.read_text().splitlines():
+        if line.startswith("cluster.id="):
+            return line.split("=", 1)[1].strip() or None
+    return None
+
+
 @dataclass(frozen=True)
 class Quorum:
     """Where a node stands in a KRaft cluster: its id, every voter (`id@host:port`, comma-joined) and the
@@ -264,7 +277,7 @@ class ApacheKafka(ProcessService):
         props = self.work_dir / "server.properties"
         props.write_text(server_properties(self.work_dir, self.port, self.controller_port, self.secured, self.quorum))
         scram = self.secured.scram_arguments() if self.secured else []
-        cluster_id = self.quorum.cluster_id if self.quorum else _cluster_id()
+        cluster_id = self.quorum.cluster_id if self.quorum else (_stored_cluster_id(self.work_dir) or _cluster_id())
         fmt = subprocess.run(self._java(libs, "kafka.tools.StorageTool", "format", "--ignore-formatted",
                                         "-t", cluster_id, "-c", str(props), *scram),
                              capture_output=True, text=True, check=False)

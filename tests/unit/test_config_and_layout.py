@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from explore.cli import build_parser
-from streams.infra.apache_kafka import _cluster_id, server_properties
+from streams.infra.apache_kafka import _cluster_id, _stored_cluster_id, server_properties
 from streams.infra.stack import external_kafka, external_triton, strip_scheme
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +52,13 @@ def test_cluster_id_is_a_base64_uuid() -> None:
     # 1 in 64 random ids starts with "-", which kafka-storage reads as an option: none may (without the
     # check, 1,000 draws include one with probability 1 - (63/64)^1000 > 0.9999998)
     assert not any(_cluster_id().startswith("-") for _ in range(1000))
+
+
+def test_kept_storage_is_started_with_the_cluster_id_it_was_formatted_with(tmp_path: Path) -> None:
+    assert _stored_cluster_id(tmp_path) is None  # nothing formatted: a new id
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "meta.properties").write_text("#\nnode.id=1\nversion=1\ncluster.id=nbLgH8RQQeSiCFA9q8qxnw\n")
+    assert _stored_cluster_id(tmp_path) == "nbLgH8RQQeSiCFA9q8qxnw"
 
 
 def test_help_lists_the_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
