@@ -148,6 +148,7 @@ class Runner:
     stop: Callable[[], None]
     progress: Callable[[], float]
     metrics: Callable[[], str] = lambda: ""  # the worker's /metrics text (the engine's only)
+    log: Path | None = None  # a traced engine worker's log (--trace)
 
 
 def passthrough(bootstrap: str, work: Path, tag: str, fetch_max_wait_ms: int) -> Runner:
@@ -169,7 +170,8 @@ def passthrough(bootstrap: str, work: Path, tag: str, fetch_max_wait_ms: int) ->
 
 
 def engine(bootstrap: str, work: Path, tag: str, models: tuple, ds, triton_url: str,  # type: ignore[no-untyped-def]
-           fetch_max_wait_ms: int, batch_within_ms: int = EngineConfig().batch_within_ms) -> Runner:
+           fetch_max_wait_ms: int, batch_within_ms: int = EngineConfig().batch_within_ms,
+           trace: bool = False) -> Runner:
     """An engine worker on its own topics, its novelty table published as in production."""
     catalog, repo, table = models
     cfg = EngineConfig().with_values({"bootstrap": bootstrap, "app_id": f"bench-{tag}", "catalog": str(catalog),
@@ -180,7 +182,7 @@ def engine(bootstrap: str, work: Path, tag: str, models: tuple, ds, triton_url: 
                                       "fetch_max_wait_ms": fetch_max_wait_ms, "batch_within_ms": batch_within_ms})
     ensure_topics(cfg)
     publish_table(bootstrap, cfg.novelty_topic, table)
-    worker = WorkerProcess(cfg, work, f"engine-{tag}")
+    worker = WorkerProcess(cfg, work, f"engine-{tag}", extra_env={"EXPLORE_TRACE_BATCHES": "1"} if trace else None)
 
     def progress() -> float:
         return sum(counter(worker.url, f'explore_events_total{{outcome="{o}"}}') for o in ("applied", "duplicate",
@@ -195,7 +197,41 @@ def engine(bootstrap: str, work: Path, tag: str, models: tuple, ds, triton_url: 
         wait_until(lambda: progress() >= WARM_UP, 120, "engine warm-up", worker.proc)
 
     return Runner(cfg.interactions_topic, cfg.recommendations_topic, start, worker.stop, progress,
-                  worker.metrics_text)
+                  worker.metrics_text, work / f"engine-{tag}.log" if trace else None)
+
+
+def traced_batches(log: Path) -> list[dict[str, float]]:
+    """The batches a traced worker logged (`EXPLORE_TRACE_BATCHES=1`): events, slates, the slowest slate's
+    latency and each stage's ms, in order."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if "batch acked: " not in line or " | " not in line:
+            continue
+        spans, fields = line.split("batch acked: ", 1)[1].split(" | ", 1)
+        batch = {k: float(v) for k, v in (f.split("=", 1) for f in fields.split())}
+        batch["events"] = sum(int(span.rsplit("(", 1)[1].rstrip(")")) for span in spans.split())
+        out.append(batch)
+    return out
+
+
+def print_tail(batches: list[dict[str, float]], p99_ms: float) -> None:
+    """Where the batches that sent a slate at or over p99 spent their time, beside all batches: which stage
+    makes the tail."""
+    tail = [b for b in batches if b.get("slowest_ms", 0.0) >= p99_ms]
+    if not batches or not tail:
+        print("  trace: no batch logged a slate at p99 (is the worker's log level info?)")
+        return
+    stages = [k for k in batches[0] if k.endswith("_ms") and k != "slowest_ms"]
+
+    def mean(rows: list[dict[str, float]], key: str) -> float:
+        return sum(r.get(key, 0.0) for r in rows) / len(rows)
+
+    gaps = [b["sent_at"] - a["sent_at"] for a, b in itertools.pairwise(batches)]
+    tail_gaps = [b["sent_at"] - a["sent_at"] for a, b in itertools.pairwise(batches) if b in tail]
+    print(f"  trace: {len(tail)} of {len(batches)} batches sent a slate at or over p99 ({p99_ms:.0f} ms); mean ms, "
+          "those batches / all: " + ", ".join(f"{k[:-3]} {mean(tail, k):.1f} / {mean(batches, k):.1f}" for k in stages)
+          + f", events {mean(tail, 'events'):.0f} / {mean(batches, 'events'):.0f}, since the previous batch "
+          f"{1000 * sum(tail_gaps) / max(len(tail_gaps), 1):.0f} / {1000 * sum(gaps) / max(len(gaps), 1):.0f}")
 
 
 def pct(values: list[float]) -> tuple[float, float, float]:
@@ -237,7 +273,10 @@ def latency_run(bootstrap: str, runner: Runner, records: list, rate: float, is_e
         sent = {r.value: r.timestamp for r in read_all(bootstrap, runner.src)}
         lat = [r.timestamp - sent[r.value] for r in out if r.value in sent]
     runner.stop()
-    return {"latency_ms": pct(lat), "outputs": len(lat), "stages_ms": stage_means(before, after) if is_engine else {}}
+    result = {"latency_ms": pct(lat), "outputs": len(lat), "stages_ms": stage_means(before, after) if is_engine else {}}
+    if runner.log is not None:
+        print_tail(traced_batches(runner.log), result["latency_ms"][2])
+    return result
 
 
 def throughput_run(bootstrap: str, runner: Runner, records: list) -> float:
@@ -270,6 +309,9 @@ def main() -> int:
     ap.add_argument("--within", type=lambda t: [int(x) for x in t.split(",")], default=[EngineConfig().batch_within_ms],
                     help="the sweep's batch_within_ms values (comma-separated; default: the setting's default), each "
                          "at every sweep rate, side by side")
+    ap.add_argument("--trace", action="store_true", help="engine workers log every batch's stages "
+                                                         "(EXPLORE_TRACE_BATCHES=1); each latency run then "
+                                                         "says where the batches of its p99 slates spent their time")
     args = ap.parse_args()
     from streams.infra.apache_kafka import ApacheKafka
     from streams.infra.triton import EmbeddedTriton
@@ -284,7 +326,7 @@ def main() -> int:
         def runner(name: str, tag: str, within: int = EngineConfig().batch_within_ms) -> Runner:
             if name == "engine":
                 return engine(b, work, tag, (catalog, repo, table), ds, triton.grpc_url, args.fetch_max_wait_ms,
-                              within)
+                              within, args.trace)
             return passthrough(b, work, tag, args.fetch_max_wait_ms)
 
         for name in ("pass-through", "engine"):

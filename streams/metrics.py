@@ -127,8 +127,14 @@ class StageClock:
     def __init__(self, histogram: Histogram) -> None:
         self.histogram = histogram
         self.last = time.perf_counter()
+        self.spent: dict[str, float] = {}  # seconds by stage, for a traced batch's log line
 
     def mark(self, stage: str) -> None:
         now = time.perf_counter()
-        self.histogram.labels(stage).observe(now - self.last)
+        self.observe(stage, now - self.last)
         self.last = now
+
+    def observe(self, stage: str, seconds: float) -> None:
+        """A stage timed elsewhere (the time a batch's oldest event waited before the batch began)."""
+        self.histogram.labels(stage).observe(seconds)
+        self.spent[stage] = seconds

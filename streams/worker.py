@@ -118,7 +118,9 @@ def create_app(cfg: EngineConfig) -> faust.App:
                              security=cfg.kafka_security())
     live = LiveFeed()  # the latest slates, for GET /live
     titles = dict(zip(engine.catalog.item_ids, engine.catalog.item_titles, strict=True))
-    trace = os.environ.get("EXPLORE_TRACE_BATCHES") == "1"  # log every batch's offsets (debugging delivery)
+    # Log every batch's offsets, stage times and slowest slate (debugging delivery; latency tails:
+    # benchmarks/engine_throughput.py --trace reads these lines).
+    trace = os.environ.get("EXPLORE_TRACE_BATCHES") == "1"
 
     @app.task
     async def follow_novelty_table() -> None:
@@ -170,7 +172,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
             status["last_batch"] = time.monotonic()
             clock = StageClock(metrics.stage)
             oldest = min(e.message.timestamp for e in events)  # seconds (Faust's), the producer's clock
-            metrics.stage.labels("queued").observe(max(0.0, time.time() - oldest))
+            clock.observe("queued", max(0.0, time.time() - oldest))
             assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == cfg.interactions_topic}
             mine, duplicates = await delivery.admit(events, assigned, app.consumer)
             metrics.batch.observe(len(events))
@@ -191,6 +193,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
             delivery.record_positions(mine)
             clock.mark("write")
             now = time.time()
+            slowest = max((now - r.trigger_ts for r in result.recommendations), default=0.0)
             for recommendation in result.recommendations:
                 metrics.latency.observe(now - recommendation.trigger_ts)
                 value = recommendation.encode(now)
@@ -209,7 +212,10 @@ def create_app(cfg: EngineConfig) -> faust.App:
                 for e in events:
                     spans.setdefault(e.message.partition, []).append(e.message.offset)
                 app.log.info("batch acked: " + " ".join(f"p{p}:{min(o)}-{max(o)}({len(o)})"
-                                                       for p, o in sorted(spans.items())))
+                                                       for p, o in sorted(spans.items()))
+                             + f" | sent_at={now:.3f} slates={len(result.recommendations)} "
+                             f"slowest_ms={1000 * slowest:.1f} "
+                             + " ".join(f"{k}_ms={1000 * v:.1f}" for k, v in clock.spent.items()))
             delivery.update_lag(app.consumer)
 
     @app.page("/metrics")
