@@ -230,13 +230,25 @@ class InputDelivery:
 
     async def start_offset(self, partition: int) -> int:
         """Where a partition continues: after the last offset applied (the table), else its first record."""
-        last = self._last_applied(partition)
-        if last is not None:
-            return last + 1
-        first = (await _offsets(self.bootstrap, self.topic, [partition], end=False, timeout_s=30,
-                                security=self.security))[partition]
-        self.log.info(f"partition {partition}: nothing applied yet, starting at its first offset {first}")
-        return first
+        return (await self.start_offsets([partition]))[partition]
+
+    async def start_offsets(self, partitions: Sequence[int]) -> dict[int, int]:
+        """`start_offset` of each partition, the first offsets asked of the broker in one call: one
+        client per partition cost ~0.1 s each, so a fresh worker's first batch waited 0.85 s on 8."""
+        out, unknown = {}, []
+        for p in partitions:
+            last = self._last_applied(p)
+            if last is None:
+                unknown.append(p)
+            else:
+                out[p] = last + 1
+        if unknown:
+            firsts = await _offsets(self.bootstrap, self.topic, unknown, end=False, timeout_s=30,
+                                    security=self.security)
+            for p in unknown:
+                self.log.info(f"partition {p}: nothing applied yet, starting at its first offset {firsts[p]}")
+            out.update(firsts)
+        return out
 
     async def admit(self, events: list, assigned: set[int], consumer) -> tuple[list, list]:  # type: ignore[no-untyped-def]
         """(events to apply, duplicates) of a batch: records of revoked partitions are dropped (their
@@ -248,8 +260,9 @@ class InputDelivery:
             self.metrics.events.labels("revoked").inc(len(events) - len(mine))
             self.log.warning(f"skipping {len(events) - len(mine)} records of partitions no longer assigned "
                              f"(assigned: {sorted(assigned)})")
-        for p in {e.message.partition for e in mine} - set(order.next):
-            order.next[p] = await self.start_offset(p)
+        new = sorted({e.message.partition for e in mine} - set(order.next))
+        if new:
+            order.next.update(await self.start_offsets(new))
         verdicts, seeks, gaps = order.classify([(e.message.partition, e.message.offset) for e in mine],
                                                time.monotonic())
         for gap in gaps:
