@@ -8,6 +8,10 @@ answers `GET /users/{id}`).
 
 - Events are taken with `noack_take` and acked only after their batch's state, DLQ records,
   recommendations and feedback records have been handed to the producer (`streams.delivery` says why).
+  Slates and feedback records go straight to the producer (`app.producer.send`), not through
+  Faust's `Topic.send`: a batch's (up to ~50 at 1,000 events/s) cost 30 ms through the topic and
+  3.4 ms direct (engine_throughput's send stage); both append to the same client's buffer, which
+  Faust flushes before it commits offsets, so what an ack promises is the same.
 - The user table is written once per user per batch, to the changelog partition of the user's
   input partition (co-partitioned: `interactions` is keyed by user, so no repartition hop).
 - Records of partitions that were revoked while the batch was buffered are not applied: the
@@ -107,8 +111,6 @@ def create_app(cfg: EngineConfig) -> faust.App:
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     interactions = app.topic(cfg.interactions_topic, partitions=cfg.partitions, **raw)
     dlq = app.topic(cfg.dlq_topic, **raw)
-    recommendations = app.topic(cfg.recommendations_topic, **raw)
-    feedback = app.topic(cfg.feedback_topic, **raw)
     novelty = app.topic(cfg.novelty_topic, **raw)
     users = app.Table("users", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
     positions = app.Table("positions", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
@@ -197,10 +199,10 @@ def create_app(cfg: EngineConfig) -> faust.App:
             for recommendation in result.recommendations:
                 metrics.latency.observe(now - recommendation.trigger_ts)
                 value = recommendation.encode(now)
-                await recommendations.send(key=recommendation.key, value=value)
+                await app.producer.send(cfg.recommendations_topic, recommendation.key, value, None, None, None)
                 live.add(value)
             for record in result.feedback:
-                await feedback.send(key=record.key, value=record.encode())
+                await app.producer.send(cfg.feedback_topic, record.key, record.encode(), None, None, None)
             clock.mark("send")
             delivery.release(mine + duplicates)
             for e in events:
