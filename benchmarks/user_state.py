@@ -62,7 +62,7 @@ def full_state(user: str, rnd: random.Random, cfg: EngineConfig, n_items: int = 
                   "items": [str(rnd.randrange(n_items)) for _ in range(cfg.n)], "ts": s["ts"]}
     versions = {"catalog": "c" * 16, "seqrec": "s" * 16, "novelty": "n" * 16}
     s["proposals"] = [open_slate(s["n"] - j, s["ts"], s["context"], rnd.sample(range(n_clusters), cfg.m), "table",
-                                 versions) for j in range(cfg.feedback_max_open)]
+                                 versions, s["vs"]) for j in range(cfg.feedback_max_open)]
     return s
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from interests.catalog import Catalog
 from interests.constrained import EXCLUDED
 from streams.config import EngineConfig
-from streams.feedback import FeedbackRecord, feedback_record, open_slate, remember, resolve
+from streams.feedback import FeedbackRecord, drop_unused_versions, feedback_record, open_slate, remember, resolve
 from streams.inference.router import ModelRouter
 from streams.inference.seqrec import pad_histories
 from streams.metrics import Metrics
@@ -154,9 +154,11 @@ class Engine:
         fed: list[FeedbackRecord] = []
         if applied:
             state["seen"] = now
-            fed = [feedback_record(user, r, self.descriptions)
+            fed = [feedback_record(user, r, self.descriptions, state["vs"])
                    for r in resolve(state["proposals"], state["n"], parsed.ts, cluster, parsed.item_id,
                                     parsed.weight, cfg.feedback_horizon())]
+            if fed:
+                drop_unused_versions(state["proposals"], state["vs"])
         due = applied and needs_slate(state, cfg.k, cfg.slate_max_age_s)
         out.states[user] = (state, rec)
         out.feedback += fed
@@ -182,11 +184,14 @@ class Engine:
                 continue
             out.recommendations.append(self._recommendation(u, states[u], novel[u], slate, source[u], seqrec_path,
                                                             out.states[u][1], triggers[u], versions[u]))
-            evicted = remember(states[u]["proposals"], open_slate(states[u]["n"], states[u]["ts"],
-                                                                  states[u]["context"], [c for c, _ in novel[u]],
-                                                                  source[u], versions[u]),
+            state = states[u]
+            evicted = remember(state["proposals"], open_slate(state["n"], state["ts"], state["context"],
+                                                              [c for c, _ in novel[u]], source[u], versions[u],
+                                                              state["vs"]),
                                self.cfg.feedback_max_open)
-            out.feedback += [feedback_record(u, r, self.descriptions) for r in evicted]
+            out.feedback += [feedback_record(u, r, self.descriptions, state["vs"]) for r in evicted]
+            if evicted:
+                drop_unused_versions(state["proposals"], state["vs"])
 
     async def _fill_table(self, users: list[str], states: dict[str, dict]) -> list[tuple[bytes, bytes]]:
         """Model call 1: `interest_generator` for the contexts missing from the table, without exclusions

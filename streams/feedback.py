@@ -18,8 +18,11 @@ back leaves its proposals open (a time horizon needs an event to see that it pas
 
 One open slate in the state (short keys: it is stored per user in the changelog):
 `{"n": events applied when the slate was made, "ts": its event time, "ctx": context cluster ids,
-"src": "table" or "live", "v": model versions, "open": [[cluster, rank], ...]}`; rank is 1-based,
-the cluster's place among the slate's novel clusters.
+"src": "table" or "live", "v": key of its model versions, "open": [[cluster, rank], ...]}`; rank
+is 1-based, the cluster's place among the slate's novel clusters. The versions themselves are
+kept once per user, in the state's `vs` (key -> versions, `intern_versions`): every slate of a
+worker carries the same few, and as a dict per slate they were half of an open slate's bytes
+(`benchmarks/user_state.py`). A slate written before has its versions dict in `v`; both read.
 
 `FeedbackRecord` is the value on the `exploration-feedback` topic (keyed by user id), one per
 resolved proposal; `parse_feedback`, `read_feedback_file` and `read_feedback_topic` read them back,
@@ -29,6 +32,7 @@ and `labelled_outcomes` turns them into the alignment model's input (`interests.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -64,10 +68,33 @@ class Resolved:
 
 
 def open_slate(n: int, ts: float, context: Sequence[int], clusters: Sequence[int], source: str,
-               versions: dict[str, str]) -> dict:
-    """The state's entry for a slate just sent: every proposed cluster open, ranked in slate order."""
-    return {"n": int(n), "ts": float(ts), "ctx": [int(c) for c in context], "src": source, "v": dict(versions),
-            "open": [[int(c), rank] for rank, c in enumerate(clusters, start=1)]}
+               versions: dict[str, str], table: dict[str, dict[str, str]]) -> dict:
+    """The state's entry for a slate just sent: every proposed cluster open, ranked in slate order; its
+    versions go into the user's `table` (the state's `vs`) and the slate keeps their key."""
+    return {"n": int(n), "ts": float(ts), "ctx": [int(c) for c in context], "src": source,
+            "v": intern_versions(table, versions), "open": [[int(c), rank] for rank, c in enumerate(clusters, start=1)]}
+
+
+def intern_versions(table: dict[str, dict[str, str]], versions: dict[str, str]) -> str:
+    """The key of `versions` in `table`, added if new: 12 hex digits of their hash, so that equal versions
+    share one entry whichever slate or worker made them."""
+    key = hashlib.blake2b(json.dumps(sorted(versions.items())).encode(), digest_size=6).hexdigest()
+    table.setdefault(key, dict(versions))
+    return key
+
+
+def slate_versions(slate: dict, table: dict[str, dict[str, str]]) -> dict[str, str]:
+    """A slate's versions: from `table` by its key, or its own dict (a slate written before the table)."""
+    v = slate["v"]
+    return dict(v) if isinstance(v, dict) else dict(table.get(v, {}))
+
+
+def drop_unused_versions(slates: Sequence[dict], table: dict[str, dict[str, str]]) -> None:
+    """Remove from `table`, in place, the versions no open slate names any more (after resolving: the
+    records of what was resolved already carry theirs)."""
+    used = {s["v"] for s in slates if isinstance(s["v"], str)}
+    for key in [k for k in table if k not in used]:
+        del table[key]
 
 
 def remember(slates: list[dict], slate: dict, max_open: int) -> list[Resolved]:
@@ -147,15 +174,17 @@ class FeedbackRecord:
         return json.dumps(asdict(self)).encode()
 
 
-def feedback_record(user: str, r: Resolved, descriptions: Sequence[str]) -> FeedbackRecord:
-    """The topic's record of one resolved proposal, with the descriptions the prompt would use."""
+def feedback_record(user: str, r: Resolved, descriptions: Sequence[str],
+                    table: dict[str, dict[str, str]]) -> FeedbackRecord:
+    """The topic's record of one resolved proposal, with the descriptions the prompt would use and the
+    versions its slate names in the user's `table` (the state's `vs`)."""
     s = r.slate
     return FeedbackRecord(
         feedback_id=f"{user}/{s['n']}/{r.cluster}", user_id=user, slate=s["n"], slate_ts=s["ts"],
         context=[{"id": c, "description": descriptions[c]} for c in s["ctx"]],
         cluster={"id": r.cluster, "description": descriptions[r.cluster]}, rank=r.rank, source=s["src"],
-        versions=s["v"], accepted=r.outcome == "accepted", outcome=r.outcome, after_events=r.after_events,
-        resolved_ts=r.ts, item_id=r.item_id, rating=r.rating)
+        versions=slate_versions(s, table), accepted=r.outcome == "accepted", outcome=r.outcome,
+        after_events=r.after_events, resolved_ts=r.ts, item_id=r.item_id, rating=r.rating)
 
 
 def parse_feedback(value: bytes | str) -> FeedbackRecord:
@@ -255,6 +284,6 @@ def labelled_outcomes(records: Iterable[FeedbackRecord]) -> list[Outcome]:
     return out
 
 
-__all__ = ["OUTCOMES", "FeedbackRecord", "Horizon", "Resolved", "acceptance", "feedback_record", "labelled_outcomes",
-           "open_slate", "parse_feedback", "read_feedback_file", "read_feedback_topic", "read_topic_values", "remember",
-           "resolve"]
+__all__ = ["OUTCOMES", "FeedbackRecord", "Horizon", "Resolved", "acceptance", "drop_unused_versions", "feedback_record",
+           "intern_versions", "labelled_outcomes", "open_slate", "parse_feedback", "read_feedback_file",
+           "read_feedback_topic", "read_topic_values", "remember", "resolve", "slate_versions"]

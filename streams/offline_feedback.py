@@ -29,7 +29,7 @@ import numpy as np
 
 from interests.datasets import Dataset
 from streams.config import EngineConfig
-from streams.feedback import FeedbackRecord, feedback_record, open_slate, remember, resolve
+from streams.feedback import FeedbackRecord, drop_unused_versions, feedback_record, open_slate, remember, resolve
 from streams.recommendation import novel_for_user
 from streams.records import Interaction
 from streams.state import apply, needs_slate, new_state
@@ -78,8 +78,9 @@ def _simulate_user(ds: Dataset, lo: int, hi: int, item_cluster: np.ndarray, rows
               cfg.k, 1, 0)
         if ts < start_ts:
             continue
-        out.records += [feedback_record(user, r, descriptions) for r in resolve(
+        out.records += [feedback_record(user, r, descriptions, state["vs"]) for r in resolve(
             state["proposals"], state["n"], ts, cluster, item_id, weight, cfg.feedback_horizon())]
+        drop_unused_versions(state["proposals"], state["vs"])
         if needs_slate(state, cfg.k, cfg.slate_max_age_s):
             _propose(user, state, rows, descriptions, cfg, versions, out)
     out.open_at_end += sum(len(s["open"]) for s in state["proposals"])
@@ -99,9 +100,11 @@ def _propose(user: str, state: dict, rows: Mapping[tuple[int, ...], Row], descri
     out.slates.append({"user_id": user, "context": list(state["context"]), "events_applied": state["n"],
                        "event_ts": state["ts"], "source": "table",
                        "novel_clusters": [{"id": c, "description": descriptions[c], "score": s} for c, s in novel]})
-    slate = open_slate(state["n"], state["ts"], state["context"], [c for c, _ in novel], "table", versions)
-    out.records += [feedback_record(user, r, descriptions) for r in remember(state["proposals"], slate,
-                                                                              cfg.feedback_max_open)]
+    slate = open_slate(state["n"], state["ts"], state["context"], [c for c, _ in novel], "table", versions,
+                       state["vs"])
+    out.records += [feedback_record(user, r, descriptions, state["vs"]) for r in remember(state["proposals"], slate,
+                                                                                           cfg.feedback_max_open)]
+    drop_unused_versions(state["proposals"], state["vs"])
 
 
 def table_rows(rows: Sequence[dict]) -> dict[tuple[int, ...], Row]:

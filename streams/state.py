@@ -14,7 +14,8 @@ The state is a plain dict (the Faust table stores it as JSON in its changelog):
   was last applied (what `user_ttl_s` counts from; states written before it existed use `ts`);
 - `slate`: the last recommendation sent (context, clusters, items, event time);
 - `proposals`: the slates whose novel clusters are still open for feedback (`streams.feedback`),
-  at most `feedback_max_open` of them; states written before it existed have none.
+  at most `feedback_max_open` of them; states written before it existed have none; `vs`: the
+  model versions those slates name, once each (`streams.feedback.intern_versions`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from streams.records import Interaction
 
 def new_state() -> dict:
     return {"items": [], "known": [], "context": [], "pos": None, "ids": [], "n": 0, "ts": 0.0, "slate": None,
-            "proposals": []}
+            "proposals": [], "vs": {}}
 
 
 def copy_state(state: dict | None) -> dict:
@@ -35,7 +36,8 @@ def copy_state(state: dict | None) -> dict:
         return new_state()
     return {**state, "items": list(state["items"]), "known": list(state["known"]),
             "context": list(state["context"]), "ids": list(state["ids"]),
-            "proposals": [{**p, "open": [list(x) for x in p["open"]]} for p in state.get("proposals", [])]}
+            "proposals": [{**p, "open": [list(x) for x in p["open"]]} for p in state.get("proposals", [])],
+            "vs": dict(state.get("vs", {}))}  # its dicts are never changed in place: shared
 
 
 def is_duplicate(state: dict, partition: int, offset: int, event_id: str | None) -> bool:

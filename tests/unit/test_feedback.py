@@ -22,10 +22,11 @@ from streams.state import copy_state, new_state
 
 VERSIONS = {"catalog": "c1", "seqrec": "s1", "interest_generator": "g1"}
 DESCRIPTIONS = [f"words of {c}" for c in range(10)]
+TABLE: dict[str, dict[str, str]] = {}  # the versions the slates below name (a state's `vs`)
 
 
 def slate(n: int, ts: float, clusters: list[int], source: str = "table") -> dict:
-    return open_slate(n, ts, [0, 1], clusters, source, VERSIONS)
+    return open_slate(n, ts, [0, 1], clusters, source, VERSIONS, TABLE)
 
 
 def outcomes(resolved: list) -> dict[int, tuple[str, int]]:
@@ -110,10 +111,34 @@ def test_the_state_copy_does_not_share_open_slates() -> None:
     assert copy_state(legacy)["proposals"] == []
 
 
+def test_a_user_keeps_each_versions_once_and_only_while_a_slate_names_them() -> None:
+    from streams.feedback import drop_unused_versions, slate_versions
+
+    table: dict[str, dict[str, str]] = {}
+    aligned = {**VERSIONS, "alignment": "a1"}
+    slates = [open_slate(n, 100.0 + n, [0, 1], [2 + n], "table", v, table)
+              for n, v in ((5, VERSIONS), (6, VERSIONS), (7, aligned))]
+    assert len(table) == 2 and slates[0]["v"] == slates[1]["v"] != slates[2]["v"]
+    assert [slate_versions(x, table) for x in slates] == [VERSIONS, VERSIONS, aligned]
+    state = {**new_state(), "proposals": slates, "vs": table}
+    assert len(json.dumps(state)) < len(json.dumps({**state, "proposals": [{**x, "v": slate_versions(x, table)}
+                                                                           for x in slates]}))
+    resolved = resolve(slates, 9, 120.0, 0, "i", None, Horizon(3, 0))  # slates 5 and 6 reach the horizon
+    records = [feedback_record("u", r, DESCRIPTIONS, table) for r in resolved]  # before the versions go
+    assert {r.slate for r in records} == {5, 6} and all(r.versions == VERSIONS for r in records)
+    drop_unused_versions(slates, table)
+    assert list(table.values()) == [aligned] and slate_versions(slates[0], table) == aligned
+    legacy = {**slates[0], "v": dict(VERSIONS)}  # a slate written before the table: its own dict
+    assert slate_versions(legacy, {}) == VERSIONS
+    drop_unused_versions([legacy], table)
+    assert table == {}
+    assert copy_state(state)["vs"] is not state["vs"] and copy_state(new_state())["vs"] == {}
+
+
 def test_the_record_names_its_proposal_and_reads_back() -> None:
     open_ = [slate(5, 100.0, [7, 8], source="live")]
     (accepted,) = resolve(open_, 6, 110.0, 8, "item-x", 4.5, Horizon(3, 0))
-    record = feedback_record("u1", accepted, DESCRIPTIONS)
+    record = feedback_record("u1", accepted, DESCRIPTIONS, TABLE)
     doc = json.loads(record.encode())
     assert doc["feedback_id"] == "u1/5/8" and record.key == b"u1"
     assert doc["context"] == [{"id": 0, "description": "words of 0"}, {"id": 1, "description": "words of 1"}]
@@ -172,6 +197,6 @@ def test_acceptance_is_accepted_over_labelled_proposals_per_group() -> None:
     open_ = [slate(5, 100.0, [7, 8, 9]), slate(6, 101.0, [3, 4])]
     resolved = resolve(open_, 7, 110.0, 7, "a", None, Horizon(2, 0))  # slate 5: 7 accepted, 8 and 9 not
     resolved += remember(open_, slate(8, 111.0, [1]), max_open=1)  # slate 6 evicted: no label
-    records = [feedback_record("u", r, DESCRIPTIONS) for r in resolved]
+    records = [feedback_record("u", r, DESCRIPTIONS, TABLE) for r in resolved]
     assert acceptance(records, lambda r: r.rank) == {1: 1.0, 2: 0.0, 3: 0.0}
     assert acceptance(records, lambda r: r.source) == {"table": 1 / 3}
