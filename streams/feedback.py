@@ -224,8 +224,15 @@ def read_feedback_topic(bootstrap: str, topic: str, security: KafkaSecurity = PL
 
 def read_topic_values(bootstrap: str, topic: str, security: KafkaSecurity = PLAINTEXT,
                       timeout_s: float = 60.0) -> list[bytes]:
-    """Every value of `topic` up to its end as of now, partition by partition (no group, no commits):
-    what the feedback readers and `explore loop ab` (which also reads `recommendations`) need.
+    """Every value of `topic` up to its end as of now (`read_topic_records`; a tombstone as b"")."""
+    return [value or b"" for _, value in read_topic_records(bootstrap, topic, security, timeout_s)]
+
+
+def read_topic_records(bootstrap: str, topic: str, security: KafkaSecurity = PLAINTEXT, timeout_s: float = 60.0,
+                       isolation: str = "read_uncommitted") -> list[tuple[bytes | None, bytes | None]]:
+    """Every (key, value) of `topic` up to its end as of now, partition by partition (no group, no commits):
+    what the feedback readers, `explore loop ab` (which also reads `recommendations`) and `explore
+    novelty dump` (read_committed, as workers read the table) need.
 
     Once every partition reached the end the broker reported, it polls on until a poll comes back empty
     (three at most: a topic being written would never end): the embedded broker (Tansu) was seen
@@ -233,7 +240,7 @@ def read_topic_values(bootstrap: str, topic: str, security: KafkaSecurity = PLAI
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             **security.client_kwargs())
+                             isolation_level=isolation, **security.client_kwargs())
     try:
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not tps:
@@ -252,7 +259,7 @@ def read_topic_values(bootstrap: str, topic: str, security: KafkaSecurity = PLAI
             if after_end and not batches:
                 break
             for batch in batches.values():
-                out.extend(r.value or b"" for r in batch)
+                out.extend((r.key, r.value) for r in batch)
     finally:
         consumer.close()
     return out
@@ -286,4 +293,4 @@ def labelled_outcomes(records: Iterable[FeedbackRecord]) -> list[Outcome]:
 
 __all__ = ["OUTCOMES", "FeedbackRecord", "Horizon", "Resolved", "acceptance", "drop_unused_versions", "feedback_record",
            "intern_versions", "labelled_outcomes", "open_slate", "parse_feedback", "read_feedback_file",
-           "read_feedback_topic", "read_topic_values", "remember", "resolve", "slate_versions"]
+           "read_feedback_topic", "read_topic_records", "read_topic_values", "remember", "resolve", "slate_versions"]

@@ -99,6 +99,29 @@ def decode_row(value: bytes) -> dict | None:
         return None
 
 
+def latest_rows(records: Iterable[tuple[bytes | None, bytes | None]]) -> tuple[list[dict], int]:
+    """The table a topic's records (in offset order) leave after compaction, as rows in the form
+    `explore novelty precompute --out` writes (`{"context", "clusters", "scores", "catalog_version",
+    "source", "versions"}`), and how many records were neither a row nor a tombstone. Unchecked against a
+    catalog: what is on the topic, for people and for `explore novelty rerank --table`."""
+    table: dict[bytes, dict] = {}
+    unreadable = 0
+    for key, value in records:
+        try:
+            context = [int(c) for c in (key or b"").split(b",")]
+        except ValueError:  # no key, or not cluster ids
+            unreadable += 1
+            continue
+        row = None if value is None else decode_row(value)
+        if value is not None and row is None:
+            unreadable += 1
+            continue
+        table.pop(key, None)  # a tombstone removes the row; a rewritten row moves to the end, as compaction
+        if row is not None:
+            table[key] = {"context": context, **row}
+    return list(table.values()), unreadable
+
+
 def ranked_row(clusters: Sequence[int], scores: Sequence[float]) -> tuple[list[int], list[float]]:
     """One answer of `interest_generator` as a table row: its slots in order, without the empty ones
     (cluster -1: no allowed cluster left): how the engine's live fills and the precompute workers

@@ -1,15 +1,19 @@
-"""`explore novelty enqueue / precompute-worker / precompute-status`: the precompute as a distributed job.
+"""`explore novelty enqueue / precompute-worker / precompute-status`: the precompute as a distributed job;
+`explore novelty dump`: what the novelty topic holds.
 
-Thin wiring: the logic is `streams.precompute_jobs` (requests, progress) and `streams.precompute_worker`
-(the transactional loop). The single-process `explore novelty precompute` stays for small catalogs.
+Thin wiring: the logic is `streams.precompute_jobs` (requests, progress), `streams.precompute_worker`
+(the transactional loop) and `streams.novelty_table` (rows). The single-process `explore novelty
+precompute` stays for small catalogs.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -54,6 +58,15 @@ def register(nsub: argparse._SubParsersAction) -> None:
     ns.add_argument("--group", default="novelty-precompute", help=GROUP_HELP)
     ns.add_argument("--watch", action="store_true", help="a progress bar until the job is done")
     ns.set_defaults(func=cmd_status)
+    nd = nsub.add_parser("dump", formatter_class=d,
+                         help="the novelty topic's rows as JSON lines (rows are binary on the topic), as "
+                              "`precompute --out` writes them: for people, and for `rerank --table`")
+    nd.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
+    nd.add_argument("--topic", default="novel-interests", help="the novelty topic")
+    nd.add_argument("--context", default=None, help="only this context's row, as the table keys it (\"12,7\": "
+                                                    "cluster ids, most recent last)")
+    nd.add_argument("--out", type=Path, default=None, help="write the rows here (default: standard output)")
+    nd.set_defaults(func=cmd_dump)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -113,6 +126,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     p = read_progress(bootstrap, args.requests_topic, args.group, security)
     print(f"{p.done:,} of {p.total:,} requests answered, {p.left:,} left (group {args.group!r})")
     return 0
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    """The table the topic holds after compaction (read_committed, as workers read it), a row a line."""
+    from explore.commands.common import engine_settings
+    from streams.feedback import read_topic_records
+    from streams.novelty_table import latest_rows
+
+    bootstrap, security = _bootstrap(args), engine_settings().kafka_security()
+    try:
+        records = read_topic_records(bootstrap, args.topic, security, timeout_s=600, isolation="read_committed")
+    except ValueError as exc:  # no such topic
+        raise SystemExit(f"error: {exc}") from None
+    rows, unreadable = latest_rows(records)
+    if args.context is not None:
+        rows = [r for r in rows if ",".join(map(str, r["context"])) == args.context.replace(" ", "")]
+    lines = "".join(json.dumps(r) + "\n" for r in rows)
+    if args.out is None:
+        sys.stdout.write(lines)
+    else:
+        args.out.write_text(lines)
+    print(f"{len(rows):,} rows from {len(records):,} records of {args.topic!r}"
+          + (f"; {unreadable:,} records were neither a row nor a tombstone" if unreadable else "")
+          + (f"; written to {args.out}" if args.out else ""), file=sys.stderr)
+    return 0 if rows or args.context is None else 1
 
 
 def _watch(bootstrap: str, topic: str, group: str, security) -> int:  # type: ignore[no-untyped-def]

@@ -37,3 +37,12 @@ def test_precompute_writes_and_publishes_the_table(tansu_bootstrap: str, novelty
     assert len(got) == len(rows)
     first = rows[0]
     assert got[",".join(map(str, first["context"]))]["clusters"] == first["clusters"]
+    # The binary rows read back as people (and `rerank --table`) read them: every row, exactly.
+    dumped = tmp_path / "dumped.jsonl"
+    dump = subprocess.run([sys.executable, "-m", "explore", "novelty", "dump", "--bootstrap", tansu_bootstrap,
+                           "--topic", "novel-test", "--out", str(dumped)], capture_output=True, text=True, check=False)
+    assert dump.returncode == 0, dump.stderr
+    assert f"{len(rows)} rows" in dump.stderr
+    back = {tuple(r["context"]): r for r in map(json.loads, dumped.read_text().splitlines())}
+    assert {c: (r["clusters"], r["scores"]) for c, r in back.items()} == \
+        {tuple(r["context"]): (r["clusters"], r["scores"]) for r in rows}

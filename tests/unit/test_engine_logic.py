@@ -340,6 +340,19 @@ def test_binary_novelty_rows_are_checked_as_json_ones(value: bytes, reason: str)
     assert parse_row_arrays(b"1,2", value, "v1", k=2, n_clusters=8) == reason
 
 
+def test_the_topic_dump_keeps_the_newest_row_per_context_as_compaction_does() -> None:
+    from streams.novelty_table import latest_rows, row_value
+
+    records = [(b"1,2", row_value([3], [-1.0], "v1")), (b"2,1", row_value([4], [-2.0], "v1", source="live")),
+               (b"1,2", row_value([5, 6], [-0.5, -0.7], "v2")), (b"2,1", None), (b"3,1", b"{not a row"),
+               (None, row_value([1], [0.0], "v1")), (b"x,y", row_value([1], [0.0], "v1")),
+               (b"4,1", json.dumps({"clusters": [2], "scores": [-3.0], "catalog_version": "v1"}).encode())]
+    rows, unreadable = latest_rows(records)
+    assert unreadable == 3
+    assert [(r["context"], r["clusters"], r["scores"], r["catalog_version"]) for r in rows] == \
+        [([1, 2], [5, 6], [-0.5, -0.7], "v2"), ([4, 1], [2], [-3.0], "v1")]
+
+
 def test_a_published_row_reads_back_exactly_in_either_format() -> None:
     from streams.novelty_table import decode_row, row_value
 
