@@ -15,7 +15,8 @@
    worker's form before `CompactTable`). Rows hold random scores; a sample of rows is measured and
    multiplied out when the table is large.
 3. `CompactTable` (the worker's form now) loaded with 1M contexts of 1,000 clusters in a fresh
-   process, as the follower loads it (`parse_row_arrays`, store; no broker): seconds and resident set.
+   process, as the follower loads it (`parse_rows` a fetch of 5,000 at a time, store; no broker):
+   seconds and resident set.
 
 Run: python benchmarks/scale.py                     (everything, a few minutes on 2 cores)
      python benchmarks/scale.py --items 10000,100000 --clusters 32 --seconds 0.5   (a quick look)
@@ -247,9 +248,10 @@ def rss_bytes() -> int:
 
 
 def compact_ingest(n_clusters: int, contexts: int) -> dict:
-    """Load `contexts` published rows into a CompactTable as the worker's follower does (parse_row_arrays,
-    then store): seconds and the growth of the resident set. Run in a fresh process (see main)."""
-    from streams.novelty_table import CompactTable, parse_row_arrays
+    """Load `contexts` published rows into a CompactTable as the worker's follower does (`parse_rows` of
+    a fetch, then store): seconds and the growth of the resident set. Run in a fresh process (see main)."""
+    from streams.novelty_table import FETCH_RECORDS as FETCH
+    from streams.novelty_table import CompactTable, parse_rows
 
     rng = np.random.default_rng(0)
     depth = table_depth(n_clusters, 2)
@@ -259,12 +261,14 @@ def compact_ingest(n_clusters: int, contexts: int) -> dict:
     gc.collect()
     before = rss_bytes()
     start, cpu = time.perf_counter(), time.process_time()
-    for i in range(contexts):
-        a, b = divmod(i % (n_clusters * (n_clusters - 1)), n_clusters - 1)
-        key = context_key([a, b + (b >= a)])
-        row = parse_row_arrays(key, values[i % len(values)], "v", 2, n_clusters)
-        assert not isinstance(row, str), row
-        table[key] = row
+    for first in range(0, contexts, FETCH):  # a fetch at a time, as the follower parses them
+        records = []
+        for i in range(first, min(first + FETCH, contexts)):
+            a, b = divmod(i % (n_clusters * (n_clusters - 1)), n_clusters - 1)
+            records.append((context_key([a, b + (b >= a)]), values[i % len(values)]))
+        for (key, _), row in zip(records, parse_rows(records, "v", 2, n_clusters), strict=True):
+            assert not isinstance(row, str), row
+            table[key] = row
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {"clusters": n_clusters, "contexts": len(table), "seconds": seconds, "cpu_seconds": cpu,
             "rss_growth": rss_bytes() - before, "arrays": table.nbytes(), "rss": rss_bytes()}
@@ -280,7 +284,7 @@ def compact_growth(n_clusters: int, contexts: int) -> dict:
     result = json.loads(out.strip().splitlines()[-1])
     print(f"\ncompact table (arrays keyed by context), {result['contexts']:,} contexts of {n_clusters} clusters: "
           f"loaded in {result['seconds']:.1f} s, {result['cpu_seconds']:.1f} s of CPU "
-          f"({result['contexts'] / result['cpu_seconds']:,.0f} rows per CPU second; parse_row_arrays + store, "
+          f"({result['contexts'] / result['cpu_seconds']:,.0f} rows per CPU second; parse_rows + store, "
           "no broker), "
           f"resident set grew {human(result['rss_growth'])} (arrays {human(result['arrays'])}), "
           f"the process (Python, numpy, the table) {human(result['rss'])}", flush=True)

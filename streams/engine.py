@@ -30,7 +30,7 @@ from streams.inference.router import ModelRouter
 from streams.inference.seqrec import pad_histories
 from streams.metrics import Metrics
 from streams.model_files import ModelFiles
-from streams.novelty_table import CompactTable, context_key, parse_row_arrays, ranked_row, row_value
+from streams.novelty_table import CompactTable, context_key, parse_rows, ranked_row, row_value
 from streams.recommendation import Recommendation, novel_for_user, slate_items
 from streams.records import Limits, Rejection, parse_interaction
 from streams.state import apply, copy_state, needs_slate
@@ -87,18 +87,26 @@ class Engine:
 
     # -- the novelty table -------------------------------------------------------------------
     def learn(self, key: bytes | None, value: bytes | None) -> None:
-        """One record of the compacted novelty topic (a precomputed row or another worker's fill). A row
-        of another catalog or none ("stale", "invalid": `parse_row`) is counted and left out."""
-        if key is None:
-            return
-        if value is None:
-            self.table.pop(key, None)
-        else:
-            row = parse_row_arrays(key, value, self.catalog.version, self.cfg.k, self.n_clusters)
+        """One record of the compacted novelty topic (a precomputed row or another worker's fill): `learn_many`."""
+        self.learn_many([(key, value)])
+
+    def learn_many(self, records: Sequence[tuple[bytes | None, bytes | None]]) -> None:
+        """Records of the novelty topic in offset order (the follower's fetch): rows join the table, a
+        tombstone takes its context out; a row of another catalog or none ("stale", "invalid":
+        `parse_row`) is counted and left out."""
+        rows = iter(parse_rows([(k, v) for k, v in records if k is not None and v is not None],
+                               self.catalog.version, self.cfg.k, self.n_clusters))
+        for key, value in records:
+            if key is None:
+                continue
+            if value is None:
+                self.table.pop(key, None)
+                continue
+            row = next(rows)
             if isinstance(row, str):
                 self.metrics.table_rows_ignored.labels(row).inc()
-                return
-            self.table[key] = row
+            else:
+                self.table[key] = row
         self.metrics.table_size.set(len(self.table))
 
     def _count_feedback(self, records: Sequence[FeedbackRecord]) -> None:

@@ -54,6 +54,7 @@ MAX_VERSIONS = 8  # entries of a row's `versions`
 MAX_VERSION_CHARS = 64  # characters of each name and value (a digest is 12-16)
 
 
+FETCH_RECORDS = 5000  # records a worker's table follower takes (and parses, `parse_rows`) at a time
 ROW_MAGIC = b"\x00nt1"  # the first bytes of a binary row; a JSON row starts with "{"
 _HEAD = struct.Struct("<4sHBBH")  # magic, ranked clusters, bytes of: catalog version, source, versions JSON
 
@@ -158,46 +159,68 @@ def parse_row(key: bytes, value: bytes, catalog_version: str, k: int, n_clusters
 
 def parse_row_arrays(key: bytes, value: bytes, catalog_version: str, k: int,
                      n_clusters: int) -> tuple[np.ndarray, np.ndarray, dict[str, str]] | str:
-    """`parse_row` with the clusters and scores as numpy arrays: what the worker's follower stores in its
-    `CompactTable` (a binary row's arrays are views of `value`, checked without a Python loop)."""
-    if parse_context_key(key, k, n_clusters) is None:
-        return "invalid"
-    if value[:len(ROW_MAGIC)] == ROW_MAGIC:
-        return _parse_binary(value, catalog_version, n_clusters)
-    row = _parse_json(value, catalog_version, n_clusters)
-    return row if isinstance(row, str) else (np.asarray(row[0], np.int64), np.asarray(row[1], np.float64), row[2])
+    """`parse_row` with the clusters and scores as numpy arrays: `parse_rows` of one record."""
+    return parse_rows([(key, value)], catalog_version, k, n_clusters)[0]
 
 
-def _parse_binary(value: bytes, catalog_version: str,
-                  n_clusters: int) -> tuple[np.ndarray, np.ndarray, dict[str, str]] | str:
-    """A binary row (`row_value`) checked as `parse_row` says, in a few numpy calls a row (a starting
-    worker parses ~1M of them)."""
-    if len(value) < _HEAD.size:
-        return "invalid"
-    _, n, n_version, n_source, n_versions = _HEAD.unpack_from(value)
-    start = _HEAD.size
-    body = start + n_version + n_source + n_versions
-    if len(value) != body + 12 * n or n > n_clusters:
-        return "invalid"
-    if value[start:start + n_version] != catalog_version.encode():
-        return "stale"
-    versions: dict[str, str] | None = {}
-    if n_versions:
-        try:
-            versions = _versions({"versions": json.loads(value[body - n_versions:body])})
-        except (ValueError, RecursionError):
-            return "invalid"
-    if versions is None:
-        return "invalid"
-    clusters = np.frombuffer(value, "<i4", n, body)
-    scores = np.frombuffer(value, "<f8", n, body + 4 * n)
+ArrayRow = tuple[np.ndarray, np.ndarray, dict[str, str]]  # (clusters, scores, versions): parse_rows
+
+
+def parse_rows(records: Sequence[tuple[bytes | None, bytes]], catalog_version: str, k: int,
+               n_clusters: int) -> list[ArrayRow | str]:
+    """`parse_row` of each (key, value), with clusters and scores as numpy arrays: what the worker's
+    follower stores in its `CompactTable`, a fetch at a time. Binary rows of one layout are checked
+    together, a few numpy calls for all of them: a starting worker parses ~1M rows, and one row at a
+    time cost ~20 us of numpy calls each (`benchmarks/table_ready.py`)."""
+    out: list[ArrayRow | str] = ["invalid"] * len(records)
+    layouts: dict[tuple[int, int, int], list[int]] = {}  # (clusters, body offset, versions bytes) -> records
+    expected = catalog_version.encode()
+    for i, (key, value) in enumerate(records):
+        if parse_context_key(key, k, n_clusters) is None:
+            continue
+        if value[:len(ROW_MAGIC)] != ROW_MAGIC:
+            row = _parse_json(value, catalog_version, n_clusters)
+            out[i] = row if isinstance(row, str) else \
+                (np.asarray(row[0], np.int64), np.asarray(row[1], np.float64), row[2])
+            continue
+        if len(value) < _HEAD.size:
+            continue
+        _, n, n_version, n_source, n_versions = _HEAD.unpack_from(value)
+        body = _HEAD.size + n_version + n_source + n_versions
+        if len(value) != body + 12 * n or n > n_clusters:
+            continue
+        if value[_HEAD.size:_HEAD.size + n_version] != expected:
+            out[i] = "stale"
+            continue
+        layouts.setdefault((n, body, n_versions), []).append(i)
+    for (n, body, n_versions), rows in layouts.items():
+        _check_binary([records[i][1] for i in rows], n, body, n_versions, n_clusters, rows, out)
+    return out
+
+
+def _check_binary(values: list[bytes], n: int, body: int, n_versions: int, n_clusters: int, where: list[int],
+                  out: list) -> None:
+    """Binary rows of one layout (n clusters from byte `body`) as `parse_row` checks them, into `out[where]`:
+    every row's clusters in range and distinct, its scores finite, its `versions` a small dict of short
+    strings (each distinct one parsed once)."""
+    table = np.frombuffer(b"".join(values), np.uint8).reshape(len(values), body + 12 * n)
+    clusters = table[:, body:body + 4 * n].copy().view("<i4")
+    scores = table[:, body + 4 * n:].copy().view("<f8")
+    ok = np.ones(len(values), bool)
     if n:
-        if clusters.min() < 0:
-            return "invalid"
-        counts = np.bincount(clusters, minlength=n_clusters)  # ids past the catalog lengthen it
-        if len(counts) > n_clusters or counts.max() > 1 or not np.isfinite(scores).all():
-            return "invalid"
-    return clusters, scores, versions
+        ok &= (clusters.min(axis=1) >= 0) & (clusters.max(axis=1) < n_clusters) & np.isfinite(scores).all(axis=1)
+        ranked = np.sort(clusters, axis=1)
+        ok &= ~(ranked[:, 1:] == ranked[:, :-1]).any(axis=1)
+    parsed: dict[bytes, dict[str, str] | None] = {b"": {}}
+    for j, i in enumerate(where):
+        text = values[j][body - n_versions:body]
+        if text not in parsed:
+            try:
+                parsed[text] = _versions({"versions": json.loads(text)})
+            except (ValueError, RecursionError):
+                parsed[text] = None
+        versions = parsed[text]
+        out[i] = (clusters[j], scores[j], versions) if ok[j] and versions is not None else "invalid"
 
 
 def _parse_json(value: bytes, catalog_version: str, n_clusters: int) -> Row | str:

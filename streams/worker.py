@@ -39,7 +39,7 @@ from streams.infra.kafka_check import TopicSpec
 from streams.infra.paths import explore_home
 from streams.live_page import LiveFeed, counters, render_page
 from streams.metrics import Metrics, StageClock
-from streams.novelty_table import keep_running
+from streams.novelty_table import FETCH_RECORDS, keep_running
 from streams.peers import bearer_ok, find_user
 from streams.records import dead_letter
 from streams.state import expired_users
@@ -150,10 +150,9 @@ def create_app(cfg: EngineConfig) -> faust.App:
             await consumer.seek_to_beginning(*tps)
             end = await consumer.end_offsets(tps)
             while True:
-                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+                batches = await consumer.getmany(timeout_ms=500, max_records=FETCH_RECORDS)
                 for records in batches.values():
-                    for r in records:
-                        engine.learn(r.key, r.value)
+                    engine.learn_many([(r.key, r.value) for r in records])
                 if not status["table_loaded"]:
                     reached = {tp: await consumer.position(tp) for tp in tps}
                     if all(reached[tp] >= end[tp] for tp in tps):

@@ -197,6 +197,22 @@ def test_foreign_novelty_rows_are_counted_and_ignored(engine: Engine) -> None:
     assert all(0 <= c["id"] < engine.n_clusters for r in out.recommendations for c in r.novel_clusters)
 
 
+def test_a_fetch_of_the_table_is_learnt_in_offset_order(engine: Engine) -> None:
+    """Rows and tombstones of one fetch apply in order, as compaction would keep them: the last record
+    of a context wins; an ignored row is counted and changes nothing."""
+    version = engine.catalog.version
+    engine.table.clear()
+    before = _counter(engine.metrics.table_rows_ignored, "stale")
+    engine.learn_many([(b"0,1", row_value([2], [-1.0], version)), (b"0,1", None),
+                       (b"1,0", None), (b"1,0", row_value([3], [-2.0], version)),
+                       (b"0,2", row_value([3], [-1.0], version)), (b"0,2", row_value([4, 5], [-0.5, -0.6], version)),
+                       (b"2,0", row_value([1], [-1.0], version)), (b"2,0", row_value([4], [-1.0], "another")),
+                       (None, row_value([1], [-1.0], version))])
+    assert set(engine.table) == {b"1,0", b"0,2", b"2,0"}
+    assert engine.table[b"1,0"][0] == [3] and engine.table[b"0,2"][:2] == ([4, 5], [-0.5, -0.6])
+    assert engine.table[b"2,0"][0] == [1] and _counter(engine.metrics.table_rows_ignored, "stale") == before + 1
+
+
 def test_a_slate_from_a_table_row_carries_the_rows_versions_and_a_live_one_the_workers_alone(engine: Engine) -> None:
     """Issue 16 item 3: a row re-ranked by an alignment model names it; the slate it makes, and the feedback
     records of that slate, carry the worker's model versions and the row's (which cannot relabel the worker's)."""

@@ -314,7 +314,7 @@ def _binary(clusters: list, scores: list, version: str = "v1", versions: bytes =
         np.asarray(scores, "<f8").tobytes()
 
 
-@pytest.mark.parametrize(("value", "reason"), [
+BINARY_CASES = [
     (_binary([3, 4], [-1.0, -2.0], version="other"), "stale"),
     (_binary([3, 4], [-1.0, -2.0], version=""), "stale"),
     (_binary([3, 99], [-1.0, -2.0]), "invalid"),
@@ -332,12 +332,39 @@ def _binary(clusters: list, scores: list, version: str = "v1", versions: bytes =
     (_binary([3], [-1.0], versions=b'{"alignment": 3}'), "invalid"),
     (_binary([3], [-1.0], versions=b"\xff\xfe"), "invalid"),
     (_binary([3], [-1.0])[:7], "invalid"),  # not even a header
-])
+]
+
+
+@pytest.mark.parametrize(("value", "reason"), BINARY_CASES)
 def test_binary_novelty_rows_are_checked_as_json_ones(value: bytes, reason: str) -> None:
     from streams.novelty_table import parse_row_arrays
 
     assert parse_row(b"1,2", value, "v1", k=2, n_clusters=8) == reason
     assert parse_row_arrays(b"1,2", value, "v1", k=2, n_clusters=8) == reason
+
+
+def test_a_fetch_of_rows_is_parsed_as_each_row_alone() -> None:
+    """The follower parses a fetch at once (rows of one layout checked together): every record gets what it
+    gets alone, whatever its neighbours, in order."""
+    import random
+
+    from streams.novelty_table import parse_rows, row_value
+
+    good = [row_value([3, 4], [-1.0, -2.0], "v1"), row_value([5], [-0.5], "v1", source="live"),
+            row_value([6, 7], [-0.1, -0.2], "v1", versions={"alignment": "a"}),
+            row_value([7, 6], [-0.3, -0.4], "v1", versions={"alignment": "b"}), row_value([], [], "v1"),
+            json.dumps({"clusters": [2], "scores": [-3.0], "catalog_version": "v1"}).encode()]
+    records = [(b"1,2", v) for v, _ in BINARY_CASES] + [(b"1,2", v) for v in good] + \
+        [(b"spam", good[0]), (None, good[1]), (b"3,3", good[0])]
+    random.Random(0).shuffle(records)
+    together = parse_rows(records, "v1", 2, 8)
+    alone = [parse_rows([r], "v1", 2, 8)[0] for r in records]
+
+    def plain(row: object) -> object:
+        return row if isinstance(row, str) else (row[0].tolist(), row[1].tolist(), row[2])  # type: ignore[index]
+
+    assert [plain(r) for r in together] == [plain(r) for r in alone]
+    assert sum(not isinstance(r, str) for r in together) == len(good)
 
 
 def test_the_topic_dump_keeps_the_newest_row_per_context_as_compaction_does() -> None:
