@@ -78,9 +78,10 @@ def _simulate_user(ds: Dataset, lo: int, hi: int, item_cluster: np.ndarray, rows
               cfg.k, 1, 0)
         if ts < start_ts:
             continue
-        out.records += [feedback_record(user, r, descriptions, state["vs"]) for r in resolve(
-            state["proposals"], state["n"], ts, cluster, item_id, weight, cfg.feedback_horizon())]
-        drop_unused_versions(state["proposals"], state["vs"])
+        resolved = resolve(state["proposals"], state["n"], ts, cluster, item_id, weight, cfg.feedback_horizon())
+        if resolved:  # as the engine does: records first, then the versions no open slate names
+            out.records += [feedback_record(user, r, descriptions, state["vs"]) for r in resolved]
+            drop_unused_versions(state["proposals"], state["vs"])
         if needs_slate(state, cfg.k, cfg.slate_max_age_s):
             _propose(user, state, rows, descriptions, cfg, versions, out)
     out.open_at_end += sum(len(s["open"]) for s in state["proposals"])
@@ -102,9 +103,10 @@ def _propose(user: str, state: dict, rows: Mapping[tuple[int, ...], Row], descri
                        "novel_clusters": [{"id": c, "description": descriptions[c], "score": s} for c, s in novel]})
     slate = open_slate(state["n"], state["ts"], state["context"], [c for c, _ in novel], "table", versions,
                        state["vs"])
-    out.records += [feedback_record(user, r, descriptions, state["vs"]) for r in remember(state["proposals"], slate,
-                                                                                           cfg.feedback_max_open)]
-    drop_unused_versions(state["proposals"], state["vs"])
+    evicted = remember(state["proposals"], slate, cfg.feedback_max_open)
+    if evicted:
+        out.records += [feedback_record(user, r, descriptions, state["vs"]) for r in evicted]
+        drop_unused_versions(state["proposals"], state["vs"])
 
 
 def table_rows(rows: Sequence[dict]) -> dict[tuple[int, ...], Row]:

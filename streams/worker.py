@@ -194,14 +194,15 @@ def create_app(cfg: EngineConfig) -> faust.App:
             delivery.record_positions(mine)
             clock.mark("write")
             now = time.time()
-            slowest = max((now - r.trigger_ts for r in result.recommendations), default=0.0)
             for recommendation in result.recommendations:
                 metrics.latency.observe(now - recommendation.trigger_ts)
                 value = recommendation.encode(now)
-                await app.producer.send(cfg.recommendations_topic, recommendation.key, value, None, None, None)
+                await app.producer.send(cfg.recommendations_topic, recommendation.key, value,
+                                        partition=None, timestamp=None, headers=None)
                 live.add(value)
             for record in result.feedback:
-                await app.producer.send(cfg.feedback_topic, record.key, record.encode(), None, None, None)
+                await app.producer.send(cfg.feedback_topic, record.key, record.encode(),
+                                        partition=None, timestamp=None, headers=None)
             clock.mark("send")
             delivery.release(mine + duplicates)
             for e in events:
@@ -209,6 +210,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
                 await stream.ack(e)
             clock.mark("ack")
             if trace:
+                slowest = max((now - r.trigger_ts for r in result.recommendations), default=0.0)
                 spans: dict[int, list[int]] = {}
                 for e in events:
                     spans.setdefault(e.message.partition, []).append(e.message.offset)

@@ -132,7 +132,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
     """The table the topic holds after compaction (read_committed, as workers read it), a row a line."""
     from explore.commands.common import engine_settings
     from streams.feedback import read_topic_records
-    from streams.novelty_table import latest_rows
+    from streams.novelty_table import context_key, latest_rows
 
     bootstrap, security = _bootstrap(args), engine_settings().kafka_security()
     try:
@@ -141,7 +141,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {exc}") from None
     rows, unreadable = latest_rows(records)
     if args.context is not None:
-        rows = [r for r in rows if ",".join(map(str, r["context"])) == args.context.replace(" ", "")]
+        rows = [r for r in rows if context_key(r["context"]).decode() == args.context.replace(" ", "")]
     lines = "".join(json.dumps(r) + "\n" for r in rows)
     if args.out is None:
         sys.stdout.write(lines)

@@ -42,7 +42,7 @@ def test_precompute_writes_and_publishes_the_table(tansu_bootstrap: str, novelty
     dump = subprocess.run([sys.executable, "-m", "explore", "novelty", "dump", "--bootstrap", tansu_bootstrap,
                            "--topic", "novel-test", "--out", str(dumped)], capture_output=True, text=True, check=False)
     assert dump.returncode == 0, dump.stderr
-    assert f"{len(rows)} rows" in dump.stderr
+    assert f"{len(rows):,} rows" in dump.stderr
     back = {tuple(r["context"]): r for r in map(json.loads, dumped.read_text().splitlines())}
     assert {c: (r["clusters"], r["scores"]) for c, r in back.items()} == \
         {tuple(r["context"]): (r["clusters"], r["scores"]) for r in rows}
