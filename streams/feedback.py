@@ -37,7 +37,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from interests.alignment import Outcome
@@ -172,7 +172,9 @@ class FeedbackRecord:
         return self.user_id.encode()
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self)).encode()
+        """The record's JSON value. `vars`, not `dataclasses.asdict`: the same JSON without asdict's deep
+        copy of every nested dict and list, which was ~3 % of a busy worker's CPU (py-spy, ~40 a batch)."""
+        return json.dumps(vars(self)).encode()
 
 
 def feedback_record(user: str, r: Resolved, descriptions: Sequence[str],
