@@ -127,8 +127,9 @@ def run_arm(base, run: Path, name: str, rows: list[dict], fast: list, slow: list
             progress: bool, pids: list[int]) -> dict:
     """One arm on the running stack: its table published, `fast` replayed in the engine's usual batches
     (state only), then `slow` one event per batch; its slates and feedback read back from its topics."""
-    from streams.feedback import read_feedback_topic, read_topic_values
+    from streams.feedback import read_feedback_topic
     from streams.novelty_table import publish_table
+    from streams.topic_reader import read_topic_values
     from streams.worker import ensure_topics
 
     cfg = arm_config(base, name, run, base.batch_size)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,53 +217,12 @@ def read_feedback_topic(bootstrap: str, topic: str, security: KafkaSecurity = PL
                         timeout_s: float = 60.0) -> list[FeedbackRecord]:
     """Every record of the feedback topic up to its end as of now (a consumer of its own, no group);
     values that are not feedback records are skipped, not fatal (anyone may write the topic)."""
+    from streams.topic_reader import read_topic_values
+
     out = []
     for value in read_topic_values(bootstrap, topic, security, timeout_s):
         with contextlib.suppress(ValueError):
             out.append(parse_feedback(value))
-    return out
-
-
-def read_topic_values(bootstrap: str, topic: str, security: KafkaSecurity = PLAINTEXT,
-                      timeout_s: float = 60.0) -> list[bytes]:
-    """Every value of `topic` up to its end as of now (`read_topic_records`; a tombstone as b"")."""
-    return [value or b"" for _, value in read_topic_records(bootstrap, topic, security, timeout_s)]
-
-
-def read_topic_records(bootstrap: str, topic: str, security: KafkaSecurity = PLAINTEXT, timeout_s: float = 60.0,
-                       isolation: str = "read_uncommitted") -> list[tuple[bytes | None, bytes | None]]:
-    """Every (key, value) of `topic` up to its end as of now, partition by partition (no group, no commits):
-    what the feedback readers, `explore loop ab` (which also reads `recommendations`) and `explore
-    novelty dump` (read_committed, as workers read the table) need.
-
-    Once every partition reached the end the broker reported, it polls on until a poll comes back empty
-    (three at most: a topic being written would never end): the embedded broker (Tansu) was seen
-    reporting a partition's end below its last records, while it hands them out all the same."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             isolation_level=isolation, **security.client_kwargs())
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not tps:
-            raise ValueError(f"topic {topic!r} does not exist at {bootstrap}")
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout_s
-        out = []
-        after_end = 0  # polls since every partition reached the reported end
-        while after_end < 3:
-            after_end += all(consumer.position(tp) >= end[tp] for tp in tps)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topic {topic!r}: not read to its end in {timeout_s:.0f} s")
-            batches = consumer.poll(timeout_ms=500)
-            if after_end and not batches:
-                break
-            for batch in batches.values():
-                out.extend((r.key, r.value) for r in batch)
-    finally:
-        consumer.close()
     return out
 
 
@@ -296,4 +254,4 @@ def labelled_outcomes(records: Iterable[FeedbackRecord]) -> list[Outcome]:
 
 __all__ = ["OUTCOMES", "FeedbackRecord", "Horizon", "Resolved", "acceptance", "drop_unused_versions", "feedback_record",
            "intern_versions", "labelled_outcomes", "open_slate", "parse_feedback", "read_feedback_file",
-           "read_feedback_topic", "read_topic_records", "read_topic_values", "remember", "resolve", "slate_versions"]
+           "read_feedback_topic", "remember", "resolve", "slate_versions"]

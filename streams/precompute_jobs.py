@@ -130,28 +130,17 @@ def read_progress(bootstrap: str, topic: str, group: str, security: KafkaSecurit
 
 
 def read_published(bootstrap: str, topic: str, catalog_version: str, k: int, n_clusters: int,
-                   security: KafkaSecurity = PLAINTEXT) -> set[bytes]:
+                   security: KafkaSecurity = PLAINTEXT, timeout_s: float = 600.0) -> set[bytes]:
     """`published_keys` of the novelty topic read to its end, committed rows only (read_committed: the rows
-    of a worker's aborted transaction do not count as done); an absent topic has none."""
-    from kafka import KafkaConsumer, TopicPartition
+    of a worker's aborted transaction do not count as done); an absent topic has none. It reads past the
+    end the broker reports (`read_topic_records`): a row missed there would be computed again."""
+    from streams.topic_reader import TopicMissing, read_topic_records
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             isolation_level="read_committed", auto_offset_reset="earliest",
-                             **security.client_kwargs())
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        if not tps:
-            return set()
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)  # the last stable offset under read_committed
-        records: list[tuple[bytes | None, bytes | None]] = []
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            for batch in consumer.poll(timeout_ms=500, max_records=10_000).values():
-                records.extend((r.key, r.value) for r in batch)
-        return published_keys(records, catalog_version, k, n_clusters)
-    finally:
-        consumer.close()
+        records = read_topic_records(bootstrap, topic, security, timeout_s, isolation="read_committed")
+    except TopicMissing:
+        return set()
+    return published_keys(records, catalog_version, k, n_clusters)
 
 
 def enqueue(bootstrap: str, topic: str, contexts: Sequence[Sequence[int]], catalog_version: str,

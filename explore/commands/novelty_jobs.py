@@ -131,8 +131,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_dump(args: argparse.Namespace) -> int:
     """The table the topic holds after compaction (read_committed, as workers read it), a row a line."""
     from explore.commands.common import engine_settings
-    from streams.feedback import read_topic_records
     from streams.novelty_table import context_key, latest_rows
+    from streams.topic_reader import read_topic_records
 
     bootstrap, security = _bootstrap(args), engine_settings().kafka_security()
     try:
