@@ -132,12 +132,12 @@ def cmd_dump(args: argparse.Namespace) -> int:
     """The table the topic holds after compaction (read_committed, as workers read it), a row a line."""
     from explore.commands.common import engine_settings
     from streams.novelty_table import context_key, latest_rows
-    from streams.topic_reader import read_topic_records
+    from streams.topic_reader import TopicMissing, read_topic_records
 
     bootstrap, security = _bootstrap(args), engine_settings().kafka_security()
     try:
         records = read_topic_records(bootstrap, args.topic, security, timeout_s=600, isolation="read_committed")
-    except ValueError as exc:  # no such topic
+    except TopicMissing as exc:
         raise SystemExit(f"error: {exc}") from None
     rows, unreadable = latest_rows(records)
     if args.context is not None:

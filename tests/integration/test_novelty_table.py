@@ -46,3 +46,4 @@ def test_precompute_writes_and_publishes_the_table(tansu_bootstrap: str, novelty
     back = {tuple(r["context"]): r for r in map(json.loads, dumped.read_text().splitlines())}
     assert {c: (r["clusters"], r["scores"]) for c, r in back.items()} == \
         {tuple(r["context"]): (r["clusters"], r["scores"]) for r in rows}
+    assert {r["source"] for r in back.values()} == {"precompute"}  # the writer, as live fills say "live"
