@@ -8,10 +8,11 @@ answers `GET /users/{id}`).
 
 - Events are taken with `noack_take` and acked only after their batch's state, DLQ records,
   recommendations and feedback records have been handed to the producer (`streams.delivery` says why).
-  Slates and feedback records go straight to the producer (`app.producer.send`), not through
-  Faust's `Topic.send`: a batch's (up to ~50 at 1,000 events/s) cost 30 ms through the topic and
-  3.4 ms direct (engine_throughput's send stage); both append to the same client's buffer, which
-  Faust flushes before it commits offsets, so what an ack promises is the same.
+  Slates, feedback and DLQ records go straight to the producer (`app.producer.send`), not through
+  Faust's `Topic.send`: a batch's slates and feedback (up to ~50 at 1,000 events/s) cost 30 ms
+  through the topic and 3.4 ms direct (engine_throughput's send stage), and a flood of bad input
+  is all DLQ records; both append to the same client's buffer, which Faust flushes before it
+  commits offsets, so what an ack promises is the same.
 - The user table is written once per user per batch, to the changelog partition of the user's
   input partition (co-partitioned: `interactions` is keyed by user, so no repartition hop).
 - Records of partitions that were revoked while the batch was buffered are not applied: the
@@ -110,7 +111,6 @@ def create_app(cfg: EngineConfig) -> faust.App:
                    store=cfg.store, fetch_max_wait_ms=cfg.fetch_max_wait_ms, security=cfg.kafka_security())
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     interactions = app.topic(cfg.interactions_topic, partitions=cfg.partitions, **raw)
-    dlq = app.topic(cfg.dlq_topic, **raw)
     novelty = app.topic(cfg.novelty_topic, **raw)
     users = app.Table("users", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
     positions = app.Table("positions", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
@@ -186,7 +186,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
             for rec, rej in result.dlq:
                 key, value, headers = dead_letter(rec.key, rec.value, rej,
                                                   f"{cfg.interactions_topic}/{rec.partition}/{rec.offset}")
-                await dlq.send(key=key, value=value, headers=headers)
+                await app.producer.send(cfg.dlq_topic, key, value, partition=None, timestamp=None, headers=headers)
             for key, value in result.table_fills:
                 await novelty.send(key=key, value=value)
             for user, (state, rec) in result.states.items():

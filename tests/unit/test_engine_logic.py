@@ -457,12 +457,18 @@ def test_a_crashed_task_is_started_again() -> None:
 def test_a_dead_letter_copy_keeps_the_record_up_to_a_bound_and_says_what_it_cut() -> None:
     """The copy of a record with a 1 MiB key failed to send (over the producer's request size), the agent
     crashed and the worker with it; the copy is now cut, and the headers point at the original."""
-    from streams.records import DLQ_MAX_BYTES, dead_letter
+    from streams.records import DLQ_MAX_BYTES, DLQ_MAX_KEY_BYTES, dead_letter
 
     rejection = Rejection("oversized", "key of 1048576 bytes > 256")
     key, value, headers = dead_letter(b"k" * 2**20, b"v", rejection, "interactions/3/17")
-    assert len(key) == DLQ_MAX_BYTES and value == b"v"
+    assert key == b"k" * DLQ_MAX_KEY_BYTES and value == b"v"
     assert dict(headers) == {"reason": b"oversized", "detail": b"key of 1048576 bytes > 256",
                              "source": b"interactions/3/17", "truncated": b"key 1048576 bytes"}
+    # Each part has its own bound (a key is hashed to its partition: its bound is the smaller one).
+    key, value, headers = dead_letter(b"k" * (DLQ_MAX_KEY_BYTES + 1), b"v" * (DLQ_MAX_BYTES + 2), rejection, "t/0/1")
+    assert (len(key), len(value)) == (DLQ_MAX_KEY_BYTES, DLQ_MAX_BYTES)
+    assert dict(headers)["truncated"] == f"key {DLQ_MAX_KEY_BYTES + 1} bytes, value {DLQ_MAX_BYTES + 2} bytes".encode()
+    assert dead_letter(b"k" * DLQ_MAX_KEY_BYTES, b"v" * DLQ_MAX_BYTES, rejection, "t/0/1")[:2] == (
+        b"k" * DLQ_MAX_KEY_BYTES, b"v" * DLQ_MAX_BYTES)
     assert dead_letter(None, b"x", Rejection("missing_key", "no key \ud800"), "t/0/1") == (
         None, b"x", [("reason", b"missing_key"), ("detail", b"no key \\ud800"), ("source", b"t/0/1")])
