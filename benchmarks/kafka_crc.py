@@ -65,7 +65,7 @@ def main() -> int:
 
     if util.crc32c_c is None:
         raise SystemExit("the crc32c package is not installed: nothing to compare (pip install crc32c)")
-    variants = {"C (crc32c)": util.calc_crc32c, "pure Python": lambda data: crc_python(data)}
+    variants = {"C (crc32c)": util.calc_crc32c, "pure Python": crc_python}
     rows = [(context_key([i % 1000, 1000 + i // 1000]),
              row_value(list(range(64)), list(np.linspace(0.0, -5.0, 64)), "v1", "precompute"))
             for i in range(args.rows)]

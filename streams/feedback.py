@@ -1,4 +1,5 @@
-"""Exploration feedback: did the user take up a proposed novel cluster? Pure: no Kafka, no models.
+"""Exploration feedback: did the user take up a proposed novel cluster? Pure (no models; Kafka only in
+`read_feedback_topic`, through `streams.topic_reader`).
 
 Every slate proposes M novel clusters. The worker remembers them in the user's state (so they are
 co-partitioned with the user's events, recovered with the state after a restart, and changed

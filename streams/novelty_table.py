@@ -388,10 +388,10 @@ async def keep_running(task: Callable[[], Awaitable[None]], on_crash: Callable[[
 
 
 def publish_table(bootstrap: str, topic: str, rows: Iterable[dict], security: KafkaSecurity = PLAINTEXT,
-                  replication_factor: int = 0, min_insync_replicas: int = 0, source: str = "precompute") -> int:
+                  replication_factor: int = 0, min_insync_replicas: int = 0) -> int:
     """Create the compacted topic if needed (replicated as the engine's topics are) and write one record
-    per context, its writer `source` unless the row names one (rows published by the demo, the loop and
-    `precompute`/`rerank --publish` are all computed ahead, as the distributed precompute's are);
+    per context, its writer "precompute" unless the row names one (rows published by the demo, the loop
+    and `precompute`/`rerank --publish` are all computed ahead, as the distributed precompute's are);
     returns the count."""
     if not bootstrap:
         raise ValueError("publishing the novelty table needs a broker: pass --bootstrap or set KAFKA_BOOTSTRAP")
@@ -405,8 +405,8 @@ def publish_table(bootstrap: str, topic: str, rows: Iterable[dict], security: Ka
     sent = 0
     try:
         for row in rows:
-            value = row_value(row["clusters"], row["scores"], row.get("catalog_version"), row.get("source") or source,
-                              row.get("versions"))
+            value = row_value(row["clusters"], row["scores"], row.get("catalog_version"),
+                              row.get("source") or "precompute", row.get("versions"))
             producer.send(topic, key=context_key(row["context"]), value=value)
             sent += 1
         producer.flush()

@@ -20,8 +20,8 @@ class TopicMissing(ValueError):
 
 def read_topic_records(bootstrap: str, topic: str, security: KafkaSecurity = PLAINTEXT, timeout_s: float = 60.0,
                        isolation: str = "read_uncommitted") -> list[tuple[bytes | None, bytes | None]]:
-    """Every (key, value) of `topic` up to its end as of now, partition by partition, in offset order
-    within each.
+    """Every (key, value) of `topic` up to its end as of now, in offset order within each partition
+    (partitions interleave as the polls return them).
 
     Once every partition reached the end the broker reported, it polls on until a poll comes back empty
     (three at most: a topic being written would never end): the embedded broker (Tansu) was seen
