@@ -8,6 +8,9 @@ Triton. Two measurements per worker:
   events per second is the backlog over the time from its first to its last processed event
   (progress polled every `POLL_S`: the pass-through's output topic's end offsets, the engine's
   event counters in one /metrics scrape);
+- CPU: user + system seconds of the worker, Triton and Kafka processes (and their children) over the
+  throughput run, per 1,000 events: unlike latency on a shared 2-core machine, what a worker spends
+  per event hardly moves with what else runs, so this is the figure to compare changes by;
 - latency: events are produced at a fixed rate below capacity; event-to-output latency is the
   output record's Kafka timestamp minus the input record's (for the engine, the input is the event
   that triggered the slate).
@@ -18,6 +21,7 @@ Run: python benchmarks/engine_throughput.py [--backlog 20000] [--rate 600] [--se
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -80,6 +84,18 @@ def build_models(work: Path, users: int) -> tuple[Path, Path, object, list[dict]
     rows = precompute(lm, [list(c) for c in itertools.permutations(range(len(catalog.descriptions())), 2)],
                       top=depth, beam=depth, progress=False)
     return work / "catalog", work / "repo", ds, rows
+
+
+def spinning_repository(repo: Path, dest: Path) -> Path:
+    """A copy of `repo` whose models let onnxruntime's threads spin between calls (`intra_op_spinning`)."""
+    import shutil
+
+    shutil.copytree(repo, dest)
+    for config in dest.glob("*/config.pbtxt"):
+        text = config.read_text()
+        config.write_text(text.replace('key: "intra_op_spinning", value: { string_value: "false" }',
+                                       'key: "intra_op_spinning", value: { string_value: "true" }'))
+    return dest
 
 
 def events_of(ds, n: int, tag: str) -> list[tuple[bytes, bytes]]:  # type: ignore[no-untyped-def]
@@ -154,6 +170,7 @@ class Runner:
     start: Callable[[], None]
     stop: Callable[[], None]
     progress: Callable[[], float]
+    pid: Callable[[], int]
     metrics: Callable[[], str] = lambda: ""  # the worker's /metrics text (the engine's only)
     log: Path | None = None  # a traced engine worker's log (--trace)
 
@@ -173,7 +190,7 @@ def passthrough(bootstrap: str, work: Path, tag: str, fetch_max_wait_ms: int) ->
         produce(bootstrap, src, [(b"warm", b"{}")], progress=False)
         wait_until(lambda: topic_total(bootstrap, dst) >= 1, 120, "pass-through ready", proc)
 
-    return Runner(src, dst, start, proc.stop, lambda: topic_total(bootstrap, dst))
+    return Runner(src, dst, start, proc.stop, lambda: topic_total(bootstrap, dst), lambda: proc.pid)
 
 
 def engine(bootstrap: str, work: Path, tag: str, models: tuple, ds, triton_url: str,  # type: ignore[no-untyped-def]
@@ -204,7 +221,7 @@ def engine(bootstrap: str, work: Path, tag: str, models: tuple, ds, triton_url: 
         wait_until(lambda: progress() >= WARM_UP, 120, "engine warm-up", worker.proc)
 
     return Runner(cfg.interactions_topic, cfg.recommendations_topic, start, worker.stop, progress,
-                  worker.metrics_text, work / f"engine-{tag}.log" if trace else None)
+                  lambda: worker.proc.pid, worker.metrics_text, work / f"engine-{tag}.log" if trace else None)
 
 
 def traced_batches(log: Path) -> list[dict[str, float]]:
@@ -289,13 +306,32 @@ def latency_run(bootstrap: str, runner: Runner, records: list, rate: float, is_e
     return result
 
 
-def throughput_run(bootstrap: str, runner: Runner, records: list) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process and its live descendants, from Linux's /proc."""
+    total, todo, tick = 0.0, [pid], os.sysconf("SC_CLK_TCK")
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()  # the name may hold spaces
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime: the stat file's fields 14, 15
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+            continue
+    return total
+
+
+def throughput_run(bootstrap: str, runner: Runner, records: list, others: dict[str, int]) -> dict:
+    """Events/s over a backlog, and CPU ms per 1,000 events of the worker and of `others` (name -> pid)."""
     runner.start()
     base = runner.progress()
+    pids = {"worker": runner.pid(), **others}
+    cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
     produce(bootstrap, runner.src, records, progress=False)
     result = throughput(lambda: runner.progress() - base, len(records))
+    spent = {name: 1e6 * (cpu_seconds(pid) - cpu[name]) / len(records) for name, pid in pids.items()}
     runner.stop()
-    return result
+    return {"events/s": result, "cpu_ms_per_1k": spent}
 
 
 def print_stages(stages: dict[str, float]) -> None:
@@ -305,11 +341,38 @@ def print_stages(stages: dict[str, float]) -> None:
           + "; model calls, mean ms per call: " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items() if "/" in k))
 
 
+def print_rows(rows: dict[str, dict], args: argparse.Namespace) -> None:
+    """Throughput, latency and CPU per event of each worker, and the engine's against the pass-through's."""
+    pt, en = rows["pass-through"], rows["engine"]
+    print("\nApache Kafka (KRaft) + embedded Triton (CPU), one worker each, this machine:")
+    print(f"{'worker':<18}{'events/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'outputs':>9}")
+    for name, r in rows.items():
+        p50, p95, p99 = r.get("latency_ms", (float("nan"),) * 3)
+        print(f"{name:<18}{r['events/s']:>10.0f}{p50:>9.1f}{p95:>9.1f}{p99:>9.1f}{r.get('outputs', 0):>9}")
+    print(f"engine / pass-through throughput: {en['events/s'] / pt['events/s']:.2f}; "
+          + ("no latency runs" if args.throughput_only else
+             f"latency run at {args.rate:.0f} events/s for {args.seconds:.0f} s after a warm-up of {WARM_UP} events")
+          + f"; fetch wait {args.fetch_max_wait_ms} ms")
+    for name, r in rows.items():
+        if r.get("stages_ms"):
+            print(f"{name}:")
+            print_stages(r["stages_ms"])
+    print("CPU ms per 1,000 events over the throughput run (user + system, each process and its children):")
+    print(f"{'worker':<18}" + "".join(f"{k:>9}" for k in pt["cpu_ms_per_1k"]) + f"{'all':>9}")
+    for name, r in rows.items():
+        print(f"{name:<18}" + "".join(f"{v:>9.0f}" for v in r["cpu_ms_per_1k"].values())
+              + f"{sum(r['cpu_ms_per_1k'].values()):>9.0f}")
+    print(f"engine / pass-through, worker CPU per event: "
+          f"{en['cpu_ms_per_1k']['worker'] / pt['cpu_ms_per_1k']['worker']:.2f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backlog", type=int, default=20000, help="events for the throughput run")
     ap.add_argument("--rate", type=float, default=600, help="events per second for the latency run")
     ap.add_argument("--seconds", type=float, default=20, help="length of the latency run")
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="skip the latency runs (throughput and CPU per event only: a quick A/B of a change)")
     ap.add_argument("--users", type=int, default=600, help="synthetic users")
     ap.add_argument("--fetch-max-wait-ms", type=int, default=EngineConfig().fetch_max_wait_ms,
                     help="the consumers' fetch wait, for both workers (Faust's own is 1500)")
@@ -319,6 +382,9 @@ def main() -> int:
     ap.add_argument("--within", type=lambda t: [int(x) for x in t.split(",")], default=[EngineConfig().batch_within_ms],
                     help="the sweep's batch_within_ms values (comma-separated; default: the setting's default), each "
                          "at every sweep rate, side by side")
+    ap.add_argument("--spinning", action="store_true",
+                    help="also every engine run against a second Triton whose models spin between calls "
+                         "(intra_op_spinning true; the committed configs say false), side by side")
     ap.add_argument("--trace", action="store_true", help="engine workers log every batch's stages "
                                                          "(EXPLORE_TRACE_BATCHES=1); each latency run then "
                                                          "says where the batches of its p99 slates spent their time")
@@ -330,50 +396,52 @@ def main() -> int:
     print(f"building models on synthetic data in {work} ...", flush=True)
     catalog, repo, ds, table = build_models(work, args.users)
     rows: dict[str, dict] = {}
-    with ApacheKafka(work / "kafka") as kafka, EmbeddedTriton(repo, work / "triton") as triton:
+    with contextlib.ExitStack() as stack:
+        kafka = stack.enter_context(ApacheKafka(work / "kafka"))
+        tritons = {"engine": stack.enter_context(EmbeddedTriton(repo, work / "triton"))}
+        if args.spinning:
+            tritons["engine, spinning"] = stack.enter_context(
+                EmbeddedTriton(spinning_repository(repo, work / "repo-spinning"), work / "triton-spinning"))
         b = kafka.bootstrap
 
         def runner(name: str, tag: str, within: int = EngineConfig().batch_within_ms) -> Runner:
-            if name == "engine":
-                return engine(b, work, tag, (catalog, repo, table), ds, triton.grpc_url, args.fetch_max_wait_ms,
-                              within, args.trace)
+            if name in tritons:
+                return engine(b, work, tag, (catalog, repo, table), ds, tritons[name].grpc_url,
+                              args.fetch_max_wait_ms, within, args.trace)
             return passthrough(b, work, tag, args.fetch_max_wait_ms)
 
-        for name in ("pass-through", "engine"):
+        for name in ("pass-through", *tritons):
             tag = f"{name[:2]}th{int(time.time())}"
-            result = {"events/s": throughput_run(b, runner(name, tag), events_of(ds, args.backlog, tag))}
-            tag = f"{name[:2]}la{int(time.time())}"
-            records = events_of(ds, int(args.rate * args.seconds), tag)
-            result.update(latency_run(b, runner(name, tag), records, args.rate, name == "engine"))
+            triton = tritons.get(name, tritons["engine"])
+            result = throughput_run(b, runner(name, tag), events_of(ds, args.backlog, tag),
+                                    {"Triton": triton.process.pid, "Kafka": kafka.process.pid})
+            if not args.throughput_only:
+                tag = f"{name[:2]}la{int(time.time())}"
+                records = events_of(ds, int(args.rate * args.seconds), tag)
+                result.update(latency_run(b, runner(name, tag), records, args.rate, name in tritons))
             rows[name] = result
             print(f"{name}: {result}", flush=True)
         sweep = {}
         for rate in args.sweep:
             for within in args.within:
-                tag = f"sw{int(rate)}w{within}x{int(time.time())}"
-                sweep[(rate, within)] = latency_run(b, runner("engine", tag, within),
-                                                    events_of(ds, int(rate * args.seconds), tag), rate, True)
-                print(f"engine at {rate:.0f} events/s, within {within} ms: {sweep[(rate, within)]}", flush=True)
-    pt, en = rows["pass-through"], rows["engine"]
-    print("\nApache Kafka (KRaft) + embedded Triton (CPU), one worker each, this machine:")
-    print(f"{'worker':<14}{'events/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'outputs':>9}")
-    for name, r in rows.items():
-        p50, p95, p99 = r["latency_ms"]
-        print(f"{name:<14}{r['events/s']:>10.0f}{p50:>9.1f}{p95:>9.1f}{p99:>9.1f}{r['outputs']:>9}")
-    print(f"engine / pass-through throughput: {en['events/s'] / pt['events/s']:.2f}; "
-          f"latency run at {args.rate:.0f} events/s for {args.seconds:.0f} s after a warm-up of {WARM_UP} "
-          f"events; fetch wait {args.fetch_max_wait_ms} ms")
-    print_stages(en["stages_ms"])
+                for name in tritons:
+                    tag = f"sw{int(rate)}w{within}{name[-2:]}x{int(time.time())}"
+                    sweep[(rate, within, name)] = latency_run(b, runner(name, tag, within),
+                                                              events_of(ds, int(rate * args.seconds), tag), rate, True)
+                    print(f"{name} at {rate:.0f} events/s, within {within} ms: {sweep[(rate, within, name)]}",
+                          flush=True)
+    print_rows(rows, args)
     if sweep:
         print(f"\nengine latency by rate and batch_within_ms ({args.seconds:.0f} s each, fresh worker each):")
-        print(f"{'events/s':>10}{'within':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'slates':>9}")
-        for (rate, within), r in sweep.items():
-            print(f"{rate:>10.0f}{within:>8}" + "".join(f"{v:>9.1f}" for v in r["latency_ms"]) + f"{r['outputs']:>9}")
+        print(f"{'events/s':>10}{'within':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'slates':>9}  worker")
+        for (rate, within, name), r in sweep.items():
+            print(f"{rate:>10.0f}{within:>8}" + "".join(f"{v:>9.1f}" for v in r["latency_ms"])
+                  + f"{r['outputs']:>9}  {name}")
             print_stages(r["stages_ms"])
-        for within in args.within:
-            under = [rate for (rate, w), r in sweep.items() if w == within and r["latency_ms"][2] < 250]
-            print(f"within {within} ms: highest rate tried with p99 under 250 ms: {max(under):.0f} events/s" if under
-                  else f"within {within} ms: no rate tried kept p99 under 250 ms")
+        for within, name in itertools.product(args.within, tritons):
+            under = [rate for (rate, w, n), r in sweep.items() if (w, n) == (within, name) and r["latency_ms"][2] < 250]
+            print(f"{name}, within {within} ms: highest rate tried with p99 under 250 ms: {max(under):.0f} events/s"
+                  if under else f"{name}, within {within} ms: no rate tried kept p99 under 250 ms")
     return 0
 
 

@@ -238,26 +238,36 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int,
     return ids, mask
 
 
-def onnx_session(path: Path | str, threads: int):  # type: ignore[no-untyped-def]
-    """An onnxruntime CPU session: `threads` inside an operator, operators one after another."""
+SPINNING = "session.intra_op.allow_spinning"  # onnxruntime's session config key
+
+
+def onnx_session(path: Path | str, threads: int, spinning: bool = False):  # type: ignore[no-untyped-def]
+    """An onnxruntime CPU session: `threads` inside an operator, operators one after another.
+
+    `spinning` off (the default): onnxruntime's pool threads otherwise spin after every call, waiting for
+    the next one; a call every ~20 ms, as a serving model gets, then cost 3-4x its own CPU (the seqrec
+    graph at batch 16: 31 ms of CPU for a 5.4 ms call, 8 ms without spinning, same latency), CPU that
+    the worker and Kafka need on a shared machine. Back-to-back calls gain ~10 % latency from it."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry(SPINNING, "1" if spinning else "0")
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def onnx_logprobs(path: Path | str, threads: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+def onnx_logprobs(path: Path | str, threads: int,
+                  spinning: bool = False) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """`run(ids, mask) -> log-probs [n, vocab]` over the no-cache graph (model.onnx)."""
-    session = onnx_session(path, threads)
+    session = onnx_session(path, threads, spinning)
     return lambda ids, mask: session.run(["logprobs"], {"input_ids": ids, "attention_mask": mask})[0]
 
 
-def onnx_kv_cache(directory: Path | str, pad_id: int, threads: int) -> KVCache:
+def onnx_kv_cache(directory: Path | str, pad_id: int, threads: int, spinning: bool = False) -> KVCache:
     """`KVCache` over `directory`/prefill.onnx and step.onnx."""
-    prefill = onnx_session(Path(directory) / "prefill.onnx", threads)
-    step = onnx_session(Path(directory) / "step.onnx", threads)
+    prefill = onnx_session(Path(directory) / "prefill.onnx", threads, spinning)
+    step = onnx_session(Path(directory) / "step.onnx", threads, spinning)
     return KVCache(lambda ids, mask: tuple(prefill.run(None, {"input_ids": ids, "attention_mask": mask})),
                    lambda ids, mask, past: tuple(step.run(None, {"input_ids": ids, "attention_mask": mask,
                                                                   "past": past})), pad_id)
@@ -312,15 +322,16 @@ class Generator:
 
     @classmethod
     def from_directory(cls, directory: Path | str, top_m: int, beam: int, threads: int,
-                       kv_cache: bool = True) -> Generator:
+                       kv_cache: bool = True, spinning: bool = False) -> Generator:
         """The generator of an exported model directory (repo/interest_generator/1: decoder.json and
         the graphs), over onnxruntime: what the Triton model, its in-process twin and the export
-        check each run. `kv_cache` picks prefill.onnx + step.onnx, else model.onnx."""
+        check each run. `kv_cache` picks prefill.onnx + step.onnx, else model.onnx; `spinning`: see
+        `onnx_session`."""
         directory = Path(directory)
         spec = json.loads((directory / "decoder.json").read_text())
         if kv_cache:
-            return cls(spec, None, top_m, beam, cached=onnx_kv_cache(directory, spec["pad_id"], threads))
-        return cls(spec, onnx_logprobs(directory / "model.onnx", threads), top_m, beam)
+            return cls(spec, None, top_m, beam, cached=onnx_kv_cache(directory, spec["pad_id"], threads, spinning))
+        return cls(spec, onnx_logprobs(directory / "model.onnx", threads, spinning), top_m, beam)
 
     def next_logprobs(self, sequences: list[list[int]]) -> np.ndarray:
         if self.run is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interests.constrained import left_pad
+from interests.constrained import left_pad, onnx_session
 from streams.inference.grpc import GrpcModel
 
 
@@ -25,13 +25,8 @@ def pad_histories(histories: list[list[int]] | list[np.ndarray], length: int) ->
 class OnnxSeqRec:
     """The exported graph in-process (onnxruntime, CPU)."""
 
-    def __init__(self, onnx_path: Path, threads: int = 2) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
+    def __init__(self, onnx_path: Path, threads: int = 2, spinning: bool = False) -> None:
+        self.session = onnx_session(onnx_path, threads, spinning)  # spinning: see onnx_session
 
     def top_n(self, history: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         items, scores = self.session.run(["items", "scores"], {"history": np.asarray(history, np.int64),

@@ -179,6 +179,27 @@ def test_onnx_export_matches_pytorch(tmp_path: Path, data, trained) -> None:
         _check_restriction(module, history, allowed, items, scores)
 
 
+def test_serving_sessions_do_not_spin_unless_asked(tmp_path: Path, data, trained) -> None:
+    """onnxruntime's pool threads spin after every call unless told not to: 3-4x a serving call's own CPU at a
+    call per batch (README, `engine_throughput.py --spinning`). The worker's twin and the generator's sessions
+    are built with it off, and the committed Triton configs keep it off."""
+    from exporters.repository import source_dir
+    from interests.constrained import SPINNING
+    from streams.inference.seqrec import OnnxSeqRec
+
+    ds, _, _ = data
+    model, _, _ = trained
+    catalog = build_catalog(ds, BuildConfig(levels=(6,)), progress=False)
+    path = export_onnx(RestrictedTopN(model, torch.from_numpy(catalog.item_clusters().astype(np.int64)), 6, 10),
+                       tmp_path / "seqrec.onnx")
+    for twin, expected in ((OnnxSeqRec(path), "0"), (OnnxSeqRec(path, spinning=True), "1")):
+        assert twin.session.get_session_options().get_session_config_entry(SPINNING) == expected
+    for name in ("seqrec", "interest_generator"):
+        config = (source_dir() / name / "config.pbtxt").read_text()
+        assert 'key: "intra_op_spinning", value: { string_value: "false" }' in config, name
+        assert '"intra_op_spinning"' in (source_dir() / name / "1" / "model.py").read_text(), name
+
+
 def test_cli_train_eval_export(tmp_path: Path) -> None:
     import subprocess
     import sys

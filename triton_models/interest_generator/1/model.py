@@ -33,7 +33,8 @@ class TritonPythonModel:
         self.generator = Generator.from_directory(
             here, int(params.get("top_m", "5")), int(params.get("beam", "8")),
             threads=int(params.get("intra_op_threads", "1")),
-            kv_cache=params.get("kv_cache", "true").lower() in ("1", "true", "yes"))
+            kv_cache=params.get("kv_cache", "true").lower() in ("1", "true", "yes"),
+            spinning=params.get("intra_op_spinning", "false").lower() in ("1", "true", "yes"))
 
     def execute(self, requests: list) -> list:
         """Valid requests are decoded together (one LM call per step for all); a bad one gets its error."""
