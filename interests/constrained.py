@@ -247,7 +247,9 @@ def onnx_session(path: Path | str, threads: int, spinning: bool = False):  # typ
     `spinning` off (the default): onnxruntime's pool threads otherwise spin after every call, waiting for
     the next one; a call every ~20 ms, as a serving model gets, then cost 3-4x its own CPU (the seqrec
     graph at batch 16: 31 ms of CPU for a 5.4 ms call, 8 ms without spinning, same latency), CPU that
-    the worker and Kafka need on a shared machine. Back-to-back calls gain ~10 % latency from it."""
+    the worker and Kafka need on a shared machine. Back-to-back calls of one graph gain ~10 % latency
+    from it; the beam search, small calls with Python between them, lost it on 2 cores (batch of 64
+    contexts: 74-106 ms with spinning, 52-53 ms without, a third of the CPU)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
