@@ -2,7 +2,7 @@
 
 Both workers run as processes on real Apache Kafka (KRaft; the embedded broker does not wake a
 waiting fetch, so its latencies would measure the fetch wait) and the engine talks to the embedded
-Triton. Two measurements per worker:
+Triton. Three measurements per worker:
 
 - throughput: the worker starts, then a backlog of events is written as fast as the producer goes;
   events per second is the backlog over the time from its first to its last processed event
@@ -91,10 +91,15 @@ def spinning_repository(repo: Path, dest: Path) -> Path:
     import shutil
 
     shutil.copytree(repo, dest)
+    off, on = (f'key: "intra_op_spinning", value: {{ string_value: "{v}" }}' for v in ("false", "true"))
+    changed = []
     for config in dest.glob("*/config.pbtxt"):
         text = config.read_text()
-        config.write_text(text.replace('key: "intra_op_spinning", value: { string_value: "false" }',
-                                       'key: "intra_op_spinning", value: { string_value: "true" }'))
+        if off in text:
+            config.write_text(text.replace(off, on))
+            changed.append(config.parent.name)
+    if sorted(changed) != ["interest_generator", "seqrec"]:
+        raise RuntimeError(f"expected both models' configs to say {off!r}; changed only {changed}")
     return dest
 
 
