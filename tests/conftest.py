@@ -66,10 +66,11 @@ def apache_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield kafka.bootstrap
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def apache_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """A 3-node Apache Kafka cluster (`streams.infra.apache_kafka.KafkaCluster`): tests kill and restart its
-    nodes, so it is always one started here, whatever KAFKA_BOOTSTRAP says."""
+    nodes, so it is always one started here, whatever KAFKA_BOOTSTRAP says. Per module: idle, its three
+    brokers take 16-24 % of a core, which a session-wide cluster took from every test after its own."""
     from streams.infra.apache_kafka import KafkaCluster
 
     with KafkaCluster(tmp_path_factory.mktemp("apache-cluster"), nodes=3) as cluster:
