@@ -1,7 +1,7 @@
 """kafka-python with its C CRC32C (the `crc32c` package) against its pure-Python one, side by side.
 
 kafka-python checks the CRC32C of every record batch it writes and reads. Without the optional
-`crc32c` package it computes it in Python, ~0.28 s a MB on the 2-core machine: what the table's
+`crc32c` package it computes it in Python, 0.2-0.3 s a MB on the 2-core machine (its reads): what the table's
 publisher, the precompute workers, `explore novelty dump` and the tests' topic readers pay per MB.
 This writes and reads the same novelty rows (binary, 64 ranked clusters) on one Apache Kafka with
 each, alternately, and prints the rates. The pure-Python function is kafka-python's own, swapped in

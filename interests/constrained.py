@@ -245,11 +245,12 @@ def onnx_session(path: Path | str, threads: int, spinning: bool = False):  # typ
     """An onnxruntime CPU session: `threads` inside an operator, operators one after another.
 
     `spinning` off (the default): onnxruntime's pool threads otherwise spin after every call, waiting for
-    the next one; a call every ~20 ms, as a serving model gets, then cost 3-4x its own CPU (the seqrec
-    graph at batch 16: 31 ms of CPU for a 5.4 ms call, 8 ms without spinning, same latency), CPU that
-    the worker and Kafka need on a shared machine. Back-to-back calls of one graph gain ~10 % latency
-    from it; the beam search, small calls with Python between them, lost it on 2 cores (batch of 64
-    contexts: 74-106 ms with spinning, 52-53 ms without, a third of the CPU)."""
+    the next one; a call every ~20 ms, as a serving model gets, then cost 2-4x the CPU (the seqrec
+    graph at batch 16: 31-32 ms of CPU a call with spinning, 8-9 ms without, p50 5.2-5.8 ms either way),
+    CPU that the worker and Kafka need on a shared machine. Back-to-back seqrec calls gain 0-13 % latency
+    from it; the beam search, small calls with Python between them, is slower with it on 2 cores (56
+    contexts: p50 70-96 ms with spinning, 41-54 ms without, at 2-3x the CPU). `benchmarks/onnx_spinning.py`
+    measures both."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

@@ -17,8 +17,9 @@ REASONS = ("missing_key", "oversized", "bad_json", "not_object", "missing_field"
            "unknown_item", "ts_out_of_range", "internal_error")
 REQUIRED = ("user_id", "item_id", "ts", "event")
 DLQ_MAX_BYTES = 64 * 1024  # of a rejected record's value kept in its dead-letter copy
-# Of its key: the producer hashes a key to its partition with aiokafka's pure-Python murmur2, ~0.45 us a
-# byte (1.8 ms at 4 kB, 49 ms at 100 kB), so a 64 KiB key costs the worker ~29 ms and a flood would stall it.
+# Of its key: the producer hashes a key to its partition with aiokafka's pure-Python murmur2, 0.2-0.45 us a
+# byte (timeit, two days: 1.3-1.8 ms at 4 kB, 23-49 ms at 100 kB), so a 64 KiB key costs the worker 13-29 ms
+# and a flood would stall it.
 DLQ_MAX_KEY_BYTES = 1024
 
 
@@ -147,7 +148,7 @@ def dead_letter(key: bytes | None, value: bytes | None, rejection: Rejection,
     came, headers `reason`, `detail` and `source` (topic/partition/offset of the original).
 
     A key over `DLQ_MAX_KEY_BYTES` keeps its first `DLQ_MAX_KEY_BYTES` bytes (hashing it to a partition
-    costs the worker ~0.45 us a byte), a value over `DLQ_MAX_BYTES` its first `DLQ_MAX_BYTES`, and a
+    costs the worker 0.2-0.45 us a byte), a value over `DLQ_MAX_BYTES` its first `DLQ_MAX_BYTES`, and a
     `truncated` header gives the original sizes. An input topic can take records larger than a producer
     may send (Faust's limit is 1,000,000 bytes): the copy of a record with a 1 MiB key failed to send,
     the agent crashed and took the worker down with it.

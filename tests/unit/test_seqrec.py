@@ -180,9 +180,9 @@ def test_onnx_export_matches_pytorch(tmp_path: Path, data, trained) -> None:
 
 
 def test_serving_sessions_do_not_spin_unless_asked(tmp_path: Path, data, trained) -> None:
-    """onnxruntime's pool threads spin after every call unless told not to: 3-4x a serving call's own CPU at a
-    call per batch (README, `engine_throughput.py --spinning`). The worker's twin and the generator's sessions
-    are built with it off, and the committed Triton configs keep it off."""
+    """onnxruntime's pool threads spin after every call unless told not to: 2-4x the CPU at a call per batch
+    (`benchmarks/onnx_spinning.py`, `engine_throughput.py --spinning`). The worker's twin is built with it off
+    through `onnx_session` (which the generator's sessions share), and the committed Triton configs keep it off."""
     from exporters.repository import source_dir
     from interests.constrained import SPINNING
     from streams.inference.seqrec import OnnxSeqRec
