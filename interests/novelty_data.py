@@ -175,5 +175,17 @@ def novelty_test_start(ds: Dataset, item_clusters: list[np.ndarray], k: int) -> 
     A model trained on interactions before it (the item policy, when it serves as an exploration
     baseline) has seen nothing of any level's test period.
     """
-    starts = [split_by_time(novel_transitions(ds, clusters, k)).cut_test for clusters in item_clusters]
+    return novelty_period_start(ds, item_clusters, k, "test")
+
+
+def novelty_period_start(ds: Dataset, item_clusters: list[np.ndarray], k: int, period: str) -> int:
+    """The earliest first timestamp of the novelty split's `period` ("valid" or "test") over levels.
+
+    "valid": a model trained before it has seen no validation moment of any level, so scores it
+    gives there can fit the weights of the mixture of experts without leakage (`interests.mixture`).
+    """
+    if period not in ("valid", "test"):
+        raise ValueError(f"period is 'valid' or 'test', got {period!r}")
+    splits = [split_by_time(novel_transitions(ds, clusters, k)) for clusters in item_clusters]
+    starts = [s.cut_valid if period == "valid" else s.cut_test for s in splits]
     return min(s for s in starts if s) if any(starts) else int(ds.timestamps.max()) + 1

@@ -30,10 +30,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--catalog", type=Path, default=Path("runs/catalog"),
                    help="the cluster catalog built from the same data (its version is recorded)")
     t.add_argument("--out", type=Path, default=Path("runs/seqrec/model.pt"), help="checkpoint path")
-    t.add_argument("--until-novelty-test", action="store_true",
-                   help="train only on interactions before the novelty test period of every catalog level (with "
-                        "--k), so that `explore novelty eval --seqrec` can use it as an exploration baseline")
-    t.add_argument("--k", type=int, default=2, help="context length of the novelty split (--until-novelty-test)")
+    until = t.add_mutually_exclusive_group()
+    until.add_argument("--until-novelty-test", action="store_true",
+                       help="train only on interactions before the novelty test period of every catalog level (with "
+                            "--k), so that `explore novelty eval --seqrec` can use it as an exploration baseline")
+    until.add_argument("--until-novelty-valid", action="store_true",
+                       help="train only on interactions before the novelty validation period of every level: the "
+                            "sequence expert whose validation scores fit the mixture's weights (`explore novelty "
+                            "mix --seqrec-valid`) without having trained on those moments")
+    t.add_argument("--k", type=int, default=2,
+                   help="context length of the novelty split (--until-novelty-test / --until-novelty-valid)")
     from interests.configs import TrainConfig
 
     add_config_args(t, TrainConfig, TRAIN_HELP, {"loss": ["ce", "bce"]})
@@ -61,7 +67,7 @@ def cmd_seqrec_train(args: argparse.Namespace) -> int:
 
     from interests.catalog import Catalog, check_same_items
     from interests.configs import TrainConfig
-    from interests.novelty_data import novelty_test_start
+    from interests.novelty_data import novelty_period_start
     from interests.seqsplit import leave_one_out, pad_left, popularity_ranks, ranking_metrics, training_period
     from interests.train_seqrec import evaluate, train
 
@@ -69,8 +75,10 @@ def cmd_seqrec_train(args: argparse.Namespace) -> int:
     catalog = Catalog.load(args.catalog)
     check_same_items(catalog, ds.item_ids)
     until = None
-    if args.until_novelty_test:
-        until = novelty_test_start(ds, [catalog.item_clusters(lv) for lv in range(len(catalog.levels))], args.k)
+    if args.until_novelty_test or args.until_novelty_valid:
+        period = "test" if args.until_novelty_test else "valid"
+        until = novelty_period_start(ds, [catalog.item_clusters(lv) for lv in range(len(catalog.levels))], args.k,
+                                     period)
         ds = training_period(ds, until)
     split = leave_one_out(ds)
     print(ds.summary())

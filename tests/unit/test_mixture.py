@@ -1,0 +1,101 @@
+"""The mixture of experts and the cluster head on hand-made scores: known clusters, planted weights, exact forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from interests.cluster_head import ClusterHead, HeadData, cluster_sums, head_log_scores, train_head
+from interests.judge import top_m
+from interests.mixture import FLOOR, Mixture, fit_weights, known_mask, log_probabilities
+
+
+def planted(rng: np.random.Generator, moments: int, clusters: int, weights: dict[str, float]):  # type: ignore[no-untyped-def]
+    """Expert scores and targets drawn from softmax(sum_e w_e * s_e) over the clusters not known."""
+    experts = {name: rng.normal(size=(moments, clusters)) for name in weights}
+    logits = sum(w * experts[n] for n, w in weights.items())
+    known = rng.random((moments, clusters)) < 0.2
+    known[:, 0] = False  # every moment keeps at least one unknown cluster
+    logits = np.where(known, -np.inf, logits)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    targets = np.array([rng.choice(clusters, p=row) for row in p])
+    return experts, targets, known
+
+
+def test_fit_recovers_a_planted_weighting() -> None:
+    rng = np.random.default_rng(0)
+    truth = {"lm": 0.5, "sequence": 2.0, "popularity": 0.0}
+    experts, targets, known = planted(rng, 6000, 12, truth)
+    weights, loglik = fit_weights(experts, targets, known, l2=0.0)
+    assert weights["sequence"] == pytest.approx(2.0, abs=0.15)
+    assert weights["lm"] == pytest.approx(0.5, abs=0.1)
+    assert weights["popularity"] < 0.08  # a useless expert gets (almost) nothing
+    assert loglik > -np.log(12)  # better than uniform over the clusters
+
+
+def test_fit_refuses_a_known_target() -> None:
+    experts = {"lm": np.zeros((2, 3))}
+    known = np.array([[True, False, False], [False, False, False]])
+    with pytest.raises(ValueError, match="known"):
+        fit_weights(experts, np.array([0, 1]), known)
+
+
+def test_the_mixture_never_proposes_a_known_cluster() -> None:
+    rng = np.random.default_rng(1)
+    n = 6
+    # The experts love the known clusters: they are scored far above the others.
+    known_sets = [frozenset(rng.choice(n, size=3, replace=False).tolist()) for _ in range(50)]
+    mask = known_mask(known_sets, n)
+    experts = {"lm": np.where(mask, 50.0, rng.normal(size=mask.shape)),
+               "sequence": np.where(mask, 0.0, -np.inf)}  # and give the rest probability 0
+    mix = Mixture({"lm": 1.0, "sequence": 3.0, "popularity": 0.0})
+    proposals = top_m(mix.score(experts), known_sets, 3)
+    for props, known in zip(proposals, known_sets, strict=True):
+        assert len(props) == 3 and not set(props) & known
+
+
+def test_mixture_scores_are_the_weighted_sum_floored() -> None:
+    experts = {"lm": np.array([[-1.0, -np.inf]]), "sequence": log_probabilities(np.array([[0.25, 0.0]]))}
+    mix = Mixture({"lm": 2.0, "sequence": 0.5})
+    assert mix.score(experts) == pytest.approx(np.array([[-2.0 + 0.5 * np.log(0.25), 2 * FLOOR + 0.5 * FLOOR]]))
+    assert mix.without("lm").score({"sequence": experts["sequence"]}) == pytest.approx(0.5 * experts["sequence"])
+    with pytest.raises(KeyError, match="lm"):
+        mix.score({"sequence": experts["sequence"]})
+
+
+def test_mixture_round_trips(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    mix = Mixture({"lm": 0.3, "sequence": 1.2}, level=2, fitted_on={"moments": 10})
+    back = Mixture.load(mix.save(tmp_path))
+    assert back == mix
+    (tmp_path / "mixture.json").write_text('{"weights": {"oracle": 1}}')
+    with pytest.raises(ValueError, match="oracle"):
+        Mixture.load(tmp_path)
+
+
+def test_cluster_sums_equal_the_judges_exact_form() -> None:
+    from interests.judge import seqrec_cluster_scores
+
+    rng = np.random.default_rng(2)
+    item_cluster = np.array([2, 0, 2, 1, 0, 2, 4])  # cluster 3 has no item
+    probs = rng.dirichlet(np.ones(7), size=5)
+    exact = seqrec_cluster_scores(lambda hs: probs[: len(hs)], [np.zeros(1)] * 5, item_cluster, 5)
+    assert cluster_sums(torch.from_numpy(probs), torch.from_numpy(item_cluster), 5).numpy() == pytest.approx(exact)
+
+
+def test_head_learns_novel_targets_and_masks_known() -> None:
+    rng = np.random.default_rng(3)
+    dim, n, moments = 4, 5, 400
+    hidden = rng.normal(size=(moments, dim))
+    targets = hidden[:, :n - 1].argmax(1)  # the target is readable from the hidden state
+    known = torch.zeros(moments, n, dtype=torch.bool)
+    known[:, n - 1] = True
+    data = HeadData(torch.from_numpy(hidden[:50]), torch.full((50, n), 1.0 / n, dtype=torch.float64),
+                    torch.from_numpy(hidden), torch.from_numpy(targets), known)
+    head, info = train_head(data, n, distill_weight=0.1, epochs=80, patience=80, lr=0.05)
+    assert info["novel_moments"] == moments
+    scores = head_log_scores(head, hidden)
+    assert np.exp(scores).sum(1) == pytest.approx(np.ones(moments))
+    assert (scores[:, : n - 1].argmax(1) == targets).mean() > 0.9
+    assert isinstance(head, ClusterHead)
