@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from interests.judge import BUCKETS, TARGET_SETS, LevelResult, summary_sentences
+from interests.judge import BUCKETS, TARGET_SETS, LevelResult, pair_sentences, summary_sentences
 
 TARGET_TEXT = {
     "any": "any next new cluster",
@@ -51,7 +51,7 @@ def format_level(result: LevelResult, m: int) -> str:
                          f"{_f(by['rare']):>7} {_f(by['common']):>7} {row['coverage']:>6.3f} "
                          f"{row['entropy_bits']:>7.2f} {row['jsd_bits']:>6.3f} {_f(row['offered_per_user'], '.1f'):>7}"
                          f"  {versus}")
-        lines += [f"    {s}" for s in summary_sentences(result, target)]
+        lines += [f"    {s}" for s in summary_sentences(result, target) + pair_sentences(result, target)]
     lines.append("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items()))
     return "\n".join(lines)
 
@@ -68,7 +68,8 @@ def to_json(results: list[LevelResult], m: int, meta: dict) -> dict:
     return clean({**meta, "m": m, "levels": [
         {"level": r.level, "clusters": r.n_clusters, "moments": r.moments, "targets": r.counts, "buckets": r.buckets,
          "training_transitions": r.train_transitions, "warnings": r.warnings, "best_non_lm": r.best,
-         "seconds": r.seconds, "summary": {t: summary_sentences(r, t) for t in TARGET_SETS},
+         "seconds": r.seconds, "summary": {t: summary_sentences(r, t) + pair_sentences(r, t) for t in TARGET_SETS},
+         "pairs": r.pairs,
          "methods": {name: {"is_lm": res.is_lm, **res.rows} for name, res in r.methods.items()}}
         for r in results]})  # type: ignore[return-value]
 

@@ -160,3 +160,18 @@ def head_data(model, sequences: list[np.ndarray], item_cluster: np.ndarray, n_cl
             known[i, list(ks)] = True
     return HeadData(dh, dt, torch.from_numpy(last_hidden(model, novel_histories, batch)),
                     torch.from_numpy(np.asarray(novel_targets, np.int64)), known)
+
+
+def save_head(path, head: ClusterHead, meta: dict) -> None:  # type: ignore[no-untyped-def]
+    """Weights and plain metadata (the SASRec it reads, its level, how it trained)."""
+    torch.save({"state": head.state_dict(), "dim": head.proj.in_features, "clusters": head.proj.out_features,
+                "meta": meta}, path)
+
+
+def load_head(path) -> tuple[ClusterHead, dict]:  # type: ignore[no-untyped-def]
+    """(head in eval mode, its metadata); weights only, nothing unpickled."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    head = ClusterHead(int(ckpt["dim"]), int(ckpt["clusters"])).double()
+    head.load_state_dict(ckpt["state"])
+    head.eval()
+    return head, ckpt["meta"]

@@ -40,9 +40,10 @@ from pathlib import Path
 import numpy as np
 
 from interests.datasets import Dataset
+from interests.mixture import Mixture, cooccurrence_log_scores
 from interests.novelty_data import NoveltyExamples, TimeSplit
 from interests.novelty_eval import context_frequency_buckets, diversity
-from interests.stats import best_method, bootstrap_interval, paired
+from interests.stats import best_method, bootstrap_difference, bootstrap_interval, paired
 
 TARGET_SETS = ("any", "liked", "sticky")
 BUCKETS = ("unseen", "rare", "common")
@@ -52,6 +53,9 @@ MIN_TEST_PER_CLUSTER = 2  # fewer test moments per cluster: most clusters are ne
 
 RANDOM, POPULAR, TRANSITIONS = "random", "popular", "transition counts"
 COOCCURRENCE, TEXT, SEQREC = "cluster co-occurrence", "text similarity (MiniLM)", "SASRec explores"
+MIXTURE, MIXTURE_NO_LM, HEAD = "mixture (served)", "mixture without the LM", "sequence expert (cluster head)"
+# The paired comparisons every table with a mixture carries: (method, against).
+MIXTURE_PAIRS = ((MIXTURE, SEQREC), (MIXTURE, MIXTURE_NO_LM), (MIXTURE_NO_LM, SEQREC), (HEAD, SEQREC))
 # Histories of the moments -> next-item probabilities [B, n_items] (0-based items), the item policy.
 NextItemProbs = Callable[[list[np.ndarray]], np.ndarray]
 
@@ -216,15 +220,17 @@ class LevelResult:
     methods: dict[str, MethodResult]
     best: dict[str, str | None]  # best non-LM method per target set
     seconds: dict[str, float]
+    pairs: dict[str, list[dict]] = field(default_factory=dict)  # per target set: `compare` of each pair asked
 
 
 def judge_level(level: int, n_clusters: int, split: TimeSplit, masks: dict[str, np.ndarray | None],
                 scores: dict[str, np.ndarray], lm_names: set[str], m: int, all_targets: np.ndarray,
-                seed: int = 0) -> LevelResult:
+                seed: int = 0, pairs: Sequence[tuple[str, str]] = ()) -> LevelResult:
     """Proposals, hits, intervals and paired tests of every method at one level.
 
     `scores[name]` is [test moments, n_clusters]; `lm_names` says which methods are language models
-    (they are compared with the best of the others).
+    (they are compared with the best of the others); `pairs` (method, against) are compared too,
+    where both were scored (`compare`).
     """
     test = split.test
     excludes = [frozenset(k) for k in test.known]
@@ -256,8 +262,33 @@ def judge_level(level: int, n_clusters: int, split: TimeSplit, masks: dict[str, 
         warnings.append(f"only {len(test) / n_clusters:.1f} test moments per cluster (< {MIN_TEST_PER_CLUSTER}): "
                         "hit rates rest on few targets per cluster")
     bucket_counts = {b: int((buckets == i).sum()) for i, b in enumerate(BUCKETS)}
+    compared = {t: [compare(methods, a, b, mask, test.users, buckets, seed) for a, b in pairs
+                    if a in methods and b in methods] for t, mask in masks.items() if mask is not None}
     return LevelResult(level, n_clusters, len(test), counts, bucket_counts, len(split.train), warnings, methods, best,
-                       {})
+                       {}, compared)
+
+
+def compare(methods: dict[str, MethodResult], name: str, against: str, mask: np.ndarray, users: np.ndarray,
+            buckets: np.ndarray, seed: int = 0) -> dict:
+    """`name` minus `against` on the masked moments: the difference of hit rates with its 95 % interval
+    (bootstrap by user, both on the same draws), the exact McNemar test, and the difference per context
+    bucket. What "the LM's contribution" is when `against` is the mixture without it."""
+    a, b = methods[name].hits, methods[against].hits
+    lo, hi = bootstrap_difference(a[mask], users[mask], b[mask], users[mask], seed=seed)
+    return {"method": name, "against": against, "diff": _rate(a, mask) - _rate(b, mask), "ci95": [lo, hi],
+            **paired(np.where(mask, a, -1), np.where(mask, b, -1)),
+            "by_context": {bk: _rate(a, mask & (buckets == i)) - _rate(b, mask & (buckets == i))
+                           for i, bk in enumerate(BUCKETS)}}
+
+
+def pair_sentences(result: LevelResult, target: str) -> list[str]:
+    """One sentence per paired comparison: who wins, by how much (interval), and the McNemar p."""
+    out = []
+    for c in result.pairs.get(target, []):
+        verdict = ("wins against" if c["diff"] > 0 else "loses to") if c["p"] < 0.05 else "is level with"
+        out.append(f"{c['method']} {verdict} {c['against']}: {c['diff']:+.3f} (95 % CI {c['ci95'][0]:+.3f} to "
+                   f"{c['ci95'][1]:+.3f}; +{c['won']} / -{c['lost']} moments, p = {c['p']:.3g})")
+    return out
 
 
 def _rate(hits: np.ndarray, mask: np.ndarray) -> float:
@@ -332,10 +363,40 @@ class LMEntry:
     lm: object  # NoveltyLM or anything with .meta, .prior and what description_scores needs
 
 
+@dataclass
+class MixtureEntry:
+    """The served mixture of experts at one level (`interests.mixture`), as the judge scores it.
+
+    `sequence` gives the sequence expert's log-scores [B, C] for histories (0-based items): the
+    cluster head on the SASRec that serves; `lm` names the LMEntry whose table is the LM expert.
+    """
+
+    mixture: Mixture
+    without_lm: Mixture  # fitted again without the LM expert (not the same weights with the LM's zeroed)
+    sequence: Callable[[list[np.ndarray]], np.ndarray]
+    lm: str | None = None
+    until: int | None = None  # the end of the serving SASRec's training data (checked against the test cut)
+
+
+def mixture_experts(entry: MixtureEntry, split: TimeSplit, n: int, cooc_similarity: np.ndarray,
+                    histories: list[np.ndarray], lm_table: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The experts' log-scores at the test moments: the same functions `explore novelty mix` fitted on."""
+    from interests.novelty_prior import popularity_log_prior
+
+    test = split.test
+    experts = {"popularity": np.broadcast_to(popularity_log_prior(split.train, n), (len(test), n)),
+               "cooccurrence": cooccurrence_log_scores(cooc_similarity),
+               "sequence": np.asarray(entry.sequence(histories), np.float64)}
+    if lm_table is not None:
+        experts["lm"] = lm_table
+    return experts
+
+
 def judge(ds: Dataset, item_clusters: dict[int, np.ndarray], descriptions: dict[int, list[str]], k: int, m: int,
           lms: Sequence[LMEntry] = (), next_item_probs: NextItemProbs | None = None,
           seqrec_until: int | None = None, embed: Callable[[list[str]], np.ndarray] | None = None,
-          seed: int = 0, log: Callable[[str], None] = print, max_contexts: int = 0) -> list[LevelResult]:
+          seed: int = 0, log: Callable[[str], None] = print, max_contexts: int = 0,
+          mixtures: dict[int, MixtureEntry] | None = None) -> list[LevelResult]:
     """Every method at every level of `item_clusters` ({level: item -> cluster}), with times per phase.
 
     `max_contexts` > 0 keeps only the test moments of a seeded sample of that many distinct contexts,
@@ -344,7 +405,9 @@ def judge(ds: Dataset, item_clusters: dict[int, np.ndarray], descriptions: dict[
 
     `next_item_probs` (the item policy) is used only when `seqrec_until` (the end of its training
     data) is at or before the level's test cut: a model that saw the test period is refused.
-    `embed` turns descriptions into vectors for the text-similarity baseline.
+    `embed` turns descriptions into vectors for the text-similarity baseline. `mixtures` ({level:
+    entry}) adds the served mixture, the mixture without the LM and the sequence expert alone, each
+    compared with SASRec explores (and the mixture with the one without its LM).
     """
     from interests.novelty_data import novel_transitions, split_by_time
     from interests.novelty_prior import description_scores, rule_scores
@@ -378,7 +441,7 @@ def judge(ds: Dataset, item_clusters: dict[int, np.ndarray], descriptions: dict[
             t = time.perf_counter()
             scores[SEQREC] = seqrec_cluster_scores(next_item_probs, histories_at(ds, test), item_cluster, n)
             times["seqrec"] = time.perf_counter() - t
-        lm_names = set()
+        lm_names, tables = set(), {}
         for entry in lms:
             if entry.lm.meta.get("level") != level:  # type: ignore[attr-defined]
                 continue
@@ -386,7 +449,7 @@ def judge(ds: Dataset, item_clusters: dict[int, np.ndarray], descriptions: dict[
             unique, inverse = rows_of_contexts(test.contexts)
             rule = "mean" if getattr(entry.lm, "length_norm", False) else "sum"  # the model's own score rule
             table = rule_scores(description_scores(entry.lm, unique), entry.lm, rule)[inverse]
-            scores[entry.name] = table
+            scores[entry.name] = tables[entry.name] = table
             lm_names.add(entry.name)
             prior = entry.lm.prior  # type: ignore[attr-defined]
             if prior is not None:
@@ -397,8 +460,23 @@ def judge(ds: Dataset, item_clusters: dict[int, np.ndarray], descriptions: dict[
             times[entry.name] = time.perf_counter() - t
             log(f"  level {level}: {entry.name} scored {len(unique):,} distinct contexts x {n} clusters "
                 f"in {times[entry.name]:.1f} s")
+        if mixtures and level in mixtures:
+            t = time.perf_counter()
+            mix = mixtures[level]
+            if mix.until is None or mix.until > split.cut_test:
+                raise ValueError(f"level {level}: the mixture's SASRec was trained on data up to {mix.until}, after "
+                                 f"the test cut {split.cut_test}: train it with --until-novelty-test")
+            if mix.lm is not None and mix.lm not in tables:
+                raise ValueError(f"level {level}: the mixture's LM {mix.lm!r} was not given to the judge (--model)")
+            experts = mixture_experts(mix, split, n, scores[COOCCURRENCE], histories_at(ds, test),
+                                      tables.get(mix.lm) if mix.lm else None)
+            scores[HEAD] = experts["sequence"]
+            scores[MIXTURE_NO_LM] = mix.without_lm.score(experts)
+            scores[MIXTURE] = mix.mixture.score(experts)
+            lm_names.add(MIXTURE)
+            times["mixture"] = time.perf_counter() - t
         t = time.perf_counter()
-        result = judge_level(level, n, split, masks, scores, lm_names, m, test.targets, seed)
+        result = judge_level(level, n, split, masks, scores, lm_names, m, test.targets, seed, MIXTURE_PAIRS)
         times["statistics"] = time.perf_counter() - t
         result.seconds = times
         results.append(result)

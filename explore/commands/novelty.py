@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "--zero-shot) so that the directory travels; loading merges it into the base model again")
     nt.add_argument("--quiet", action="store_true")
     nt.set_defaults(func=cmd_novelty_train)
+    from explore.commands import mix
+
+    mix.register(nsub)
     ne = nsub.add_parser("eval", help="the judge: every method at every catalog level, on three target sets, "
                                       "with intervals and paired tests against the best non-LM method",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -85,6 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ne.add_argument("--max-contexts", type=int, default=0,
                     help="judge only the test moments of a seeded sample of this many distinct contexts per level "
                          "(0: all); every method on the same moments. A pretrained LM costs seconds per context")
+    ne.add_argument("--mixture", type=Path, default=None,
+                    help="an `explore novelty mix --out` directory: judge its mixture at every level it has, with the "
+                         "mixture without the LM and the sequence expert alone, against SASRec explores")
     ne.add_argument("--out", type=Path, default=Path("runs/judge"), help="directory for judge.json/.html/.png")
     ne.add_argument("--seed", type=int, default=0)
     ne.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -345,6 +351,7 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
         if not 0 <= lv < len(catalog.levels):
             raise CatalogError(f"level {lv} is not in the catalog (levels 0-{len(catalog.levels) - 1})")
     probs, until = _seqrec_baseline(args.seqrec, ds)
+    mixtures = _load_mixtures(args.mixture, chosen, lms, catalog, ds) if args.mixture else None
     embed = _text_encoder(args.text)
     print(f"{ds.summary()}\njudging levels {chosen} ({', '.join(str(catalog.levels[lv]) for lv in chosen)} clusters), "
           f"K = {k}, M = {args.m}; {len(lms)} language model(s); loading took {time.perf_counter() - t0:.1f} s",
@@ -352,7 +359,7 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
     results = judge(ds, {lv: catalog.item_clusters(lv) for lv in chosen},
                     {lv: catalog.descriptions(lv) for lv in chosen}, k, args.m,
                     [e for e in lms if e.lm.meta["level"] in chosen], probs, until, embed, args.seed,
-                    log=lambda line: print(line, flush=True), max_contexts=args.max_contexts)
+                    log=lambda line: print(line, flush=True), max_contexts=args.max_contexts, mixtures=mixtures)
     for r in results:
         print(format_level(r, args.m))
     path = write_outputs(results, args.m, {"dataset": ds.name, "catalog_version": catalog.version,
@@ -360,6 +367,37 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
                                            "seqrec": str(args.seqrec) if args.seqrec else None}, args.out)
     print(f"report: {path}\nthe whole evaluation took {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def _load_mixtures(directory: Path, levels: list[int], lms: list, catalog, ds) -> dict:  # type: ignore[no-untyped-def]
+    """{level: MixtureEntry} for the chosen levels that `directory` has a mixture for."""
+    from explore.commands.mix import HEAD_FILE, level_dir, load_seqrecs
+    from interests.catalog import CatalogError
+    from interests.cluster_head import load_head
+    from interests.judge import MixtureEntry
+    from interests.mixture import Mixture
+    from interests.novelty_mix import sequence_expert
+
+    out = {}
+    for lv in levels:
+        path = level_dir(directory, lv)
+        if not (path / "mixture.json").exists():
+            continue
+        mix, without = Mixture.load(path), Mixture.load(path / "without-lm")
+        info = mix.fitted_on
+        if info.get("catalog_version") != catalog.version:
+            raise CatalogError(f"{path} was fitted with catalog {info.get('catalog_version')}, not {catalog.version}")
+        models, until = load_seqrecs([Path(p) for p in info["seqrec"]], ds)
+        ic, n = catalog.item_clusters(lv), catalog.levels[lv]
+        head = load_head(path / HEAD_FILE)[0] if info["sequence"] == "head" else None
+        lm = next((e.name for e in lms if e.lm.meta["level"] == lv), None)
+        if mix.weights.get("lm", 0.0) and lm is None:
+            raise CatalogError(f"{path} mixes the LM of {info.get('lm_dir')}: give it to the judge with --model")
+        out[lv] = MixtureEntry(mix, without, sequence_expert(info["sequence"], models, ic, n, head),
+                               lm if mix.weights.get("lm", 0.0) else None, until)
+    if not out:
+        raise CatalogError(f"{directory} has no mixture for the levels judged ({levels}): run `explore novelty mix`")
+    return out
 
 
 def _load_lms(paths: list[Path], catalog_version: str, device: str = "cpu") -> list:

@@ -1,0 +1,127 @@
+"""`explore novelty mix`: fit the mixture of experts per catalog level, without leakage.
+
+Registered inside the `novelty` group (`register` takes its subparsers). Writes, per level,
+OUT/level-L/mixture.json (the weights, with and without the LM, and how they were fitted) and,
+for the head sequence expert, OUT/level-L/cluster_head.pt (the head of the serving SASRec).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from explore.commands.common import add_dataset_args
+
+HEAD_FILE = "cluster_head.pt"
+
+
+def level_dir(out: Path, level: int) -> Path:
+    """Where a level's mixture lives: the one place the command and the judge agree on."""
+    return Path(out) / f"level-{level}"
+
+
+def register(nsub: argparse._SubParsersAction) -> None:
+    p = nsub.add_parser(
+        "mix", help="fit the mixture of experts (LM, sequence model, co-occurrence, popularity) per level on "
+                    "validation moments, with a SASRec that never trained on them",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="score(c) = sum_e w_e log p_e(c) over the clusters the user does not know. The weights are "
+                    "fitted per level by a listwise softmax on the novelty split's validation moments, using a "
+                    "SASRec trained before the validation period (--seqrec-valid, from `explore seqrec train "
+                    "--until-novelty-valid`); they are then applied to the serving SASRec (--seqrec). The mixture "
+                    "is fitted twice, with and without the LM, so that the judge can say what the LM adds. The "
+                    "test split is never read.")
+    add_dataset_args(p)
+    p.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
+    p.add_argument("--seqrec-valid", type=Path, action="append", required=True,
+                   help="SASRec checkpoint(s) trained with --until-novelty-valid (repeat for seeds: the exact "
+                        "expert averages them; the head reads the first)")
+    p.add_argument("--seqrec", type=Path, action="append", required=True,
+                   help="the serving SASRec checkpoint(s), same recipe and seeds as --seqrec-valid: trained with "
+                        "--until-novelty-test for the judge, on everything for production")
+    p.add_argument("--model", type=Path, action="append", default=[],
+                   help="a novelty LM directory, one per level at most (a level without one mixes no LM)")
+    p.add_argument("--levels", default="", help="catalog levels, e.g. 1,2,3 (default: the models' levels, or all)")
+    p.add_argument("--sequence", choices=["head", "exact"], default="head",
+                   help="the sequence expert: the cluster head (O(clusters) per user, what the engine can serve "
+                        "at scale) or the exact sum of SASRec's next-item probabilities per cluster (O(catalog))")
+    p.add_argument("--k", type=int, default=2, help="context length when no --model gives one")
+    p.add_argument("--m", type=int, default=5, help="M of the validation hit rate that is reported")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("runs/mixture"), help="directory of the level-L/ folders")
+    p.set_defaults(func=cmd_novelty_mix)
+
+
+def load_seqrecs(paths: list[Path], ds) -> tuple[list, int]:  # type: ignore[no-untyped-def]
+    """(models, the latest end of their training data; after every interaction when one trained on all)."""
+    from interests.catalog import CatalogError
+    from interests.train_seqrec import load_checkpoint
+
+    models, untils = [], []
+    for path in paths:
+        model, ckpt = load_checkpoint(path)
+        if ckpt.get("item_ids") != [str(i) for i in ds.item_ids]:
+            raise CatalogError(f"{path} was trained on other items than {ds.name}")
+        models.append(model)
+        until = ckpt.get("trained_until")
+        untils.append(int(until) if until is not None else int(ds.timestamps.max()) + 1)
+    return models, max(untils)
+
+
+def cmd_novelty_mix(args: argparse.Namespace) -> int:
+    from explore.commands.novelty import _load_lms, holdout_dataset
+    from interests.catalog import Catalog, CatalogError, check_same_items
+    from interests.cluster_head import save_head
+    from interests.novelty_data import novel_transitions, split_by_time
+    from interests.novelty_mix import fit_level, sequence_expert, train_level_head, valid_experts
+
+    t0 = time.perf_counter()
+    ds = holdout_dataset(args)
+    catalog = Catalog.load(args.catalog)
+    check_same_items(catalog, ds.item_ids)
+    entries = _load_lms(args.model, catalog.version)
+    lms = {e.lm.meta["level"]: e for e in entries}
+    lm_dirs = {e.lm.meta["level"]: str(path) for e, path in zip(entries, args.model, strict=True)}
+    if len(lms) < len(args.model):
+        raise CatalogError("two --model directories are of the same level: a level mixes one LM")
+    k = lms[next(iter(lms))].lm.meta["k"] if lms else args.k
+    levels = [int(v) for v in args.levels.split(",") if v] or sorted(lms) or list(range(len(catalog.levels)))
+    fit_models, fit_until = load_seqrecs(args.seqrec_valid, ds)
+    serve_models, serve_until = load_seqrecs(args.seqrec, ds)
+    for lv in levels:
+        ic, n = catalog.item_clusters(lv), catalog.levels[lv]
+        examples = novel_transitions(ds, ic, k)
+        split = split_by_time(examples)
+        if fit_until > split.cut_valid:
+            raise CatalogError(f"level {lv}: --seqrec-valid trained on data up to {fit_until}, after the validation "
+                               f"cut {split.cut_valid}: train it with `explore seqrec train --until-novelty-valid`")
+        info = {"sequence": args.sequence, "k": k, "seqrec_valid": [str(p) for p in args.seqrec_valid],
+                "seqrec": [str(p) for p in args.seqrec], "lm": lms[lv].name if lv in lms else None,
+                "lm_dir": lm_dirs.get(lv), "catalog_version": catalog.version, "clusters": n}
+        head = None
+        if args.sequence == "head":
+            head, head_info = train_level_head(fit_models[0], fit_until, ds, ic, n, examples, args.seed)
+            print(f"level {lv}: fitting head trained on {head_info['novel_moments']:,} novel moments "
+                  f"({head_info['epochs']} epochs, {head_info['seconds']} s)", flush=True)
+        lm_table = None
+        if lv in lms:
+            from interests.judge import rows_of_contexts
+            from interests.novelty_prior import description_scores
+
+            unique, inverse = rows_of_contexts(split.valid.contexts)
+            lm_table = description_scores(lms[lv].lm, unique)[inverse]
+        experts = valid_experts(ds, ic, n, split, sequence_expert(args.sequence, fit_models, ic, n, head), lm_table)
+        fit = fit_level(lv, split, experts, args.m, info)
+        out = level_dir(args.out, lv)
+        fit.mixture.save(out)
+        fit.without_lm.save(out / "without-lm")
+        if args.sequence == "head":
+            serve_head, serve_info = train_level_head(serve_models[0], serve_until, ds, ic, n, examples, args.seed)
+            save_head(out / HEAD_FILE, serve_head, {"level": lv, "seqrec": str(args.seqrec[0]), **serve_info})
+        weights = ", ".join(f"{e} {w:.3f}" for e, w in fit.mixture.weights.items())
+        print(f"level {lv} ({n} clusters, {len(split.valid):,} validation moments): weights {weights}; validation "
+              f"hit@{args.m} {fit.valid_hits['mixture']:.3f}, without the LM {fit.valid_hits['without_lm']:.3f} "
+              f"-> {out}", flush=True)
+    print(f"fitted {len(levels)} level(s) in {time.perf_counter() - t0:.0f} s")
+    return 0
