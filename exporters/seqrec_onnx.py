@@ -36,6 +36,24 @@ def export_onnx(module: TopNGraph, path: Path) -> Path:
     return path
 
 
+def export_mixture_onnx(module, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """Export a `MixtureTopN` (eval mode): inputs history [B, L] int64, known [B, C] bool, context_scores
+    [B, C] float32; outputs clusters [B, M] int64, cluster_scores [B, M] float32, items, scores [B, N]."""
+    module.eval()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    history = torch.randint(1, module.model.cfg.n_items + 1, (2, module.model.cfg.max_len))
+    known = torch.zeros(2, module.n_clusters, dtype=torch.bool)
+    context = torch.zeros(2, module.n_clusters)
+    torch.onnx.export(module, (history, known, context), str(path), opset_version=OPSET, dynamo=False,
+                      input_names=["history", "known", "context_scores"],
+                      output_names=["clusters", "cluster_scores", "items", "scores"],
+                      dynamic_axes={"history": {0: "batch", 1: "length"}, "known": {0: "batch"},
+                                    "context_scores": {0: "batch"}, "clusters": {0: "batch"},
+                                    "cluster_scores": {0: "batch"}, "items": {0: "batch"}, "scores": {0: "batch"}})
+    return path
+
+
 @dataclass
 class Parity:
     cases: int

@@ -27,16 +27,44 @@ from torch import nn
 
 
 class ClusterHead(nn.Module):
-    """Hidden states [B, D] -> a logit per cluster [B, C]."""
+    """Hidden states [B, D] -> a logit per cluster [B, C]: logsumexp over R prototypes per cluster.
 
-    def __init__(self, dim: int, n_clusters: int) -> None:
+    The exact cluster score is log sum_{i in c} exp(h . e_i), a soft maximum over the cluster's
+    items; R learned prototypes (vectors and biases) per cluster are that sum with R terms instead of
+    |c|, so O(R x D x C) per user. R = 1 is a linear head. Prototypes start as R of the cluster's own
+    item embeddings (`init_from_items`), then distillation fits them.
+    """
+
+    def __init__(self, dim: int, n_clusters: int, prototypes: int = 1) -> None:
         super().__init__()
-        self.proj = nn.Linear(dim, n_clusters)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        self.weight = nn.Parameter(torch.zeros(n_clusters, prototypes, dim))
+        self.bias = nn.Parameter(torch.zeros(n_clusters, prototypes))
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        """(clusters, prototypes, dim)."""
+        c, r, d = self.weight.shape
+        return c, r, d
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.proj(hidden)
+        return (torch.einsum("bd,crd->bcr", hidden, self.weight) + self.bias).logsumexp(-1)
+
+    @torch.no_grad()
+    def init_from_items(self, item_emb: torch.Tensor, item_cluster: np.ndarray, counts: np.ndarray,
+                        seed: int = 0) -> None:
+        """Each cluster's prototypes: R of its items drawn by traffic, biases log(|c| / R) (a cluster's
+        score grows with its size, as the exact sum does). Empty clusters keep zeros and a low bias."""
+        rng = np.random.default_rng(seed)
+        n, r, _ = self.dims
+        for c in range(n):
+            members = np.flatnonzero(item_cluster == c)
+            if not len(members):
+                self.bias[c] = -30.0
+                continue
+            p = counts[members] + 1.0
+            pick = rng.choice(members, size=r, replace=len(members) < r, p=p / p.sum())
+            self.weight[c] = item_emb[torch.from_numpy(pick)].to(self.weight.dtype)
+            self.bias[c] = float(np.log(len(members) / r))
 
 
 @dataclass
@@ -57,8 +85,10 @@ def cluster_sums(probs: torch.Tensor, item_cluster: torch.Tensor, n_clusters: in
 
 
 def train_head(data: HeadData, n_clusters: int, distill_weight: float = 1.0, epochs: int = 60, patience: int = 5,
-               lr: float = 1e-2, batch: int = 512, seed: int = 0, l2: float = 1e-4) -> tuple[ClusterHead, dict]:
-    """Fit the head; early stopping on the novel log-likelihood of the latest tenth of novel moments.
+               lr: float = 1e-2, batch: int = 512, seed: int = 0, l2: float = 1e-4,
+               head: ClusterHead | None = None) -> tuple[ClusterHead, dict]:
+    """Fit the head (a new linear one, or `head` as initialised); early stopping on the novel
+    log-likelihood of the latest tenth of novel moments.
 
     The novel moments are expected in time order (the latest last): the held-out tenth is the
     future of the rest, as validation and test are to training.
@@ -67,7 +97,7 @@ def train_head(data: HeadData, n_clusters: int, distill_weight: float = 1.0, epo
     torch.manual_seed(seed)
     n = len(data.novel_target)
     cut = n - max(1, n // 10)
-    head = ClusterHead(data.novel_hidden.shape[1], n_clusters).double()
+    head = (head or ClusterHead(data.novel_hidden.shape[1], n_clusters)).double()
     opt = torch.optim.Adam(head.parameters(), lr=lr, weight_decay=l2)
     best, best_state, since, history = float("inf"), None, 0, []
     for epoch in range(1, epochs + 1):
@@ -132,24 +162,29 @@ def last_hidden(model, histories: list[np.ndarray], batch: int = 256) -> np.ndar
 @torch.no_grad()
 def head_data(model, sequences: list[np.ndarray], item_cluster: np.ndarray, n_clusters: int,  # type: ignore[no-untyped-def]
               novel_histories: list[np.ndarray], novel_targets: np.ndarray, novel_known: list[frozenset[int]],
-              max_positions: int = 60_000, seed: int = 0, batch: int = 256) -> HeadData:
+              max_positions: int = 200_000, seed: int = 0, batch: int = 256, teachers=()) -> HeadData:
     """The head's training data from a frozen SASRec.
 
     `sequences`: the users' item sequences (0-based) of the SASRec's own training period, cut into
     its training windows; a seeded sample of `max_positions` positions is distilled. The novel
     moments come with their histories (0-based), target clusters and known sets, in time order.
+    `teachers`: SASRecs of other seeds (same period) whose exact cluster distributions are averaged
+    with `model`'s into the distillation target: the head of one encoder learns what the seeds agree on.
     """
     from interests.seqsplit import training_windows
 
     inputs, targets = training_windows([np.asarray(s, np.int64) + 1 for s in sequences], model.cfg.max_len)
     clusters = torch.from_numpy(np.asarray(item_cluster, np.int64))
     hidden, dist = [], []
-    model.eval()
+    for m in (model, *teachers):
+        m.eval()
     for start in range(0, len(inputs), batch):
         x, y = torch.from_numpy(inputs[start:start + batch]), torch.from_numpy(targets[start:start + batch])
         h = model(x)[y > 0]
         hidden.append(h.double())
-        dist.append(cluster_sums(torch.softmax(model.item_scores(h).double(), -1), clusters, n_clusters))
+        probs = [torch.softmax(m.item_scores(m(x)[y > 0]).double(), -1) for m in teachers]
+        mean = (torch.softmax(model.item_scores(h).double(), -1) + sum(probs)) / (1 + len(probs))
+        dist.append(cluster_sums(mean, clusters, n_clusters))
     dh, dt = torch.cat(hidden), torch.cat(dist)
     if len(dh) > max_positions:
         keep = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(dh), max_positions, replace=False)))
@@ -164,14 +199,14 @@ def head_data(model, sequences: list[np.ndarray], item_cluster: np.ndarray, n_cl
 
 def save_head(path, head: ClusterHead, meta: dict) -> None:  # type: ignore[no-untyped-def]
     """Weights and plain metadata (the SASRec it reads, its level, how it trained)."""
-    torch.save({"state": head.state_dict(), "dim": head.proj.in_features, "clusters": head.proj.out_features,
-                "meta": meta}, path)
+    c, r, d = head.dims
+    torch.save({"state": head.state_dict(), "dim": d, "clusters": c, "prototypes": r, "meta": meta}, path)
 
 
 def load_head(path) -> tuple[ClusterHead, dict]:  # type: ignore[no-untyped-def]
     """(head in eval mode, its metadata); weights only, nothing unpickled."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    head = ClusterHead(int(ckpt["dim"]), int(ckpt["clusters"])).double()
+    head = ClusterHead(int(ckpt["dim"]), int(ckpt["clusters"]), int(ckpt.get("prototypes", 1))).double()
     head.load_state_dict(ckpt["state"])
     head.eval()
     return head, ckpt["meta"]

@@ -88,8 +88,16 @@ class ClusteredTopN(RestrictedTopN):
         self.register_buffer("by_cluster", by_cluster, persistent=False)
 
     def forward(self, history: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.slate(history, self.hidden(history), allowed)
+
+    def hidden(self, history: torch.Tensor) -> torch.Tensor:
+        """The history's last hidden state [B, D], from the by-cluster copy of the embeddings."""
         recent = history[:, -self.model.cfg.max_len:]
-        hidden = self.model.encode(self.by_cluster[self.row_of[recent]], recent > 0)[:, -1]  # [B, D]
+        return self.model.encode(self.by_cluster[self.row_of[recent]], recent > 0)[:, -1]
+
+    def slate(self, history: torch.Tensor, hidden: torch.Tensor,
+              allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The restricted top-N for a hidden state already computed (`interests.mixture_topn` reuses it)."""
         chosen, chosen_ok = self.chosen_clusters(allowed)  # [B, K]
         ids = self.members[chosen].flatten(1)  # [B, K*S]
         rows = 1 + chosen[:, :, None] * self.cluster_size + torch.arange(self.cluster_size, device=history.device)

@@ -92,6 +92,15 @@ class Mixture:
             raise ValueError("every weight of the mixture is 0")
         return total
 
+    def context_part(self, experts: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The weighted sum over every expert but the sequence model: what depends on the user's context
+        alone, so a table row can carry it and the seqrec graph adds the sequence part
+        (`interests.mixture_topn`). score = context_part + w_sequence * floored sequence log-scores."""
+        rest = {k: (0.0 if k == "sequence" else v) for k, v in self.weights.items()}
+        if not any(rest.values()):
+            return np.zeros_like(floor_scores(next(iter(experts.values()))))
+        return Mixture(rest).score(experts)
+
     def without(self, name: str) -> Mixture:
         """The same mixture with one expert's weight set to 0 (the ablation: what that expert adds)."""
         return Mixture({k: (0.0 if k == name else v) for k, v in self.weights.items()}, self.level,
