@@ -17,6 +17,10 @@
 3. `CompactTable` (the worker's form now) loaded with 1M contexts of 1,000 clusters in a fresh
    process, as the follower loads it (`parse_rows` a fetch of 5,000 at a time, store; no broker):
    seconds and resident set.
+4. The served mixture (`interests.mixture_topn.MixtureTopN`: the cluster head's scores for every
+   cluster, the top M unknown ones, then the clustered slate inside them) beside the slate alone
+   (`ClusteredTopN` given the same M clusters), on onnxruntime, same requests: what the sequence
+   expert's O(clusters) scores add to a request (issue 26: within 2x at 1M items / 1,000 clusters).
 
 Run: python benchmarks/scale.py                     (everything, a few minutes on 2 cores)
      python benchmarks/scale.py --items 10000,100000 --clusters 32 --seconds 0.5   (a quick look)
@@ -168,6 +172,62 @@ def topn_growth(item_counts: list[int], cluster_counts: list[int], batches: list
                 if server:
                     server.stop()
             del twins, clustered
+            gc.collect()
+    return rows
+
+
+class MixtureTwin:
+    """The exported mixture graph in-process, called as `measure` calls a twin (`top_n(*request)`)."""
+
+    def __init__(self, path: Path) -> None:
+        from interests.constrained import onnx_session
+
+        self.session = onnx_session(path, 2, False)
+
+    def top_n(self, history: np.ndarray, known: np.ndarray, context: np.ndarray) -> tuple:  # type: ignore[type-arg]
+        return tuple(self.session.run(None, {"history": history, "known": known, "context_scores": context}))
+
+
+def mixture_growth(item_counts: list[int], cluster_counts: list[int], batches: list[int], seconds: float,
+                   work: Path, prototypes: int) -> list[dict]:
+    """p50 and rows/s of the slate alone and of the mixture graph (head + top M + slate), same requests."""
+    import torch
+
+    from exporters.seqrec_onnx import export_mixture_onnx
+    from interests.cluster_head import ClusterHead
+    from interests.clustered_topn import ClusteredTopN
+    from interests.mixture_topn import MixtureTopN
+    from interests.sasrec import SASRec, SASRecConfig
+
+    torch.set_num_threads(2)
+    print(f"\nthe served mixture: cluster head ({prototypes} prototypes a cluster) + top {ALLOWED} unknown clusters + "
+          f"slate, against the slate alone")
+    print(f"{'items':>9} {'clusters':>8} {'batch':>5} {'slate p50 ms':>12} {'mixture p50 ms':>14} {'ratio':>6}",
+          flush=True)
+    rows = []
+    for n_items in item_counts:
+        torch.manual_seed(0)
+        model = SASRec(SASRecConfig(n_items=n_items, max_len=HISTORY)).eval()
+        for n_clusters in cluster_counts:
+            rng = np.random.default_rng(n_items + n_clusters)
+            item_cluster = torch.from_numpy(rng.integers(0, n_clusters, n_items))
+            head = ClusterHead(model.cfg.dim, n_clusters, prototypes)
+            with torch.no_grad():
+                head.weight.normal_(std=0.1)
+            slate = session_for(ClusteredTopN(model, item_cluster, n_clusters, TOP_N), work, "slate")
+            mixture = MixtureTwin(export_mixture_onnx(MixtureTopN(model, item_cluster, n_clusters, head, 1.0, ALLOWED,
+                                                                  TOP_N), work / "mixture.onnx"))
+            for batch in batches:
+                plain = random_requests(n_items, n_clusters, batch, 8, rng)
+                mixed = [(h, rng.random((batch, n_clusters)) < 0.1, rng.normal(size=(batch, n_clusters)).astype(
+                    np.float32)) for h, _ in plain]
+                row = {"items": n_items, "clusters": n_clusters, "batch": batch, "prototypes": prototypes,
+                       "slate": vars(measure(slate, plain, seconds)), "mixture": vars(measure(mixture, mixed, seconds))}
+                row["ratio"] = row["mixture"]["p50_ms"] / row["slate"]["p50_ms"]
+                rows.append(row)
+                print(f"{n_items:>9,} {n_clusters:>8} {batch:>5} {row['slate']['p50_ms']:>12.2f} "
+                      f"{row['mixture']['p50_ms']:>14.2f} {row['ratio']:>5.2f}x", flush=True)
+            del slate, mixture
             gc.collect()
     return rows
 
@@ -326,6 +386,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="per graph and configuration")
     parser.add_argument("--table-sample", type=int, default=2000, help="novelty rows measured per cluster count")
     parser.add_argument("--skip-topn", action="store_true")
+    parser.add_argument("--skip-mixture", action="store_true", help="skip part 4, the served mixture's cost")
+    parser.add_argument("--prototypes", type=int, default=8, help="cluster head prototypes per cluster (part 4)")
     parser.add_argument("--triton", action="store_true", help="also through the embedded Triton (CPU), one caller")
     parser.add_argument("--compact-contexts", type=int, default=1_000_000,
                         help="contexts loaded into the compact table at 1,000 clusters (0: skip)")
@@ -348,6 +410,10 @@ def main() -> None:
     if not args.skip_topn:
         with tempfile.TemporaryDirectory() as tmp:
             topn = topn_growth(args.items, args.clusters, args.batches, args.seconds, Path(tmp), args.triton)
+    mixture: list[dict] = []
+    if not args.skip_mixture:
+        with tempfile.TemporaryDirectory() as tmp:
+            mixture = mixture_growth(args.items, args.clusters, args.batches, args.seconds, Path(tmp), args.prototypes)
     table = table_growth(args.clusters, args.table_sample)
     compact = compact_growth(max(args.clusters), args.compact_contexts) if args.compact_contexts else None
     if args.plot and topn:
@@ -356,7 +422,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"topn": [vars(r) | {"full": vars(r.full), "clustered": vars(r.clustered)}
                                                   for r in topn],
-                                         "table": [vars(r) for r in table], "compact": compact}, indent=1))
+                                         "mixture": mixture, "table": [vars(r) for r in table],
+                                         "compact": compact}, indent=1))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ MIN_TEST_PER_CLUSTER = 2  # fewer test moments per cluster: most clusters are ne
 
 RANDOM, POPULAR, TRANSITIONS = "random", "popular", "transition counts"
 COOCCURRENCE, TEXT, SEQREC = "cluster co-occurrence", "text similarity (MiniLM)", "SASRec explores"
+SEQREC_SEEDS = "SASRec explores ({n} seeds)"  # the exact sums of several seeds' mean next-item probabilities
 MIXTURE, MIXTURE_NO_LM, HEAD = "mixture (served)", "mixture without the LM", "sequence expert (cluster head)"
 # The paired comparisons every table with a mixture carries: (method, against).
 MIXTURE_PAIRS = ((MIXTURE, SEQREC), (MIXTURE, MIXTURE_NO_LM), (MIXTURE_NO_LM, SEQREC), (HEAD, SEQREC))
@@ -396,7 +397,8 @@ def judge(ds: Dataset, item_clusters: dict[int, np.ndarray], descriptions: dict[
           lms: Sequence[LMEntry] = (), next_item_probs: NextItemProbs | None = None,
           seqrec_until: int | None = None, embed: Callable[[list[str]], np.ndarray] | None = None,
           seed: int = 0, log: Callable[[str], None] = print, max_contexts: int = 0,
-          mixtures: dict[int, MixtureEntry] | None = None) -> list[LevelResult]:
+          mixtures: dict[int, MixtureEntry] | None = None,
+          more_seeds: Sequence[NextItemProbs] = ()) -> list[LevelResult]:
     """Every method at every level of `item_clusters` ({level: item -> cluster}), with times per phase.
 
     `max_contexts` > 0 keeps only the test moments of a seeded sample of that many distinct contexts,
@@ -405,6 +407,8 @@ def judge(ds: Dataset, item_clusters: dict[int, np.ndarray], descriptions: dict[
 
     `next_item_probs` (the item policy) is used only when `seqrec_until` (the end of its training
     data) is at or before the level's test cut: a model that saw the test period is refused.
+    `more_seeds`: the same recipe's other seeds (same cut): "SASRec explores (N seeds)" averages
+    their next-item probabilities with the first's, a stronger baseline than any one seed.
     `embed` turns descriptions into vectors for the text-similarity baseline. `mixtures` ({level:
     entry}) adds the served mixture, the mixture without the LM and the sequence expert alone, each
     compared with SASRec explores (and the mixture with the one without its LM).
@@ -439,7 +443,11 @@ def judge(ds: Dataset, item_clusters: dict[int, np.ndarray], descriptions: dict[
                                  f"the test cut {split.cut_test}: train it with `explore seqrec train "
                                  "--until-novelty-test`")
             t = time.perf_counter()
-            scores[SEQREC] = seqrec_cluster_scores(next_item_probs, histories_at(ds, test), item_cluster, n)
+            histories = histories_at(ds, test)
+            scores[SEQREC] = seqrec_cluster_scores(next_item_probs, histories, item_cluster, n)
+            if more_seeds:
+                total = scores[SEQREC] + sum(seqrec_cluster_scores(p, histories, item_cluster, n) for p in more_seeds)
+                scores[SEQREC_SEEDS.format(n=1 + len(more_seeds))] = total / (1 + len(more_seeds))
             times["seqrec"] = time.perf_counter() - t
         lm_names, tables = set(), {}
         for entry in lms:

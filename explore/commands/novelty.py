@@ -79,8 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="a novelty LM directory (repeat: one or more per level; each is judged at its own level)")
     ne.add_argument("--levels", default="",
                     help="catalog levels to judge, e.g. 1,2,3 (default: the levels of the models, or all)")
-    ne.add_argument("--seqrec", type=Path, default=None,
-                    help="a SASRec checkpoint trained with --until-novelty-test: the 'SASRec explores' baseline")
+    ne.add_argument("--seqrec", type=Path, action="append", default=[],
+                    help="a SASRec checkpoint trained with --until-novelty-test: the 'SASRec explores' baseline; "
+                         "repeat with other seeds of the same recipe to add 'SASRec explores (N seeds)', their mean")
     ne.add_argument("--text", choices=["minilm", "none"], default="minilm",
                     help="the text-similarity baseline's encoder (minilm needs the text extra)")
     ne.add_argument("--k", type=int, default=2, help="context length when no --model gives one")
@@ -350,7 +351,10 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
     for lv in chosen:
         if not 0 <= lv < len(catalog.levels):
             raise CatalogError(f"level {lv} is not in the catalog (levels 0-{len(catalog.levels) - 1})")
-    probs, until = _seqrec_baseline(args.seqrec, ds)
+    seeds = [_seqrec_baseline(p, ds) for p in args.seqrec]
+    probs, until = seeds[0] if seeds else (None, None)
+    if any(u != until for _, u in seeds):
+        raise CatalogError("the --seqrec checkpoints were trained to different cuts: seeds of one recipe only")
     mixtures = _load_mixtures(args.mixture, chosen, lms, catalog, ds) if args.mixture else None
     embed = _text_encoder(args.text)
     print(f"{ds.summary()}\njudging levels {chosen} ({', '.join(str(catalog.levels[lv]) for lv in chosen)} clusters), "
@@ -359,12 +363,14 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
     results = judge(ds, {lv: catalog.item_clusters(lv) for lv in chosen},
                     {lv: catalog.descriptions(lv) for lv in chosen}, k, args.m,
                     [e for e in lms if e.lm.meta["level"] in chosen], probs, until, embed, args.seed,
-                    log=lambda line: print(line, flush=True), max_contexts=args.max_contexts, mixtures=mixtures)
+                    log=lambda line: print(line, flush=True), max_contexts=args.max_contexts, mixtures=mixtures,
+                    more_seeds=[p for p, _ in seeds[1:]])
     for r in results:
         print(format_level(r, args.m))
     path = write_outputs(results, args.m, {"dataset": ds.name, "catalog_version": catalog.version,
                                            "models": [str(p) for p in args.model],
-                                           "seqrec": str(args.seqrec) if args.seqrec else None}, args.out)
+                                           "seqrec": [str(p) for p in args.seqrec],
+                                           "mixture": str(args.mixture) if args.mixture else None}, args.out)
     print(f"report: {path}\nthe whole evaluation took {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -418,10 +424,8 @@ def _load_lms(paths: list[Path], catalog_version: str, device: str = "cpu") -> l
     return entries
 
 
-def _seqrec_baseline(path: Path | None, ds) -> tuple:  # type: ignore[no-untyped-def]
-    """(next-item probabilities, end of its training data) of a SASRec checkpoint, or (None, None)."""
-    if path is None:
-        return None, None
+def _seqrec_baseline(path: Path, ds) -> tuple:  # type: ignore[no-untyped-def]
+    """(next-item probabilities, end of its training data) of a SASRec checkpoint."""
     from interests.catalog import CatalogError
     from interests.train_seqrec import load_checkpoint, next_item_probabilities
 

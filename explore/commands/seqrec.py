@@ -40,6 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "mix --seqrec-valid`) without having trained on those moments")
     t.add_argument("--k", type=int, default=2,
                    help="context length of the novelty split (--until-novelty-test / --until-novelty-valid)")
+    t.add_argument("--teacher", type=Path, action="append", default=[],
+                   help="a SASRec checkpoint of another seed trained on the same interactions (repeat): the loss "
+                        "is half cross-entropy, half the teachers' mean next-item distribution (one model that "
+                        "learns what the seeds agree on; training costs about one forward pass more per teacher)")
     from interests.configs import TrainConfig
 
     add_config_args(t, TrainConfig, TRAIN_HELP, {"loss": ["ce", "bce"]})
@@ -89,7 +93,9 @@ def cmd_seqrec_train(args: argparse.Namespace) -> int:
     extra = {"catalog_version": catalog.version, "dataset": ds.name, "item_ids": [str(i) for i in ds.item_ids],
              "trained_until": until,
              "sample_histories": pad_left([split.test_history[i] for i in sample], cfg.max_len)}
-    model, result = train(split, cfg, progress=not args.quiet, checkpoint=args.out, extra=extra)
+    teachers = _teachers(args.teacher, ds, until)
+    extra["teachers"] = [str(p) for p in args.teacher]
+    model, result = train(split, cfg, progress=not args.quiet, checkpoint=args.out, extra=extra, teachers=teachers)
     test = evaluate(model, split.test_history, split.test_target)
     pop = ranking_metrics(popularity_ranks(split))
     print(f"best epoch {result.best_epoch} of {len(result.history)} ({result.seconds:.0f} s); checkpoint: {args.out}")
@@ -98,6 +104,21 @@ def cmd_seqrec_train(args: argparse.Namespace) -> int:
         {"protocol": split.protocol(), "test": test, "popularity_test": pop, "valid": result.valid,
          "best_epoch": result.best_epoch, "seconds": result.seconds, "config": vars(cfg)}, indent=1))
     return 0
+
+
+def _teachers(paths: list[Path], ds, until: int | None) -> list:  # type: ignore[no-untyped-def]
+    """The teacher checkpoints, refused unless they trained on the very interactions the student will."""
+    from interests.catalog import CatalogError
+    from interests.train_seqrec import load_checkpoint
+
+    out = []
+    for path in paths:
+        model, ckpt = load_checkpoint(path)
+        if ckpt.get("item_ids") != [str(i) for i in ds.item_ids] or ckpt.get("trained_until") != until:
+            raise CatalogError(f"{path} was trained on other interactions (items or --until-novelty-* cut) than "
+                               "this student: a teacher must have seen exactly what the student sees")
+        out.append(model)
+    return out
 
 
 def _print_metrics(rows: dict[str, dict[str, float]]) -> None:

@@ -99,3 +99,55 @@ def test_head_learns_novel_targets_and_masks_known() -> None:
     assert np.exp(scores).sum(1) == pytest.approx(np.ones(moments))
     assert (scores[:, : n - 1].argmax(1) == targets).mean() > 0.9
     assert isinstance(head, ClusterHead)
+
+
+def test_cli_mix_then_judge_the_served_mixture(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """seqrec train --until-novelty-valid / --until-novelty-test -> novelty train -> novelty mix (weights with and
+    without the LM, the serving head) -> novelty eval --mixture: the mixture's rows and its paired comparisons."""
+    import json
+
+    from explore.cli import main
+    from explore.commands.mix import HEAD_FILE, level_dir
+    from interests.build import build_catalog
+    from interests.configs import BuildConfig
+    from interests.synthetic import make_synthetic
+
+    ds, _ = make_synthetic(n_clusters=8, n_users=400, seed=0)  # what --synthetic builds
+    build_catalog(ds, BuildConfig(levels=(8,)), progress=False).save(tmp_path / "catalog")
+    common = ["--synthetic", "--catalog", str(tmp_path / "catalog")]
+    small = ["--epochs", "2", "--dim", "16", "--blocks", "1", "--max-len", "20", "--quiet"]
+    valid, test = tmp_path / "valid.pt", tmp_path / "test.pt"
+    assert main(["seqrec", "train", *common, *small, "--until-novelty-valid", "--out", str(valid)]) == 0
+    assert main(["seqrec", "train", *common, *small, "--until-novelty-test", "--out", str(test)]) == 0
+    # A teacher of another cut is refused: it saw interactions the student does not.
+    assert main(["seqrec", "train", *common, *small, "--until-novelty-valid", "--teacher", str(test),
+                 "--out", str(tmp_path / "student.pt")]) == 1
+    lm = tmp_path / "lm"
+    assert main(["novelty", "train", *common, "--out", str(lm), "--layers", "1", "--dim", "32", "--heads", "2",
+                 "--epochs", "1", "--prior-alphas", "0,1", "--quiet"]) == 0
+    mix = tmp_path / "mix"
+    # The fitting SASRec must not have seen the validation moments.
+    assert main(["novelty", "mix", *common, "--seqrec-valid", str(test), "--seqrec", str(test), "--model", str(lm),
+                 "--out", str(mix)]) == 1
+    assert "--until-novelty-valid" in capsys.readouterr().err
+    assert main(["novelty", "mix", *common, "--seqrec-valid", str(valid), "--seqrec", str(test), "--model", str(lm),
+                 "--out", str(mix)]) == 0
+    fitted = json.loads((level_dir(mix, 0) / "mixture.json").read_text())
+    assert set(fitted["weights"]) == {"popularity", "cooccurrence", "sequence", "lm"}
+    assert all(w >= 0 for w in fitted["weights"].values()) and fitted["fitted_on"]["seqrec_valid"] == [str(valid)]
+    without = json.loads((level_dir(mix, 0) / "without-lm" / "mixture.json").read_text())
+    assert "lm" not in without["weights"] and (level_dir(mix, 0) / HEAD_FILE).stat().st_size
+    judged = tmp_path / "judge"
+    assert main(["novelty", "eval", *common, "--model", str(lm), "--seqrec", str(test), "--mixture", str(mix),
+                 "--text", "none", "--out", str(judged)]) == 0
+    level = json.loads((judged / "judge.json").read_text())["levels"][0]
+    assert {"mixture (served)", "mixture without the LM", "sequence expert (cluster head)",
+            "SASRec explores"} <= set(level["methods"])
+    pairs = {(p["method"], p["against"]): p for p in level["pairs"]["any"]}
+    lm_part = pairs[("mixture (served)", "mixture without the LM")]
+    assert lm_part["ci95"][0] <= lm_part["diff"] <= lm_part["ci95"][1] and 0 <= lm_part["p"] <= 1
+    assert ("mixture (served)", "SASRec explores") in pairs
+    # A judge that is not given the mixture's LM refuses rather than judging a different mixture.
+    if fitted["weights"]["lm"]:
+        assert main(["novelty", "eval", *common, "--seqrec", str(test), "--mixture", str(mix), "--text", "none",
+                     "--out", str(judged)]) == 1
