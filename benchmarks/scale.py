@@ -120,6 +120,20 @@ def triton_server(work: Path):  # type: ignore[no-untyped-def]
     return EmbeddedTriton(work / "repo", work / "triton").start(timeout_s=600)
 
 
+def random_catalogs(item_counts: list[int], cluster_counts: list[int]):  # type: ignore[no-untyped-def]
+    """(random SASRec, items, clusters, rng, item -> cluster uniformly at random) for every configuration."""
+    import torch
+
+    from interests.sasrec import SASRec, SASRecConfig
+
+    for n_items in item_counts:
+        torch.manual_seed(0)
+        model = SASRec(SASRecConfig(n_items=n_items, max_len=HISTORY)).eval()
+        for n_clusters in cluster_counts:
+            rng = np.random.default_rng(n_items + n_clusters)
+            yield model, n_items, n_clusters, rng, torch.from_numpy(rng.integers(0, n_clusters, n_items))
+
+
 def print_row(row: TopNRow) -> None:
     print(f"{row.items:>9,} {row.clusters:>8} {row.largest:>7} {row.batch:>5} {row.path:>11} {row.full.p50_ms:>11.2f} "
           f"{row.full.rows_per_s:>11,.0f} {row.clustered.p50_ms:>12.2f} {row.clustered.rows_per_s:>12,.0f} "
@@ -133,7 +147,6 @@ def topn_growth(item_counts: list[int], cluster_counts: list[int], batches: list
     import torch
 
     from interests.clustered_topn import ClusteredTopN
-    from interests.sasrec import SASRec, SASRecConfig
     from interests.topn import RestrictedTopN
 
     torch.set_num_threads(2)
@@ -142,37 +155,32 @@ def topn_growth(item_counts: list[int], cluster_counts: list[int], batches: list
 
     print(f"{'items':>9} {'clusters':>8} {'largest':>7} {'batch':>5} {'path':>11} {'full p50 ms':>11} "
           f"{'full rows/s':>11} {'clust p50 ms':>12} {'clust rows/s':>12} {'speed-up':>8}", flush=True)
-    for n_items in item_counts:
-        torch.manual_seed(0)
-        model = SASRec(SASRecConfig(n_items=n_items, max_len=HISTORY)).eval()
-        for n_clusters in cluster_counts:
-            rng = np.random.default_rng(n_items + n_clusters)
-            item_cluster = torch.from_numpy(rng.integers(0, n_clusters, n_items))
-            clustered = ClusteredTopN(model, item_cluster, n_clusters, TOP_N)
-            twins = {"full": session_for(RestrictedTopN(model, item_cluster, n_clusters, TOP_N), work, "full"),
-                     "clustered": session_for(clustered, work, "clustered")}
-            server = triton_server(work) if triton else None
-            remote = {"full": TritonSeqRec(server.grpc_url, "seqrec_full", timeout_s=300),
-                      "clustered": TritonSeqRec(server.grpc_url, "seqrec", timeout_s=300)} if server else {}
-            try:
-                for batch in batches:
-                    requests = random_requests(n_items, n_clusters, batch, 8, rng)
-                    a, b = (twins[g].top_n(*requests[0]) for g in ("full", "clustered"))
-                    if not (np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1], atol=1e-4)):
-                        print("  (the two graphs disagree on this request: see tests/unit/test_clustered_topn.py)")
-                    for path, calls in (("onnxruntime", twins), ("Triton", remote)):
-                        if calls:
-                            rows.append(TopNRow(n_items, n_clusters, clustered.cluster_size, batch,
-                                                measure(calls["full"], requests, seconds),
-                                                measure(calls["clustered"], requests, seconds), path))
-                            print_row(rows[-1])
-            finally:
-                for client in remote.values():
-                    client.close()
-                if server:
-                    server.stop()
-            del twins, clustered
-            gc.collect()
+    for model, n_items, n_clusters, rng, item_cluster in random_catalogs(item_counts, cluster_counts):
+        clustered = ClusteredTopN(model, item_cluster, n_clusters, TOP_N)
+        twins = {"full": session_for(RestrictedTopN(model, item_cluster, n_clusters, TOP_N), work, "full"),
+                 "clustered": session_for(clustered, work, "clustered")}
+        server = triton_server(work) if triton else None
+        remote = {"full": TritonSeqRec(server.grpc_url, "seqrec_full", timeout_s=300),
+                  "clustered": TritonSeqRec(server.grpc_url, "seqrec", timeout_s=300)} if server else {}
+        try:
+            for batch in batches:
+                requests = random_requests(n_items, n_clusters, batch, 8, rng)
+                a, b = (twins[g].top_n(*requests[0]) for g in ("full", "clustered"))
+                if not (np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1], atol=1e-4)):
+                    print("  (the two graphs disagree on this request: see tests/unit/test_clustered_topn.py)")
+                for path, calls in (("onnxruntime", twins), ("Triton", remote)):
+                    if calls:
+                        rows.append(TopNRow(n_items, n_clusters, clustered.cluster_size, batch,
+                                            measure(calls["full"], requests, seconds),
+                                            measure(calls["clustered"], requests, seconds), path))
+                        print_row(rows[-1])
+        finally:
+            for client in remote.values():
+                client.close()
+            if server:
+                server.stop()
+        del twins, clustered
+        gc.collect()
     return rows
 
 
@@ -197,7 +205,6 @@ def mixture_growth(item_counts: list[int], cluster_counts: list[int], batches: l
     from interests.cluster_head import ClusterHead
     from interests.clustered_topn import ClusteredTopN
     from interests.mixture_topn import MixtureTopN
-    from interests.sasrec import SASRec, SASRecConfig
 
     torch.set_num_threads(2)
     print(f"\nthe served mixture: cluster head ({prototypes} prototypes a cluster) + top {ALLOWED} unknown clusters + "
@@ -205,30 +212,25 @@ def mixture_growth(item_counts: list[int], cluster_counts: list[int], batches: l
     print(f"{'items':>9} {'clusters':>8} {'batch':>5} {'slate p50 ms':>12} {'mixture p50 ms':>14} {'ratio':>6}",
           flush=True)
     rows = []
-    for n_items in item_counts:
-        torch.manual_seed(0)
-        model = SASRec(SASRecConfig(n_items=n_items, max_len=HISTORY)).eval()
-        for n_clusters in cluster_counts:
-            rng = np.random.default_rng(n_items + n_clusters)
-            item_cluster = torch.from_numpy(rng.integers(0, n_clusters, n_items))
-            head = ClusterHead(model.cfg.dim, n_clusters, prototypes)
-            with torch.no_grad():
-                head.weight.normal_(std=0.1)
-            slate = session_for(ClusteredTopN(model, item_cluster, n_clusters, TOP_N), work, "slate")
-            mixture = MixtureTwin(export_mixture_onnx(MixtureTopN(model, item_cluster, n_clusters, head, 1.0, ALLOWED,
-                                                                  TOP_N), work / "mixture.onnx"))
-            for batch in batches:
-                plain = random_requests(n_items, n_clusters, batch, 8, rng)
-                mixed = [(h, rng.random((batch, n_clusters)) < 0.1, rng.normal(size=(batch, n_clusters)).astype(
-                    np.float32)) for h, _ in plain]
-                row = {"items": n_items, "clusters": n_clusters, "batch": batch, "prototypes": prototypes,
-                       "slate": vars(measure(slate, plain, seconds)), "mixture": vars(measure(mixture, mixed, seconds))}
-                row["ratio"] = row["mixture"]["p50_ms"] / row["slate"]["p50_ms"]
-                rows.append(row)
-                print(f"{n_items:>9,} {n_clusters:>8} {batch:>5} {row['slate']['p50_ms']:>12.2f} "
-                      f"{row['mixture']['p50_ms']:>14.2f} {row['ratio']:>5.2f}x", flush=True)
-            del slate, mixture
-            gc.collect()
+    for model, n_items, n_clusters, rng, item_cluster in random_catalogs(item_counts, cluster_counts):
+        head = ClusterHead(model.cfg.dim, n_clusters, prototypes)
+        with torch.no_grad():
+            head.weight.normal_(std=0.1)
+        slate = session_for(ClusteredTopN(model, item_cluster, n_clusters, TOP_N), work, "slate")
+        mixture = MixtureTwin(export_mixture_onnx(MixtureTopN(model, item_cluster, n_clusters, head, 1.0, ALLOWED,
+                                                              TOP_N), work / "mixture.onnx"))
+        for batch in batches:
+            plain = random_requests(n_items, n_clusters, batch, 8, rng)
+            mixed = [(h, rng.random((batch, n_clusters)) < 0.1, rng.normal(size=(batch, n_clusters)).astype(
+                np.float32)) for h, _ in plain]
+            row = {"items": n_items, "clusters": n_clusters, "batch": batch, "prototypes": prototypes,
+                   "slate": vars(measure(slate, plain, seconds)), "mixture": vars(measure(mixture, mixed, seconds))}
+            row["ratio"] = row["mixture"]["p50_ms"] / row["slate"]["p50_ms"]
+            rows.append(row)
+            print(f"{n_items:>9,} {n_clusters:>8} {batch:>5} {row['slate']['p50_ms']:>12.2f} "
+                  f"{row['mixture']['p50_ms']:>14.2f} {row['ratio']:>5.2f}x", flush=True)
+        del slate, mixture
+        gc.collect()
     return rows
 
 
