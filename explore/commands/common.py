@@ -110,3 +110,32 @@ def levels(text: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.split(","))
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"levels are cluster counts like 8,32, got {text!r}") from e
+
+
+def holdout_dataset(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The dataset of the arguments, cut to its training period when `--holdout` asks (`explore demo`'s cut)."""
+    ds = dataset_from_args(args)
+    share = getattr(args, "holdout", 0.0)
+    if not share:
+        return ds
+    from interests.seqsplit import held_out_start, training_period
+
+    return training_period(ds, held_out_start(ds, share))
+
+
+def load_lms(paths: list[Path], catalog_version: str, device: str = "cpu") -> list:
+    """Each model directory as a judge entry named by its variant (unique names across directories)."""
+    from interests.catalog import CatalogError
+    from interests.judge import LMEntry, variant_name
+    from interests.novelty_lm import NoveltyLM
+
+    entries: list[LMEntry] = []
+    for path in paths:
+        lm = NoveltyLM.load(path, device)
+        if lm.meta["catalog_version"] != catalog_version:
+            raise CatalogError(f"{path} was trained with catalog {lm.meta['catalog_version']}, not {catalog_version}")
+        name = f"LM {variant_name(lm.meta)}"
+        if any(e.name == name and e.lm.meta["level"] == lm.meta["level"] for e in entries):
+            name = f"{name} ({path.name})"
+        entries.append(LMEntry(name, lm))
+    return entries

@@ -11,7 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
-from explore.commands.common import add_dataset_args
+from explore.commands.common import add_dataset_args, holdout_dataset, load_lms
 
 HEAD_FILE = "cluster_head.pt"
 
@@ -70,7 +70,6 @@ def load_seqrecs(paths: list[Path], ds) -> tuple[list, int]:  # type: ignore[no-
 
 
 def cmd_novelty_mix(args: argparse.Namespace) -> int:
-    from explore.commands.novelty import _load_lms, holdout_dataset
     from interests.catalog import Catalog, CatalogError, check_same_items
     from interests.cluster_head import save_head
     from interests.novelty_data import novel_transitions, split_by_time
@@ -80,7 +79,7 @@ def cmd_novelty_mix(args: argparse.Namespace) -> int:
     ds = holdout_dataset(args)
     catalog = Catalog.load(args.catalog)
     check_same_items(catalog, ds.item_ids)
-    entries = _load_lms(args.model, catalog.version)
+    entries = load_lms(args.model, catalog.version)
     lms = {e.lm.meta["level"]: e for e in entries}
     lm_dirs = {e.lm.meta["level"]: str(path) for e, path in zip(entries, args.model, strict=True)}
     if len(lms) < len(args.model):
@@ -125,3 +124,33 @@ def cmd_novelty_mix(args: argparse.Namespace) -> int:
               f"-> {out}", flush=True)
     print(f"fitted {len(levels)} level(s) in {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def load_mixtures(directory: Path, levels: list[int], lms: list, catalog, ds) -> dict:  # type: ignore[no-untyped-def]
+    """{level: MixtureEntry} for the chosen levels that `directory` has a mixture for."""
+    from interests.catalog import CatalogError
+    from interests.cluster_head import load_head
+    from interests.judge import MixtureEntry
+    from interests.mixture import Mixture
+    from interests.novelty_mix import sequence_expert
+
+    out = {}
+    for lv in levels:
+        path = level_dir(directory, lv)
+        if not (path / "mixture.json").exists():
+            continue
+        mix, without = Mixture.load(path), Mixture.load(path / "without-lm")
+        info = mix.fitted_on
+        if info.get("catalog_version") != catalog.version:
+            raise CatalogError(f"{path} was fitted with catalog {info.get('catalog_version')}, not {catalog.version}")
+        models, until = load_seqrecs([Path(p) for p in info["seqrec"]], ds)
+        ic, n = catalog.item_clusters(lv), catalog.levels[lv]
+        head = load_head(path / HEAD_FILE)[0] if info["sequence"] == "head" else None
+        lm = next((e.name for e in lms if e.lm.meta["level"] == lv), None)
+        if mix.weights.get("lm", 0.0) and lm is None:
+            raise CatalogError(f"{path} mixes the LM of {info.get('lm_dir')}: give it to the judge with --model")
+        out[lv] = MixtureEntry(mix, without, sequence_expert(info["sequence"], models, ic, n, head),
+                               lm if mix.weights.get("lm", 0.0) else None, until)
+    if not out:
+        raise CatalogError(f"{directory} has no mixture for the levels judged ({levels}): run `explore novelty mix`")
+    return out

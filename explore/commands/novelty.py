@@ -9,7 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from explore.commands.common import add_config_args, add_dataset_args, config_from_args, dataset_from_args
+from explore.commands.common import (
+    add_config_args,
+    add_dataset_args,
+    config_from_args,
+    dataset_from_args,
+    holdout_dataset,
+    load_lms,
+)
 
 # the same as interests.novelty_prior.DEFAULT_ALPHAS (not imported here: the parser stays light)
 DEFAULT_PRIOR_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 50.0, 100.0, 200.0)
@@ -246,17 +253,6 @@ def add_holdout_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout", type=float, default=0.0, metavar="SHARE", help=HOLDOUT_HELP)
 
 
-def holdout_dataset(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """The dataset of the arguments, cut to its training period when `--holdout` asks (`explore demo`'s cut)."""
-    ds = dataset_from_args(args)
-    share = getattr(args, "holdout", 0.0)
-    if not share:
-        return ds
-    from interests.seqsplit import held_out_start, training_period
-
-    return training_period(ds, held_out_start(ds, share))
-
-
 def _novelty_split(args: argparse.Namespace, k: int, level: int | None):  # type: ignore[no-untyped-def]
     """(dataset, catalog, level, all examples, time split) for the novelty commands."""
     from interests.catalog import Catalog, check_same_items
@@ -333,6 +329,7 @@ def cmd_novelty_prior(args: argparse.Namespace) -> int:
 
 def cmd_novelty_eval(args: argparse.Namespace) -> int:
     """The judge (`interests.judge`): parse, load, call it, print the tables and write the report."""
+    from explore.commands.mix import load_mixtures
     from explore.judge_report import format_level, write_outputs
     from interests.catalog import Catalog, CatalogError, check_same_items
     from interests.judge import judge
@@ -341,7 +338,7 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
     ds = dataset_from_args(args)
     catalog = Catalog.load(args.catalog)
     check_same_items(catalog, ds.item_ids)
-    lms = _load_lms(args.model, catalog.version, args.device)
+    lms = load_lms(args.model, catalog.version, args.device)
     ks = {e.lm.meta["k"] for e in lms} or {args.k}
     if len(ks) > 1:
         raise CatalogError(f"the models have different context lengths K {sorted(ks)}: judge them separately")
@@ -353,9 +350,10 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
             raise CatalogError(f"level {lv} is not in the catalog (levels 0-{len(catalog.levels) - 1})")
     seeds = [_seqrec_baseline(p, ds) for p in args.seqrec]
     probs, until = seeds[0] if seeds else (None, None)
+
     if any(u != until for _, u in seeds):
         raise CatalogError("the --seqrec checkpoints were trained to different cuts: seeds of one recipe only")
-    mixtures = _load_mixtures(args.mixture, chosen, lms, catalog, ds) if args.mixture else None
+    mixtures = load_mixtures(args.mixture, chosen, lms, catalog, ds) if args.mixture else None
     embed = _text_encoder(args.text)
     print(f"{ds.summary()}\njudging levels {chosen} ({', '.join(str(catalog.levels[lv]) for lv in chosen)} clusters), "
           f"K = {k}, M = {args.m}; {len(lms)} language model(s); loading took {time.perf_counter() - t0:.1f} s",
@@ -373,55 +371,6 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
                                            "mixture": str(args.mixture) if args.mixture else None}, args.out)
     print(f"report: {path}\nthe whole evaluation took {time.perf_counter() - t0:.1f} s")
     return 0
-
-
-def _load_mixtures(directory: Path, levels: list[int], lms: list, catalog, ds) -> dict:  # type: ignore[no-untyped-def]
-    """{level: MixtureEntry} for the chosen levels that `directory` has a mixture for."""
-    from explore.commands.mix import HEAD_FILE, level_dir, load_seqrecs
-    from interests.catalog import CatalogError
-    from interests.cluster_head import load_head
-    from interests.judge import MixtureEntry
-    from interests.mixture import Mixture
-    from interests.novelty_mix import sequence_expert
-
-    out = {}
-    for lv in levels:
-        path = level_dir(directory, lv)
-        if not (path / "mixture.json").exists():
-            continue
-        mix, without = Mixture.load(path), Mixture.load(path / "without-lm")
-        info = mix.fitted_on
-        if info.get("catalog_version") != catalog.version:
-            raise CatalogError(f"{path} was fitted with catalog {info.get('catalog_version')}, not {catalog.version}")
-        models, until = load_seqrecs([Path(p) for p in info["seqrec"]], ds)
-        ic, n = catalog.item_clusters(lv), catalog.levels[lv]
-        head = load_head(path / HEAD_FILE)[0] if info["sequence"] == "head" else None
-        lm = next((e.name for e in lms if e.lm.meta["level"] == lv), None)
-        if mix.weights.get("lm", 0.0) and lm is None:
-            raise CatalogError(f"{path} mixes the LM of {info.get('lm_dir')}: give it to the judge with --model")
-        out[lv] = MixtureEntry(mix, without, sequence_expert(info["sequence"], models, ic, n, head),
-                               lm if mix.weights.get("lm", 0.0) else None, until)
-    if not out:
-        raise CatalogError(f"{directory} has no mixture for the levels judged ({levels}): run `explore novelty mix`")
-    return out
-
-
-def _load_lms(paths: list[Path], catalog_version: str, device: str = "cpu") -> list:
-    """Each model directory as a judge entry named by its variant (unique names across directories)."""
-    from interests.catalog import CatalogError
-    from interests.judge import LMEntry, variant_name
-    from interests.novelty_lm import NoveltyLM
-
-    entries: list[LMEntry] = []
-    for path in paths:
-        lm = NoveltyLM.load(path, device)
-        if lm.meta["catalog_version"] != catalog_version:
-            raise CatalogError(f"{path} was trained with catalog {lm.meta['catalog_version']}, not {catalog_version}")
-        name = f"LM {variant_name(lm.meta)}"
-        if any(e.name == name and e.lm.meta["level"] == lm.meta["level"] for e in entries):
-            name = f"{name} ({path.name})"
-        entries.append(LMEntry(name, lm))
-    return entries
 
 
 def _seqrec_baseline(path: Path, ds) -> tuple:  # type: ignore[no-untyped-def]
