@@ -82,6 +82,8 @@ def build_models(train_ds: Dataset, run: Path, small: bool, steps: Steps, quiet:
                       patience=5 if small else 8, lr=3e-3 if small else 2e-3)
     _, result = train(split, cfg, progress=not quiet, checkpoint=run / "seqrec" / "model.pt",
                       extra={"catalog_version": catalog.version, "dataset": train_ds.name,
+                             "item_ids": [str(i) for i in train_ds.item_ids],
+                             "trained_until": int(train_ds.timestamps.max()) + 1,  # nothing of the held-out period
                              "sample_histories": pad_left(split.test_history[:16], cfg.max_len)})
     print(f"best epoch {result.best_epoch}: validation NDCG@10 {result.valid['NDCG@10']:.4f}, "
           f"HR@10 {result.valid['HR@10']:.4f} ({result.seconds:.0f} s)")
@@ -246,7 +248,8 @@ def run_demo(args: argparse.Namespace) -> int:
         from explore.report import build_report
 
         report = build_report(ds, run / "catalog", repo, summary["records"], start_ts, run / "report",
-                              k=2, m=cfg.m, n=cfg.n, progress=not args.quiet)
+                              k=2, m=cfg.m, n=cfg.n, progress=not args.quiet,
+                              seqrec_checkpoint=run / "seqrec" / "model.pt")
     except ImportError as e:  # pragma: no cover - the report module ships with the package
         print(f"no report: {e}")
     steps.done()

@@ -46,9 +46,10 @@ from interests.stats import paired as paired_counts
 HORIZON = 10  # "hit within the next H interactions"
 ENGINE = "engine (LM + SASRec)"
 EXPLOIT = "exploit-only SASRec"
+SEQREC_EXPLORES = "SASRec explores"  # the judge's strongest single explorer, on the engine's own moments
 BASELINES = ("random novel clusters", "popular novel clusters", "transition counts")
 COLORS = {ENGINE: "#d62728", EXPLOIT: "#7f7f7f", "random novel clusters": "#9467bd",
-          "popular novel clusters": "#1f77b4", "transition counts": "#2ca02c"}
+          "popular novel clusters": "#1f77b4", "transition counts": "#2ca02c", SEQREC_EXPLORES: "#ff7f0e"}
 
 
 def _day(ts: float) -> str:
@@ -57,11 +58,13 @@ def _day(ts: float) -> str:
 
 def build_report(ds: Dataset, catalog_dir: Path, repository: Path, recommendations: list[dict], start_ts: float,
                  out_dir: Path, k: int = 2, m: int = 3, n: int = 10, seed: int = 0, progress: bool = True,
-                 command: str | None = None) -> Path:
+                 command: str | None = None, seqrec_checkpoint: Path | None = None) -> Path:
     """Evaluate the engine's records of the held-out period (event_ts >= start_ts) and the baselines at the same
     moments; write report.html, the plots as PNGs and metrics.json into `out_dir`; return the HTML's path.
 
-    `command` is the line printed as the one that made the report (default: this process's command line)."""
+    `command` is the line printed as the one that made the report (default: this process's command line).
+    `seqrec_checkpoint` (the SASRec the engine serves, trained before `start_ts`) adds "SASRec explores": its
+    next-item probabilities summed per unknown cluster, the judge's best single explorer."""
     from streams.inference.seqrec import OnnxSeqRec
 
     t0 = time.perf_counter()
@@ -98,17 +101,22 @@ def build_report(ds: Dataset, catalog_dir: Path, repository: Path, recommendatio
     proposals_of[BASELINES[0]] = random_proposals(n_clusters, excludes, m, seed)
     proposals_of[BASELINES[1]] = popular_proposals(train, n_clusters, excludes, m)
     proposals_of[BASELINES[2]] = transition_proposals(train, n_clusters, mo.contexts, excludes, m)
-    for name in BASELINES:
+    baselines = list(BASELINES)
+    if seqrec_checkpoint is not None:
+        proposals_of[SEQREC_EXPLORES] = seqrec_explores(seqrec_checkpoint, ds, mo, item_cluster, n_clusters, m,
+                                                        start_ts)
+        baselines.append(SEQREC_EXPLORES)
+    for name in baselines:
         slates_of[name] = restricted_slates(seqrec.top_n, mo, proposals_of[name], n_clusters, max_len, n,
                                             progress=progress, desc=name)
     slate_s = time.perf_counter() - t_models
 
     results = {name: evaluate(proposals_of[name], slates_of[name], mo, item_cluster, n_clusters, held.targets, n,
-                              buckets, targets, seed) for name in (ENGINE, EXPLOIT, *BASELINES)}
+                              buckets, targets, seed) for name in (ENGINE, EXPLOIT, *baselines)}
     empirical = diversity([[int(t)] for t in held.targets], n_clusters, held.targets)
     engine_hits = results[ENGINE].novel_hits
     paired = {}
-    for name in (EXPLOIT, *BASELINES):
+    for name in (EXPLOIT, *baselines):
         pair = paired_counts(engine_hits, results[name].novel_hits)
         paired[name] = {"engine_only": pair["won"], "method_only": pair["lost"], "p": pair["p"]}
 
@@ -147,6 +155,22 @@ def build_report(ds: Dataset, catalog_dir: Path, repository: Path, recommendatio
     path = out_dir / "report.html"
     path.write_text(_html(doc, plots))
     return path
+
+
+def seqrec_explores(checkpoint: Path, ds: Dataset, mo, item_cluster: np.ndarray, n_clusters: int,  # type: ignore[no-untyped-def]
+                    m: int, start_ts: float) -> list[list[int]]:
+    """The top M unknown clusters of each moment by SASRec's next-item probabilities summed per cluster."""
+    from interests.judge import seqrec_cluster_scores, top_m
+    from interests.train_seqrec import load_checkpoint, next_item_probabilities
+
+    model, ckpt = load_checkpoint(checkpoint)
+    if ckpt.get("item_ids") != [str(i) for i in ds.item_ids]:
+        raise CatalogError(f"{checkpoint} was trained on other items than {ds.name}")
+    if ckpt.get("trained_until") is not None and int(ckpt["trained_until"]) > start_ts:
+        raise CatalogError(f"{checkpoint} trained on interactions after the report's start: it saw what it is "
+                           "judged on")
+    scores = seqrec_cluster_scores(next_item_probabilities(model), list(mo.histories), item_cluster, n_clusters)
+    return top_m(scores, mo.known, m)
 
 
 def _no_nan(v: object) -> object:

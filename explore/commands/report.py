@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     rep.add_argument("--m", type=int, default=3, help="proposed clusters per moment")
     rep.add_argument("--n", type=int, default=10, help="slate length")
     rep.add_argument("--seed", type=int, default=0, help="seed of the random baseline (and of --synthetic)")
+    rep.add_argument("--seqrec", type=Path, default=None,
+                     help="the SASRec checkpoint the engine served (e.g. RUN/seqrec/model.pt), trained before the "
+                          "held-out period: adds 'SASRec explores' (its next-item probabilities summed per unknown "
+                          "cluster) on the same moments")
     rep.add_argument("--quiet", action="store_true", help="no progress bars")
     rep.set_defaults(func=cmd_report)
 
@@ -80,7 +84,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 raise ValueError(f"{args.recommendations}: row {row}: not JSON ({e})") from e
     start_ts = args.start_ts if args.start_ts is not None else float(np.quantile(ds.timestamps, args.start_fraction))
     path = build_report(ds, args.catalog, args.repository, records, start_ts, args.out, k=args.k, m=args.m, n=args.n,
-                        seed=args.seed, progress=not args.quiet)
+                        seed=args.seed, progress=not args.quiet, seqrec_checkpoint=args.seqrec)
     print(format_table(json.loads((path.parent / "metrics.json").read_text())))
     print(f"report: {path}")
     return 0

@@ -151,3 +151,43 @@ def test_explore_report_command(setup, tiny_repository: Path, tmp_path: Path,  #
                  "--repository", str(tiny_repository), "--recommendations", str(recs),
                  "--out", str(tmp_path / "bad"), "--quiet"]) == 1
     assert "row 1: not JSON" in capsys.readouterr().err
+
+
+def test_report_adds_sasrec_explores_on_the_same_moments(setup, seqrec_artifacts, tiny_repository: Path,  # type: ignore[no-untyped-def]
+                                                         tmp_path: Path) -> None:
+    """With the served SASRec's checkpoint the report adds 'SASRec explores', proposing per moment the top M
+    unknown clusters by the next-item probabilities summed per cluster (recomputed here with plain loops),
+    paired with the engine; a checkpoint that trained on the reported period is refused."""
+    import torch
+
+    from explore.report import SEQREC_EXPLORES
+    from interests.catalog import CatalogError
+    from interests.exploration_eval import moments_at, select_records
+    from interests.train_seqrec import load_checkpoint, next_item_probabilities
+
+    ds, catalog_dir, item_cluster, start_ts, records = setup
+    ckpt = torch.load(seqrec_artifacts.checkpoint, weights_only=True)
+    good, bad = tmp_path / "good.pt", tmp_path / "bad.pt"
+    torch.save({**ckpt, "item_ids": [str(i) for i in ds.item_ids], "trained_until": int(start_ts)}, good)
+    torch.save({**ckpt, "item_ids": [str(i) for i in ds.item_ids], "trained_until": int(start_ts) + 10**6}, bad)
+    build_report(ds, catalog_dir, tiny_repository, records, start_ts, tmp_path / "r", m=M, n=N, progress=False,
+                 seqrec_checkpoint=good)
+    doc = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    row = doc["methods"][SEQREC_EXPLORES]
+    assert SEQREC_EXPLORES in doc["paired_novel_hit_vs_engine"]
+
+    sel = select_records(records, ds, start_ts)
+    mo = moments_at(ds, item_cluster, sel.users, sel.positions, 2, 10)
+    probs = next_item_probabilities(load_checkpoint(good)[0])
+    n_clusters = int(item_cluster.max()) + 1
+    hits = []
+    for i in range(len(mo)):
+        p = probs([mo.histories[i]])[0]
+        mass = [p[item_cluster == c].sum() for c in range(n_clusters)]
+        order = sorted((c for c in range(n_clusters) if c not in mo.known[i]), key=lambda c: (-mass[c], c))[:M]
+        if mo.next_novel[i] >= 0:
+            hits.append(int(mo.next_novel[i]) in order)
+    assert row["novel_moments"] == len(hits) and row["novel_hit"] == pytest.approx(np.mean(hits))
+    with pytest.raises(CatalogError, match="after the report's start"):
+        build_report(ds, catalog_dir, tiny_repository, records, start_ts, tmp_path / "r2", m=M, n=N,
+                     progress=False, seqrec_checkpoint=bad)
