@@ -55,8 +55,10 @@ RANDOM, POPULAR, TRANSITIONS = "random", "popular", "transition counts"
 COOCCURRENCE, TEXT, SEQREC = "cluster co-occurrence", "text similarity (MiniLM)", "SASRec explores"
 SEQREC_SEEDS = "SASRec explores ({n} seeds)"  # the exact sums of several seeds' mean next-item probabilities
 MIXTURE, MIXTURE_NO_LM, HEAD = "mixture (served)", "mixture without the LM", "sequence expert (cluster head)"
+SEQUENCE_EXACT = "sequence expert (exact sums)"  # the head's SASRec summed per cluster: what the head approximates
 # The paired comparisons every table with a mixture carries: (method, against).
-MIXTURE_PAIRS = ((MIXTURE, SEQREC), (MIXTURE, MIXTURE_NO_LM), (MIXTURE_NO_LM, SEQREC), (HEAD, SEQREC))
+MIXTURE_PAIRS = ((MIXTURE, SEQREC), (MIXTURE, MIXTURE_NO_LM), (MIXTURE_NO_LM, SEQREC), (HEAD, SEQREC),
+                 (HEAD, SEQUENCE_EXACT))
 # Histories of the moments -> next-item probabilities [B, n_items] (0-based items), the item policy.
 NextItemProbs = Callable[[list[np.ndarray]], np.ndarray]
 
@@ -377,6 +379,7 @@ class MixtureEntry:
     sequence: Callable[[list[np.ndarray]], np.ndarray]
     lm: str | None = None
     until: int | None = None  # the end of the serving SASRec's training data (checked against the test cut)
+    exact: Callable[[list[np.ndarray]], np.ndarray] | None = None  # that SASRec's exact cluster sums (log)
 
 
 def mixture_experts(entry: MixtureEntry, split: TimeSplit, n: int, cooc_similarity: np.ndarray,
@@ -479,12 +482,17 @@ def judge(ds: Dataset, item_clusters: dict[int, np.ndarray], descriptions: dict[
             experts = mixture_experts(mix, split, n, scores[COOCCURRENCE], histories_at(ds, test),
                                       tables.get(mix.lm) if mix.lm else None)
             scores[HEAD] = experts["sequence"]
+            if mix.exact is not None:
+                scores[SEQUENCE_EXACT] = mix.exact(histories_at(ds, test))
             scores[MIXTURE_NO_LM] = mix.without_lm.score(experts)
             scores[MIXTURE] = mix.mixture.score(experts)
             lm_names.add(MIXTURE)
             times["mixture"] = time.perf_counter() - t
         t = time.perf_counter()
-        result = judge_level(level, n, split, masks, scores, lm_names, m, test.targets, seed, MIXTURE_PAIRS)
+        pairs = list(MIXTURE_PAIRS)
+        if more_seeds:
+            pairs.append((MIXTURE, SEQREC_SEEDS.format(n=1 + len(more_seeds))))
+        result = judge_level(level, n, split, masks, scores, lm_names, m, test.targets, seed, pairs)
         times["statistics"] = time.perf_counter() - t
         result.seconds = times
         results.append(result)

@@ -150,7 +150,8 @@ def load_mixtures(directory: Path, levels: list[int], lms: list, catalog, ds) ->
         if mix.weights.get("lm", 0.0) and lm is None:
             raise CatalogError(f"{path} mixes the LM of {info.get('lm_dir')}: give it to the judge with --model")
         out[lv] = MixtureEntry(mix, without, sequence_expert(info["sequence"], models, ic, n, head),
-                               lm if mix.weights.get("lm", 0.0) else None, until)
+                               lm if mix.weights.get("lm", 0.0) else None, until,
+                               sequence_expert("exact", models, ic, n) if info["sequence"] == "head" else None)
     if not out:
         raise CatalogError(f"{directory} has no mixture for the levels judged ({levels}): run `explore novelty mix`")
     return out
