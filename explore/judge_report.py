@@ -37,7 +37,8 @@ def format_level(result: LevelResult, m: int) -> str:
             lines.append(f"  target {target}: not available (the data has no ratings)")
             continue
         best = result.best[target]
-        lines.append(f"  target {target} ({result.counts[target]:,} moments; best non-LM method: {best})")
+        lines.append(f"  target {target} ({result.counts[target]:,} moments, targets' entropy "
+                     f"{result.target_entropy.get(target, float('nan')):.2f} bits; best non-LM method: {best})")
         width = max(36, *(len(name) for name in result.methods))
         lines.append(f"    {'method':{width}} {'hit@' + str(m):>7} {'95% CI':>13} {'unseen':>7} {'rare':>7} "
                      f"{'common':>7} {'cover':>6} {'entropy':>7} {'JSD':>6} {'offered':>7}  vs best (won/lost, p)")
@@ -69,7 +70,7 @@ def to_json(results: list[LevelResult], m: int, meta: dict) -> dict:
         {"level": r.level, "clusters": r.n_clusters, "moments": r.moments, "targets": r.counts, "buckets": r.buckets,
          "training_transitions": r.train_transitions, "warnings": r.warnings, "best_non_lm": r.best,
          "seconds": r.seconds, "summary": {t: summary_sentences(r, t) + pair_sentences(r, t) for t in TARGET_SETS},
-         "pairs": r.pairs,
+         "pairs": r.pairs, "target_entropy_bits": r.target_entropy,
          "methods": {name: {"is_lm": res.is_lm, **res.rows} for name, res in r.methods.items()}}
         for r in results]})  # type: ignore[return-value]
 

@@ -224,6 +224,7 @@ class LevelResult:
     best: dict[str, str | None]  # best non-LM method per target set
     seconds: dict[str, float]
     pairs: dict[str, list[dict]] = field(default_factory=dict)  # per target set: `compare` of each pair asked
+    target_entropy: dict[str, float] = field(default_factory=dict)  # bits, of the masked targets per target set
 
 
 def judge_level(level: int, n_clusters: int, split: TimeSplit, masks: dict[str, np.ndarray | None],
@@ -267,8 +268,10 @@ def judge_level(level: int, n_clusters: int, split: TimeSplit, masks: dict[str, 
     bucket_counts = {b: int((buckets == i).sum()) for i, b in enumerate(BUCKETS)}
     compared = {t: [compare(methods, a, b, mask, test.users, buckets, seed) for a, b in pairs
                     if a in methods and b in methods] for t, mask in masks.items() if mask is not None}
+    entropy = {t: diversity([[int(c)] for c in test.targets[mask]], n_clusters, test.targets[mask])["entropy_bits"]
+               for t, mask in masks.items() if mask is not None}
     return LevelResult(level, n_clusters, len(test), counts, bucket_counts, len(split.train), warnings, methods, best,
-                       {}, compared)
+                       {}, compared, entropy)
 
 
 def compare(methods: dict[str, MethodResult], name: str, against: str, mask: np.ndarray, users: np.ndarray,
