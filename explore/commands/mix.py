@@ -33,7 +33,8 @@ def register(nsub: argparse._SubParsersAction) -> None:
                     "is fitted twice, with and without the LM, so that the judge can say what the LM adds. The "
                     "test split is never read.")
     add_dataset_args(p)
-    p.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
+    p.add_argument("--catalog", type=Path, default=Path("runs/catalog"),
+                   help="the cluster catalog the models were trained with (its version is checked)")
     p.add_argument("--seqrec-valid", type=Path, action="append", required=True,
                    help="SASRec checkpoint(s) trained with --until-novelty-valid (repeat for seeds: the exact "
                         "expert averages them; the head reads the first)")
