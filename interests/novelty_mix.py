@@ -30,7 +30,8 @@ SEQUENCE_KINDS = ("head", "exact")  # the sequence expert: the O(clusters) head,
 # The head's settings, chosen on the validation moments of ml-latest-small at 128 and 256 clusters (a head
 # on the distilled SASRec against its own exact sums): 16 prototypes a cluster and distillation weighted 10
 # matched the exact sums there (0.211 vs 0.205, 0.129 vs 0.128 hit@5); a linear head (1 prototype, weight 1)
-# lost 0.027 and 0.014.
+# lost 0.027 and 0.014. 4 and 8 prototypes were as close there (0.211 and 0.206 at 128; 0.129 and 0.128 at
+# 256) at a fraction of the cost at 1,000 clusters (README), but only 16 has been judged on test.
 HEAD_PROTOTYPES, HEAD_DISTILL, HEAD_LR = 16, 10.0, 3e-3
 
 
@@ -48,8 +49,10 @@ def moments_before(examples: NoveltyExamples, until: int) -> NoveltyExamples:
 
 
 def train_level_head(model, until: int, ds: Dataset, item_cluster: np.ndarray, n: int,  # type: ignore[no-untyped-def]
-                     examples: NoveltyExamples, seed: int = 0):
-    """(cluster head, training info) for `model`, trained on its own period (before `until`) only."""
+                     examples: NoveltyExamples, seed: int = 0, prototypes: int = 0):
+    """(cluster head, training info) for `model`, trained on its own period (before `until`) only.
+
+    `prototypes`: per cluster (0: HEAD_PROTOTYPES); the head's cost per user grows with it."""
     from interests.cluster_head import ClusterHead, head_data, train_head
     from interests.judge import histories_at
 
@@ -59,7 +62,7 @@ def train_level_head(model, until: int, ds: Dataset, item_cluster: np.ndarray, n
         raise ValueError(f"only {len(novel)} novel moments before the SASRec's training cut: too few for a head")
     sequences = period_sequences(ds, until)
     data = head_data(model, sequences, item_cluster, n, histories_at(ds, novel), novel.targets, novel.known, seed=seed)
-    head = ClusterHead(model.cfg.dim, n, HEAD_PROTOTYPES)
+    head = ClusterHead(model.cfg.dim, n, prototypes or HEAD_PROTOTYPES)
     counts = np.bincount(np.concatenate(sequences), minlength=len(item_cluster)).astype(np.float64)
     head.init_from_items(model.item_emb.weight[1:].detach(), item_cluster, counts, seed)
     head, info = train_head(data, n, distill_weight=HEAD_DISTILL, lr=HEAD_LR, seed=seed, head=head)

@@ -47,6 +47,9 @@ def register(nsub: argparse._SubParsersAction) -> None:
     p.add_argument("--sequence", choices=["head", "exact"], default="head",
                    help="the sequence expert: the cluster head (O(clusters) per user, what the engine can serve "
                         "at scale) or the exact sum of SASRec's next-item probabilities per cluster (O(catalog))")
+    p.add_argument("--prototypes", type=int, default=0,
+                   help="cluster head prototypes per cluster (0: the default, 16); its cost per user grows with it "
+                        "(benchmarks/scale.py --prototypes)")
     p.add_argument("--k", type=int, default=2, help="context length when no --model gives one")
     p.add_argument("--m", type=int, default=5, help="M of the validation hit rate that is reported")
     p.add_argument("--seed", type=int, default=0)
@@ -101,7 +104,8 @@ def cmd_novelty_mix(args: argparse.Namespace) -> int:
                 "lm_dir": lm_dirs.get(lv), "catalog_version": catalog.version, "clusters": n}
         head = None
         if args.sequence == "head":
-            head, head_info = train_level_head(fit_models[0], fit_until, ds, ic, n, examples, args.seed)
+            head, head_info = train_level_head(fit_models[0], fit_until, ds, ic, n, examples, args.seed,
+                                                 args.prototypes)
             print(f"level {lv}: fitting head trained on {head_info['novel_moments']:,} novel moments "
                   f"({head_info['epochs']} epochs, {head_info['seconds']} s)", flush=True)
         lm_table = None
@@ -117,7 +121,8 @@ def cmd_novelty_mix(args: argparse.Namespace) -> int:
         fit.mixture.save(out)
         fit.without_lm.save(out / "without-lm")
         if args.sequence == "head":
-            serve_head, serve_info = train_level_head(serve_models[0], serve_until, ds, ic, n, examples, args.seed)
+            serve_head, serve_info = train_level_head(serve_models[0], serve_until, ds, ic, n, examples,
+                                                        args.seed, args.prototypes)
             save_head(out / HEAD_FILE, serve_head, {"level": lv, "seqrec": str(args.seqrec[0]), **serve_info})
         weights = ", ".join(f"{e} {w:.3f}" for e, w in fit.mixture.weights.items())
         print(f"level {lv} ({n} clusters, {len(split.valid):,} validation moments): weights {weights}; validation "

@@ -131,12 +131,16 @@ def test_cli_mix_then_judge_the_served_mixture(tmp_path, capsys) -> None:  # typ
                  "--out", str(mix)]) == 1
     assert "--until-novelty-valid" in capsys.readouterr().err
     assert main(["novelty", "mix", *common, "--seqrec-valid", str(valid), "--seqrec", str(test), "--model", str(lm),
-                 "--out", str(mix)]) == 0
+                 "--prototypes", "4", "--out", str(mix)]) == 0
     fitted = json.loads((level_dir(mix, 0) / "mixture.json").read_text())
     assert set(fitted["weights"]) == {"popularity", "cooccurrence", "sequence", "lm"}
     assert all(w >= 0 for w in fitted["weights"].values()) and fitted["fitted_on"]["seqrec_valid"] == [str(valid)]
     without = json.loads((level_dir(mix, 0) / "without-lm" / "mixture.json").read_text())
-    assert "lm" not in without["weights"] and (level_dir(mix, 0) / HEAD_FILE).stat().st_size
+    assert "lm" not in without["weights"]
+    from interests.cluster_head import load_head
+
+    head, head_meta = load_head(level_dir(mix, 0) / HEAD_FILE)
+    assert head.dims[1] == 4 and head_meta["seqrec"] == str(test) and head_meta["level"] == 0
     judged = tmp_path / "judge"
     assert main(["novelty", "eval", *common, "--model", str(lm), "--seqrec", str(test), "--mixture", str(mix),
                  "--text", "none", "--out", str(judged)]) == 0
