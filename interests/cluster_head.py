@@ -2,8 +2,9 @@
 
 "SASRec explores" sums the item policy's next-item probabilities over each cluster's items: the
 strongest single explorer the judge knows, but O(catalog) per user, which would undo what the
-clustered top-N (`interests.clustered_topn`) bought the slates. The head is one linear map from
-the hidden state to a logit per cluster, O(dim x clusters), trained on two things at once:
+clustered top-N (`interests.clustered_topn`) bought the slates. The head scores each cluster from
+the hidden state with R prototypes (`ClusterHead`), O(R x dim x clusters), trained on two things
+at once:
 
 - distillation: at every position of the training windows, the cross-entropy against SASRec's own
   exact cluster distribution (so it keeps what the exact sum knows, on ~all training positions);
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from interests.mixture import known_mask
 
 
 class ClusterHead(nn.Module):
@@ -140,9 +143,9 @@ def novel_loss(head: ClusterHead, data: HeadData, idx: torch.Tensor) -> torch.Te
 
 def head_log_scores(head: ClusterHead, hidden: np.ndarray | torch.Tensor) -> np.ndarray:
     """[B, C] log-softmax of the head at hidden states [B, D]: the sequence expert's log-scores."""
-    h = torch.as_tensor(hidden, dtype=torch.float64)
+    h = torch.as_tensor(hidden, dtype=head.weight.dtype)  # the head's own precision: it is not converted
     with torch.no_grad():
-        return head.double()(h).log_softmax(-1).numpy()
+        return head(h).log_softmax(-1).double().numpy()
 
 
 @torch.no_grad()
@@ -162,39 +165,31 @@ def last_hidden(model, histories: list[np.ndarray], batch: int = 256) -> np.ndar
 @torch.no_grad()
 def head_data(model, sequences: list[np.ndarray], item_cluster: np.ndarray, n_clusters: int,  # type: ignore[no-untyped-def]
               novel_histories: list[np.ndarray], novel_targets: np.ndarray, novel_known: list[frozenset[int]],
-              max_positions: int = 200_000, seed: int = 0, batch: int = 256, teachers=()) -> HeadData:
+              max_positions: int = 200_000, seed: int = 0, batch: int = 256) -> HeadData:
     """The head's training data from a frozen SASRec.
 
     `sequences`: the users' item sequences (0-based) of the SASRec's own training period, cut into
     its training windows; a seeded sample of `max_positions` positions is distilled. The novel
     moments come with their histories (0-based), target clusters and known sets, in time order.
-    `teachers`: SASRecs of other seeds (same period) whose exact cluster distributions are averaged
-    with `model`'s into the distillation target: the head of one encoder learns what the seeds agree on.
     """
     from interests.seqsplit import training_windows
 
     inputs, targets = training_windows([np.asarray(s, np.int64) + 1 for s in sequences], model.cfg.max_len)
     clusters = torch.from_numpy(np.asarray(item_cluster, np.int64))
     hidden, dist = [], []
-    for m in (model, *teachers):
-        m.eval()
+    model.eval()
     for start in range(0, len(inputs), batch):
         x, y = torch.from_numpy(inputs[start:start + batch]), torch.from_numpy(targets[start:start + batch])
         h = model(x)[y > 0]
         hidden.append(h.double())
-        probs = [torch.softmax(m.item_scores(m(x)[y > 0]).double(), -1) for m in teachers]
-        mean = (torch.softmax(model.item_scores(h).double(), -1) + sum(probs)) / (1 + len(probs))
-        dist.append(cluster_sums(mean, clusters, n_clusters))
+        dist.append(cluster_sums(torch.softmax(model.item_scores(h).double(), -1), clusters, n_clusters))
     dh, dt = torch.cat(hidden), torch.cat(dist)
     if len(dh) > max_positions:
         keep = torch.from_numpy(np.sort(np.random.default_rng(seed).choice(len(dh), max_positions, replace=False)))
         dh, dt = dh[keep], dt[keep]
-    known = torch.zeros(len(novel_targets), n_clusters, dtype=torch.bool)
-    for i, ks in enumerate(novel_known):
-        if ks:
-            known[i, list(ks)] = True
     return HeadData(dh, dt, torch.from_numpy(last_hidden(model, novel_histories, batch)),
-                    torch.from_numpy(np.asarray(novel_targets, np.int64)), known)
+                    torch.from_numpy(np.asarray(novel_targets, np.int64)),
+                    torch.from_numpy(known_mask(novel_known, n_clusters)))
 
 
 def save_head(path, head: ClusterHead, meta: dict) -> None:  # type: ignore[no-untyped-def]

@@ -385,15 +385,16 @@ class MixtureEntry:
     exact: Callable[[list[np.ndarray]], np.ndarray] | None = None  # that SASRec's exact cluster sums (log)
 
 
-def mixture_experts(entry: MixtureEntry, split: TimeSplit, n: int, cooc_similarity: np.ndarray,
-                    histories: list[np.ndarray], lm_table: np.ndarray | None) -> dict[str, np.ndarray]:
-    """The experts' log-scores at the test moments: the same functions `explore novelty mix` fitted on."""
+def expert_scores(train: NoveltyExamples, n: int, cooc_similarity: np.ndarray, sequence: np.ndarray,
+                  lm_table: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The experts' log-scores at some moments ([moments, clusters] each), from the context's mean
+    co-occurrence similarity, the sequence expert's scores and the LM's table: the one definition
+    `explore novelty mix` fits on (validation) and the judge scores with (test)."""
     from interests.novelty_prior import popularity_log_prior
 
-    test = split.test
-    experts = {"popularity": np.broadcast_to(popularity_log_prior(split.train, n), (len(test), n)),
+    experts = {"popularity": np.broadcast_to(popularity_log_prior(train, n), (len(sequence), n)),
                "cooccurrence": cooccurrence_log_scores(cooc_similarity),
-               "sequence": np.asarray(entry.sequence(histories), np.float64)}
+               "sequence": np.asarray(sequence, np.float64)}
     if lm_table is not None:
         experts["lm"] = lm_table
     return experts
@@ -482,11 +483,12 @@ def judge(ds: Dataset, item_clusters: dict[int, np.ndarray], descriptions: dict[
                                  f"the test cut {split.cut_test}: train it with --until-novelty-test")
             if mix.lm is not None and mix.lm not in tables:
                 raise ValueError(f"level {level}: the mixture's LM {mix.lm!r} was not given to the judge (--model)")
-            experts = mixture_experts(mix, split, n, scores[COOCCURRENCE], histories_at(ds, test),
-                                      tables.get(mix.lm) if mix.lm else None)
+            histories = histories_at(ds, test)
+            experts = expert_scores(split.train, n, scores[COOCCURRENCE], mix.sequence(histories),
+                                    tables.get(mix.lm) if mix.lm else None)
             scores[HEAD] = experts["sequence"]
             if mix.exact is not None:
-                scores[SEQUENCE_EXACT] = mix.exact(histories_at(ds, test))
+                scores[SEQUENCE_EXACT] = mix.exact(histories)
             scores[MIXTURE_NO_LM] = mix.without_lm.score(experts)
             scores[MIXTURE] = mix.mixture.score(experts)
             lm_names.add(MIXTURE)

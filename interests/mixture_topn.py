@@ -19,6 +19,8 @@ scores equal `Mixture.score` of the offline judge on the same experts (tested, a
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from interests.cluster_head import ClusterHead
@@ -36,7 +38,7 @@ class MixtureTopN(ClusteredTopN):
         super().__init__(model, item_cluster, n_clusters, top_n)
         if head.dims[0] != n_clusters:
             raise ValueError(f"the head scores {head.dims[0]} clusters, the catalog level has {n_clusters}")
-        self.head = head.float()
+        self.head = copy.deepcopy(head).float()  # the graph's own float32 copy; the caller's head is left as is
         self.sequence_weight = float(sequence_weight)
         self.m = min(int(m), n_clusters)
 

@@ -4,8 +4,8 @@ Two SASRecs take part, both trained with the same recipe:
 - the *fitting* one, trained on interactions before the novelty validation period
   (`explore seqrec train --until-novelty-valid`): its scores at the validation moments are what a
   served model's scores at unseen moments look like, so the weights fitted on them transfer. A SASRec
-  trained up to the test cut has trained on those very moments (it scores 0.67 there against 0.54 on
-  test at 32 clusters) and would teach the mixture to over-trust it;
+  trained up to the test cut has trained on those very moments (issue 26 measured 0.67 hit@5 there
+  against 0.54 on test at 32 clusters) and would teach the mixture to over-trust it;
 - the *serving* one (up to the test cut for the judge, everything for production): the fitted
   weights are applied to its scores, and its cluster head is trained here and saved beside them.
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from interests.datasets import Dataset
-from interests.mixture import Mixture, cooccurrence_log_scores, fit_weights, known_mask, log_probabilities
+from interests.mixture import Mixture, fit_weights, known_mask, log_probabilities
 from interests.novelty_data import NoveltyExamples, TimeSplit
 
 SEQUENCE_KINDS = ("head", "exact")  # the sequence expert: the O(clusters) head, or the exact sum (O(catalog))
@@ -100,17 +100,12 @@ def valid_experts(ds: Dataset, item_cluster: np.ndarray, n: int, split: TimeSpli
                   sequence: Callable[[list[np.ndarray]], np.ndarray], lm_table: np.ndarray | None,
                   ) -> dict[str, np.ndarray]:
     """The experts' log-scores at the validation moments, computed as the judge computes them at test."""
-    from interests.judge import context_similarity_scores, cooccurrence_similarity, histories_at
-    from interests.novelty_prior import popularity_log_prior
+    from interests.judge import context_similarity_scores, cooccurrence_similarity, expert_scores, histories_at
 
     valid = split.valid
     similarity = cooccurrence_similarity(ds, item_cluster, n, split.cut_valid)
-    experts = {"popularity": np.broadcast_to(popularity_log_prior(split.train, n), (len(valid), n)),
-               "cooccurrence": cooccurrence_log_scores(context_similarity_scores(similarity, valid.contexts)),
-               "sequence": sequence(histories_at(ds, valid))}
-    if lm_table is not None:
-        experts["lm"] = lm_table
-    return experts
+    return expert_scores(split.train, n, context_similarity_scores(similarity, valid.contexts),
+                         sequence(histories_at(ds, valid)), lm_table)
 
 
 @dataclass

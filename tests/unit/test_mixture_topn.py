@@ -52,6 +52,7 @@ def test_cluster_scores_equal_the_offline_mixture() -> None:
         got = graph.cluster_scores(hidden, torch.from_numpy(known),
                                    torch.from_numpy(mix.context_part(experts)).float()).numpy()
     offline = mix.score({**experts, "sequence": head_log_scores(graph.head, hidden.double().numpy())})
+    assert graph.head.weight.dtype == torch.float32  # scoring offline does not convert the graph's head
     free = ~known
     np.testing.assert_allclose(got[free], offline[free], rtol=1e-5, atol=1e-4)
     assert (got[known] == EXCLUDED).all()
