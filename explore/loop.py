@@ -129,7 +129,7 @@ def run_arm(base, run: Path, name: str, rows: list[dict], fast: list, slow: list
     (state only), then `slow` one event per batch; its slates and feedback read back from its topics."""
     from streams.feedback import read_feedback_topic
     from streams.novelty_table import publish_table
-    from streams.topic_reader import read_topic_values
+    from streams.topic_reader import read_topic_positions, read_topic_values
     from streams.worker import ensure_topics
 
     cfg = arm_config(base, name, run, base.batch_size)
@@ -139,13 +139,16 @@ def run_arm(base, run: Path, name: str, rows: list[dict], fast: list, slow: list
     seconds["slow"] = run_phase(arm_config(base, name, run, 1), run, f"{name}-slow", slow, progress, pids)
     slates = [json.loads(v) for v in read_topic_values(cfg.bootstrap, cfg.recommendations_topic)]
     feedback = read_feedback_topic(cfg.bootstrap, cfg.feedback_topic)
+    # where each user's events sit on the input topic: a slate's count of applied events is checked against it
+    inputs = [(p, o, json.loads(v)["user_id"]) for p, o, _, v in read_topic_positions(cfg.bootstrap,
+                                                                                     cfg.interactions_topic) if v]
     with open(run / f"{name}-feedback.jsonl", "w") as f:
         f.writelines(r.encode().decode() + "\n" for r in feedback)
     with open(run / f"{name}-recommendations.jsonl", "w") as f:
         f.writelines(json.dumps(s) + "\n" for s in slates)
     print(f"  {name}: {len(fast):,} events fast in {seconds['fast']:.0f} s, {len(slow):,} one per batch in "
           f"{seconds['slow']:.0f} s; {len(slates):,} slates, {len(feedback):,} feedback records", flush=True)
-    return {"slates": slates, "feedback": feedback, "seconds": seconds}
+    return {"slates": slates, "feedback": feedback, "inputs": inputs, "seconds": seconds}
 
 
 def align_on_a(feedback: list, since: float, rows: list[dict], descriptions: list[str], args: argparse.Namespace,

@@ -20,8 +20,14 @@ class TopicMissing(ValueError):
 
 def read_topic_records(bootstrap: str, topic: str, security: KafkaSecurity = PLAINTEXT, timeout_s: float = 60.0,
                        isolation: str = "read_uncommitted") -> list[tuple[bytes | None, bytes | None]]:
-    """Every (key, value) of `topic` up to its end as of now, in offset order within each partition
-    (partitions interleave as the polls return them).
+    """Every (key, value) of `topic` up to its end as of now (`read_topic_positions` says how)."""
+    return [(key, value) for _, _, key, value in read_topic_positions(bootstrap, topic, security, timeout_s, isolation)]
+
+
+def read_topic_positions(bootstrap: str, topic: str, security: KafkaSecurity = PLAINTEXT, timeout_s: float = 60.0,
+                         isolation: str = "read_uncommitted") -> list[tuple[int, int, bytes | None, bytes | None]]:
+    """Every (partition, offset, key, value) of `topic` up to its end as of now, in offset order within each
+    partition (partitions interleave as the polls return them).
 
     Once every partition reached the end the broker reported, it polls on until a poll comes back empty
     (three at most: a topic being written would never end): the embedded broker (Tansu) was seen
@@ -50,7 +56,7 @@ def read_topic_records(bootstrap: str, topic: str, security: KafkaSecurity = PLA
             if after_end and not batches:
                 break
             for batch in batches.values():
-                out.extend((r.key, r.value) for r in batch)
+                out.extend((r.partition, r.offset, r.key, r.value) for r in batch)
     finally:
         consumer.close()
     return out
@@ -62,4 +68,4 @@ def read_topic_values(bootstrap: str, topic: str, security: KafkaSecurity = PLAI
     return [value or b"" for _, value in read_topic_records(bootstrap, topic, security, timeout_s)]
 
 
-__all__ = ["TopicMissing", "read_topic_records", "read_topic_values"]
+__all__ = ["TopicMissing", "read_topic_positions", "read_topic_records", "read_topic_values"]

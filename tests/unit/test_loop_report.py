@@ -48,10 +48,19 @@ def test_the_paired_interval_is_zero_wide_when_every_user_moves_alike_and_covers
     assert diff == pytest.approx(0.0) and lo < 0 < hi
 
 
-def test_a_user_whose_events_applied_fall_is_a_lost_state() -> None:
-    slates = [_slate("u", 15, [1], offset=43), _slate("u", 2, [1], offset=45), _slate("v", 3, [1], offset=44),
-              _slate("v", 5, [1], offset=46)]
-    assert state_resets(slates) == ["u"]
+def test_a_slate_whose_count_is_not_the_users_records_so_far_is_a_lost_state() -> None:
+    """Counted against the input topic: a count that falls, and one that only lags (the lost events made no
+    slate, the old check by falls alone missed it), are both lost state; records of other users and other
+    partitions do not count."""
+    inputs = [(0, o, u) for o, u in enumerate("uvuvuvuvuu")] + [(1, 0, "u"), (1, 1, "w")]
+    whole = [_slate("u", 3, [1], offset=4), _slate("v", 4, [1], offset=7), _slate("w", 1, [1], offset=1)]
+    whole[-1]["input"] = [1, 1]
+    assert state_resets(whole, inputs) == []
+    fell = [_slate("u", 5, [1], offset=8), _slate("u", 2, [1], offset=9)]
+    lags = [_slate("u", 3, [1], offset=4), _slate("u", 4, [1], offset=9)]  # 6 records of u up to offset 9
+    assert state_resets(whole + fell, inputs) == ["u"] == state_resets(whole + lags, inputs)
+    twice = [_slate("v", 5, [1], offset=7)]
+    assert state_resets(whole + twice, inputs) == ["v"]
 
 
 def test_the_arms_engine_settings_are_checked_before_anything_runs() -> None:
