@@ -6,7 +6,7 @@ topics, the workers started and given their partitions (`explore_precompute_part
 /metrics), every context enqueued at once, and the time until the group's committed offsets reach
 the end (`read_progress`). Beside it, on the same server: Triton called directly in batches by one
 and by two client threads (the capacity the workers share), and the single-process precompute
-(PyTorch, `interests.novelty_precompute.precompute`) at the same top/beam. Then a cost model for
+(PyTorch, `interests.novelty.precompute.precompute`) at the same top/beam. Then a cost model for
 1 M contexts from the measured per-context cost. Prints what it measured; asserts nothing.
 
 Run: python benchmarks/distributed_precompute.py --model runs/judge/novelty-l1 [--rounds 2] [--top 5 --beam 8]
@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from exporters.novelty_onnx import export_generator
-from interests.novelty_lm import NoveltyLM
-from interests.novelty_precompute import precompute
+from interests.novelty.lm import NoveltyLM
+from interests.novelty.precompute import precompute
+from streams.core.model_files import novelty_serving
 from streams.inference.novelty import TritonNovelty
 from streams.infra.kafka_check import create_topic
 from streams.infra.process import free_port
-from streams.model_files import novelty_serving
-from streams.precompute_jobs import enqueue, read_progress
+from streams.precompute.jobs import enqueue, read_progress
 
 
 def set_decoding(repository: Path, top: int, beam: int) -> None:

@@ -22,11 +22,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from interests.clustering import adjusted_rand_index, kmeans
-from interests.datasets import Dataset
-from interests.embeddings import cooccurrence, normalize_rows, ppmi, svd_embed, text_embeddings
-from interests.loaders import load_dataset
-from interests.synthetic import make_synthetic
+from interests.clusters.clustering import adjusted_rand_index, kmeans
+from interests.clusters.embeddings import cooccurrence, normalize_rows, ppmi, svd_embed, text_embeddings
+from interests.data.datasets import Dataset
+from interests.data.loaders import load_dataset
+from interests.data.synthetic import make_synthetic
 
 
 def item2vec(ds: Dataset, dim: int, window: int, seed: int) -> np.ndarray:

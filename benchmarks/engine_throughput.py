@@ -40,9 +40,9 @@ from streams.config import EngineConfig
 from streams.infra.kafka_check import create_topic
 from streams.infra.process import ManagedProcess, free_port, wait_until
 from streams.infra.worker_process import WorkerProcess
-from streams.novelty_table import publish_table
-from streams.replay import Event, produce
-from streams.worker import ensure_topics
+from streams.wiring.replay import Event, produce
+from streams.wiring.table_topic import publish_table
+from streams.wiring.worker import ensure_topics
 
 WARM_UP = 300  # events of separate users the engine processes before a run
 
@@ -52,10 +52,10 @@ def export_models(ds, catalog, work: Path, seqrec_epochs: int = 4, lm_epochs: in
     to the Triton repository work/repo, as a worker serves them; returns the LM."""
     from exporters.novelty_onnx import export_generator
     from exporters.seqrec_export import export_seqrec
-    from interests.novelty_data import novel_transitions, split_by_time
-    from interests.novelty_lm import LMConfig, train_novelty_lm
-    from interests.seqsplit import leave_one_out
-    from interests.train_seqrec import TrainConfig, train
+    from interests.data.splits import leave_one_out
+    from interests.novelty.examples import novel_transitions, split_by_time
+    from interests.novelty.lm import LMConfig, train_novelty_lm
+    from interests.seqrec.train import TrainConfig, train
 
     catalog.save(work / "catalog")
     train(leave_one_out(ds), TrainConfig(max_len=50, dim=32, heads=2, blocks=1, epochs=seqrec_epochs,
@@ -73,9 +73,9 @@ def export_models(ds, catalog, work: Path, seqrec_epochs: int = 4, lm_epochs: in
 def build_models(work: Path, users: int) -> tuple[Path, Path, object, list[dict]]:
     """A catalog, SASRec and novelty LM on planted synthetic data, exported to a Triton repository,
     and the novelty table over every context (as `explore novelty precompute --all-contexts`)."""
-    from interests.build import BuildConfig, build_catalog
-    from interests.novelty_precompute import precompute, table_depth
-    from interests.synthetic import make_synthetic
+    from interests.clusters.build import BuildConfig, build_catalog
+    from interests.data.synthetic import make_synthetic
+    from interests.novelty.precompute import precompute, table_depth
 
     ds, _ = make_synthetic(n_clusters=8, items_per_cluster=40, n_users=users, seed=1)
     catalog = build_catalog(ds, BuildConfig(levels=(4, 8)), progress=False)
@@ -187,7 +187,7 @@ def passthrough(bootstrap: str, work: Path, tag: str, fetch_max_wait_ms: int) ->
     env = {**os.environ, "KAFKA_BOOTSTRAP": bootstrap, "PASSTHROUGH_IN": src, "PASSTHROUGH_OUT": dst,
            "PASSTHROUGH_APP_ID": f"pt-{tag}", "PASSTHROUGH_DATA_DIR": str(work / f"pt-{tag}"),
            "PASSTHROUGH_WITHIN_MS": "10", "PASSTHROUGH_FETCH_MAX_WAIT_MS": str(fetch_max_wait_ms)}
-    proc = ManagedProcess(f"pt-{tag}", [sys.executable, "-m", "streams.passthrough", "worker", "-l", "warn"],
+    proc = ManagedProcess(f"pt-{tag}", [sys.executable, "-m", "streams.wiring.passthrough", "worker", "-l", "warn"],
                           work / f"pt-{tag}.log", env=env)
 
     def start() -> None:

@@ -60,8 +60,8 @@ def main() -> int:
     from kafka.record import util
     from kafka.record._crc32c import crc as crc_python
 
+    from streams.core.table import context_key, row_value
     from streams.infra.apache_kafka import ApacheKafka
-    from streams.novelty_table import context_key, row_value
 
     if util.crc32c_c is None:
         raise SystemExit("the crc32c package is not installed: nothing to compare (pip install crc32c)")

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from exporters.novelty_onnx import OnnxNextLogProbs, export_generator
-from interests.constrained import DescriptionTrie, beam_search, beam_search_cached, onnx_kv_cache
-from interests.novelty_lm import NoveltyLM
+from interests.novelty.lm import NoveltyLM
+from interests.runtime.constrained import DescriptionTrie, beam_search, beam_search_cached, onnx_kv_cache
 from streams.inference.novelty import OnnxNovelty, TritonNovelty
 
 

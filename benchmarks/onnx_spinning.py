@@ -2,7 +2,7 @@
 
 onnxruntime's intra-op threads spin after a call, waiting for the next one (its session option
 `session.intra_op.allow_spinning`). The project builds every session with it off
-(`interests.constrained.onnx_session`; `intra_op_spinning` in the Triton configs). This measures why,
+(`interests.runtime.constrained.onnx_session`; `intra_op_spinning` in the Triton configs). This measures why,
 in-process on the CPU, for both served graphs, each call either paced (a pause after it, as the engine
 calls `seqrec` once per micro-batch) or back to back:
 
@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from interests.constrained import Generator, onnx_session
+from interests.runtime.constrained import Generator, onnx_session
 
 
 def cpu_s() -> float:
@@ -58,8 +58,8 @@ def seqrec_graph(work: Path) -> Path:
 
     from benchmarks.scale import HISTORY, TOP_N
     from exporters.seqrec_onnx import export_onnx
-    from interests.clustered_topn import ClusteredTopN
-    from interests.sasrec import SASRec, SASRecConfig
+    from interests.seqrec.clustered_topn import ClusteredTopN
+    from interests.seqrec.sasrec import SASRec, SASRecConfig
 
     torch.manual_seed(0)
     model = SASRec(SASRecConfig(n_items=10_000, max_len=HISTORY)).eval()
@@ -77,8 +77,8 @@ def seqrec_call(path: Path, batch: int, spinning: bool) -> Callable[[int], objec
 
 def generator_dir(work: Path) -> Path:
     from benchmarks.engine_throughput import export_models
-    from interests.build import BuildConfig, build_catalog
-    from interests.synthetic import make_synthetic
+    from interests.clusters.build import BuildConfig, build_catalog
+    from interests.data.synthetic import make_synthetic
 
     ds, _ = make_synthetic(n_clusters=8, items_per_cluster=40, n_users=300, seed=1)
     export_models(ds, build_catalog(ds, BuildConfig(levels=(4, 8)), progress=False), work)

@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from interests.loaders import load_dataset
-from interests.seqsplit import leave_one_out, popularity_ranks, ranking_metrics
-from interests.train_seqrec import TrainConfig, evaluate, train
+from interests.data.loaders import load_dataset
+from interests.data.splits import leave_one_out, popularity_ranks, ranking_metrics
+from interests.seqrec.train import TrainConfig, evaluate, train
 
 VENV = Path.home() / ".cache" / "interest-explorer" / "recbole-venv"
 PINS = ["recbole==1.2.1", "numpy==1.26.4", "pandas==2.2.3", "torch==2.15.0", "scipy<1.14"]

@@ -2,22 +2,22 @@
 
 1. seqrec's restricted top-N at 10k / 100k / 1M items and 32 / 256 / 1,000 clusters, batch 1 and
    64, on onnxruntime (2 threads; with --triton also through the embedded Triton on the CPU,
-   gRPC, one caller): the full-scoring graph (`interests.topn.RestrictedTopN`, every
-   item scored and masked) beside the clustered graph (`interests.clustered_topn.ClusteredTopN`,
+   gRPC, one caller): the full-scoring graph (`interests.seqrec.topn.RestrictedTopN`, every
+   item scored and masked) beside the clustered graph (`interests.seqrec.clustered_topn.ClusteredTopN`,
    only the allowed clusters' items), on the same requests: histories of 50 random items, 3
    allowed clusters per row (the engine's M). SASRec with random weights (dim 64, 2 blocks, 2
    heads: the defaults) and items assigned to clusters uniformly at random (balanced up to
    chance): cost does not depend on what the weights learnt. Timings are one run on a shared
    machine: compare the two graphs within a row, not across runs.
 2. The novelty table at 32 / 256 / 1,000 clusters (K = 2: C * (C - 1) contexts, rows as deep as
-   `table_depth`): bytes on the topic (key + value as published, `streams.novelty_table`) and bytes
+   `table_depth`): bytes on the topic (key + value as published, `streams.core.table`) and bytes
    in a worker's memory as Python rows (`parse_row` into a dict, measured by tracemalloc; the
    worker's form before `CompactTable`). Rows hold random scores; a sample of rows is measured and
    multiplied out when the table is large.
 3. `CompactTable` (the worker's form now) loaded with 1M contexts of 1,000 clusters in a fresh
    process, as the follower loads it (`parse_rows` a fetch of 5,000 at a time, store; no broker):
    seconds and resident set.
-4. The served mixture (`interests.mixture_topn.MixtureTopN`: the cluster head's scores for every
+4. The served mixture (`interests.novelty.mixture_topn.MixtureTopN`: the cluster head's scores for every
    cluster, the top M unknown ones, then the clustered slate inside them) beside the slate alone
    (`ClusteredTopN` given the same M clusters), on onnxruntime, same requests: what the sequence
    expert's O(clusters) scores add to a request (issue 26: within 2x at 1M items / 1,000 clusters).
@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from interests.novelty_precompute import table_depth
-from streams.novelty_table import Row, context_key, parse_row, row_value
+from interests.novelty.precompute import table_depth
+from streams.core.table import Row, context_key, parse_row, row_value
 
 # PyTorch and the exporters are imported where the seqrec part runs: the compact-table child
 # process measures its resident set, and a worker does not import them.
@@ -124,7 +124,7 @@ def random_catalogs(item_counts: list[int], cluster_counts: list[int]):  # type:
     """(random SASRec, items, clusters, rng, item -> cluster uniformly at random) for every configuration."""
     import torch
 
-    from interests.sasrec import SASRec, SASRecConfig
+    from interests.seqrec.sasrec import SASRec, SASRecConfig
 
     for n_items in item_counts:
         torch.manual_seed(0)
@@ -146,8 +146,8 @@ def topn_growth(item_counts: list[int], cluster_counts: list[int], batches: list
     with `triton` also through the embedded Triton over gRPC (one caller); prints each row as measured."""
     import torch
 
-    from interests.clustered_topn import ClusteredTopN
-    from interests.topn import RestrictedTopN
+    from interests.seqrec.clustered_topn import ClusteredTopN
+    from interests.seqrec.topn import RestrictedTopN
 
     torch.set_num_threads(2)
     rows = []
@@ -188,7 +188,7 @@ class MixtureTwin:
     """The exported mixture graph in-process, called as `measure` calls a twin (`top_n(*request)`)."""
 
     def __init__(self, path: Path) -> None:
-        from interests.constrained import onnx_session
+        from interests.runtime.constrained import onnx_session
 
         self.session = onnx_session(path, 2, False)
 
@@ -202,9 +202,9 @@ def mixture_growth(item_counts: list[int], cluster_counts: list[int], batches: l
     import torch
 
     from exporters.seqrec_onnx import export_mixture_onnx
-    from interests.cluster_head import ClusterHead
-    from interests.clustered_topn import ClusteredTopN
-    from interests.mixture_topn import MixtureTopN
+    from interests.novelty.cluster_head import ClusterHead
+    from interests.novelty.mixture_topn import MixtureTopN
+    from interests.seqrec.clustered_topn import ClusteredTopN
 
     torch.set_num_threads(2)
     print(f"\nthe served mixture: cluster head ({prototypes} prototypes a cluster) + top {ALLOWED} unknown clusters + "
@@ -312,8 +312,8 @@ def rss_bytes() -> int:
 def compact_ingest(n_clusters: int, contexts: int) -> dict:
     """Load `contexts` published rows into a CompactTable as the worker's follower does (`parse_rows` of
     a fetch, then store): seconds and the growth of the resident set. Run in a fresh process (see main)."""
-    from streams.novelty_table import FETCH_RECORDS as FETCH
-    from streams.novelty_table import CompactTable, parse_rows
+    from streams.core.table import CompactTable, parse_rows
+    from streams.wiring.table_topic import FETCH_RECORDS as FETCH
 
     rng = np.random.default_rng(0)
     depth = table_depth(n_clusters, 2)

@@ -23,7 +23,7 @@ import torch
 
 from exporters.seqrec_export import export_seqrec, restricted_model
 from exporters.seqrec_onnx import random_inputs
-from interests.catalog import Catalog
+from interests.clusters.catalog import Catalog
 from streams.inference.seqrec import OnnxSeqRec, TritonSeqRec
 
 
@@ -55,10 +55,10 @@ def measure(calls, inputs, seconds: float) -> tuple[float, float, float]:  # typ
 
 
 def synthetic_model(work: Path) -> tuple[Path, Path]:
-    from interests.build import BuildConfig, build_catalog
-    from interests.seqsplit import leave_one_out
-    from interests.synthetic import make_synthetic
-    from interests.train_seqrec import TrainConfig, train
+    from interests.clusters.build import BuildConfig, build_catalog
+    from interests.data.splits import leave_one_out
+    from interests.data.synthetic import make_synthetic
+    from interests.seqrec.train import TrainConfig, train
 
     ds, _ = make_synthetic(n_clusters=16, items_per_cluster=100, n_users=1000, seed=0)
     catalog = build_catalog(ds, BuildConfig(levels=(4, 16)), progress=False)

@@ -42,10 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from user_state import mb, rss_bytes  # the same resident-set reading and units as the users' benchmark
 
 from streams.config import EngineConfig
+from streams.core.table import context_key, row_value
 from streams.infra.process import free_port, wait_until
 from streams.infra.worker_process import WorkerProcess
-from streams.novelty_table import context_key, row_value
-from streams.worker import ensure_topics
+from streams.wiring.worker import ensure_topics
 
 
 def planted_catalog(ds, item_cluster, n_clusters: int):  # type: ignore[no-untyped-def]
@@ -54,7 +54,7 @@ def planted_catalog(ds, item_cluster, n_clusters: int):  # type: ignore[no-untyp
     (`build_catalog`) takes many minutes here and would measure nothing this benchmark is about."""
     import numpy as np
 
-    from interests.catalog import Catalog, Cluster
+    from interests.clusters.catalog import Catalog, Cluster
 
     fine = np.asarray(item_cluster, dtype=np.int32)
     coarse = fine // 16
@@ -72,7 +72,7 @@ def build_models(work: Path, n_clusters: int) -> tuple[Path, Path, str]:
     """A catalog of `n_clusters` and the two exported models a worker serves (one epoch each)."""
     from engine_throughput import export_models
 
-    from interests.synthetic import make_synthetic
+    from interests.data.synthetic import make_synthetic
 
     ds, truth = make_synthetic(n_clusters=n_clusters, items_per_cluster=10, n_users=2 * n_clusters, seed=1)
     catalog = planted_catalog(ds, truth.item_cluster, n_clusters)
@@ -169,7 +169,7 @@ def main() -> None:
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     if not formats or set(formats) - set(ENCODERS):
         ap.error(f"--formats takes {' and '.join(ENCODERS)}, comma-separated; got {args.formats!r}")
-    from interests.novelty_precompute import table_depth
+    from interests.novelty.precompute import table_depth
     from streams.infra.apache_kafka import ApacheKafka
 
     work = args.work.resolve() if args.work else Path(tempfile.mkdtemp(prefix="table-ready-"))

@@ -2,7 +2,7 @@
 
 For 10k / 100k users (and more with --users), in one run on Apache Kafka (KRaft, one broker):
 
-1. Bytes per user: the state as the changelog stores it (Faust's JSON of `streams.state`'s dict,
+1. Bytes per user: the state as the changelog stores it (Faust's JSON of `streams.core.state`'s dict,
    key and value) and as Python objects in a `memory://` table (tracemalloc of the dicts).
 2. A real worker recovering those users: every user's state is written to the users table's
    changelog topic (8 partitions, each user in the partition its input records would take, as the
@@ -38,11 +38,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from streams.config import EngineConfig
-from streams.feedback import open_slate
+from streams.core.feedback import open_slate
+from streams.core.state import new_state
 from streams.infra.process import free_port, wait_until
 from streams.infra.worker_process import WorkerProcess
-from streams.state import new_state
-from streams.worker import ensure_topics
+from streams.wiring.worker import ensure_topics
 
 N_ITEMS, N_CLUSTERS = 320, 8  # the synthetic catalog the worker serves (build_models below)
 

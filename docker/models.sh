@@ -61,7 +61,7 @@ import json
 import os
 import sys
 
-from streams.novelty_table import publish_table
+from streams.core.table import publish_table
 
 path, topic = sys.argv[1], sys.argv[2]
 with open(path) as f:

@@ -1,15 +1,15 @@
 """`explore novelty critics`: every novelty-table variant judged by critics trained on the others' feedback.
 
 1. **Feedback per variant, offline**: on window A, the novelty **validation** period of the data's
-   novel transitions (`interests.novelty_data.split_by_time`; before the test period, never in it),
+   novel transitions (`interests.novelty.examples.split_by_time`; before the test period, never in it),
    the engine's logic proposes from each variant's table and resolves acceptance from what users did
-   next (`streams.offline_feedback`: the engine's own functions, every event its own batch). The
+   next (`streams.core.offline_feedback`: the engine's own functions, every event its own batch). The
    acceptance is off-policy: users did what the data says whatever was proposed. The A/B protocol
    (issue #16 item 4) runs the real engine instead.
-2. **One critic per variant**: `interests.alignment.align` on that variant's feedback.
+2. **One critic per variant**: `interests.alignment.model.align` on that variant's feedback.
 3. **Generators**: each variant's table as it is, and re-ranked best-of-n by each critic
-   (`interests.best_of_n`), "with alignment".
-4. **The matrix** (`interests.critics`): the mean critic score of each generator's top M over every
+   (`interests.alignment.best_of_n`), "with alignment".
+4. **The matrix** (`interests.alignment.critics`): the mean critic score of each generator's top M over every
    context the tables share (each context once, not weighted by users), with the lift over a random
    pick; the diagonal is the critic that chose the generator's order. Plus mode coverage, and as an
    outside check the off-policy acceptance of each generator on window B, the novelty **test**
@@ -27,16 +27,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from interests.alignment import AlignmentModel, align, prompt_text
-from interests.best_of_n import best_of_n_rows
-from interests.catalog import Catalog
-from interests.critics import coverage, critic_matrix, critic_table, entropy_bits, top_m
-from interests.datasets import Dataset
-from interests.novelty_data import novel_transitions, split_by_time
-from interests.stats import bootstrap_difference, bootstrap_interval
+from interests.alignment.best_of_n import best_of_n_rows
+from interests.alignment.critics import coverage, critic_matrix, critic_table, entropy_bits, top_m
+from interests.alignment.model import AlignmentModel, align, prompt_text
+from interests.clusters.catalog import Catalog
+from interests.data.datasets import Dataset
+from interests.evaluation.stats import bootstrap_difference, bootstrap_interval
+from interests.novelty.examples import novel_transitions, split_by_time
 from streams.config import EngineConfig
-from streams.feedback import acceptance, labelled_outcomes
-from streams.offline_feedback import simulate_feedback, table_rows
+from streams.core.feedback import acceptance, labelled_outcomes
+from streams.core.offline_feedback import simulate_feedback, table_rows
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def generators(tables: dict[str, list[dict]], critics: dict[str, AlignmentModel]
 
 
 def scorer(model: AlignmentModel, descriptions: list[str]) -> Callable[[tuple[int, ...], int], float]:
-    """A critic as `interests.critics` reads it: (context, candidate) -> the alignment model's score."""
+    """A critic as `interests.alignment.critics` reads it: (context, candidate) -> the alignment model's score."""
     return lambda ctx, c: model.score(prompt_text([descriptions[i] for i in ctx]), descriptions[c])
 
 

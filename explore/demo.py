@@ -28,8 +28,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-from interests.datasets import Dataset
-from interests.seqsplit import held_out_start, training_period
+from interests.data.datasets import Dataset
+from interests.data.splits import held_out_start, training_period
 
 
 class Steps:
@@ -62,13 +62,13 @@ def build_models(train_ds: Dataset, run: Path, small: bool, steps: Steps, quiet:
     """
     from exporters.novelty_onnx import export_generator
     from exporters.seqrec_export import export_seqrec
-    from interests.build import BuildConfig, build_catalog, format_catalog
-    from interests.novelty_data import auto_cap, diversify, novel_transitions, split_by_time
-    from interests.novelty_lm import LMConfig, train_novelty_lm
-    from interests.novelty_precompute import precompute, table_depth
-    from interests.novelty_prior import choose_prior
-    from interests.seqsplit import leave_one_out, pad_left
-    from interests.train_seqrec import TrainConfig, train
+    from interests.clusters.build import BuildConfig, build_catalog, format_catalog
+    from interests.data.splits import leave_one_out, pad_left
+    from interests.novelty.examples import auto_cap, diversify, novel_transitions, split_by_time
+    from interests.novelty.lm import LMConfig, train_novelty_lm
+    from interests.novelty.precompute import precompute, table_depth
+    from interests.novelty.prior import choose_prior
+    from interests.seqrec.train import TrainConfig, train
 
     steps.start("interest clusters from the training period")
     levels = levels or ((4, 8) if small else (8, 32))
@@ -193,9 +193,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from streams.infra.process import free_port, pid_alive
     from streams.infra.stack import Stack
     from streams.infra.worker_process import WorkerProcess
-    from streams.novelty_table import publish_table
-    from streams.replay import dataset_events, produce
-    from streams.worker import ensure_topics
+    from streams.wiring.replay import dataset_events, produce
+    from streams.wiring.table_topic import publish_table
+    from streams.wiring.worker import ensure_topics
 
     if not (args.data or args.interactions or args.items or args.synthetic):
         args.synthetic = True  # the demo's default data
@@ -297,7 +297,7 @@ def _replay_and_watch(ds, start_ts, cfg, worker, catalog, run: Path, args, steps
     with open(run / "recommendations.jsonl", "w") as f:
         for r in view.records:
             f.write(json.dumps(r) + "\n")
-    from streams.feedback import read_feedback_topic
+    from streams.wiring.topic_reader import read_feedback_topic
 
     feedback = read_feedback_topic(cfg.bootstrap, cfg.feedback_topic)  # `explore novelty align --feedback` reads it
     (run / "feedback.jsonl").write_text("".join(r.encode().decode() + "\n" for r in feedback))
@@ -380,7 +380,7 @@ def _print_summary(s: dict, steps: Steps, run: Path, report: Path | None, total_
           f"{slates['table']:,.0f}, live {slates['live']:,.0f}); novelty table hit rate "
           f"{hits / max(hits + misses, 1):.1%}; held-out event-to-slate p50 {np.median(lat):.0f} ms, "
           f"p99 {np.percentile(lat, 99):.0f} ms")
-    from streams.feedback import acceptance
+    from streams.core.feedback import acceptance
 
     fb = s["feedback"]
     outcomes = {o: sum(r.outcome == o for r in fb) for o in ("accepted", "horizon", "evicted")}

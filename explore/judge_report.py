@@ -1,6 +1,6 @@
 """The judge's output: text tables, metrics JSON and an HTML page with the plot of hit@M by level.
 
-Presentation only; the numbers come from `interests.judge`.
+Presentation only; the numbers come from `interests.evaluation.judge`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import math
 from pathlib import Path
 
-from interests.judge import BUCKETS, TARGET_SETS, LevelResult, pair_sentences, summary_sentences
+from interests.evaluation.judge import BUCKETS, TARGET_SETS, LevelResult, pair_sentences, summary_sentences
 
 TARGET_TEXT = {
     "any": "any next new cluster",

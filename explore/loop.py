@@ -10,7 +10,7 @@ alignment model learns from A's feedback only.
 3. arm A: a worker replays the training period fast (its users' state), then period A one event per
    micro-batch, so that every context change gets its slate (a fast replay coalesces a user's
    events into one slate per batch: the demo's 705 proposals); A's feedback is read back;
-4. `align` on A's feedback; the table re-ranked by best-of-n (`interests.best_of_n`);
+4. `align` on A's feedback; the table re-ranked by best-of-n (`interests.alignment.best_of_n`);
 5. period B twice, each arm with its own topics, consumer group and fresh state, built the same
    way (training period and A fast, B one event per batch): once with the LM's table, once with
    the aligned one. One event per batch makes the slate moments a function of the events alone,
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from explore.demo import Steps, build_models, metric_count, parse_metrics
-from interests.datasets import Dataset
-from interests.seqsplit import held_out_start, training_period
+from interests.data.datasets import Dataset
+from interests.data.splits import held_out_start, training_period
 
 ARMS = ("lm", "aligned")  # period B's arms: the LM's table, the aligned one
 
@@ -57,7 +57,7 @@ def periods(ds: Dataset, holdout: float, b_share: float) -> Periods:
 def reused_models(run: Path, train_ds: Dataset) -> dict:
     """A demo's (or this command's) models from `run`, checked to be trained on this training period
     (the novelty LM's `dataset` names it, date included) and on this data's items."""
-    from interests.catalog import Catalog, check_same_items
+    from interests.clusters.catalog import Catalog, check_same_items
 
     need = [run / "catalog", run / "model_repository", run / "novelty" / "novelty.json", run / "novelty_table.jsonl"]
     missing = [str(p) for p in need if not p.exists()]
@@ -107,7 +107,7 @@ def run_phase(cfg, run: Path, name: str, events: list, progress: bool,  # type: 
     them all, stop it (its state stays in the changelog for the next phase); returns the seconds. The
     worker's pid joins `pids` (the command checks at the end that nothing it started still runs)."""
     from streams.infra.worker_process import WorkerProcess
-    from streams.replay import produce
+    from streams.wiring.replay import produce
 
     t0 = time.perf_counter()
     worker = WorkerProcess(cfg, run, name)
@@ -127,10 +127,9 @@ def run_arm(base, run: Path, name: str, rows: list[dict], fast: list, slow: list
             progress: bool, pids: list[int]) -> dict:
     """One arm on the running stack: its table published, `fast` replayed in the engine's usual batches
     (state only), then `slow` one event per batch; its slates and feedback read back from its topics."""
-    from streams.feedback import read_feedback_topic
-    from streams.novelty_table import publish_table
-    from streams.topic_reader import read_topic_positions, read_topic_values
-    from streams.worker import ensure_topics
+    from streams.wiring.table_topic import publish_table
+    from streams.wiring.topic_reader import read_feedback_topic, read_topic_positions, read_topic_values
+    from streams.wiring.worker import ensure_topics
 
     cfg = arm_config(base, name, run, base.batch_size)
     ensure_topics(cfg)
@@ -155,9 +154,9 @@ def align_on_a(feedback: list, since: float, rows: list[dict], descriptions: lis
                out: Path) -> tuple[list[dict], dict]:
     """The alignment model from period A's resolved proposals (slates made in A), and the table re-ranked
     by best-of-n; both written under `out`."""
-    from interests.alignment import align
-    from interests.best_of_n import WeakAlignment, best_of_n_rows, check_evidence
-    from streams.feedback import labelled_outcomes
+    from interests.alignment.best_of_n import WeakAlignment, best_of_n_rows, check_evidence
+    from interests.alignment.model import align
+    from streams.core.feedback import labelled_outcomes
 
     outcomes = labelled_outcomes(r for r in feedback if r.slate_ts >= since)
     model, report = align(outcomes, args.min_events, args.steps, args.alpha,
@@ -204,7 +203,7 @@ def run_loop_ab(args: argparse.Namespace) -> int:
     from streams.config import EngineConfig
     from streams.infra.process import pid_alive
     from streams.infra.stack import Stack
-    from streams.replay import dataset_events
+    from streams.wiring.replay import dataset_events
 
     if not (args.data or args.interactions or args.items or args.synthetic):
         args.synthetic = True

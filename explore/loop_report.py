@@ -8,13 +8,13 @@ Pure (no Kafka, no models): slates and feedback records in, numbers and text out
   accepted ones (they resolve early). Here every proposal of a B slate counts: accepted when its
   feedback record says so, not accepted otherwise (resolved not accepted, evicted, or still open;
   each is counted).
-- **Intervals**: percentile bootstrap resampling *users* (`interests.stats.bootstrap_interval`; a
+- **Intervals**: percentile bootstrap resampling *users* (`interests.evaluation.stats.bootstrap_interval`; a
   user's proposals are not independent), 1,000 rounds, 95 %.
 - **Paired**: both arms make their slates at the same moments (one event per micro-batch), so the
   slates are matched by (user, events applied); on the matched ones the difference in acceptance
   gets a paired bootstrap interval over users, and "a slate with a proposal taken up" the exact
-  McNemar test (`interests.stats.paired`).
-- **The judge** (`interests.judge.judge_level`): every novel-cluster moment of B (a user about to
+  McNemar test (`interests.evaluation.stats.paired`).
+- **The judge** (`interests.evaluation.judge.judge_level`): every novel-cluster moment of B (a user about to
   touch a cluster for the first time) scored by each table's order for its context, the user's known
   clusters removed, top M: hit rates with intervals, and McNemar of the aligned table against the LM's.
 """
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from interests.stats import bootstrap_interval, paired
+from interests.evaluation.stats import bootstrap_interval, paired
 
 ROUNDS = 1000
 TARGETS = ("any", "liked", "sticky")
@@ -155,8 +155,8 @@ def judge_tables(ds, item_cluster: np.ndarray, k: int, m: int, cut, tables: dict
                  seed: int = 0) -> dict:
     """The judge's hit rates of each table on period B's novel-cluster moments (the first table is the
     reference the others are tested against); the training period and A give the context buckets."""
-    from interests.judge import judge_level, target_masks
-    from interests.novelty_data import TimeSplit, novel_transitions
+    from interests.evaluation.judge import judge_level, target_masks
+    from interests.novelty.examples import TimeSplit, novel_transitions
 
     ex = novel_transitions(ds, item_cluster, k)
     t = ex.timestamps

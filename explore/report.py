@@ -1,7 +1,7 @@
 """The evaluation report: what the engine recommended in the replayed period against what users did next,
 beside the baselines, as one self-contained HTML file (plots embedded; the PNGs and metrics.json next to it).
 
-The metrics and the protocol are in `interests.exploration_eval`; this module runs the baselines' slates
+The metrics and the protocol are in `interests.evaluation.replay`; this module runs the baselines' slates
 through the exported `seqrec` graph in-process and renders.
 """
 
@@ -20,9 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from interests.catalog import Catalog, CatalogError, check_same_items
-from interests.datasets import Dataset
-from interests.exploration_eval import (
+from interests.clusters.catalog import Catalog, CatalogError, check_same_items
+from interests.data.datasets import Dataset
+from interests.evaluation.judge import target_flags
+from interests.evaluation.proposals import context_frequency_buckets, diversity
+from interests.evaluation.replay import (
     BUCKETS,
     Result,
     engine_outputs,
@@ -33,15 +35,8 @@ from interests.exploration_eval import (
     select_records,
     training_transitions,
 )
-from interests.judge import target_flags
-from interests.novelty_eval import (
-    context_frequency_buckets,
-    diversity,
-    popular_proposals,
-    random_proposals,
-    transition_proposals,
-)
-from interests.stats import paired as paired_counts
+from interests.evaluation.stats import paired as paired_counts
+from interests.novelty.rules import POPULAR, RANDOM, TRANSITIONS, baseline_scores, seqrec_cluster_scores, top_m
 
 HORIZON = 10  # "hit within the next H interactions"
 ENGINE = "engine (LM + SASRec)"
@@ -98,9 +93,9 @@ def build_report(ds: Dataset, catalog_dir: Path, repository: Path, recommendatio
     slates_of[EXPLOIT] = restricted_slates(seqrec.top_n, mo, None, n_clusters, max_len, n, progress=progress,
                                            desc=EXPLOIT)
     proposals_of[EXPLOIT] = novel_clusters_of(slates_of[EXPLOIT], item_cluster, mo.known, m)
-    proposals_of[BASELINES[0]] = random_proposals(n_clusters, excludes, m, seed)
-    proposals_of[BASELINES[1]] = popular_proposals(train, n_clusters, excludes, m)
-    proposals_of[BASELINES[2]] = transition_proposals(train, n_clusters, mo.contexts, excludes, m)
+    label = dict(zip((RANDOM, POPULAR, TRANSITIONS), BASELINES, strict=True))
+    for name, scores in baseline_scores(train, n_clusters, mo.contexts, seed).items():
+        proposals_of[label[name]] = top_m(scores, excludes, m)
     baselines = list(BASELINES)
     if seqrec_checkpoint is not None:
         proposals_of[SEQREC_EXPLORES] = seqrec_explores(seqrec_checkpoint, ds, mo, item_cluster, n_clusters, m,
@@ -160,8 +155,7 @@ def build_report(ds: Dataset, catalog_dir: Path, repository: Path, recommendatio
 def seqrec_explores(checkpoint: Path, ds: Dataset, mo, item_cluster: np.ndarray, n_clusters: int,  # type: ignore[no-untyped-def]
                     m: int, start_ts: float) -> list[list[int]]:
     """The top M unknown clusters of each moment by SASRec's next-item probabilities summed per cluster."""
-    from interests.judge import seqrec_cluster_scores, top_m
-    from interests.train_seqrec import load_checkpoint, next_item_probabilities
+    from interests.seqrec.train import load_checkpoint, next_item_probabilities
 
     model, ckpt = load_checkpoint(checkpoint)
     if ckpt.get("item_ids") != [str(i) for i in ds.item_ids]:

@@ -1,1 +1,4 @@
-"""PyTorch/ONNX -> Triton: exports, parity checks, and writing the Triton model repository."""
+"""PyTorch/ONNX -> Triton: exports, parity checks, and writing the Triton model repository.
+
+May import: `interests.*`.
+"""

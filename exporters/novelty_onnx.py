@@ -10,7 +10,7 @@ Three graphs, all with dynamic batch and lengths (opset 17, TorchScript exporter
 - `model.onnx`: the no-cache reference, `input_ids`/`attention_mask` [B, T] -> `logprobs`, which
   re-reads the whole sequence at every decoding step.
 
-The search (`interests/constrained.py`, copied next to the Triton model's model.py) encodes each
+The search (`interests/runtime/constrained.py`, copied next to the Triton model's model.py) encodes each
 prompt once with `prefill` and then feeds one token per hypothesis with `step`, gathering its
 parent's cache rows: benchmarks/novelty_serving.py measures both paths side by side.
 `decoder.json` holds the pre-tokenised prompt pieces, the description sequences and the decoding
@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from exporters.repository import write_repository
-from interests import constrained
-from interests.constrained import left_pad, onnx_kv_cache, onnx_logprobs
-from interests.novelty_lm import NoveltyLM, Prefill, Step, position_ids
+from interests.novelty.lm import NoveltyLM, Prefill, Step, position_ids
+from interests.runtime import constrained
+from interests.runtime.constrained import left_pad, onnx_kv_cache, onnx_logprobs
 
 OPSET = 17
 

@@ -10,10 +10,10 @@ import torch
 
 from exporters.repository import write_repository
 from exporters.seqrec_onnx import Parity, TopNGraph, check_parity, check_tensorrt, random_inputs, write_seqrec_model
-from interests.catalog import Catalog, CatalogError
-from interests.clustered_topn import ClusteredTopN
-from interests.topn import RestrictedTopN
-from interests.train_seqrec import load_checkpoint
+from interests.clusters.catalog import Catalog, CatalogError
+from interests.seqrec.clustered_topn import ClusteredTopN
+from interests.seqrec.topn import RestrictedTopN
+from interests.seqrec.train import load_checkpoint
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 The exported graph: inputs `history` int64 [B, L] and `allowed` bool [B, C]; outputs `items`
 int64 [B, N] (1-based item ids, 0 in unfilled slots) and `scores` float32 [B, N]. Batch and
-history length are dynamic; opset 17. Either graph of the contract in `interests.topn` exports:
+history length are dynamic; opset 17. Either graph of the contract in `interests.seqrec.topn` exports:
 the clustered one (`ClusteredTopN`, served) or the full-scoring reference.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from interests.topn import RestrictedTopN
+from interests.seqrec.topn import RestrictedTopN
 
 OPSET = 17
 TopNGraph = RestrictedTopN  # or its subclass ClusteredTopN: same inputs, outputs and answers

@@ -1,6 +1,10 @@
-"""The modelling core: datasets, interest clusters, the sequence recommender, the novelty LM.
+"""The modelling core: data, interest clusters, the item recommender, the novelty policies, alignment, evaluation.
 
-Depends on no other package of this project (see docs/DESIGN.md).
+Grouped by capability, bottom to top (each subpackage's docstring says what it owns):
+`runtime` (what Triton's models and the worker's twins run), `data`, `clusters`, `seqrec`,
+`novelty`, `alignment`, `evaluation`; `configs.py` (the training settings) sits beside them.
+
+May import: nothing of this project.
 """
 
 __version__ = "0.1.0"

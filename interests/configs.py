@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 @dataclass
 class BuildConfig:
-    """How the interest-cluster catalog is built (`interests.build.build_catalog`)."""
+    """How the interest-cluster catalog is built (`interests.clusters.build.build_catalog`)."""
 
     levels: tuple[int, ...] = (8, 32)
     mode: str = "balanced"  # or "kmeans"
@@ -27,7 +27,7 @@ class BuildConfig:
 
 @dataclass
 class TrainConfig:
-    """How SASRec is trained (`interests.train_seqrec.train`).
+    """How SASRec is trained (`interests.seqrec.train.train`).
 
     lr 2e-3 is what `explore seqrec train` has used for the README's results (the dataclass said
     1e-3 while the command line said 2e-3; the command line's value is the measured one).
@@ -50,7 +50,7 @@ class TrainConfig:
 
 @dataclass
 class LMConfig:
-    """How the novelty LM is trained (`interests.novelty_lm.train_novelty_lm`)."""
+    """How the novelty LM is trained (`interests.novelty.lm.train_novelty_lm`)."""
 
     layers: int = 2
     dim: int = 128

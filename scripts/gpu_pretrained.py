@@ -111,8 +111,8 @@ def speed_stage(run: Run, args: argparse.Namespace, model_dir: Path) -> None:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from interests.novelty_lm import NoveltyLM
-    from interests.novelty_precompute import precompute, table_depth
+    from interests.novelty.lm import NoveltyLM
+    from interests.novelty.precompute import precompute, table_depth
 
     out: dict = {"model": model_dir.name}
     gpu = NoveltyLM.load(model_dir, run.device)

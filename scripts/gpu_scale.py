@@ -5,7 +5,7 @@ cannot hold is skipped with the reason printed, never half-done, and every measu
 OUT/gpu_scale.json (and OUT/log.txt) as it is taken, so that a run killed at its limit still returns what it
 measured.
 
-1. seqrec's clustered restricted top-N (`interests.clustered_topn.ClusteredTopN`, the served graph) at 1 M
+1. seqrec's clustered restricted top-N (`interests.seqrec.clustered_topn.ClusteredTopN`, the served graph) at 1 M
    items / 1,000 clusters first, then 100k and 10k (each only while stage 2's share of the budget stays),
    batch 1 and 64, on the requests `benchmarks/scale.py` makes (its functions: SASRec with random weights,
    items in clusters uniformly at random, histories of 50 items, 3 allowed clusters a row, top-20):
@@ -19,7 +19,7 @@ measured.
      copies to and from the device), and parity on the same requests: top-N ids identical to the CPU's
      (all of them, and where the CPU's scores are not within 1e-5 of a neighbour: runtimes may order
      near-ties either way) and the largest |score difference| (must be <= 1e-4).
-2. The novelty table's precompute (`interests.novelty_precompute.precompute`: constrained beam search,
+2. The novelty table's precompute (`interests.novelty.precompute.precompute`: constrained beam search,
    full depth: beam = depth = `table_depth`; batches of 64 contexts, up to 256 on a GPU) with a
    from-scratch NoveltyLM trained here in seconds on synthetic transitions, at 32 and 256 clusters:
    contexts/s on the GPU and on the CPU (all its threads, and 2 threads on a share of the contexts: the
@@ -181,8 +181,8 @@ def seqrec_stage(run: Run, args: argparse.Namespace, device) -> None:  # type: i
 def seqrec_config(run: Run, args: argparse.Namespace, device, n_items: int, n_clusters: int) -> None:  # type: ignore[no-untyped-def]
     import torch
 
-    from interests.clustered_topn import ClusteredTopN
-    from interests.sasrec import SASRec, SASRecConfig
+    from interests.seqrec.clustered_topn import ClusteredTopN
+    from interests.seqrec.sasrec import SASRec, SASRecConfig
 
     t0 = time.perf_counter()
     torch.manual_seed(0)
@@ -222,7 +222,7 @@ def synthetic_descriptions(n_clusters: int) -> list[str]:
 
 def synthetic_transitions(n_clusters: int, n: int, seed: int):  # type: ignore[no-untyped-def]
     """`n` novel transitions with a planted rule (the target follows from the context, with noise)."""
-    from interests.novelty_data import NoveltyExamples
+    from interests.novelty.examples import NoveltyExamples
 
     rng = np.random.default_rng(seed)
     contexts = np.stack([rng.choice(n_clusters, 2, replace=False) for _ in range(n)]).astype(np.int32)
@@ -260,8 +260,8 @@ def timed(fn, device):  # type: ignore[no-untyped-def]
 def novelty_config(run: Run, args: argparse.Namespace, device, n_clusters: int) -> None:  # type: ignore[no-untyped-def]
     import torch
 
-    from interests.novelty_lm import LMConfig, NoveltyLM, train_novelty_lm
-    from interests.novelty_precompute import precompute, table_depth
+    from interests.novelty.lm import LMConfig, NoveltyLM, train_novelty_lm
+    from interests.novelty.precompute import precompute, table_depth
 
     t0 = time.perf_counter()
     descriptions = synthetic_descriptions(n_clusters)
@@ -374,7 +374,7 @@ def main() -> int:
     import onnxruntime as ort
     import torch
 
-    from interests.novelty_lm import resolve_device
+    from interests.novelty.lm import resolve_device
 
     device = resolve_device(args.device)
     run = Run(args.out, args.budget_s, str(device))

@@ -17,9 +17,16 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from streams.feedback import Horizon
 from streams.inference.tls import TritonTLS
 from streams.kafka_security import KafkaSecurity
+
+
+@dataclass(frozen=True, slots=True)
+class Horizon:
+    """How long a proposal may wait for the user: `events` interactions, `seconds` of event time (0: no limit)."""
+
+    events: int
+    seconds: float
 
 
 def _setting(default: Any, help: str, env: str | None = None, secret: bool = False) -> Any:

@@ -42,7 +42,7 @@ class SeqRecArtifacts:
     dataset: object
     catalog: object
     checkpoint: Path
-    module: object  # interests.topn.RestrictedTopN
+    module: object  # interests.seqrec.topn.RestrictedTopN
     onnx_path: Path
 
 
@@ -94,10 +94,10 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def seqrec_artifacts(tmp_path_factory: pytest.TempPathFactory, tiny_repository: Path) -> SeqRecArtifacts:
     """Train a small SASRec on planted synthetic data and export it next to tiny_linear."""
     from exporters.seqrec_export import export_seqrec, restricted_model
-    from interests.build import BuildConfig, build_catalog
-    from interests.seqsplit import leave_one_out, pad_left
-    from interests.synthetic import make_synthetic
-    from interests.train_seqrec import TrainConfig, train
+    from interests.clusters.build import BuildConfig, build_catalog
+    from interests.data.splits import leave_one_out, pad_left
+    from interests.data.synthetic import make_synthetic
+    from interests.seqrec.train import TrainConfig, train
 
     work = tmp_path_factory.mktemp("seqrec")
     ds, _ = make_synthetic(n_clusters=6, items_per_cluster=20, n_users=200, seed=4)
@@ -117,16 +117,16 @@ def seqrec_artifacts(tmp_path_factory: pytest.TempPathFactory, tiny_repository: 
 class NoveltyArtifacts:
     """A small novelty LM on planted data, exported as `interest_generator` into the test repository."""
 
-    lm: object  # interests.novelty_lm.NoveltyLM
-    split: object  # interests.novelty_data.TimeSplit
+    lm: object  # interests.novelty.lm.NoveltyLM
+    split: object  # interests.novelty.examples.TimeSplit
     model_dir: Path  # repo/interest_generator/1
 
 
 @pytest.fixture(scope="session")
 def novelty_artifacts(seqrec_artifacts: SeqRecArtifacts, tiny_repository: Path) -> NoveltyArtifacts:
     from exporters.novelty_onnx import export_generator
-    from interests.novelty_data import novel_transitions, split_by_time
-    from interests.novelty_lm import LMConfig, train_novelty_lm
+    from interests.novelty.examples import novel_transitions, split_by_time
+    from interests.novelty.lm import LMConfig, train_novelty_lm
 
     catalog = seqrec_artifacts.catalog
     split = split_by_time(novel_transitions(seqrec_artifacts.dataset, catalog.item_clusters(), 2))

@@ -247,7 +247,7 @@ def run() -> None:
         raise SystemExit(f"stack-test: {victim} ({victim_url}) holds no user; owners: {owners}")
     sh("podman", "kill", victim)
 
-    from streams.replay import Event, produce
+    from streams.wiring.replay import Event, produce
 
     fresh = [Event(u, v["recent_items"][-1], int(v["last_event_ts"]) + 1, f"stacktest-{u}-after-kill")
              for u, v in before.items()]

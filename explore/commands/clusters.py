@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_clusters_build(args: argparse.Namespace) -> int:
-    from interests.build import BuildConfig, build_catalog
+    from interests.clusters.build import BuildConfig, build_catalog
 
     t0 = time.perf_counter()
     ds = dataset_from_args(args)
@@ -71,8 +71,8 @@ def cmd_clusters_build(args: argparse.Namespace) -> int:
 def cmd_clusters_show(args: argparse.Namespace) -> int:
     import shutil as _shutil
 
-    from interests.build import format_catalog
-    from interests.catalog import Catalog
+    from interests.clusters.build import format_catalog
+    from interests.clusters.catalog import Catalog
 
     catalog = Catalog.load(args.catalog)
     width = args.width or max(80, _shutil.get_terminal_size((120, 20)).columns)

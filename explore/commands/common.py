@@ -56,13 +56,13 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
 
 
 def dataset_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from interests.loaders import GenericColumns, load_dataset, load_generic
+    from interests.data.loaders import GenericColumns, load_dataset, load_generic
 
     chosen = [bool(args.data), bool(args.interactions or args.items), args.synthetic]
     if sum(chosen) != 1:
         raise SystemExit("error: give exactly one of --data DIR, --interactions F --items F, or --synthetic")
     if args.synthetic:
-        from interests.synthetic import make_synthetic
+        from interests.data.synthetic import make_synthetic
 
         return make_synthetic(n_clusters=args.synthetic_clusters, n_users=args.synthetic_users,
                               seed=getattr(args, "seed", 0))[0]
@@ -118,16 +118,16 @@ def holdout_dataset(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     share = getattr(args, "holdout", 0.0)
     if not share:
         return ds
-    from interests.seqsplit import held_out_start, training_period
+    from interests.data.splits import held_out_start, training_period
 
     return training_period(ds, held_out_start(ds, share))
 
 
 def load_lms(paths: list[Path], catalog_version: str, device: str = "cpu") -> list:
     """Each model directory as a judge entry named by its variant (unique names across directories)."""
-    from interests.catalog import CatalogError
-    from interests.judge import LMEntry, variant_name
-    from interests.novelty_lm import NoveltyLM
+    from interests.clusters.catalog import CatalogError
+    from interests.evaluation.judge import LMEntry, variant_name
+    from interests.novelty.lm import NoveltyLM
 
     entries: list[LMEntry] = []
     for path in paths:
@@ -139,3 +139,19 @@ def load_lms(paths: list[Path], catalog_version: str, device: str = "cpu") -> li
             name = f"{name} ({path.name})"
         entries.append(LMEntry(name, lm))
     return entries
+
+
+def novelty_split(args: argparse.Namespace, k: int, level: int | None):  # type: ignore[no-untyped-def]
+    """(dataset, catalog, level, all examples, time split) for the novelty commands."""
+    from interests.clusters.catalog import Catalog, check_same_items
+    from interests.novelty.examples import novel_transitions, split_by_time
+
+    ds = holdout_dataset(args)
+    catalog = Catalog.load(args.catalog)
+    check_same_items(catalog, ds.item_ids)
+    lv = catalog.finest if level is None else level
+    examples = novel_transitions(ds, catalog.item_clusters(lv), k)
+    if len(examples) < 10:
+        raise ValueError(f"only {len(examples)} novel transitions with {k} distinct clusters before them: "
+                         "use a smaller K or a finer catalog level")
+    return ds, catalog, lv, examples, split_by_time(examples)

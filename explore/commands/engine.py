@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                            epilog="settings (command line > environment > --config file > default):\n"
                                   + describe() + "\n\nThe worker serves /metrics, /health, /ready and "
                                   "/users/{id} on its web port.\nAs a plain Faust worker: "
-                                  "faust -A streams.app worker -l info (settings from the environment).")
+                                  "faust -A streams.wiring.app worker -l info (settings from the environment).")
     serve.add_argument("--config", type=Path, default=None, help="TOML or JSON file with settings (or EXPLORE_CONFIG)")
     serve.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (KAFKA_BOOTSTRAP)")
     serve.add_argument("--triton-url", default=None, help="Triton gRPC host:port (TRITON_URL); empty: onnxruntime only")
@@ -67,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from faust.worker import Worker
 
     from streams.infra.kafka_check import KafkaAccessError
-    from streams.worker import create_app, ensure_topics
+    from streams.wiring.worker import create_app, ensure_topics
 
     try:
         cfg.canonical_url()  # a wildcard bind on a host whose name does not resolve: say so before starting
@@ -86,7 +86,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """A dataset's interactions to the interactions topic, in time order, at a rate."""
     from explore.commands.common import engine_settings
     from streams.infra.kafka_check import KafkaAccessError, create_topic
-    from streams.replay import dataset_events, produce
+    from streams.wiring.replay import dataset_events, produce
 
     cfg = engine_settings()
     bootstrap = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP")

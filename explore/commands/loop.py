@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from explore.commands.common import add_dataset_args, levels
-from interests.best_of_n import MIN_HELDOUT_PAIRS
+from interests.alignment.best_of_n import MIN_HELDOUT_PAIRS
 
 AB_DESCRIPTION = """\
 The offline protocol of the feedback loop, in one command, on the real engine (embedded Kafka,

@@ -59,8 +59,8 @@ def register(nsub: argparse._SubParsersAction) -> None:
 
 def load_seqrecs(paths: list[Path], ds) -> tuple[list, int]:  # type: ignore[no-untyped-def]
     """(models, the latest end of their training data; after every interaction when one trained on all)."""
-    from interests.catalog import CatalogError
-    from interests.train_seqrec import load_checkpoint
+    from interests.clusters.catalog import CatalogError
+    from interests.seqrec.train import load_checkpoint
 
     models, untils = [], []
     for path in paths:
@@ -74,10 +74,10 @@ def load_seqrecs(paths: list[Path], ds) -> tuple[list, int]:  # type: ignore[no-
 
 
 def cmd_novelty_mix(args: argparse.Namespace) -> int:
-    from interests.catalog import Catalog, CatalogError, check_same_items
-    from interests.cluster_head import save_head
-    from interests.novelty_data import novel_transitions, split_by_time
-    from interests.novelty_mix import fit_level, sequence_expert, train_level_head, valid_experts
+    from interests.clusters.catalog import Catalog, CatalogError, check_same_items
+    from interests.novelty.cluster_head import save_head
+    from interests.novelty.examples import novel_transitions, split_by_time
+    from interests.novelty.fit_mixture import fit_level, sequence_expert, train_level_head, valid_experts
 
     t0 = time.perf_counter()
     ds = holdout_dataset(args)
@@ -110,8 +110,8 @@ def cmd_novelty_mix(args: argparse.Namespace) -> int:
                   f"({head_info['epochs']} epochs, {head_info['seconds']} s)", flush=True)
         lm_table = None
         if lv in lms:
-            from interests.judge import rows_of_contexts
-            from interests.novelty_prior import description_scores
+            from interests.evaluation.judge import rows_of_contexts
+            from interests.novelty.prior import description_scores
 
             unique, inverse = rows_of_contexts(split.valid.contexts)
             lm_table = description_scores(lms[lv].lm, unique)[inverse]
@@ -134,11 +134,11 @@ def cmd_novelty_mix(args: argparse.Namespace) -> int:
 
 def load_mixtures(directory: Path, levels: list[int], lms: list, catalog, ds) -> dict:  # type: ignore[no-untyped-def]
     """{level: MixtureEntry} for the chosen levels that `directory` has a mixture for."""
-    from interests.catalog import CatalogError
-    from interests.cluster_head import load_head
-    from interests.judge import MixtureEntry
-    from interests.mixture import Mixture
-    from interests.novelty_mix import sequence_expert
+    from interests.clusters.catalog import CatalogError
+    from interests.evaluation.judge import MixtureEntry
+    from interests.novelty.cluster_head import load_head
+    from interests.novelty.fit_mixture import sequence_expert
+    from interests.novelty.mixture import Mixture
 
     out = {}
     for lv in levels:

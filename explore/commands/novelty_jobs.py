@@ -1,8 +1,8 @@
 """`explore novelty enqueue / precompute-worker / precompute-status`: the precompute as a distributed job;
 `explore novelty dump`: what the novelty topic holds.
 
-Thin wiring: the logic is `streams.precompute_jobs` (requests, progress), `streams.precompute_worker`
-(the transactional loop) and `streams.novelty_table` (rows). The single-process `explore novelty
+Thin wiring: the logic is `streams.precompute.jobs` (requests, progress), `streams.precompute.worker`
+(the transactional loop) and `streams.core.table` (rows). The single-process `explore novelty
 precompute` stays for small catalogs.
 """
 
@@ -89,10 +89,10 @@ def _contexts(args: argparse.Namespace, serving) -> list[list[int]]:  # type: ig
     """Every ordered K-tuple, or the contexts seen in the data (as `explore novelty precompute` takes them)."""
     if args.all_contexts:
         return [list(c) for c in itertools.permutations(range(serving.n_clusters), serving.k)]
-    from explore.commands.novelty import _novelty_split
-    from interests.catalog import CatalogError
+    from explore.commands.common import novelty_split
+    from interests.clusters.catalog import CatalogError
 
-    _, catalog, _, examples, _ = _novelty_split(args, serving.k, serving.level)
+    _, catalog, _, examples, _ = novelty_split(args, serving.k, serving.level)
     if catalog.version != serving.catalog_version:  # else the contexts would name another catalog's clusters
         raise CatalogError(f"{args.catalog} is catalog {catalog.version}; {args.repository}'s interest_generator "
                            f"was exported with catalog {serving.catalog_version}")
@@ -101,8 +101,8 @@ def _contexts(args: argparse.Namespace, serving) -> list[list[int]]:  # type: ig
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     from explore.commands.common import engine_settings
-    from streams.model_files import novelty_serving
-    from streams.precompute_jobs import enqueue, pending, read_published
+    from streams.core.model_files import novelty_serving
+    from streams.precompute.jobs import enqueue, pending, read_published
 
     serving, cfg, bootstrap = novelty_serving(args.repository), engine_settings(), _bootstrap(args)
     contexts = _contexts(args, serving)
@@ -118,7 +118,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from explore.commands.common import engine_settings
-    from streams.precompute_jobs import read_progress
+    from streams.precompute.jobs import read_progress
 
     bootstrap, security = _bootstrap(args), engine_settings().kafka_security()
     if args.watch:
@@ -131,8 +131,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_dump(args: argparse.Namespace) -> int:
     """The table the topic holds after compaction (read_committed, as workers read it), a row a line."""
     from explore.commands.common import engine_settings
-    from streams.novelty_table import context_key, latest_rows
-    from streams.topic_reader import TopicMissing, read_topic_records
+    from streams.core.table import context_key, latest_rows
+    from streams.wiring.topic_reader import TopicMissing, read_topic_records
 
     bootstrap, security = _bootstrap(args), engine_settings().kafka_security()
     try:
@@ -157,7 +157,7 @@ def _watch(bootstrap: str, topic: str, group: str, security) -> int:  # type: ig
     """A tqdm bar over the group's committed offsets until every request is answered."""
     from tqdm import tqdm
 
-    from streams.precompute_jobs import read_progress
+    from streams.precompute.jobs import read_progress
 
     p = read_progress(bootstrap, topic, group, security)
     with tqdm(total=p.total, initial=p.done, unit="ctx", desc="precompute") as bar:
@@ -170,8 +170,8 @@ def _watch(bootstrap: str, topic: str, group: str, security) -> int:  # type: ig
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from explore.commands.common import engine_settings
-    from streams.model_files import novelty_serving
-    from streams.precompute_worker import WorkerSettings, serve
+    from streams.core.model_files import novelty_serving
+    from streams.precompute.worker import WorkerSettings, serve
 
     cfg = engine_settings()
     url = args.triton_url or cfg.triton_url

@@ -69,11 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_seqrec_train(args: argparse.Namespace) -> int:
     import json
 
-    from interests.catalog import Catalog, check_same_items
+    from interests.clusters.catalog import Catalog, check_same_items
     from interests.configs import TrainConfig
-    from interests.novelty_data import novelty_period_start
-    from interests.seqsplit import leave_one_out, pad_left, popularity_ranks, ranking_metrics, training_period
-    from interests.train_seqrec import evaluate, train
+    from interests.data.splits import leave_one_out, pad_left, popularity_ranks, ranking_metrics, training_period
+    from interests.novelty.examples import novelty_period_start
+    from interests.seqrec.train import evaluate, train
 
     ds = dataset_from_args(args)
     catalog = Catalog.load(args.catalog)
@@ -108,8 +108,8 @@ def cmd_seqrec_train(args: argparse.Namespace) -> int:
 
 def _teachers(paths: list[Path], ds, until: int | None) -> list:  # type: ignore[no-untyped-def]
     """The teacher checkpoints, refused unless they trained on the very interactions the student will."""
-    from interests.catalog import CatalogError
-    from interests.train_seqrec import load_checkpoint
+    from interests.clusters.catalog import CatalogError
+    from interests.seqrec.train import load_checkpoint
 
     out = []
     for path in paths:
@@ -129,9 +129,9 @@ def _print_metrics(rows: dict[str, dict[str, float]]) -> None:
 
 
 def cmd_seqrec_eval(args: argparse.Namespace) -> int:
-    from interests.catalog import CatalogError
-    from interests.seqsplit import leave_one_out, popularity_ranks, ranking_metrics
-    from interests.train_seqrec import evaluate, load_checkpoint
+    from interests.clusters.catalog import CatalogError
+    from interests.data.splits import leave_one_out, popularity_ranks, ranking_metrics
+    from interests.seqrec.train import evaluate, load_checkpoint
 
     ds = dataset_from_args(args)
     model, ckpt = load_checkpoint(args.checkpoint)

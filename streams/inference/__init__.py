@@ -1,1 +1,4 @@
-"""Inference clients of the streaming engine: Triton over gRPC, with in-process onnxruntime twins."""
+"""Inference clients of the streaming engine: Triton over gRPC, with in-process onnxruntime twins.
+
+May import: `interests.runtime`.
+"""

@@ -2,7 +2,7 @@
 
 Both take contexts [B, K] (cluster ids, most recent last) and exclusion flags [B, C] (clusters
 the user already knows) and return (clusters [B, M], scores [B, M]); empty slots hold cluster -1.
-The twin runs the same exported graphs and the same decoding code (`interests.constrained`) as
+The twin runs the same exported graphs and the same decoding code (`interests.runtime.constrained`) as
 the Triton model, over the same `decoder.json` (prior included), so it answers the same: by
 default over the key/value cache (prefill.onnx, step.onnx), with `kv_cache=False` re-reading
 whole sequences (model.onnx), as the Triton model's `kv_cache` parameter chooses.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interests.constrained import Generator
+from interests.runtime.constrained import Generator
 from streams.inference.grpc import GrpcModel
 from streams.inference.tls import TritonTLS
 

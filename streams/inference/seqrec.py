@@ -2,8 +2,8 @@
 
 Both take histories [B, L] of 1-based item ids (left-padded with 0) and allowed clusters [B, C]
 and return (items [B, N], scores [B, N]); slots that no eligible item fills carry item 0 and
-EXCLUDED (the one of `interests.constrained`; the contract is `interests.topn`'s); callers drop them
-(`streams.recommendation.slate_items`). The twin runs the very ONNX file that Triton serves, so
+EXCLUDED (the one of `interests.runtime.constrained`; the contract is `interests.seqrec.topn`'s); callers drop them
+(`streams.core.recommendation.slate_items`). The twin runs the very ONNX file that Triton serves, so
 the answers are the same; it is the fallback when Triton is unreachable.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from interests.constrained import left_pad, onnx_session
+from interests.runtime.constrained import left_pad, onnx_session
 from streams.inference.grpc import GrpcModel
 
 

@@ -1,1 +1,4 @@
-"""Kafka (embedded Tansu or real Apache Kafka) and Triton (embedded tritonserver), managed."""
+"""Kafka (embedded Tansu or real Apache Kafka), Triton (embedded tritonserver) and worker processes, managed.
+
+May import: `streams`, `streams.inference`, `streams.web`.
+"""

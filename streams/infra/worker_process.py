@@ -12,7 +12,7 @@ from pathlib import Path
 
 from streams.config import EngineConfig
 from streams.infra.process import ManagedProcess, ProcessService, free_port
-from streams.peers import auth_headers
+from streams.web.peers import auth_headers
 
 
 def http_json(url: str, timeout_s: float = 2.0, headers: dict[str, str] | None = None) -> tuple[int, dict]:
@@ -30,7 +30,7 @@ def http_json(url: str, timeout_s: float = 2.0, headers: dict[str, str] | None =
 
 
 COMMANDS = {
-    "faust": ["-m", "streams.app", "worker", "-l", "info"],  # the plain Faust command line
+    "faust": ["-m", "streams.wiring.app", "worker", "-l", "info"],  # the plain Faust command line
     "serve": ["-m", "explore", "serve", "--log-level", "info"],  # the CLI a user runs
 }
 
@@ -38,7 +38,7 @@ COMMANDS = {
 class WorkerProcess(ProcessService):
     """An engine worker with `cfg` in its environment; its own web port and data dir.
 
-    `command` picks how it is started: `python -m streams.app worker` (Faust's own command line)
+    `command` picks how it is started: `python -m streams.wiring.app worker` (Faust's own command line)
     or `explore serve`; both read the settings from the environment.
     """
 

@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from streams.config import EngineConfig
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
-from streams.replay import Event, dataset_events
+from streams.wiring.replay import Event, dataset_events
 
 
 def engine_config(bootstrap: str, seqrec_artifacts, repository: Path, triton_url: str = "",  # type: ignore[no-untyped-def]

@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 
 from explore.cli import main
-from interests.alignment import AlignmentModel
+from interests.alignment.model import AlignmentModel
 from streams.config import EngineConfig
-from streams.feedback import FeedbackRecord
+from streams.core.feedback import FeedbackRecord
+from streams.core.model_files import ModelFiles
+from streams.core.recommendation import novel_for_user
 from streams.infra.process import wait_until
 from streams.infra.worker_process import WorkerProcess
-from streams.model_files import ModelFiles
-from streams.recommendation import novel_for_user
-from streams.replay import Event, produce
-from streams.worker import ensure_topics
+from streams.wiring.replay import Event, produce
+from streams.wiring.worker import ensure_topics
 from tests.integration.engine_support import engine_config, item_cluster_map, read_topic, synthetic_events
 from tests.integration.test_engine_resilience import assert_exact_states
 from tests.integration.test_feedback import read_to_end

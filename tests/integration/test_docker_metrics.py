@@ -64,8 +64,8 @@ def _run_models_job(env: dict[str, str], *args: str) -> subprocess.CompletedProc
 
 def test_models_job_loads_prebuilt_models_and_switches_the_seqrec_backend(  # type: ignore[no-untyped-def]
         apache_bootstrap: str, tiny_repository: Path, seqrec_artifacts, novelty_artifacts, tmp_path: Path) -> None:
-    from interests.catalog import Catalog
-    from streams.engine import ModelFiles
+    from interests.clusters.catalog import Catalog
+    from streams.core.engine import ModelFiles
 
     catalog = seqrec_artifacts.catalog
     prebuilt = tmp_path / "prebuilt"

@@ -9,8 +9,8 @@ import pytest
 
 from streams.infra.process import wait_until
 from streams.infra.worker_process import WorkerProcess
-from streams.replay import produce
-from streams.worker import ensure_topics
+from streams.wiring.replay import produce
+from streams.wiring.worker import ensure_topics
 from tests.integration.engine_support import (
     check_recommendation,
     engine_config,

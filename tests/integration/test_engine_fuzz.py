@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from streams.infra.process import wait_until
 from streams.infra.worker_process import WorkerProcess
-from streams.worker import ensure_topics
+from streams.wiring.worker import ensure_topics
 from tests.integration.engine_support import engine_config, read_topic
 from tests.integration.test_engine_input import _not_json, invalid_record
 

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from streams.infra.process import ManagedProcess, free_port, wait_until
 from streams.infra.worker_process import WorkerProcess, http_json
-from streams.replay import produce
-from streams.worker import ensure_topics
+from streams.wiring.replay import produce
+from streams.wiring.worker import ensure_topics
 from tests.integration.engine_support import engine_config, read_topic, synthetic_events
 
 pytestmark = pytest.mark.integration

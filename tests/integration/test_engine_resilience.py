@@ -16,8 +16,8 @@ import pytest
 
 from streams.infra.process import InfraError, wait_until
 from streams.infra.worker_process import WorkerProcess
-from streams.replay import produce
-from streams.worker import ensure_topics
+from streams.wiring.replay import produce
+from streams.wiring.worker import ensure_topics
 from tests.integration.engine_support import (
     engine_config,
     expected_states,
@@ -258,9 +258,9 @@ def test_a_stalled_partition_is_sought_to_its_first_record_not_to_offset_zero(ap
 
     from kafka import KafkaAdminClient, TopicPartition
 
-    from streams.delivery import InputDelivery
+    from streams.core.metrics import Metrics
     from streams.infra.kafka_check import create_topic
-    from streams.metrics import Metrics
+    from streams.wiring.delivery import InputDelivery
 
     topic = f"stall-{uuid.uuid4().hex[:8]}"
     create_topic(apache_bootstrap, topic, partitions=2)

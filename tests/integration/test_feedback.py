@@ -1,6 +1,6 @@
 """Exploration feedback end to end: the records on `exploration-feedback` are what the replayed events imply.
 
-What this adds to the unit tests of `streams.feedback`: the wiring (the open slates travel in the
+What this adds to the unit tests of `streams.core.feedback`: the wiring (the open slates travel in the
 user's state through the changelog, the records reach their topic), the restart (a worker
 stopped mid-stream and a second one that recovers the state resolve every proposal exactly once),
 and `explore novelty align --topic` reading the records back from a real broker.
@@ -20,12 +20,12 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from explore.cli import main
-from interests.alignment import AlignmentModel
+from interests.alignment.model import AlignmentModel
 from streams.config import EngineConfig
 from streams.infra.process import wait_until
 from streams.infra.worker_process import WorkerProcess
-from streams.replay import Event, produce
-from streams.worker import ensure_topics
+from streams.wiring.replay import Event, produce
+from streams.wiring.worker import ensure_topics
 from tests.integration.engine_support import engine_config, item_cluster_map, read_topic, synthetic_events
 from tests.integration.test_engine_resilience import Producer, applied, assert_exact_states
 

@@ -55,7 +55,7 @@ def test_faust_agent_reads_a_topic_and_writes_another(broker: str, tmp_path: Pat
     env = {**os.environ, "KAFKA_BOOTSTRAP": broker, "PASSTHROUGH_IN": source, "PASSTHROUGH_OUT": sink,
            "PASSTHROUGH_APP_ID": f"passthrough-{suffix}", "PASSTHROUGH_DATA_DIR": str(tmp_path / "data")}
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed in finally
-    worker = subprocess.Popen([sys.executable, "-m", "streams.passthrough", "worker", "-l", "info"],
+    worker = subprocess.Popen([sys.executable, "-m", "streams.wiring.passthrough", "worker", "-l", "info"],
                               env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         # Half the input waits before the worker starts, half arrives while it runs (it has copied a record).

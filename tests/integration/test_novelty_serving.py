@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from interests.constrained import DescriptionTrie, beam_search
+from interests.runtime.constrained import DescriptionTrie, beam_search
 from streams.inference.novelty import OnnxNovelty, TritonNovelty
 
 pytestmark = pytest.mark.integration

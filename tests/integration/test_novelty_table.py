@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer
 
-from streams.novelty_table import decode_row
+from streams.core.table import decode_row
 
 pytestmark = pytest.mark.integration
 

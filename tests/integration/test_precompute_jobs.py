@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from streams.core.model_files import novelty_serving
+from streams.core.table import decode_row, parse_row, ranked_row
 from streams.inference.novelty import TritonNovelty
 from streams.infra.kafka_check import create_topic
-from streams.model_files import novelty_serving
-from streams.novelty_table import decode_row, parse_row, ranked_row
-from streams.precompute_worker import WORKER_HEADER
+from streams.precompute.worker import WORKER_HEADER
 
 pytestmark = pytest.mark.integration
 HERE = Path(__file__).parent
@@ -118,9 +118,9 @@ def test_the_engine_never_learns_the_rows_of_an_aborted_transaction(apache_boots
     commit (it died; its batch is answered again) is never in the table."""
     from kafka import KafkaProducer
 
+    from streams.core.table import row_value
     from streams.infra.worker_process import WorkerProcess
-    from streams.novelty_table import row_value
-    from streams.worker import ensure_topics
+    from streams.wiring.worker import ensure_topics
     from tests.integration.engine_support import engine_config
 
     cfg = engine_config(apache_bootstrap, seqrec_artifacts, triton.repository, triton.grpc)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from interests.constrained import DescriptionTrie, beam_search_cached
+from interests.runtime.constrained import DescriptionTrie, beam_search_cached
 
 # a 30-layer model on a CPU: the conversion, three exported graphs; minutes idle, far more on a busy machine
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
@@ -21,11 +21,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     """(zero-shot NoveltyLM on SmolLM2, catalog, examples): the conversion runs once for the module."""
-    from interests.build import BuildConfig, build_catalog
+    from interests.clusters.build import BuildConfig, build_catalog
     from interests.configs import LMConfig
-    from interests.novelty_data import novel_transitions, split_by_time
-    from interests.novelty_lm import train_novelty_lm
-    from interests.synthetic import make_synthetic
+    from interests.data.synthetic import make_synthetic
+    from interests.novelty.examples import novel_transitions, split_by_time
+    from interests.novelty.lm import train_novelty_lm
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EXPLORE_HOME", str(tmp_path_factory.mktemp("explore-home")))

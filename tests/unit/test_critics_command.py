@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from explore.cli import main
-from interests.build import BuildConfig, build_catalog
-from interests.novelty_data import novel_transitions, split_by_time
-from interests.synthetic import make_synthetic
+from interests.clusters.build import BuildConfig, build_catalog
+from interests.data.synthetic import make_synthetic
+from interests.novelty.examples import novel_transitions, split_by_time
 
 N = 6
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from interests.datasets import DataError
-from interests.loaders import GenericColumns, detect_format, detect_list_separator, load_dataset, load_generic
+from interests.data.datasets import DataError
+from interests.data.loaders import GenericColumns, detect_format, detect_list_separator, load_dataset, load_generic
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:

@@ -3,7 +3,7 @@
 The compose file parses and is consistent with itself (dependencies, volumes, build files), with
 the engine's settings (the environment a worker gets) and with the Prometheus and Grafana
 configuration (names and ports); `promtool` accepts the Prometheus config and every dashboard
-query; every metric a query names is one the engine exports (read from `streams.metrics`) or a
+query; every metric a query names is one the engine exports (read from `streams.core.metrics`) or a
 Triton metric (checked against a live Triton in tests/integration/test_docker_metrics.py).
 """
 
@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from streams.config import EngineConfig
-from streams.metrics import Metrics
+from streams.core.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -268,7 +268,7 @@ def test_triton_image_is_the_ngc_image_with_the_python_models_dependencies() -> 
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert pins["NUMPY"] in pyproject and pins["ORT"] in pyproject
     sources = [ROOT / "triton_models" / m / "1" / "model.py" for m in ("seqrec", "interest_generator")]
-    sources.append(ROOT / "interests" / "constrained.py")  # copied beside interest_generator's model.py
+    sources.append(ROOT / "interests" / "runtime" / "constrained.py")  # copied beside interest_generator's model.py
     third_party = set()
     for path in sources:
         for node in ast.walk(ast.parse(path.read_text())):
@@ -437,7 +437,8 @@ def test_every_dashboard_metric_is_exported_by_the_engine_or_triton() -> None:
         names = metric_names(expr)
         assert names, f"no metric found in {expr!r}"
         unknown = names - engine - TRITON_METRICS
-        assert not unknown, f"{expr!r} names {sorted(unknown)}: neither the engine's (streams/metrics.py) nor Triton's"
+        assert not unknown, (f"{expr!r} names {sorted(unknown)}: neither the engine's (streams/core/metrics.py) "
+                             "nor Triton's")
 
 
 @pytest.mark.parametrize(("expr", "names"), [
@@ -480,7 +481,7 @@ from explore.cli import build_parser
 from explore.commands.engine import cmd_serve
 args = build_parser().parse_args(["serve"])
 assert args.func is cmd_serve
-import faust.worker, streams.worker, streams.engine, streams.inference.router, streams.infra.kafka_check
+import faust.worker, streams.wiring.worker, streams.core.engine, streams.inference.router, streams.infra.kafka_check
 print("ok")
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

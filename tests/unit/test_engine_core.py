@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from streams.config import EngineConfig
-from streams.delivery import AckGuard
-from streams.engine import Engine, RawRecord
+from streams.core.engine import Engine, RawRecord
+from streams.core.metrics import Metrics
+from streams.core.table import context_key, row_value
 from streams.inference.router import ModelRouter
-from streams.metrics import Metrics
-from streams.novelty_table import context_key, row_value
+from streams.wiring.delivery import AckGuard
 
 
 def _counter(counter, *labels: str) -> float:  # type: ignore[no-untyped-def]
@@ -137,7 +137,7 @@ def test_the_probe_brings_a_quiet_router_back_when_triton_is_ready() -> None:
 def test_ack_guard_commits_only_what_the_engine_applied(tmp_path: Path) -> None:
     from faust.types import TP, Message
 
-    from streams.faust_app import make_app
+    from streams.wiring.faust_app import make_app
 
     async def run() -> None:
         app = make_app("ack-guard", "127.0.0.1:1", tmp_path)
@@ -286,8 +286,8 @@ def _repository_copy(tiny_repository: Path, tmp_path: Path) -> Path:
 def test_model_files_refuse_a_novelty_model_of_another_catalog_k_or_level(seqrec_artifacts, novelty_artifacts,  # type: ignore[no-untyped-def]
                                                                           tiny_repository: Path,
                                                                           tmp_path: Path) -> None:
-    from interests.catalog import CatalogError
-    from streams.model_files import ModelFiles
+    from interests.clusters.catalog import CatalogError
+    from streams.core.model_files import ModelFiles
 
     catalog = seqrec_artifacts.catalog
     repo = _repository_copy(tiny_repository, tmp_path)
@@ -306,7 +306,7 @@ def test_model_files_refuse_a_novelty_model_of_another_catalog_k_or_level(seqrec
 
 def test_model_files_read_the_batch_limits_triton_serves(seqrec_artifacts, novelty_artifacts,  # type: ignore[no-untyped-def]
                                                        tiny_repository: Path, tmp_path: Path) -> None:
-    from streams.model_files import ModelFiles
+    from streams.core.model_files import ModelFiles
 
     repo = _repository_copy(tiny_repository, tmp_path)
     assert ModelFiles(repo, seqrec_artifacts.catalog).max_batch == {"seqrec": 256, "interest_generator": 64}

@@ -12,12 +12,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.config import EngineConfig, describe
-from streams.delivery import Gap, PartitionOrder
+from streams.core.recommendation import novel_for_user, slate_items
+from streams.core.records import Interaction, Limits, Rejection, parse_interaction
+from streams.core.state import apply, copy_state, expired_users, is_duplicate, needs_slate, new_state
+from streams.core.table import parse_row
 from streams.inference.router import is_refusal, row_chunks
-from streams.novelty_table import keep_running, parse_row
-from streams.recommendation import novel_for_user, slate_items
-from streams.records import Interaction, Limits, Rejection, parse_interaction
-from streams.state import apply, copy_state, expired_users, is_duplicate, needs_slate, new_state
+from streams.wiring.delivery import Gap, PartitionOrder
+from streams.wiring.table_topic import keep_running
 
 ITEMS = {"a": 0, "b": 1, "c": 2}
 LIMITS = Limits(max_payload_bytes=200, min_ts=1.0, max_ts=2e9)
@@ -143,7 +144,7 @@ def test_config_layers_and_errors(tmp_path) -> None:  # type: ignore[no-untyped-
 def test_a_user_request_goes_to_the_one_worker_that_owns_the_key() -> None:
     from aiokafka.partitioner import DefaultPartitioner
 
-    from streams.peers import partition_for, partition_owner, url_ident
+    from streams.web.peers import partition_for, partition_owner, url_ident
 
     assert url_ident("http://h:1/") == url_ident("http://h:1") == ("h", 1)
     # murmur2 as the Java client, kafka-python and aiokafka (checked against aiokafka's own code) do it.
@@ -163,7 +164,7 @@ def test_a_user_request_goes_to_the_one_worker_that_owns_the_key() -> None:
 
 
 def test_the_web_token_is_checked_as_a_bearer_token() -> None:
-    from streams.peers import auth_headers, bearer_ok
+    from streams.web.peers import auth_headers, bearer_ok
 
     assert bearer_ok(None, "") and bearer_ok("Bearer anything", "")  # no token set: open
     assert bearer_ok("Bearer s3cret", "s3cret") and bearer_ok("bearer s3cret", "s3cret")
@@ -185,7 +186,7 @@ def test_the_worker_consumer_waits_as_long_as_configured(tmp_path) -> None:  # t
     import asyncio
     import warnings
 
-    from streams.faust_app import make_app
+    from streams.wiring.faust_app import make_app
 
     async def fetch_wait() -> int:
         app = make_app("fetch-wait", "127.0.0.1:1", tmp_path, fetch_max_wait_ms=77)
@@ -307,7 +308,7 @@ def _binary(clusters: list, scores: list, version: str = "v1", versions: bytes =
 
     import numpy as np
 
-    from streams.novelty_table import ROW_MAGIC
+    from streams.core.table import ROW_MAGIC
 
     head = struct.pack("<4sHBBH", ROW_MAGIC, len(clusters) if n is None else n, len(version), 0, len(versions))
     return head + version.encode() + versions + np.asarray(clusters, "<i4").tobytes() + \
@@ -337,7 +338,7 @@ BINARY_CASES = [
 
 @pytest.mark.parametrize(("value", "reason"), BINARY_CASES)
 def test_binary_novelty_rows_are_checked_as_json_ones(value: bytes, reason: str) -> None:
-    from streams.novelty_table import parse_row_arrays
+    from streams.core.table import parse_row_arrays
 
     assert parse_row(b"1,2", value, "v1", k=2, n_clusters=8) == reason
     assert parse_row_arrays(b"1,2", value, "v1", k=2, n_clusters=8) == reason
@@ -348,7 +349,7 @@ def test_a_fetch_of_rows_is_parsed_as_each_row_alone() -> None:
     gets alone, whatever its neighbours, in order."""
     import random
 
-    from streams.novelty_table import parse_rows, row_value
+    from streams.core.table import parse_rows, row_value
 
     good = [row_value([3, 4], [-1.0, -2.0], "v1"), row_value([5], [-0.5], "v1", source="live"),
             row_value([6, 7], [-0.1, -0.2], "v1", versions={"alignment": "a"}),
@@ -368,7 +369,7 @@ def test_a_fetch_of_rows_is_parsed_as_each_row_alone() -> None:
 
 
 def test_the_topic_dump_keeps_the_newest_row_per_context_as_compaction_does() -> None:
-    from streams.novelty_table import latest_rows, row_value
+    from streams.core.table import latest_rows, row_value
 
     records = [(b"1,2", row_value([3], [-1.0], "v1")), (b"2,1", row_value([4], [-2.0], "v1", source="live")),
                (b"1,2", row_value([5, 6], [-0.5, -0.7], "v2")), (b"2,1", None), (b"3,1", b"{not a row"),
@@ -381,7 +382,7 @@ def test_the_topic_dump_keeps_the_newest_row_per_context_as_compaction_does() ->
 
 
 def test_a_published_row_reads_back_exactly_in_either_format() -> None:
-    from streams.novelty_table import decode_row, row_value
+    from streams.core.table import decode_row, row_value
 
     scores = [-0.1, -1 / 3, -2.5e-300, 0.0]
     value = row_value([7, 0, 3, 5], scores, "v1", source="precompute", versions={"alignment": "abc", "best_of": "4"})
@@ -457,7 +458,7 @@ def test_a_crashed_task_is_started_again() -> None:
 def test_a_dead_letter_copy_keeps_the_record_up_to_a_bound_and_says_what_it_cut() -> None:
     """The copy of a record with a 1 MiB key failed to send (over the producer's request size), the agent
     crashed and the worker with it; the copy is now cut, and the headers point at the original."""
-    from streams.records import DLQ_MAX_BYTES, DLQ_MAX_KEY_BYTES, dead_letter
+    from streams.core.records import DLQ_MAX_BYTES, DLQ_MAX_KEY_BYTES, dead_letter
 
     rejection = Rejection("oversized", "key of 1048576 bytes > 256")
     key, value, headers = dead_letter(b"k" * 2**20, b"v", rejection, "interactions/3/17")

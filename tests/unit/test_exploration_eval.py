@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from interests.datasets import build_dataset
-from interests.exploration_eval import (
+from interests.data.datasets import build_dataset
+from interests.evaluation.replay import (
     evaluate,
     hit_within,
     moments_at,
@@ -137,7 +137,7 @@ def test_restricted_slates_pass_the_restriction_and_drop_seen_items_and_empty_sl
 
 def test_moments_know_the_row_of_the_next_new_cluster_and_its_target_sets(ds, moments) -> None:  # type: ignore[no-untyped-def]
     """The engine report's liked / sticky targets come from the row of the first interaction in the new cluster."""
-    from interests.judge import target_flags
+    from interests.evaluation.judge import target_flags
 
     assert moments.next_novel.tolist() == [2, 2, -1, -1]
     assert moments.next_novel_row.tolist() == [3, 3, -1, -1]  # u1's c0 is row 3 of the dataset

@@ -1,4 +1,4 @@
-"""Exploration feedback's pure logic: what resolves when (`streams.feedback`), and its record."""
+"""Exploration feedback's pure logic: what resolves when (`streams.core.feedback`), and its record."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.config import EngineConfig
-from streams.feedback import (
+from streams.core.feedback import (
     FeedbackRecord,
     Horizon,
     feedback_record,
@@ -18,7 +18,7 @@ from streams.feedback import (
     remember,
     resolve,
 )
-from streams.state import copy_state, new_state
+from streams.core.state import copy_state, new_state
 
 VERSIONS = {"catalog": "c1", "seqrec": "s1", "interest_generator": "g1"}
 DESCRIPTIONS = [f"words of {c}" for c in range(10)]
@@ -112,7 +112,7 @@ def test_the_state_copy_does_not_share_open_slates() -> None:
 
 
 def test_a_user_keeps_each_versions_once_and_only_while_a_slate_names_them() -> None:
-    from streams.feedback import drop_unused_versions, slate_versions
+    from streams.core.feedback import drop_unused_versions, slate_versions
 
     table: dict[str, dict[str, str]] = {}
     aligned = {**VERSIONS, "alignment": "a1"}
@@ -179,8 +179,8 @@ def test_the_replay_sends_ratings_only_when_the_data_set_has_them() -> None:
     """A rating reaches a feedback record only if the replay sends it: MovieLens has ratings, synthetic data not."""
     import numpy as np
 
-    from interests.datasets import build_dataset
-    from streams.replay import dataset_events
+    from interests.data.datasets import build_dataset
+    from streams.wiring.replay import dataset_events
 
     def values(weights: list[float] | None) -> list[dict]:
         ds = build_dataset("t", ["u", "u", "v"], ["a", "b", "a"], np.array([1, 2, 3]),
@@ -192,7 +192,7 @@ def test_the_replay_sends_ratings_only_when_the_data_set_has_them() -> None:
 
 
 def test_acceptance_is_accepted_over_labelled_proposals_per_group() -> None:
-    from streams.feedback import acceptance
+    from streams.core.feedback import acceptance
 
     open_ = [slate(5, 100.0, [7, 8, 9]), slate(6, 101.0, [3, 4])]
     resolved = resolve(open_, 7, 110.0, 7, "a", None, Horizon(2, 0))  # slate 5: 7 accepted, 8 and 9 not

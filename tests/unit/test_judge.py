@@ -5,26 +5,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from interests.datasets import build_dataset
-from interests.judge import (
-    COOCCURRENCE,
+from interests.data.datasets import build_dataset
+from interests.evaluation.judge import COOCCURRENCE, judge_level, target_masks
+from interests.evaluation.stats import best_method, bootstrap_interval, mcnemar_p, paired
+from interests.novelty.examples import novel_transitions, split_by_time
+from interests.novelty.rules import (
     POPULAR,
     RANDOM,
     TRANSITIONS,
     context_similarity_scores,
     cooccurrence_similarity,
     histories_at,
-    judge_level,
     popular_scores,
     random_scores,
     seqrec_cluster_scores,
-    target_masks,
     text_similarity,
     top_m,
     transition_scores,
 )
-from interests.novelty_data import novel_transitions, split_by_time
-from interests.stats import best_method, bootstrap_interval, mcnemar_p, paired
 
 # items a0 a1 (cluster 0), b0 b1 (cluster 1), c0 c1 (cluster 2), d0 (cluster 3); dense ids in sorted order
 CLUSTER = np.array([0, 0, 1, 1, 2, 2, 3])
@@ -203,8 +201,8 @@ class CountingLM:
 
 def test_the_lm_is_scored_once_per_distinct_context_and_exactly() -> None:
     """Issue 18's slow eval: the cost must not grow with moments. Many moments share few contexts here."""
-    from interests.judge import LMEntry, judge
-    from interests.synthetic import make_synthetic
+    from interests.data.synthetic import make_synthetic
+    from interests.evaluation.judge import LMEntry, judge
 
     data, _ = make_synthetic(n_clusters=6, n_users=300, seed=1)
     items = np.arange(data.n_items) % 6
@@ -216,7 +214,7 @@ def test_the_lm_is_scored_once_per_distinct_context_and_exactly() -> None:
     assert result.moments == len(split.test) > 3 * distinct  # the shape that was slow
     assert lm.prompts == distinct
     # exact: the top-2 of scoring every description, minus what the user knows
-    from interests.constrained import exhaustive_scores
+    from interests.runtime.constrained import exhaustive_scores
 
     for props, ctx, known in zip(result.methods["LM fake"].proposals, split.test.contexts, split.test.known,
                                  strict=True):
@@ -226,8 +224,8 @@ def test_the_lm_is_scored_once_per_distinct_context_and_exactly() -> None:
 
 
 def test_a_context_sample_keeps_every_moment_of_the_chosen_contexts_and_nothing_else() -> None:
-    from interests.judge import sample_contexts
-    from interests.synthetic import make_synthetic
+    from interests.data.synthetic import make_synthetic
+    from interests.evaluation.judge import sample_contexts
 
     data, _ = make_synthetic(n_clusters=6, n_users=300, seed=1)
     split = split_by_time(novel_transitions(data, np.arange(data.n_items) % 6, 2))
@@ -240,9 +238,9 @@ def test_a_context_sample_keeps_every_moment_of_the_chosen_contexts_and_nothing_
 
 def test_a_model_that_scores_by_mean_per_token_is_judged_by_that_rule() -> None:
     """A base model may choose the mean log-prob per token on validation; the judge must rank by it too."""
-    from interests.constrained import exhaustive_scores
-    from interests.judge import LMEntry, judge
-    from interests.synthetic import make_synthetic
+    from interests.data.synthetic import make_synthetic
+    from interests.evaluation.judge import LMEntry, judge
+    from interests.runtime.constrained import exhaustive_scores
 
     data, _ = make_synthetic(n_clusters=6, n_users=300, seed=1)
     items = np.arange(data.n_items) % 6
@@ -271,7 +269,7 @@ def test_seqrec_sums_stay_exact_with_empty_and_unordered_clusters() -> None:
 def test_variant_names_say_how_each_lm_was_made() -> None:
     """A pretrained model is never called "from scratch" (it once was: the name read a key that the
     model directories do not write); each way of using it has its own name."""
-    from interests.judge import variant_name
+    from interests.evaluation.judge import variant_name
 
     assert variant_name({"lm_config": {"base_model": None}}) == "from scratch"
     assert variant_name({"lm_config": {"base_model": "smollm2-135m", "zero_shot": True,

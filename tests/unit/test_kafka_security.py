@@ -134,7 +134,7 @@ def test_the_worker_serves_none_of_fausts_own_pages(tmp_path: Path) -> None:
     """/router/ lists every worker, /table/ any table's keys and values: neither is served."""
     import asyncio
 
-    from streams.faust_app import make_app
+    from streams.wiring.faust_app import make_app
 
     async def prefixes() -> list[str]:
         app = make_app("pages", "127.0.0.1:1", tmp_path, web_port=1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from streams.live_page import LiveFeed, counters, render_page
-from streams.metrics import Metrics
+from streams.core.metrics import Metrics
+from streams.web.live_page import LiveFeed, counters, render_page
 
 TITLES = {"0114709": "Toy Story (1995)", "0113497": "Jumanji (1995)"}
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from explore.loop_report import paired_arms, paired_difference, proposals, state_resets
-from streams.feedback import FeedbackRecord
+from streams.core.feedback import FeedbackRecord
 
 
 def _slate(user: str, n: int, clusters: list[int], ts: float = 100.0, offset: int | None = None) -> dict:

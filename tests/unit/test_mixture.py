@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from interests.cluster_head import ClusterHead, HeadData, cluster_sums, head_log_scores, train_head
-from interests.judge import top_m
-from interests.mixture import FLOOR, Mixture, fit_weights, known_mask, log_probabilities
+from interests.novelty.cluster_head import ClusterHead, HeadData, cluster_sums, head_log_scores, train_head
+from interests.novelty.mixture import FLOOR, Mixture, fit_weights, known_mask, log_probabilities
+from interests.novelty.rules import top_m
 
 
 def planted(rng: np.random.Generator, moments: int, clusters: int, weights: dict[str, float]):  # type: ignore[no-untyped-def]
@@ -75,7 +75,7 @@ def test_mixture_round_trips(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_cluster_sums_equal_the_judges_exact_form() -> None:
-    from interests.judge import seqrec_cluster_scores
+    from interests.novelty.rules import seqrec_cluster_scores
 
     rng = np.random.default_rng(2)
     item_cluster = np.array([2, 0, 2, 1, 0, 2, 4])  # cluster 3 has no item
@@ -108,9 +108,9 @@ def test_cli_mix_then_judge_the_served_mixture(tmp_path, capsys) -> None:  # typ
 
     from explore.cli import main
     from explore.commands.mix import HEAD_FILE, level_dir
-    from interests.build import build_catalog
+    from interests.clusters.build import build_catalog
     from interests.configs import BuildConfig
-    from interests.synthetic import make_synthetic
+    from interests.data.synthetic import make_synthetic
 
     ds, _ = make_synthetic(n_clusters=8, n_users=400, seed=0)  # what --synthetic builds
     build_catalog(ds, BuildConfig(levels=(8,)), progress=False).save(tmp_path / "catalog")
@@ -137,7 +137,7 @@ def test_cli_mix_then_judge_the_served_mixture(tmp_path, capsys) -> None:  # typ
     assert all(w >= 0 for w in fitted["weights"].values()) and fitted["fitted_on"]["seqrec_valid"] == [str(valid)]
     without = json.loads((level_dir(mix, 0) / "without-lm" / "mixture.json").read_text())
     assert "lm" not in without["weights"]
-    from interests.cluster_head import load_head
+    from interests.novelty.cluster_head import load_head
 
     head, head_meta = load_head(level_dir(mix, 0) / HEAD_FILE)
     assert head.dims[1] == 4 and head_meta["seqrec"] == str(test) and head_meta["level"] == 0
@@ -163,8 +163,8 @@ def test_distillation_loss_is_half_hard_half_the_teachers_mean() -> None:
     next-item distribution, at the positions with a target."""
     import torch.nn.functional as F
 
-    from interests.sasrec import SASRec, SASRecConfig
-    from interests.train_seqrec import loss_fn
+    from interests.seqrec.sasrec import SASRec, SASRecConfig
+    from interests.seqrec.train import loss_fn
 
     def model(seed: int) -> SASRec:
         torch.manual_seed(seed)

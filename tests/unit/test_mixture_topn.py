@@ -9,12 +9,12 @@ import numpy as np
 import torch
 
 from exporters.seqrec_onnx import export_mixture_onnx
-from interests.cluster_head import ClusterHead, head_log_scores
-from interests.clustered_topn import ClusteredTopN
-from interests.constrained import EXCLUDED
-from interests.mixture import Mixture, known_mask
-from interests.mixture_topn import MixtureTopN
-from interests.sasrec import SASRec, SASRecConfig
+from interests.novelty.cluster_head import ClusterHead, head_log_scores
+from interests.novelty.mixture import Mixture, known_mask
+from interests.novelty.mixture_topn import MixtureTopN
+from interests.runtime.constrained import EXCLUDED
+from interests.seqrec.clustered_topn import ClusteredTopN
+from interests.seqrec.sasrec import SASRec, SASRecConfig
 
 N_ITEMS, N_CLUSTERS, M = 40, 7, 3
 

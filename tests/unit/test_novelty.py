@@ -12,21 +12,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from interests.build import BuildConfig, build_catalog
-from interests.constrained import DescriptionTrie, beam_search, beam_search_cached, exhaustive_scores
-from interests.datasets import build_dataset
-from interests.novelty_data import diversify, novel_transitions, prompt, split_by_time
-from interests.novelty_eval import (
-    diversity,
-    hit_rate,
-    lm_proposals,
-    popular_proposals,
-    random_proposals,
-    transition_proposals,
-)
-from interests.novelty_lm import LMConfig, NoveltyLM, train_novelty_lm, train_tokenizer
-from interests.novelty_prior import choose_alpha, popularity_log_prior
-from interests.synthetic import make_synthetic
+from interests.clusters.build import BuildConfig, build_catalog
+from interests.data.datasets import build_dataset
+from interests.data.synthetic import make_synthetic
+from interests.evaluation.proposals import diversity
+from interests.novelty.examples import diversify, novel_transitions, prompt, split_by_time
+from interests.novelty.lm import LMConfig, NoveltyLM, train_novelty_lm, train_tokenizer
+from interests.novelty.precompute import lm_proposals
+from interests.novelty.prior import choose_alpha
+from interests.novelty.rules import baseline_scores, hit_rate, popular_scores, popularity_log_prior, top_m
+from interests.runtime.constrained import DescriptionTrie, beam_search, beam_search_cached, exhaustive_scores
 
 
 def test_novel_transitions_by_hand() -> None:
@@ -196,10 +191,9 @@ def test_small_lm_learns_the_planted_transitions(planted, small_lm) -> None:
     test = split.test
     excludes = [set(k) for k in test.known]
     ours = hit_rate(lm_proposals(lm, test.contexts, excludes, m=2)[0], test.targets)
-    rand = hit_rate(random_proposals(8, excludes, 2, seed=0), test.targets)
-    pop = hit_rate(popular_proposals(split.train, 8, excludes, 2), test.targets)
+    rand, pop, trans = (hit_rate(top_m(s, excludes, 2), test.targets)
+                        for s in baseline_scores(split.train, 8, test.contexts, seed=0).values())
     assert ours > rand + 0.15 and ours > pop + 0.15, (ours, rand, pop)
-    trans = hit_rate(transition_proposals(split.train, 8, test.contexts, excludes, 2), test.targets)
     assert trans > rand  # the baseline itself works
 
 
@@ -215,8 +209,8 @@ def test_real_lm_beam_equals_exhaustive(planted, small_lm) -> None:
 
 def test_a_full_depth_table_row_answers_every_user_as_a_live_call_would(planted, small_lm) -> None:
     """The worker filters a user's known clusters out of the row; at full depth that is exact."""
-    from interests.novelty_precompute import precompute, table_depth
-    from streams.recommendation import novel_for_user
+    from interests.novelty.precompute import precompute, table_depth
+    from streams.core.recommendation import novel_for_user
 
     _, _, examples, _ = planted
     lm, _, _ = small_lm
@@ -396,7 +390,7 @@ def test_teacher_forced_table_equals_the_exhaustive_search(planted, small_lm, tm
     """`description_table` (every description forced after every prompt, in one pass) gives the trie
     search's exact scores (beam = catalog), for the GPT-2 and for a grouped-query Llama with titled
     prompts of different lengths, in batches of one and of many; a context's own clusters get -inf."""
-    from interests.novelty_prior import description_scores
+    from interests.novelty.prior import description_scores
 
     _, catalog, examples, split = planted
     lm, _, _ = small_lm
@@ -498,7 +492,8 @@ def test_popularity_prior_and_alpha_on_validation(planted, small_lm) -> None:
     for alpha in (0.0, 1000.0):  # the exact table agrees with the (wide) search
         props, _ = lm_proposals(lm, valid.contexts, excludes, 2, beam=8, prior=alpha * log_p)
         assert curve[alpha] == pytest.approx(hit_rate(props, valid.targets))
-    assert curve[1000.0] == pytest.approx(hit_rate(popular_proposals(split.train, 8, excludes, 2), valid.targets))
+    popular = top_m(popular_scores(split.train, 8, len(valid)), excludes, 2)
+    assert curve[1000.0] == pytest.approx(hit_rate(popular, valid.targets))
 
 
 def test_cli_train_chooses_the_prior_on_validation_and_eval_reports_both(tmp_path: Path, capsys) -> None:
@@ -571,7 +566,7 @@ def _titled_base(catalog, tmp_path: Path) -> tuple[str, list[list[str]]]:  # typ
     from transformers import LlamaConfig, LlamaForCausalLM
 
     top_items = [c.top_items for c in catalog.clusters[catalog.finest]]
-    from interests.novelty_data import context_texts
+    from interests.novelty.examples import context_texts
 
     tok = train_tokenizer(catalog.descriptions() + context_texts(catalog.descriptions(), top_items, 5))
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -590,7 +585,7 @@ def test_zero_shot_model_directory_with_titles_serves_the_same(planted, tmp_path
     import json
 
     from exporters.novelty_onnx import check_lm_parity, export_generator
-    from interests.novelty_data import context_texts
+    from interests.novelty.examples import context_texts
     from streams.inference.novelty import OnnxNovelty
 
     _, catalog, examples, split = planted
@@ -638,7 +633,7 @@ def test_from_scratch_prompt_is_unchanged_by_the_title_option(planted) -> None:
 
 
 def test_a_training_budget_caps_examples_and_time(planted, tmp_path: Path) -> None:
-    from interests.novelty_data import diversified_sample
+    from interests.novelty.examples import diversified_sample
 
     _, catalog, _, split = planted
     sample = diversified_sample(split.train, 40, seed=0)
@@ -657,7 +652,7 @@ def test_a_training_budget_caps_examples_and_time(planted, tmp_path: Path) -> No
 def test_the_score_rule_is_chosen_on_validation_with_the_prior(planted, tmp_path: Path) -> None:
     """score "auto": the alpha grid runs for the sum and the mean per token from one exact table; the
     curve of the chosen rule is what a wide search under that rule gives; the choice is stored."""
-    from interests.novelty_prior import choose_prior
+    from interests.novelty.prior import choose_prior
 
     _, catalog, _, split = planted
     base, top_items = _titled_base(catalog, tmp_path)
@@ -678,7 +673,7 @@ def test_the_score_rule_is_chosen_on_validation_with_the_prior(planted, tmp_path
 
 
 def test_base_model_names_resolve_offline_with_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from interests import base_models
+    from interests.novelty import base_models
 
     assert base_models.resolve_base_model(str(tmp_path)) == str(tmp_path)
     assert base_models.resolve_base_model("org/model", allow_download=True) == "org/model"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.novelty_table import MAX_VERSION_CHARS, MAX_VERSIONS, CompactTable, context_key, parse_row, row_value
+from streams.core.table import MAX_VERSION_CHARS, MAX_VERSIONS, CompactTable, context_key, parse_row, row_value
 
 KEYS = [context_key([a, b]) for a in range(6) for b in range(6) if a != b]
 ROWS = st.lists(st.tuples(st.integers(0, 299), st.floats(-50, 0, allow_nan=False)), max_size=70,

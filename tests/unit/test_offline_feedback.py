@@ -1,4 +1,4 @@
-"""`streams.offline_feedback`: the engine's proposals and feedback replayed offline.
+"""`streams.core.offline_feedback`: the engine's proposals and feedback replayed offline.
 
 The expected records come from `expected_feedback` of the feedback integration test: an independent
 walk over each slate's later events, the one the real engine's records are checked against.
@@ -12,10 +12,10 @@ from itertools import permutations
 import numpy as np
 import pytest
 
-from interests.synthetic import make_synthetic
+from interests.data.synthetic import make_synthetic
 from streams.config import EngineConfig
-from streams.offline_feedback import simulate_feedback, table_rows
-from streams.replay import dataset_events
+from streams.core.offline_feedback import simulate_feedback, table_rows
+from streams.wiring.replay import dataset_events
 from tests.integration.test_feedback import HORIZON_EVENTS, HORIZON_S, expected_feedback
 
 N_CLUSTERS = 5

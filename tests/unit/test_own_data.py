@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from interests.build import build_catalog
-from interests.catalog import Catalog
+from interests.clusters.build import build_catalog
+from interests.clusters.catalog import Catalog
+from interests.clusters.describe import item_terms
 from interests.configs import BuildConfig
-from interests.datasets import Dataset
-from interests.describe import item_terms
-from interests.loaders import GenericColumns, load_generic
+from interests.data.datasets import Dataset
+from interests.data.loaders import GenericColumns, load_generic
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "examples" / "own-data"

@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from streams.model_files import NoveltyServing
-from streams.novelty_table import context_key, parse_row, ranked_row
-from streams.precompute_jobs import (
+from streams.core.model_files import NoveltyServing
+from streams.core.table import context_key, parse_row, ranked_row
+from streams.precompute.jobs import (
     first_offsets,
     next_offsets,
     parse_request,
@@ -24,7 +24,7 @@ from streams.precompute_jobs import (
     published_keys,
     request_value,
 )
-from streams.precompute_worker import PrecomputeWorker, WorkerSettings, propose_rows
+from streams.precompute.worker import PrecomputeWorker, WorkerSettings, propose_rows
 
 SERVING = NoveltyServing("cat-1", 2, 5, 3)
 
@@ -42,14 +42,14 @@ def test_a_request_names_a_context_of_this_catalog() -> None:
 def test_a_ranked_row_drops_empty_slots_and_parses_back() -> None:
     clusters, scores = ranked_row(np.array([4, 2, -1]), np.array([-0.5, -1.25, -1e9], np.float32))
     assert (clusters, scores) == ([4, 2], [-0.5, -1.25])
-    from streams.novelty_table import row_value
+    from streams.core.table import row_value
 
     parsed = parse_row(b"0,1", row_value(clusters, scores, "cat-1", source="precompute"), "cat-1", 2, 5)
     assert parsed[:2] == ([4, 2], [-0.5, -1.25])
 
 
 def test_published_keys_are_usable_rows_of_this_catalog_in_offset_order() -> None:
-    from streams.novelty_table import row_value
+    from streams.core.table import row_value
 
     row = row_value([2], [-1.0], "cat-1")
     records = [(b"0,1", row), (b"1,0", row_value([2], [-1.0], "cat-0")), (b"2,3", row), (b"2,3", None),

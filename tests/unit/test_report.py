@@ -22,8 +22,8 @@ M, N = 3, 10
 
 def _records(ds, item_cluster: np.ndarray, repository: Path, start_ts: float) -> list[dict]:  # type: ignore[no-untyped-def]
     """Engine-like records from the popular baseline, every other position of the held-out period."""
-    from interests.novelty_data import novel_transitions
-    from interests.novelty_eval import popular_proposals
+    from interests.novelty.examples import novel_transitions
+    from interests.novelty.rules import popular_scores, top_m
     from streams.inference.seqrec import OnnxSeqRec, pad_histories
 
     meta = json.loads((repository / "seqrec" / "1" / "meta.json").read_text())
@@ -39,7 +39,7 @@ def _records(ds, item_cluster: np.ndarray, repository: Path, start_ts: float) ->
             known = set(item_cluster[seq[:p]].tolist())
             if stamps[p - 1] < start_ts or len(known) < 2:
                 continue
-            clusters = popular_proposals(train, n_clusters, [known], M)[0]
+            clusters = top_m(popular_scores(train, n_clusters, 1), [known], M)[0]
             if not clusters:
                 continue
             allowed = np.zeros((1, n_clusters), bool)
@@ -161,9 +161,9 @@ def test_report_adds_sasrec_explores_on_the_same_moments(setup, seqrec_artifacts
     import torch
 
     from explore.report import SEQREC_EXPLORES
-    from interests.catalog import CatalogError
-    from interests.exploration_eval import moments_at, select_records
-    from interests.train_seqrec import load_checkpoint, next_item_probabilities
+    from interests.clusters.catalog import CatalogError
+    from interests.evaluation.replay import moments_at, select_records
+    from interests.seqrec.train import load_checkpoint, next_item_probabilities
 
     ds, catalog_dir, item_cluster, start_ts, records = setup
     ckpt = torch.load(seqrec_artifacts.checkpoint, weights_only=True)
@@ -191,3 +191,34 @@ def test_report_adds_sasrec_explores_on_the_same_moments(setup, seqrec_artifacts
     with pytest.raises(CatalogError, match="after the report's start"):
         build_report(ds, catalog_dir, tiny_repository, records, start_ts, tmp_path / "r2", m=M, n=N,
                      progress=False, seqrec_checkpoint=bad)
+
+
+def test_the_reports_baselines_are_the_judges_on_the_same_moments(setup, tiny_repository: Path,  # type: ignore[no-untyped-def]
+                                                                   tmp_path: Path) -> None:
+    """Random, popular and transition counts have one implementation (`interests.novelty.rules`): the engine
+    report's hit rates of its three baselines equal the judge's (`judge_level`) on the report's own moments."""
+    from explore.report import BASELINES
+    from interests.evaluation.judge import judge_level
+    from interests.evaluation.replay import moments_at, select_records, training_transitions
+    from interests.novelty.examples import NoveltyExamples, TimeSplit
+    from interests.novelty.rules import POPULAR, RANDOM, TRANSITIONS, baseline_scores
+
+    ds, catalog_dir, item_cluster, start_ts, records = setup
+    build_report(ds, catalog_dir, tiny_repository, records, start_ts, tmp_path / "r", m=M, n=N, progress=False)
+    doc = json.loads((tmp_path / "r" / "metrics.json").read_text())
+
+    sel = select_records(records, ds, start_ts)
+    mo = moments_at(ds, item_cluster, sel.users, sel.positions, 2, 10)
+    train, _ = training_transitions(ds, item_cluster, 2, start_ts)
+    n_clusters = int(item_cluster.max()) + 1
+    scored = np.flatnonzero(mo.next_novel >= 0)  # the judge counts moments with a next new cluster
+    test = NoveltyExamples(mo.contexts[scored].astype(np.int32), mo.next_novel[scored].astype(np.int32),
+                           [mo.known[i] for i in scored], mo.users[scored].astype(np.int32),
+                           np.zeros(len(scored), np.int64), mo.next_novel_row[scored])
+    split = TimeSplit(train, train.subset(np.arange(0)), test, int(start_ts), int(start_ts))
+    scores = {name: np.asarray(s)[scored] for name, s in baseline_scores(train, n_clusters, mo.contexts).items()}
+    judged = judge_level(0, n_clusters, split, {"any": np.ones(len(scored), bool)}, scores, set(), M, test.targets)
+    for name, label in zip((RANDOM, POPULAR, TRANSITIONS), BASELINES, strict=True):
+        row = doc["methods"][label]
+        assert row["novel_moments"] == len(scored) > 20
+        assert judged.methods[name].rows["any"]["hit"] == pytest.approx(row["novel_hit"]), name

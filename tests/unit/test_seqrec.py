@@ -11,9 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporters.seqrec_onnx import check_parity, export_onnx, random_inputs
-from interests.build import BuildConfig, build_catalog
-from interests.sasrec import SASRec, SASRecConfig
-from interests.seqsplit import (
+from interests.clusters.build import BuildConfig, build_catalog
+from interests.data.splits import (
     held_out_start,
     leave_one_out,
     pad_left,
@@ -23,9 +22,10 @@ from interests.seqsplit import (
     training_period,
     training_windows,
 )
-from interests.synthetic import make_synthetic
-from interests.topn import EXCLUDED, RestrictedTopN
-from interests.train_seqrec import TrainConfig, evaluate, load_checkpoint, train
+from interests.data.synthetic import make_synthetic
+from interests.seqrec.sasrec import SASRec, SASRecConfig
+from interests.seqrec.topn import EXCLUDED, RestrictedTopN
+from interests.seqrec.train import TrainConfig, evaluate, load_checkpoint, train
 
 SMALL = TrainConfig(max_len=20, dim=32, heads=2, blocks=1, dropout=0.1, lr=5e-3, batch_size=64, epochs=12,
                     patience=4, seed=0)
@@ -184,7 +184,7 @@ def test_serving_sessions_do_not_spin_unless_asked(tmp_path: Path, data, trained
     (`benchmarks/onnx_spinning.py`, `engine_throughput.py --spinning`). The worker's twin is built with it off
     through `onnx_session` (which the generator's sessions share), and the committed Triton configs keep it off."""
     from exporters.repository import source_dir
-    from interests.constrained import SPINNING
+    from interests.runtime.constrained import SPINNING
     from streams.inference.seqrec import OnnxSeqRec
 
     ds, _, _ = data
@@ -252,7 +252,7 @@ def test_loading_a_checkpoint_never_unpickles_objects(tmp_path: Path, trained) -
     """Issue 13 item 7: checkpoints load weights only; a file holding an object is refused with a clear error."""
     import torch
 
-    from interests.train_seqrec import load_checkpoint
+    from interests.seqrec.train import load_checkpoint
 
     path = tmp_path / "evil.pt"
     torch.save({**torch.load(trained[2], weights_only=True), "payload": _Payload()}, path)

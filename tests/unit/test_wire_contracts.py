@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from interests.constrained import Generator, assemble_prompt, left_pad
-from interests.novelty_data import prompt
-from interests.novelty_lm import NoveltyLM, train_tokenizer
+from interests.novelty.examples import prompt
+from interests.novelty.lm import NoveltyLM, train_tokenizer
+from interests.runtime.constrained import Generator, assemble_prompt, left_pad
 from streams.inference.seqrec import pad_histories
 
 DESCRIPTIONS = ["space opera", "romantic comedy", "film noir detective"]
@@ -39,7 +39,7 @@ def test_left_padding_right_aligns_and_keeps_the_newest() -> None:
 def test_position_ids_count_real_tokens_only() -> None:
     import torch
 
-    from interests.novelty_lm import position_ids
+    from interests.novelty.lm import position_ids
 
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     assert position_ids(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]

@@ -4,7 +4,7 @@ Every request of a dynamic batch is decoded together: the beams of all requests 
 language model in one call per decoding step. With the key/value cache (parameter `kv_cache`,
 default true) each prompt is encoded once by prefill.onnx and each step feeds one token per
 hypothesis to step.onnx; without it every step re-reads whole sequences through model.onnx. The
-decoding is `constrained.py` (the project's interests/constrained.py, copied here at export),
+decoding is `constrained.py` (the project's interests/runtime/constrained.py, copied here at export),
 with the prior from decoder.json, so answers equal the PyTorch path's.
 """
 

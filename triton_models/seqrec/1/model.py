@@ -38,7 +38,7 @@ class TritonPythonModel:
         options.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
         options.inter_op_num_threads = 1
         # Pool threads that spin between calls cost 2-4x the CPU at serving rates (config.pbtxt). The key is
-        # interests.constrained.SPINNING's: this directory is served on its own and cannot import the project.
+        # interests.runtime.constrained.SPINNING's: this directory is served on its own and cannot import the project.
         spinning = params.get("intra_op_spinning", "false").lower() in ("1", "true", "yes")
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         self.session = ort.InferenceSession(os.path.join(here, params.get("onnx_file", "model.onnx")),

@@ -1,0 +1,7 @@
+"""Interest clusters: item embeddings, clustering, descriptions in words, and the versioned catalog.
+
+Owns `embeddings.py`, `clustering.py`, `describe.py`, `build.py` (dataset -> catalog) and
+`catalog.py`, the contract between the language model, the item recommender and the engine.
+
+May import: `interests`, `interests.data`.
+"""

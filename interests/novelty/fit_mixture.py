@@ -1,0 +1,136 @@
+"""Fitting the mixture of experts at one catalog level, without leakage (`explore novelty mix`).
+
+Two SASRecs take part, both trained with the same recipe:
+- the *fitting* one, trained on interactions before the novelty validation period
+  (`explore seqrec train --until-novelty-valid`): its scores at the validation moments are what a
+  served model's scores at unseen moments look like, so the weights fitted on them transfer. A SASRec
+  trained up to the test cut has trained on those very moments (issue 26 measured 0.67 hit@5 there
+  against 0.54 on test at 32 clusters) and would teach the mixture to over-trust it;
+- the *serving* one (up to the test cut for the judge, everything for production): the fitted
+  weights are applied to its scores, and its cluster head is trained here and saved beside them.
+
+Each cluster head trains on its own SASRec's period only (`interests.novelty.cluster_head`). The LM's table
+at the validation contexts is its usual one: the LM never trained on validation moments (it only
+early-stopped and chose its prior there). The test split is not read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from interests.data.datasets import Dataset
+from interests.novelty.examples import NoveltyExamples, TimeSplit
+from interests.novelty.mixture import Mixture, fit_weights, known_mask, log_probabilities
+
+SEQUENCE_KINDS = ("head", "exact")  # the sequence expert: the O(clusters) head, or the exact sum (O(catalog))
+# The head's settings, chosen on the validation moments of ml-latest-small at 128 and 256 clusters (a head
+# on the distilled SASRec against its own exact sums): 16 prototypes a cluster and distillation weighted 10
+# matched the exact sums there (0.211 vs 0.205, 0.129 vs 0.128 hit@5); a linear head (1 prototype, weight 1)
+# lost 0.027 and 0.014. 4 and 8 prototypes were as close there (0.211 and 0.206 at 128; 0.129 and 0.128 at
+# 256) at a fraction of the cost at 1,000 clusters (README), but only 16 has been judged on test.
+HEAD_PROTOTYPES, HEAD_DISTILL, HEAD_LR = 16, 10.0, 3e-3
+
+
+def period_sequences(ds: Dataset, until: int) -> list[np.ndarray]:
+    """Each user's items (0-based) before `until`, as the SASRec trained to `until` saw them."""
+    keep = ds.timestamps < until
+    off = ds.offsets
+    return [ds.items[off[u]:off[u + 1]][keep[off[u]:off[u + 1]]] for u in range(ds.n_users)]
+
+
+def moments_before(examples: NoveltyExamples, until: int) -> NoveltyExamples:
+    """The novel moments before `until`, in time order (what a head trained to `until` may learn from)."""
+    idx = np.flatnonzero(examples.timestamps < until)
+    return examples.subset(idx[np.argsort(examples.timestamps[idx], kind="stable")])
+
+
+def train_level_head(model, until: int, ds: Dataset, item_cluster: np.ndarray, n: int,  # type: ignore[no-untyped-def]
+                     examples: NoveltyExamples, seed: int = 0, prototypes: int = 0):
+    """(cluster head, training info) for `model`, trained on its own period (before `until`) only.
+
+    `prototypes`: per cluster (0: HEAD_PROTOTYPES); the head's cost per user grows with it."""
+    from interests.novelty.cluster_head import ClusterHead, head_data, train_head
+    from interests.novelty.rules import histories_at
+
+    t = time.perf_counter()
+    novel = moments_before(examples, until)
+    if len(novel) < 20:
+        raise ValueError(f"only {len(novel)} novel moments before the SASRec's training cut: too few for a head")
+    sequences = period_sequences(ds, until)
+    data = head_data(model, sequences, item_cluster, n, histories_at(ds, novel), novel.targets, novel.known, seed=seed)
+    head = ClusterHead(model.cfg.dim, n, prototypes or HEAD_PROTOTYPES)
+    counts = np.bincount(np.concatenate(sequences), minlength=len(item_cluster)).astype(np.float64)
+    head.init_from_items(model.item_emb.weight[1:].detach(), item_cluster, counts, seed)
+    head, info = train_head(data, n, distill_weight=HEAD_DISTILL, lr=HEAD_LR, seed=seed, head=head)
+    info["seconds"] = round(time.perf_counter() - t, 1)
+    return head, info
+
+
+def sequence_expert(kind: str, models: Sequence, item_cluster: np.ndarray, n: int,  # type: ignore[type-arg]
+                    head=None) -> Callable[[list[np.ndarray]], np.ndarray]:  # type: ignore[no-untyped-def]
+    """histories (0-based) -> [B, C] log-scores of the sequence expert.
+
+    "head": the cluster head on the first model's last hidden state (O(clusters) per user);
+    "exact": log of the next-item probabilities summed per cluster, averaged over `models` (seeds).
+    """
+    from interests.novelty.cluster_head import head_log_scores, last_hidden
+    from interests.novelty.rules import seqrec_cluster_scores
+    from interests.seqrec.train import next_item_probabilities
+
+    if kind == "head":
+        if head is None:
+            raise ValueError("the head sequence expert needs a trained cluster head")
+        return lambda histories: head_log_scores(head, last_hidden(models[0], histories))
+    if kind != "exact":
+        raise ValueError(f"sequence expert is one of {SEQUENCE_KINDS}, got {kind!r}")
+    probs = [next_item_probabilities(m) for m in models]
+
+    def exact(histories: list[np.ndarray]) -> np.ndarray:
+        total = sum(seqrec_cluster_scores(p, histories, item_cluster, n) for p in probs)
+        return log_probabilities(total / len(probs))
+
+    return exact
+
+
+def valid_experts(ds: Dataset, item_cluster: np.ndarray, n: int, split: TimeSplit,
+                  sequence: Callable[[list[np.ndarray]], np.ndarray], lm_table: np.ndarray | None,
+                  ) -> dict[str, np.ndarray]:
+    """The experts' log-scores at the validation moments, computed as the judge computes them at test."""
+    from interests.novelty.mixture import expert_scores
+    from interests.novelty.rules import context_similarity_scores, cooccurrence_similarity, histories_at
+
+    valid = split.valid
+    similarity = cooccurrence_similarity(ds, item_cluster, n, split.cut_valid)
+    return expert_scores(split.train, n, context_similarity_scores(similarity, valid.contexts),
+                         sequence(histories_at(ds, valid)), lm_table)
+
+
+@dataclass
+class LevelFit:
+    """What `fit_level` returns: both mixtures and how they did on the validation moments."""
+
+    mixture: Mixture
+    without_lm: Mixture
+    valid_hits: dict[str, float]  # hit@M on the validation moments (the data they were fitted on)
+
+
+def fit_level(level: int, split: TimeSplit, experts: dict[str, np.ndarray], m: int, info: dict) -> LevelFit:
+    """The full mixture and the one without the LM, each fitted on the validation moments."""
+    from interests.novelty.rules import top_m
+
+    valid = split.valid
+    n = experts["popularity"].shape[1]
+    known = known_mask(valid.known, n)
+    out, hits = {}, {}
+    for name, chosen in (("mixture", list(experts)), ("without_lm", [e for e in experts if e != "lm"])):
+        weights, loglik = fit_weights({e: experts[e] for e in chosen}, valid.targets, known)
+        mix = Mixture(weights, level, {**info, "moments": len(valid), "mean_log_likelihood": round(loglik, 4)})
+        props = top_m(mix.score(experts), [frozenset(k) for k in valid.known], m)
+        hits[name] = float(np.mean([int(t) in p for p, t in zip(props, valid.targets, strict=True)]))
+        mix.fitted_on["valid_hit"] = round(hits[name], 4)
+        out[name] = mix
+    return LevelFit(out["mixture"], out["without_lm"], hits)

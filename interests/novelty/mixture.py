@@ -1,0 +1,183 @@
+"""The novelty policy as a product of experts: score(c | user) = sum_e w_e * log p_e(c | user).
+
+Where language models help sequential recommenders in published work, they help as one expert
+beside the collaborative model (D3, EMNLP 2024, mixes an LLM's and a collaborative model's
+log-probabilities log-linearly), not instead of it. The judge showed why here: the item policy's
+own cluster distribution ("SASRec explores") is the strongest single explorer. So the served
+policy is a log-linear mixture over the clusters the user does not know, and each expert's weight
+is fitted, not asserted; the language model earns its place only through its weight.
+
+Experts (`EXPERTS`), each a score matrix [moments, clusters] of log-probabilities:
+- `lm`: the novelty LM's log P(description | context), the table row of the user's context;
+- `sequence`: the sequence model's cluster distribution (`interests.novelty.cluster_head`, or the exact
+  sum of SASRec's next-item probabilities per cluster);
+- `cooccurrence`: log of the context's mean co-occurrence similarity to each cluster;
+- `popularity`: log P_pop(c), the prior, now one expert among the others.
+
+Per-row constants do not change a row's ranking or its softmax, so each expert need not be
+normalised; only its scale matters, and the weight absorbs it (a weight is an inverse temperature).
+
+The weights are fitted by a listwise softmax: maximise the mean log-likelihood of each validation
+moment's target under softmax over the clusters the user does not know (convex in the weights),
+weights kept non-negative and lightly L2-regularised. The scores they are fitted on must come
+from experts that did not train on those validation moments (the caller's duty:
+`explore novelty mix` uses a SASRec trained before the validation period), and the test split is
+never used. Pure numpy and PyTorch (the fit); no runtime imports.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from interests.novelty.examples import NoveltyExamples
+
+EXPERTS = ("lm", "sequence", "cooccurrence", "popularity")
+FLOOR = -30.0  # a log-score no allowed cluster goes below: an expert's zero must not veto a cluster (-inf)
+COOC_EPS = 1e-3  # added to co-occurrence similarity before its log: a cluster nobody shared is rare, not impossible
+MIXTURE_FILE = "mixture.json"
+
+
+def floor_scores(scores: np.ndarray) -> np.ndarray:
+    """Expert log-scores with -inf and NaN raised to FLOOR (the known clusters are masked later anyway)."""
+    out = np.asarray(scores, np.float64).copy()
+    out[~np.isfinite(out)] = FLOOR
+    return np.maximum(out, FLOOR)
+
+
+def log_probabilities(probs: np.ndarray) -> np.ndarray:
+    """log of probabilities (the sequence expert's exact sums, popularity), with zeros at FLOOR."""
+    with np.errstate(divide="ignore"):
+        return floor_scores(np.log(np.asarray(probs, np.float64)))
+
+
+def cooccurrence_log_scores(similarity: np.ndarray) -> np.ndarray:
+    """log(similarity + COOC_EPS): the co-occurrence baseline's mean cosine as a log-score."""
+    return np.log(np.maximum(np.asarray(similarity, np.float64), 0.0) + COOC_EPS)
+
+
+def known_mask(excludes: Sequence[frozenset[int] | set[int]], n_clusters: int) -> np.ndarray:
+    """[moments, clusters] bool: True where the user already knows the cluster."""
+    mask = np.zeros((len(excludes), n_clusters), dtype=bool)
+    for i, ex in enumerate(excludes):
+        if ex:
+            mask[i, list(ex)] = True
+    return mask
+
+
+@dataclass
+class Mixture:
+    """Weights of the experts at one catalog level, and how they were fitted."""
+
+    weights: dict[str, float]
+    level: int = -1
+    fitted_on: dict = field(default_factory=dict)  # moments, log-likelihood, which checkpoints, ...
+
+    def score(self, experts: Mapping[str, np.ndarray]) -> np.ndarray:
+        """[moments, clusters]: sum_e w_e * log p_e over the experts given (missing ones count 0).
+
+        An expert with weight 0 is not needed at all (the ablation without the LM passes none).
+        """
+        total: np.ndarray | None = None
+        for name, w in self.weights.items():
+            if w == 0.0:
+                continue
+            if name not in experts:
+                raise KeyError(f"the mixture weighs expert {name!r} ({w:g}) but it was not given")
+            part = w * floor_scores(experts[name])
+            total = part if total is None else total + part
+        if total is None:
+            raise ValueError("every weight of the mixture is 0")
+        return total
+
+    def context_part(self, experts: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The weighted sum over every expert but the sequence model: what depends on the user's context
+        alone, so a table row can carry it and the seqrec graph adds the sequence part
+        (`interests.novelty.mixture_topn`). score = context_part + w_sequence * floored sequence log-scores."""
+        rest = {k: (0.0 if k == "sequence" else v) for k, v in self.weights.items()}
+        if not any(rest.values()):
+            return np.zeros_like(floor_scores(next(iter(experts.values()))))
+        return Mixture(rest).score(experts)
+
+    def without(self, name: str) -> Mixture:
+        """The same mixture with one expert's weight set to 0 (the ablation: what that expert adds)."""
+        return Mixture({k: (0.0 if k == name else v) for k, v in self.weights.items()}, self.level,
+                       {**self.fitted_on, "without": name})
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / MIXTURE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Mixture:
+        path = Path(path)
+        if path.is_dir():
+            path = path / MIXTURE_FILE
+        doc = json.loads(path.read_text())
+        unknown = set(doc["weights"]) - set(EXPERTS)
+        if unknown:
+            raise ValueError(f"{path}: unknown experts {sorted(unknown)} (known: {', '.join(EXPERTS)})")
+        return cls({k: float(v) for k, v in doc["weights"].items()}, int(doc.get("level", -1)),
+                   doc.get("fitted_on", {}))
+
+
+def fit_weights(experts: Mapping[str, np.ndarray], targets: np.ndarray, known: np.ndarray, l2: float = 1e-3,
+                steps: int = 200) -> tuple[dict[str, float], float]:
+    """Non-negative weights maximising the mean listwise log-likelihood of the targets, and that mean.
+
+    `experts[name]` [moments, clusters] log-scores; `known` [moments, clusters] bool (masked out of
+    every softmax: the policy never proposes a known cluster, so it is not scored on them either).
+    Weights are softplus-parametrised (non-negative: a product of experts does not invert one) and
+    fitted by L-BFGS; the problem is convex in the weights, so the start does not matter.
+    """
+    import torch
+
+    names = list(experts)
+    if not names:
+        raise ValueError("no experts to fit")
+    targets = np.asarray(targets, np.int64)
+    if known[np.arange(len(targets)), targets].any():
+        raise ValueError("a target cluster is marked known: the moments and their known sets do not match")
+    stack = torch.from_numpy(np.stack([floor_scores(experts[n]) for n in names], axis=-1))  # [M, C, E]
+    mask = torch.from_numpy(np.asarray(known, dtype=bool))
+    tgt = torch.from_numpy(targets)
+    raw = torch.zeros(len(names), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([raw], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def nll() -> torch.Tensor:
+        w = torch.nn.functional.softplus(raw)
+        logits = (stack * w).sum(-1).masked_fill(mask, float("-inf"))
+        return -logits.log_softmax(-1).gather(1, tgt[:, None]).mean() + l2 * (w ** 2).sum()
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = nll()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        w = torch.nn.functional.softplus(raw).numpy()
+        loglik = -float(nll()) + l2 * float((w ** 2).sum())
+    return {n: float(v) for n, v in zip(names, w, strict=True)}, loglik
+
+
+def expert_scores(train: NoveltyExamples, n: int, cooc_similarity: np.ndarray, sequence: np.ndarray,
+                  lm_table: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The experts' log-scores at some moments ([moments, clusters] each), from the context's mean
+    co-occurrence similarity, the sequence expert's scores and the LM's table: the one definition
+    `explore novelty mix` fits on (validation) and the judge scores with (test)."""
+    from interests.novelty.rules import popularity_log_prior
+
+    experts = {"popularity": np.broadcast_to(popularity_log_prior(train, n), (len(sequence), n)),
+               "cooccurrence": cooccurrence_log_scores(cooc_similarity),
+               "sequence": np.asarray(sequence, np.float64)}
+    if lm_table is not None:
+        experts["lm"] = lm_table
+    return experts

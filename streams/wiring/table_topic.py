@@ -1,0 +1,60 @@
+"""The novelty table on Kafka: publishing rows to its compacted topic, and what the worker's follower
+of that topic needs (its fetch size and its crash guard). The rows' format, keys and the in-memory
+table are `streams.core.table`'s: pure, no Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+
+from streams.core.table import context_key, row_value
+from streams.kafka_security import PLAINTEXT, KafkaSecurity
+
+FETCH_RECORDS = 5000  # records a worker's table follower takes (and parses, `parse_rows`) at a time
+
+
+async def keep_running(task: Callable[[], Awaitable[None]], on_crash: Callable[[Exception], None],
+                       backoff_s: float = 1.0) -> None:
+    """Run `task` until it returns; start it again `backoff_s` after each crash (reported to `on_crash`).
+
+    The novelty-table follower is such a task: if it died with a broker error, the table would never
+    load (or never learn another row) and `/ready` would answer 503 for good.
+    """
+    while True:
+        try:
+            await task()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # any crash: report it and start again
+            on_crash(exc)
+        await asyncio.sleep(backoff_s)
+
+
+def publish_table(bootstrap: str, topic: str, rows: Iterable[dict], security: KafkaSecurity = PLAINTEXT,
+                  replication_factor: int = 0, min_insync_replicas: int = 0) -> int:
+    """Create the compacted topic if needed (replicated as the engine's topics are) and write one record
+    per context, its writer "precompute" unless the row names one (rows published by the demo, the loop
+    and `precompute`/`rerank --publish` are all computed ahead, as the distributed precompute's are);
+    returns the count."""
+    if not bootstrap:
+        raise ValueError("publishing the novelty table needs a broker: pass --bootstrap or set KAFKA_BOOTSTRAP")
+    from kafka import KafkaProducer
+
+    from streams.infra.kafka_check import create_topic
+
+    create_topic(bootstrap, topic, partitions=1, compacted=True, security=security,
+                 replication_factor=replication_factor, min_insync_replicas=min_insync_replicas)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **security.client_kwargs())
+    sent = 0
+    try:
+        for row in rows:
+            value = row_value(row["clusters"], row["scores"], row.get("catalog_version"),
+                              row.get("source") or "precompute", row.get("versions"))
+            producer.send(topic, key=context_key(row["context"]), value=value)
+            sent += 1
+        producer.flush()
+    finally:
+        producer.close()
+    return sent
