@@ -61,7 +61,7 @@ import json
 import os
 import sys
 
-from streams.core.table import publish_table
+from streams.wiring.table_topic import publish_table
 
 path, topic = sys.argv[1], sys.argv[2]
 with open(path) as f:

@@ -92,9 +92,36 @@ def check_parity(module: TopNGraph, onnx_path: Path, inputs: list[tuple[np.ndarr
             t_items, t_scores = (t.numpy() for t in module(torch.from_numpy(history), torch.from_numpy(allowed)))
         o_items, o_scores = session.run(["items", "scores"], {"history": history, "allowed": allowed})
         worst = max(worst, float(np.abs(t_scores - o_scores).max()))
-        gaps = np.abs(np.diff(t_scores, axis=1)) > 1e-5
-        untied = np.concatenate([gaps[:, :1], gaps[:, 1:] & gaps[:, :-1], gaps[:, -1:]], axis=1)
-        same &= bool(np.all((t_items == o_items) | ~untied))
+        same &= same_untied_ids(t_items, o_items, t_scores)
+    return Parity(len(inputs), worst, same)
+
+
+def same_untied_ids(t_ids: np.ndarray, o_ids: np.ndarray, t_scores: np.ndarray) -> bool:
+    """Whether two ranked id lists agree wherever the reference's score is not within 1e-5 of a neighbour."""
+    if t_scores.shape[1] < 2:
+        return bool(np.all(t_ids == o_ids))
+    gaps = np.abs(np.diff(t_scores, axis=1)) > 1e-5
+    untied = np.concatenate([gaps[:, :1], gaps[:, 1:] & gaps[:, :-1], gaps[:, -1:]], axis=1)
+    return bool(np.all((t_ids == o_ids) | ~untied))
+
+
+def check_mixture_parity(module, onnx_path: Path, inputs: list[tuple[np.ndarray, np.ndarray, np.ndarray]],  # type: ignore[no-untyped-def]
+                         ) -> Parity:
+    """`check_parity` for a `MixtureTopN` on (history, known, context_scores): both the clusters and the
+    slate, scores within the worst difference, ids where untied."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    worst, same = 0.0, True
+    module.eval()
+    names = ["clusters", "cluster_scores", "items", "scores"]
+    for history, known, context in inputs:
+        with torch.no_grad():
+            t = [x.numpy() for x in module(*(torch.from_numpy(a) for a in (history, known, context)))]
+        o = session.run(names, {"history": history, "known": known, "context_scores": context})
+        for ids, scores in ((0, 1), (2, 3)):
+            worst = max(worst, float(np.abs(t[scores] - o[scores]).max()))
+            same &= same_untied_ids(t[ids], o[ids], t[scores])
     return Parity(len(inputs), worst, same)
 
 

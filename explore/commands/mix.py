@@ -1,19 +1,19 @@
 """`explore novelty mix`: fit the mixture of experts per catalog level, without leakage.
 
 Registered inside the `novelty` group (`register` takes its subparsers). Writes, per level,
-OUT/level-L/mixture.json (the weights, with and without the LM, and how they were fitted) and,
-for the head sequence expert, OUT/level-L/cluster_head.pt (the head of the serving SASRec).
+OUT/level-L/mixture.json (the weights, with and without the LM, and how they were fitted),
+OUT/level-L/context_experts.npz (what the context experts need when served) and, for the head
+sequence expert, OUT/level-L/cluster_head.pt (the head of the serving SASRec).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 from explore.commands.common import add_dataset_args, holdout_dataset, load_lms
-
-HEAD_FILE = "cluster_head.pt"
 
 
 def level_dir(out: Path, level: int) -> Path:
@@ -56,6 +56,39 @@ def register(nsub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/mixture"), help="directory of the level-L/ folders")
     p.set_defaults(func=cmd_novelty_mix)
 
+    e = nsub.add_parser(
+        "export-mixture", help="export a fitted mixture level as the `explorer` Triton model the engine serves",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Writes REPOSITORY/explorer: the serving SASRec with the level's cluster head and weights in one "
+                    "ONNX graph (the top M unknown clusters by the mixture, and the slate inside them, in one "
+                    "request), and the context experts the worker adds from the novelty-table row. A worker whose "
+                    "repository holds `explorer` serves the mixture; checks onnxruntime against PyTorch.")
+    e.add_argument("--mixture", type=Path, required=True,
+                   help="a level directory of `explore novelty mix --sequence head` (e.g. runs/mixture/level-1)")
+    e.add_argument("--catalog", type=Path, default=Path("runs/catalog"), help="the catalog the mixture was fitted with")
+    e.add_argument("--repository", type=Path, default=Path("runs/model_repository"),
+                   help="the Triton model repository the worker serves (its seqrec and interest_generator stay)")
+    e.add_argument("--seqrec", type=Path, default=None,
+                   help="the serving SASRec checkpoint (default: the one the level's head was trained on)")
+    e.add_argument("--m", type=int, default=3, help="novel clusters per slate (the engine's M)")
+    e.add_argument("--top-n", type=int, default=20, help="items the graph returns per slate")
+    e.set_defaults(func=cmd_export_mixture)
+
+
+def cmd_export_mixture(args: argparse.Namespace) -> int:
+    from exporters.mixture_export import export_mixture
+
+    result = export_mixture(args.mixture, args.catalog, args.repository, args.m, args.top_n, args.seqrec)
+    p = result.parity
+    print(f"explorer -> {result.onnx_path.parent} (mixture {result.meta['mixture']}, level {result.meta['level']}, "
+          f"weights {', '.join(f'{k} {v:.3f}' for k, v in result.meta['weights'].items())})")
+    print(f"onnxruntime vs PyTorch on {p.cases} batches: max |score diff| {p.max_abs_score_diff:.2e}, "
+          f"same ids: {p.identical_ids}")
+    if not p.ok():
+        print("error: the exported graph disagrees with PyTorch", file=sys.stderr)
+        return 1
+    return 0
+
 
 def load_seqrecs(paths: list[Path], ds) -> tuple[list, int]:  # type: ignore[no-untyped-def]
     """(models, the latest end of their training data; after every interaction when one trained on all)."""
@@ -75,9 +108,15 @@ def load_seqrecs(paths: list[Path], ds) -> tuple[list, int]:  # type: ignore[no-
 
 def cmd_novelty_mix(args: argparse.Namespace) -> int:
     from interests.clusters.catalog import Catalog, CatalogError, check_same_items
-    from interests.novelty.cluster_head import save_head
+    from interests.novelty.cluster_head import HEAD_FILE, save_head
     from interests.novelty.examples import novel_transitions, split_by_time
-    from interests.novelty.fit_mixture import fit_level, sequence_expert, train_level_head, valid_experts
+    from interests.novelty.fit_mixture import (
+        context_experts,
+        fit_level,
+        sequence_expert,
+        train_level_head,
+        valid_experts,
+    )
 
     t0 = time.perf_counter()
     ds = holdout_dataset(args)
@@ -115,11 +154,13 @@ def cmd_novelty_mix(args: argparse.Namespace) -> int:
 
             unique, inverse = rows_of_contexts(split.valid.contexts)
             lm_table = description_scores(lms[lv].lm, unique)[inverse]
-        experts = valid_experts(ds, ic, n, split, sequence_expert(args.sequence, fit_models, ic, n, head), lm_table)
+        context = context_experts(ds, ic, n, split, lms[lv].lm if lv in lms else None)
+        experts = valid_experts(ds, split, context, sequence_expert(args.sequence, fit_models, ic, n, head), lm_table)
         fit = fit_level(lv, split, experts, args.m, info)
         out = level_dir(args.out, lv)
         fit.mixture.save(out)
         fit.without_lm.save(out / "without-lm")
+        context.save(out)
         if args.sequence == "head":
             serve_head, serve_info = train_level_head(serve_models[0], serve_until, ds, ic, n, examples,
                                                         args.seed, args.prototypes)
@@ -136,7 +177,7 @@ def load_mixtures(directory: Path, levels: list[int], lms: list, catalog, ds) ->
     """{level: MixtureEntry} for the chosen levels that `directory` has a mixture for."""
     from interests.clusters.catalog import CatalogError
     from interests.evaluation.judge import MixtureEntry
-    from interests.novelty.cluster_head import load_head
+    from interests.novelty.cluster_head import HEAD_FILE, load_head
     from interests.novelty.fit_mixture import sequence_expert
     from interests.novelty.mixture import Mixture
 

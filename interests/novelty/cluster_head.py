@@ -192,6 +192,9 @@ def head_data(model, sequences: list[np.ndarray], item_cluster: np.ndarray, n_cl
                     torch.from_numpy(known_mask(novel_known, n_clusters)))
 
 
+HEAD_FILE = "cluster_head.pt"  # a level's serving head, beside its mixture.json
+
+
 def save_head(path, head: ClusterHead, meta: dict) -> None:  # type: ignore[no-untyped-def]
     """Weights and plain metadata (the SASRec it reads, its level, how it trained)."""
     c, r, d = head.dims

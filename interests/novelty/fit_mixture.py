@@ -24,7 +24,7 @@ import numpy as np
 
 from interests.data.datasets import Dataset
 from interests.novelty.examples import NoveltyExamples, TimeSplit
-from interests.novelty.mixture import Mixture, fit_weights, known_mask, log_probabilities
+from interests.novelty.mixture import ContextExperts, Mixture, fit_weights, known_mask, log_probabilities
 
 SEQUENCE_KINDS = ("head", "exact")  # the sequence expert: the O(clusters) head, or the exact sum (O(catalog))
 # The head's settings, chosen on the validation moments of ml-latest-small at 128 and 256 clusters (a head
@@ -96,16 +96,25 @@ def sequence_expert(kind: str, models: Sequence, item_cluster: np.ndarray, n: in
     return exact
 
 
-def valid_experts(ds: Dataset, item_cluster: np.ndarray, n: int, split: TimeSplit,
+def context_experts(ds: Dataset, item_cluster: np.ndarray, n: int, split: TimeSplit, lm=None) -> ContextExperts:  # type: ignore[no-untyped-def]
+    """The context experts' matrices as the judge computes them (co-occurrence before the validation cut,
+    popularity of the training moments), with the LM's row-to-expert terms: fitted once, served as is."""
+    from interests.novelty.rules import cooccurrence_similarity, popularity_log_prior
+
+    return ContextExperts.of_lm(cooccurrence_similarity(ds, item_cluster, n, split.cut_valid),
+                                popularity_log_prior(split.train, n), lm)
+
+
+def valid_experts(ds: Dataset, split: TimeSplit, context: ContextExperts,
                   sequence: Callable[[list[np.ndarray]], np.ndarray], lm_table: np.ndarray | None,
                   ) -> dict[str, np.ndarray]:
     """The experts' log-scores at the validation moments, computed as the judge computes them at test."""
     from interests.novelty.mixture import expert_scores
-    from interests.novelty.rules import context_similarity_scores, cooccurrence_similarity, histories_at
+    from interests.novelty.rules import context_similarity_scores, histories_at
 
     valid = split.valid
-    similarity = cooccurrence_similarity(ds, item_cluster, n, split.cut_valid)
-    return expert_scores(split.train, n, context_similarity_scores(similarity, valid.contexts),
+    return expert_scores(split.train, len(context.log_pop), context_similarity_scores(context.similarity,
+                                                                                      valid.contexts),
                          sequence(histories_at(ds, valid)), lm_table)
 
 

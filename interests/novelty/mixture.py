@@ -40,6 +40,7 @@ EXPERTS = ("lm", "sequence", "cooccurrence", "popularity")
 FLOOR = -30.0  # a log-score no allowed cluster goes below: an expert's zero must not veto a cluster (-inf)
 COOC_EPS = 1e-3  # added to co-occurrence similarity before its log: a cluster nobody shared is rare, not impossible
 MIXTURE_FILE = "mixture.json"
+CONTEXT_FILE = "context_experts.npz"
 
 
 def floor_scores(scores: np.ndarray) -> np.ndarray:
@@ -125,6 +126,75 @@ class Mixture:
             raise ValueError(f"{path}: unknown experts {sorted(unknown)} (known: {', '.join(EXPERTS)})")
         return cls({k: float(v) for k, v in doc["weights"].items()}, int(doc.get("level", -1)),
                    doc.get("fitted_on", {}))
+
+
+@dataclass
+class ContextExperts:
+    """What the context experts need at serving time, fitted with the weights (`explore novelty mix`).
+
+    `similarity` [C, C]: cluster co-occurrence before the validation cut; `log_pop` [C]: the popularity
+    expert; `lm_prior` and `lm_scale` [C] turn a novelty-table row's score back into the LM expert the
+    weights were fitted on: a row holds rule(log P) + prior (`interests.runtime.constrained`: the rule
+    divides the summed log-probability by the description's length when the model scores by the mean),
+    the expert is the summed log P, so expert = (row - lm_prior) * lm_scale.
+    """
+
+    similarity: np.ndarray
+    log_pop: np.ndarray
+    lm_prior: np.ndarray
+    lm_scale: np.ndarray
+
+    @classmethod
+    def of_lm(cls, similarity: np.ndarray, log_pop: np.ndarray, lm=None) -> ContextExperts:  # type: ignore[no-untyped-def]
+        """From the fit's matrices and the LM whose table rows the engine reads (None: no LM expert)."""
+        n = len(log_pop)
+        prior, scale = np.zeros(n), np.ones(n)
+        if lm is not None:
+            if lm.prior is not None:
+                prior = np.asarray(lm.prior, np.float64)
+            if getattr(lm, "length_norm", False):
+                scale = np.array([len(seq) for seq in lm.sequences], np.float64)
+        return cls(np.asarray(similarity, np.float64), np.asarray(log_pop, np.float64), prior, scale)
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / CONTEXT_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **asdict(self))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> ContextExperts:
+        path = Path(path)
+        with np.load(path / CONTEXT_FILE if path.is_dir() else path) as f:
+            return cls(*(np.asarray(f[k], np.float64) for k in ("similarity", "log_pop", "lm_prior", "lm_scale")))
+
+
+def served_context_scores(mixture: Mixture, experts: ContextExperts, contexts: np.ndarray,
+                          rows: Sequence[tuple[Sequence[int], Sequence[float]]]) -> np.ndarray:
+    """[B, C] float32: the context part of the mixture (`Mixture.context_part`) as the engine computes it per
+    user, from the context (co-occurrence, popularity) and the novelty-table row of that context (the LM:
+    `rows[i]` = (ranked clusters, scores)). Clusters a row does not rank get the LM's FLOOR: at more
+    clusters than a row holds (64), the served LM expert is the row's top, not the whole catalog."""
+    n = len(experts.log_pop)
+    contexts = np.asarray(contexts, np.int64)
+    w = mixture.weights
+    out = np.zeros((len(contexts), n))
+    if w.get("popularity", 0.0):
+        out += w["popularity"] * floor_scores(experts.log_pop)[None, :]
+    if w.get("cooccurrence", 0.0):
+        mean = np.zeros((len(contexts), n))
+        for i, ctx in enumerate(contexts):
+            real = ctx[ctx >= 0]
+            if len(real):
+                mean[i] = experts.similarity[real].mean(0)
+        out += w["cooccurrence"] * floor_scores(cooccurrence_log_scores(mean))
+    if w.get("lm", 0.0):
+        lm = np.full((len(contexts), n), FLOOR)
+        for i, (clusters, scores) in enumerate(rows):
+            c = np.asarray(clusters, np.int64)
+            lm[i, c] = (np.asarray(scores, np.float64) - experts.lm_prior[c]) * experts.lm_scale[c]
+        out += w["lm"] * floor_scores(lm)
+    return out.astype(np.float32)
 
 
 def fit_weights(experts: Mapping[str, np.ndarray], targets: np.ndarray, known: np.ndarray, l2: float = 1e-3,

@@ -107,10 +107,11 @@ def test_cli_mix_then_judge_the_served_mixture(tmp_path, capsys) -> None:  # typ
     import json
 
     from explore.cli import main
-    from explore.commands.mix import HEAD_FILE, level_dir
+    from explore.commands.mix import level_dir
     from interests.clusters.build import build_catalog
     from interests.configs import BuildConfig
     from interests.data.synthetic import make_synthetic
+    from interests.novelty.cluster_head import HEAD_FILE
 
     ds, _ = make_synthetic(n_clusters=8, n_users=400, seed=0)  # what --synthetic builds
     build_catalog(ds, BuildConfig(levels=(8,)), progress=False).save(tmp_path / "catalog")
@@ -157,6 +158,64 @@ def test_cli_mix_then_judge_the_served_mixture(tmp_path, capsys) -> None:  # typ
                  "--out", str(judged)]) == 1
     assert "--model" in capsys.readouterr().err
 
+    # The level exported as the engine's `explorer`: its graph, fed the context part a worker computes from
+    # the novelty table's rows, proposes what the offline mixture proposes at the judge's moments.
+    repo = tmp_path / "repository"
+    assert main(["novelty", "export-mixture", "--mixture", str(tmp_path / "nothing"), "--catalog",
+                 str(tmp_path / "catalog"), "--repository", str(repo)]) == 1
+    assert "explore novelty mix" in capsys.readouterr().err
+    assert main(["novelty", "export-mixture", "--mixture", str(level_dir(mix, 0)), "--catalog",
+                 str(tmp_path / "catalog"), "--repository", str(repo), "--m", "3"]) == 0
+    meta = json.loads((repo / "explorer" / "1" / "meta.json").read_text())
+    assert meta["weights"] == fitted["weights"] and len(meta["mixture"]) == 12 and meta["m"] == 3
+    _served_mixture_is_the_offline_one(ds, tmp_path / "catalog", lm, test, level_dir(mix, 0), repo)
+
+
+def _served_mixture_is_the_offline_one(ds, catalog_dir, lm_dir, checkpoint, level, repo) -> None:  # type: ignore[no-untyped-def]
+    from interests.clusters.catalog import Catalog
+    from interests.evaluation.judge import rows_of_contexts
+    from interests.novelty.cluster_head import HEAD_FILE, load_head
+    from interests.novelty.examples import novel_transitions, split_by_time
+    from interests.novelty.fit_mixture import context_experts, sequence_expert
+    from interests.novelty.lm import NoveltyLM
+    from interests.novelty.mixture import ContextExperts, expert_scores, served_context_scores
+    from interests.novelty.precompute import precompute, table_depth
+    from interests.novelty.prior import description_scores
+    from interests.novelty.rules import context_similarity_scores, histories_at, top_m
+    from interests.runtime.constrained import onnx_session
+    from interests.seqrec.train import load_checkpoint
+    from streams.inference.seqrec import pad_histories
+
+    catalog = Catalog.load(catalog_dir)
+    ic, n = catalog.item_clusters(0), catalog.levels[0]
+    lm = NoveltyLM.load(lm_dir)
+    split = split_by_time(novel_transitions(ds, ic, lm.meta["k"]))
+    test = split.test.subset(np.arange(min(60, len(split.test))))
+    mix = Mixture.load(level)
+    context = ContextExperts.load(level)
+    np.testing.assert_allclose(context.similarity, context_experts(ds, ic, n, split, lm).similarity)
+    histories = histories_at(ds, test)
+    model = load_checkpoint(checkpoint)[0]
+    unique, inverse = rows_of_contexts(test.contexts)
+    offline = mix.score(expert_scores(split.train, n, context_similarity_scores(context.similarity, test.contexts),
+                                      sequence_expert("head", [model], ic, n, load_head(level / HEAD_FILE)[0])(
+                                          histories), description_scores(lm, unique)[inverse]))
+    rows = {tuple(r["context"]): (r["clusters"], r["scores"])
+            for r in precompute(lm, unique.tolist(), table_depth(n, lm.meta["k"]), 8, progress=False)}
+    known = np.zeros((len(test), n), bool)
+    for i, k in enumerate(test.known):
+        known[i, list(k)] = True
+    served = served_context_scores(mix, context, test.contexts, [rows[tuple(c)] for c in test.contexts.tolist()])
+    session = onnx_session(repo / "explorer" / "1" / "model.onnx", 1)
+    clusters, scores, items, _ = session.run(None, {"history": pad_histories([h + 1 for h in histories],
+                                                                             model.cfg.max_len),
+                                                    "known": known, "context_scores": served})
+    assert [[c for c in row if c >= 0] for row in clusters.tolist()] == top_m(offline, test.known, 3)
+    real = clusters >= 0  # a user who knows all but two clusters gets two, then -1
+    np.testing.assert_allclose(scores[real], np.take_along_axis(offline, np.maximum(clusters, 0), 1)[real], atol=2e-3)
+    item_cluster = np.concatenate([[-1], ic])
+    assert all(set(item_cluster[row[row > 0]]) <= set(c) for row, c in zip(items, clusters, strict=True))
+
 
 def test_distillation_loss_is_half_hard_half_the_teachers_mean() -> None:
     """seqrec train --teacher: half the cross-entropy of the next item, half that of the teachers' mean
@@ -182,3 +241,40 @@ def test_distillation_loss_is_half_hard_half_the_teachers_mean() -> None:
     assert float(got) == pytest.approx(float(want), rel=1e-6)
     assert float(got) != pytest.approx(float(loss_fn(student, x, y, "ce", gen)), rel=1e-3)  # the teachers count
 
+
+
+def test_served_context_scores_are_the_offline_context_part_from_table_rows(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The engine's per-user context part (table row + context) equals `Mixture.context_part` on the judge's
+    experts: the row's scores are turned back into the summed log P (prior taken off, the mean rule's
+    division undone), clusters the row does not rank get FLOOR; and it survives its file."""
+    from types import SimpleNamespace
+
+    from interests.novelty.mixture import ContextExperts, cooccurrence_log_scores, served_context_scores
+    from interests.novelty.rules import context_similarity_scores
+
+    rng = np.random.default_rng(3)
+    n, depth = 9, 5
+    sim = rng.random((n, n))
+    log_pop = np.log(rng.dirichlet(np.ones(n)))
+    contexts = np.array([[0, 1], [2, 3], [4, 4], [-1, 5]])
+    summed = -rng.random((len(contexts), n)) * 20  # the LM expert: summed log P of each description
+    sequences = [[1] * int(k) for k in rng.integers(1, 6, n)]
+    lm = SimpleNamespace(prior=0.7 * log_pop, length_norm=True, sequences=sequences)
+    experts = ContextExperts.of_lm(sim, log_pop, lm)
+    lengths = np.array([len(s) for s in sequences])
+    rows = []
+    for i in range(len(contexts)):
+        ranked = np.argsort(-summed[i], kind="stable")[:depth]  # a row ranks its top clusters only
+        rows.append((ranked.tolist(), (summed[i, ranked] / lengths[ranked] + lm.prior[ranked]).tolist()))
+    lm_table = np.full_like(summed, FLOOR)
+    for i, (ranked, _) in enumerate(rows):
+        lm_table[i, ranked] = summed[i, ranked]
+    offline = {"lm": lm_table, "popularity": np.broadcast_to(log_pop, summed.shape),
+               "cooccurrence": cooccurrence_log_scores(context_similarity_scores(sim, contexts)),
+               "sequence": np.zeros_like(summed)}
+    mix = Mixture({"lm": 0.4, "sequence": 2.0, "cooccurrence": 0.8, "popularity": 0.3})
+    served = served_context_scores(mix, ContextExperts.load(experts.save(tmp_path)), contexts, rows)
+    assert served.dtype == np.float32
+    np.testing.assert_allclose(served, mix.context_part(offline), rtol=1e-6, atol=1e-4)
+    without = served_context_scores(mix.without("lm"), experts, contexts, rows)
+    np.testing.assert_allclose(without, mix.without("lm").context_part(offline), rtol=1e-6, atol=1e-4)
