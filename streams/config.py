@@ -20,6 +20,8 @@ from typing import Any
 from streams.inference.tls import TritonTLS
 from streams.kafka_security import KafkaSecurity
 
+POLICIES = ("auto", "mixture", "lm")  # setting `policy`
+
 
 @dataclass(frozen=True, slots=True)
 class Horizon:
@@ -65,6 +67,10 @@ class EngineConfig:
     triton_timeout_s: float = _setting(2.0, "timeout of one Triton request")
     triton_retries: int = _setting(1, "retries of a failed Triton request before falling back")
     triton_retry_after_s: float = _setting(5.0, "after a failure, time on the fallback before Triton is tried again")
+    policy: str = _setting("auto", "novelty policy: mixture (the repository's `explorer`: the fitted mixture of "
+                                   "experts, its novel clusters and the slate in one model call), lm (the LM's "
+                                   "table row alone, then `seqrec`), auto (mixture when the repository holds "
+                                   "explorer)")
     k: int = _setting(2, "context length: the user's last K distinct clusters")
     m: int = _setting(3, "novel clusters per slate")
     n: int = _setting(10, "items per slate")
@@ -189,6 +195,8 @@ class EngineConfig:
             raise ValueError(f"setting user_ttl_s must be 0 (never) or more, got {self.user_ttl_s}")
         if self.store not in ("memory://", "rocksdb://"):
             raise ValueError(f"setting store must be memory:// or rocksdb://, got {self.store!r}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"setting policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         if self.replication_factor < 0 or self.min_insync_replicas < 0:
             raise ValueError("settings replication_factor and min_insync_replicas must be 0 (automatic) or more")
         if self.replication_factor and self.min_insync_replicas > self.replication_factor:

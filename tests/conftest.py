@@ -137,6 +137,48 @@ def novelty_artifacts(seqrec_artifacts: SeqRecArtifacts, tiny_repository: Path) 
     return NoveltyArtifacts(lm, split, onnx_path.parent)
 
 
+@dataclass
+class MixtureArtifacts:
+    """The test repository again, with `explorer`: a hand-weighted mixture level (random cluster head on the
+    test SASRec, the context experts of the planted data, the test LM's table rows as its LM expert)."""
+
+    repository: Path  # a copy of the test repository, plus explorer/
+    level_dir: Path  # the mixture level it was exported from (mixture.json, cluster_head.pt, context_experts.npz)
+
+
+@pytest.fixture(scope="session")
+def mixture_artifacts(tmp_path_factory: pytest.TempPathFactory, tiny_repository: Path,
+                      seqrec_artifacts: SeqRecArtifacts, novelty_artifacts: NoveltyArtifacts) -> MixtureArtifacts:
+    import shutil
+
+    import torch
+
+    from exporters.mixture_export import export_mixture
+    from interests.novelty.cluster_head import HEAD_FILE, ClusterHead, save_head
+    from interests.novelty.fit_mixture import context_experts
+    from interests.novelty.mixture import Mixture
+    from interests.seqrec.train import load_checkpoint
+
+    work = tmp_path_factory.mktemp("mixture")
+    repository = work / "repository"
+    shutil.copytree(tiny_repository, repository)
+    catalog, level = seqrec_artifacts.catalog, seqrec_artifacts.catalog.finest
+    ic, n = catalog.item_clusters(level), catalog.levels[level]
+    level_dir = work / "level"
+    Mixture({"lm": 0.3, "sequence": 1.0, "cooccurrence": 0.5, "popularity": 0.2}, level,
+            {"sequence": "head", "catalog_version": catalog.version,
+             "seqrec": [str(seqrec_artifacts.checkpoint)]}).save(level_dir)
+    context_experts(seqrec_artifacts.dataset, ic, n, novelty_artifacts.split, novelty_artifacts.lm).save(level_dir)
+    torch.manual_seed(0)
+    head = ClusterHead(load_checkpoint(seqrec_artifacts.checkpoint)[0].cfg.dim, n, 4).double()
+    torch.nn.init.normal_(head.weight, std=0.3)
+    save_head(level_dir / HEAD_FILE, head, {"level": level, "seqrec": str(seqrec_artifacts.checkpoint)})
+    result = export_mixture(level_dir, Path(seqrec_artifacts.checkpoint).parent / "catalog", repository, m=3,
+                            top_n=10)
+    assert result.parity.ok(), result.parity
+    return MixtureArtifacts(repository, level_dir)
+
+
 @pytest.fixture(scope="session")
 def triton(tmp_path_factory: pytest.TempPathFactory, tiny_repository: Path,
            seqrec_artifacts: SeqRecArtifacts, novelty_artifacts: NoveltyArtifacts) -> Iterator[TritonEndpoints]:

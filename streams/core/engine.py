@@ -10,6 +10,12 @@ Per batch, whatever its size, the models see at most three calls: one `interest_
 for the contexts missing from the table, one for users whose table clusters are all known to them,
 and one `seqrec` call for every slate of the batch. That is what lets the worker keep up: the cost
 per event is parsing and a dict update, the cost per model call is shared by the batch.
+
+With the mixture of experts (setting `policy`; the repository's `explorer`), calls 2 and 3 are one:
+the worker adds each user's context part of the mixture (from the table row: the LM expert; from
+the context: co-occurrence and popularity) and `explorer` adds the sequence expert, drops the known
+clusters, takes the top M and returns their slate. Its slates have source "mixture" and carry the
+mixture's digest among their versions.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from interests.clusters.catalog import Catalog
+from interests.novelty.mixture import ContextExperts, Mixture, served_context_scores
 from interests.runtime.constrained import EXCLUDED
 from streams.config import EngineConfig
 from streams.core.feedback import FeedbackRecord, drop_unused_versions, feedback_record, open_slate, remember, resolve
@@ -33,7 +40,7 @@ from streams.core.records import Limits, Rejection, parse_interaction
 from streams.core.state import apply, copy_state, needs_slate
 from streams.core.table import CompactTable, context_key, parse_rows, ranked_row, row_value
 from streams.inference.router import ModelRouter
-from streams.inference.seqrec import pad_histories
+from streams.inference.seqrec import EXPLORER_OUTPUTS, pad_histories
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +91,20 @@ class Engine:
                                   lambda up: self.metrics.triton_up.set(1 if up else 0), self.models.max_batch,
                                   tls=cfg.triton_tls())
         self.table = CompactTable(self.n_clusters)  # arrays, not Python rows: ~1M contexts fit (issue 15)
+        self.mixture = self._mixture(cfg)
+
+    def _mixture(self, cfg: EngineConfig) -> tuple[Mixture, ContextExperts] | None:
+        """The mixture of experts the worker serves (setting `policy`), or None for the LM's table and seqrec."""
+        meta = self.models.explorer_meta
+        if cfg.policy == "lm" or (cfg.policy == "auto" and meta is None):
+            return None
+        if meta is None:
+            raise FileNotFoundError(f"policy mixture: {self.models.explorer_dir} is missing; export a fitted mixture "
+                                    "(`explore novelty export-mixture`) or set policy to lm")
+        if int(meta["m"]) != cfg.m:
+            raise ValueError(f"explorer proposes M = {meta['m']} clusters, the worker's setting m is {cfg.m}: export "
+                             f"the mixture with --m {cfg.m}, or set m to {meta['m']}")
+        return Mixture(meta["weights"], int(meta["level"])), ContextExperts.load(self.models.explorer_dir)
 
     # -- the novelty table -------------------------------------------------------------------
     def learn(self, key: bytes | None, value: bytes | None) -> None:
@@ -176,15 +197,25 @@ class Engine:
             triggers.setdefault(user, rec.timestamp)
 
     async def _recommend(self, users: list[str], out: BatchResult, triggers: dict[str, float]) -> None:
-        """Slates for `users`, in the three model calls at most that a batch makes."""
+        """Slates for `users`, in the three model calls at most that a batch makes (two with the mixture:
+        the table fill and `explorer`, which names the novel clusters and makes their slates)."""
         states = {u: out.states[u][0] for u in users}
         out.table_fills += await self._fill_table(users, states)
-        novel, source, versions = await self._novel_clusters(users, states)
+        if self.mixture is not None:
+            novel, (items, scores), seqrec_path = await self._mixture_slates(users, states)
+            source, versions = dict.fromkeys(users, "mixture"), dict.fromkeys(users, self.models.versions)
+        else:
+            novel, source, versions = await self._novel_clusters(users, states)
         ready = [u for u in users if novel[u]]
         self.metrics.no_slate.labels("no_novel_cluster").inc(len(users) - len(ready))
         if not ready:
             return
-        (items, scores), seqrec_path = await self._top_items(ready, states, novel)
+        if self.mixture is None:
+            (items, scores), seqrec_path = await self._top_items(ready, states, novel)
+        else:  # the graph answered for every user: keep the rows of those with a novel cluster
+            pos = {u: i for i, u in enumerate(users)}
+            rows = [pos[u] for u in ready]
+            items, scores = items[rows], scores[rows]
         for i, u in enumerate(ready):
             slate = slate_items(items[i].tolist(), scores[i].tolist(), states[u]["items"], self.cfg.n, EXCLUDED / 2)
             if not slate:
@@ -257,6 +288,25 @@ class Engine:
             if len(answer) > len(novel[u]):
                 novel[u], source[u], versions[u] = answer, "live", self.models.versions
         return novel, source, versions
+
+    async def _mixture_slates(self, users: list[str], states: dict[str, dict]
+                              ) -> tuple[dict[str, list[tuple[int, float]]], tuple[np.ndarray, np.ndarray], str]:
+        """The mixture's one model call for every slate of the batch (`explorer`): the context part from each
+        user's table row and context (`served_context_scores`), the known clusters and the history in; each
+        user's novel clusters with their mixture scores, and the slate inside them, out."""
+        mixture, experts = self.mixture  # type: ignore[misc]
+        contexts = np.array([states[u]["context"] for u in users], dtype=np.int64)
+        rows = [self.table[context_key(states[u]["context"])][:2] for u in users]
+        known = np.zeros((len(users), self.n_clusters), dtype=bool)
+        for i, u in enumerate(users):
+            known[i, states[u]["known"]] = True
+        history = pad_histories([np.asarray(states[u]["items"], dtype=np.int64) + 1 for u in users], self.max_len)
+        (clusters, cluster_scores, items, scores), path = await self.router.infer(
+            "explorer", {"history": history, "known": known,
+                         "context_scores": served_context_scores(mixture, experts, contexts, rows)}, EXPLORER_OUTPUTS)
+        novel = {u: [(int(c), float(v)) for c, v in zip(clusters[i], cluster_scores[i], strict=True) if c >= 0]
+                 for i, u in enumerate(users)}
+        return novel, (items, scores), path
 
     def row_versions(self, row: dict[str, str]) -> dict[str, str]:
         """The versions a slate from a table row carries: the worker's models and what the row adds (the

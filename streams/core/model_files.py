@@ -1,7 +1,8 @@
 """The exported models a worker serves, read from a Triton model repository.
 
-`ModelFiles` checks that both models are there and were exported with the worker's catalog (the
-novelty model also with the worker's K and seqrec's cluster level), reads the decoding parameters
+`ModelFiles` checks that both models (and `explorer`, the mixture of experts, when exported) are
+there and were exported with the worker's catalog (the novelty model also with the worker's K and
+seqrec's cluster level), reads the decoding parameters
 and batch limits the Triton models are configured with (so that the in-process twin decodes like
 the server, and no call asks for more rows than a model serves), names the versions every
 recommendation carries, and builds the twins.
@@ -108,16 +109,39 @@ class ModelFiles:
         self.beam = int(_pbtxt_param(config, "beam", "8"))
         self.versions = {"catalog": catalog.version, "seqrec": _file_digest(self.seqrec_dir / "model.onnx"),
                          "interest_generator": _file_digest(self.novelty_dir / "model.onnx")}
+        self.explorer_dir = repository / "explorer" / "1"
+        self.explorer_meta: dict | None = None
+        if (self.explorer_dir / "model.onnx").is_file():
+            self._read_explorer(repository, catalog)
+
+    def _read_explorer(self, repository: Path, catalog: Catalog) -> None:
+        """The mixture of experts, when the repository holds it (`explore novelty export-mixture`): it must speak
+        the catalog level seqrec speaks; its digest names the weights, head and context experts in every slate."""
+        meta = json.loads((self.explorer_dir / "meta.json").read_text())
+        level = int(self.seqrec_meta["level"])
+        if meta.get("catalog_version") != catalog.version or int(meta.get("level", -1)) != level:
+            raise CatalogError(f"explorer was exported for catalog {meta.get('catalog_version')} level "
+                               f"{meta.get('level')}, the worker serves catalog {catalog.version} level {level}: "
+                               "export the mixture again (`explore novelty export-mixture`)")
+        self.explorer_meta = meta
+        self.max_batch["explorer"] = _pbtxt_max_batch(repository / "explorer" / "config.pbtxt")
+        self.versions["explorer"] = _file_digest(self.explorer_dir / "model.onnx")
+        self.versions["mixture"] = str(meta["mixture"])
 
     def local_models(self, threads: int) -> dict[str, LocalModel]:
         """In-process twins of both Triton models: named inputs -> outputs, as Triton answers."""
         from streams.inference.novelty import OnnxNovelty
-        from streams.inference.seqrec import OnnxSeqRec
+        from streams.inference.seqrec import OnnxExplorer, OnnxSeqRec
 
         seqrec = OnnxSeqRec(self.seqrec_dir / "model.onnx", threads=threads)
         novelty = OnnxNovelty(self.novelty_dir, top_m=self.top_m, beam=self.beam, threads=threads)
-        return {"seqrec": lambda x: list(seqrec.top_n(x["history"], x["allowed"])),
-                "interest_generator": lambda x: list(novelty.propose(x["context"], x["exclude"]))}
+        local: dict[str, LocalModel] = {
+            "seqrec": lambda x: list(seqrec.top_n(x["history"], x["allowed"])),
+            "interest_generator": lambda x: list(novelty.propose(x["context"], x["exclude"]))}
+        if self.explorer_meta is not None:
+            explorer = OnnxExplorer(self.explorer_dir / "model.onnx", threads=threads)
+            local["explorer"] = lambda x: explorer.propose(x["history"], x["known"], x["context_scores"])
+        return local
 
 
 __all__ = ["ModelFiles", "NoveltyServing", "novelty_serving"]

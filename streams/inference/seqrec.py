@@ -1,4 +1,5 @@
-"""Clients of the `seqrec` model (cluster-restricted top-N): Triton over gRPC and an in-process twin.
+"""Clients of the `seqrec` model (cluster-restricted top-N): Triton over gRPC and an in-process twin;
+and the twin of `explorer`, the mixture of experts with its slate (the router calls Triton by name).
 
 Both take histories [B, L] of 1-based item ids (left-padded with 0) and allowed clusters [B, C]
 and return (items [B, N], scores [B, N]); slots that no eligible item fills carry item 0 and
@@ -32,6 +33,22 @@ class OnnxSeqRec:
         items, scores = self.session.run(["items", "scores"], {"history": np.asarray(history, np.int64),
                                                                 "allowed": np.asarray(allowed, bool)})
         return items, scores
+
+
+EXPLORER_OUTPUTS = ["clusters", "cluster_scores", "items", "scores"]
+
+
+class OnnxExplorer:
+    """The `explorer` graph in-process (`interests.novelty.mixture_topn`): history [B, L], known [B, C] and the
+    context part [B, C] in; the top M unknown clusters, their mixture scores and the slate inside them out."""
+
+    def __init__(self, onnx_path: Path, threads: int = 2, spinning: bool = False) -> None:
+        self.session = onnx_session(onnx_path, threads, spinning)
+
+    def propose(self, history: np.ndarray, known: np.ndarray, context_scores: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(EXPLORER_OUTPUTS, {"history": np.asarray(history, np.int64),
+                                                   "known": np.asarray(known, bool),
+                                                   "context_scores": np.asarray(context_scores, np.float32)})
 
 
 class TritonSeqRec(GrpcModel):

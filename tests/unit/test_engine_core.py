@@ -342,3 +342,60 @@ def test_a_slate_round_that_fails_keeps_the_batch_applied(engine: Engine) -> Non
     assert out.applied == 2 and not out.dlq and not out.recommendations
     assert out.states["w1"][0]["context"] == [a, b] and out.states["w1"][0]["slate"] is None  # due again next time
     assert _counter(engine.metrics.no_slate, "error") == 1
+
+
+def test_the_mixture_names_the_offline_mixtures_clusters_and_makes_their_slates_in_one_call(  # type: ignore[no-untyped-def]
+        seqrec_artifacts, mixture_artifacts) -> None:
+    """With `explorer` in the repository (policy auto) a batch makes two model calls at most (the table fill,
+    then explorer for every slate); each slate's clusters are the offline mixture's top M at that moment
+    (`Mixture.score` of the table row's LM scores, co-occurrence, popularity and the head on SASRec's
+    state), never known, the slate inside them, and the versions name the mixture."""
+    from interests.novelty.cluster_head import HEAD_FILE, head_log_scores, last_hidden, load_head
+    from interests.novelty.mixture import FLOOR, ContextExperts, Mixture, cooccurrence_log_scores
+    from interests.novelty.rules import context_similarity_scores, top_m
+    from interests.seqrec.train import load_checkpoint
+
+    catalog_dir = Path(seqrec_artifacts.checkpoint).parent / "catalog"
+    base = {"catalog": str(catalog_dir), "repository": str(mixture_artifacts.repository), "triton_url": ""}
+    engine = Engine(EngineConfig().with_values(base))
+    assert engine.mixture is not None and engine.models.versions["mixture"]
+    assert Engine(EngineConfig().with_values({**base, "policy": "lm"})).mixture is None
+    with pytest.raises(ValueError, match="--m 5"):
+        Engine(EngineConfig().with_values({**base, "m": 5}))
+
+    ds = seqrec_artifacts.dataset
+    records, offset = [], 0
+    for u in range(0, 40):
+        for row in range(ds.offsets[u], min(ds.offsets[u + 1], ds.offsets[u] + 6)):
+            records.append(_record(str(ds.user_ids[u]), str(ds.item_ids[ds.items[row]]), offset, 1000.0 + offset))
+            offset += 1
+    calls = []
+    infer = engine.router.infer
+
+    async def counted(model, inputs, outputs):  # type: ignore[no-untyped-def]
+        calls.append(model)
+        return await infer(model, inputs, outputs)
+
+    engine.router.infer = counted  # type: ignore[method-assign]
+    out = asyncio.run(engine.handle(records, {}.get, now=5000.0))
+    assert out.recommendations and set(calls) <= {"interest_generator", "explorer"} and calls.count("explorer") == 1
+
+    mix, experts = Mixture.load(mixture_artifacts.level_dir), ContextExperts.load(mixture_artifacts.level_dir)
+    model = load_checkpoint(seqrec_artifacts.checkpoint)[0]
+    head = load_head(mixture_artifacts.level_dir / HEAD_FILE)[0]
+    n = engine.n_clusters
+    for r in out.recommendations:
+        state = out.states[r.user_id][0]
+        ranked, scores, _ = engine.table[context_key(state["context"])]
+        lm = np.full(n, FLOOR)
+        lm[ranked] = (np.asarray(scores) - experts.lm_prior[ranked]) * experts.lm_scale[ranked]
+        history = [np.array(state["items"][-model.cfg.max_len:])]  # 0-based items, as the judge's
+        offline = mix.score({"lm": lm[None], "popularity": experts.log_pop[None],
+                             "cooccurrence": cooccurrence_log_scores(context_similarity_scores(
+                                 experts.similarity, np.array([state["context"]]))),
+                             "sequence": head_log_scores(head, last_hidden(model, history))})
+        clusters = [c["id"] for c in r.novel_clusters]
+        assert clusters == top_m(offline, [frozenset(state["known"])], 3)[0]
+        assert [c["score"] for c in r.novel_clusters] == pytest.approx(offline[0, clusters], abs=2e-3)
+        assert r.source == "mixture" and r.versions["mixture"] == engine.models.versions["mixture"]
+        assert r.slate and all(x["cluster"] in clusters for x in r.slate)
