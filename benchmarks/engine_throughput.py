@@ -70,9 +70,9 @@ def export_models(ds, catalog, work: Path, seqrec_epochs: int = 4, lm_epochs: in
     return lm
 
 
-def build_models(work: Path, users: int) -> tuple[Path, Path, object, list[dict]]:
+def build_models(work: Path, users: int) -> tuple[Path, Path, object, list[dict], object]:
     """A catalog, SASRec and novelty LM on planted synthetic data, exported to a Triton repository,
-    and the novelty table over every context (as `explore novelty precompute --all-contexts`)."""
+    and the novelty table over every context (as `explore novelty precompute --all-contexts`); and the LM."""
     from interests.clusters.build import BuildConfig, build_catalog
     from interests.data.synthetic import make_synthetic
     from interests.novelty.precompute import precompute, table_depth
@@ -83,7 +83,36 @@ def build_models(work: Path, users: int) -> tuple[Path, Path, object, list[dict]
     depth = table_depth(len(catalog.descriptions()), 2)
     rows = precompute(lm, [list(c) for c in itertools.permutations(range(len(catalog.descriptions())), 2)],
                       top=depth, beam=depth, progress=False)
-    return work / "catalog", work / "repo", ds, rows
+    return work / "catalog", work / "repo", ds, rows, lm
+
+
+def mixture_repository(work: Path, repo: Path, catalog_dir: Path, ds, lm, prototypes: int) -> Path:  # type: ignore[no-untyped-def]
+    """A copy of `repo` with `explorer`: the mixture of experts with a cluster head trained on the bench's
+    SASRec (`prototypes` per cluster) and fixed weights. What it costs a worker does not depend on the
+    weights, so they are not fitted here (`explore novelty mix` fits them, on validation moments)."""
+    import shutil
+
+    from exporters.mixture_export import export_mixture
+    from interests.clusters.catalog import Catalog
+    from interests.novelty.examples import novel_transitions, split_by_time
+    from interests.novelty.fit_mixture import context_experts, save_level, train_level_head
+    from interests.novelty.mixture import Mixture
+    from interests.seqrec.train import load_checkpoint
+
+    dest = work / "repo-mixture"
+    shutil.copytree(repo, dest)
+    catalog = Catalog.load(catalog_dir)
+    ic, n = catalog.item_clusters(), catalog.levels[catalog.finest]
+    examples = novel_transitions(ds, ic, 2)
+    model = load_checkpoint(work / "model.pt")[0]
+    head, info = train_level_head(model, int(ds.timestamps.max()) + 1, ds, ic, n, examples, prototypes=prototypes)
+    mixture = Mixture({"lm": 0.3, "sequence": 1.0, "cooccurrence": 0.5, "popularity": 0.2}, catalog.finest,
+                      {"sequence": "head", "catalog_version": catalog.version, "seqrec": [str(work / "model.pt")]})
+    level = save_level(work / "mixture", mixture, context_experts(ds, ic, n, split_by_time(examples), lm), head,
+                       {"seqrec": str(work / "model.pt"), **info})
+    result = export_mixture(level, catalog_dir, dest, m=EngineConfig().m, top_n=20)
+    assert result.parity.ok(), result.parity
+    return dest
 
 
 def spinning_repository(repo: Path, dest: Path) -> Path:
@@ -369,6 +398,11 @@ def print_rows(rows: dict[str, dict], args: argparse.Namespace) -> None:
               + f"{sum(r['cpu_ms_per_1k'].values()):>9.0f}")
     print(f"engine / pass-through, worker CPU per event: "
           f"{en['cpu_ms_per_1k']['worker'] / pt['cpu_ms_per_1k']['worker']:.2f}")
+    mix = rows.get("engine, mixture")
+    if mix:
+        cpu = sum(mix["cpu_ms_per_1k"].values()) / sum(en["cpu_ms_per_1k"].values())
+        p99 = f"{mix['latency_ms'][2] / en['latency_ms'][2]:.2f}" if "latency_ms" in mix else "not run"
+        print(f"mixture / LM table + seqrec: CPU per event (all processes) {cpu:.2f}, p99 {p99} (target: within 1.10)")
 
 
 def main() -> int:
@@ -390,6 +424,10 @@ def main() -> int:
     ap.add_argument("--spinning", action="store_true",
                     help="also every engine run against a second Triton whose models spin between calls "
                          "(intra_op_spinning true; the committed configs say false), side by side")
+    ap.add_argument("--mixture", action="store_true",
+                    help="also an engine serving the mixture of experts (`explorer`: novel clusters and slate in one "
+                         "Triton call) beside the LM table + seqrec engine, side by side, with their ratios")
+    ap.add_argument("--prototypes", type=int, default=16, help="the mixture's cluster head prototypes per cluster")
     ap.add_argument("--trace", action="store_true", help="engine workers log every batch's stages "
                                                          "(EXPLORE_TRACE_BATCHES=1); each latency run then "
                                                          "says where the batches of its p99 slates spent their time")
@@ -399,7 +437,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="engine-bench-"))
     print(f"building models on synthetic data in {work} ...", flush=True)
-    catalog, repo, ds, table = build_models(work, args.users)
+    catalog, repo, ds, table, lm = build_models(work, args.users)
     rows: dict[str, dict] = {}
     with contextlib.ExitStack() as stack:
         kafka = stack.enter_context(ApacheKafka(work / "kafka"))
@@ -407,11 +445,16 @@ def main() -> int:
         if args.spinning:
             tritons["engine, spinning"] = stack.enter_context(
                 EmbeddedTriton(spinning_repository(repo, work / "repo-spinning"), work / "triton-spinning"))
+        repos: dict[str, Path] = {}
+        if args.mixture:
+            repos["engine, mixture"] = mixture_repository(work, repo, catalog, ds, lm, args.prototypes)
+            tritons["engine, mixture"] = stack.enter_context(EmbeddedTriton(repos["engine, mixture"],
+                                                                            work / "triton-mixture"))
         b = kafka.bootstrap
 
         def runner(name: str, tag: str, within: int = EngineConfig().batch_within_ms) -> Runner:
             if name in tritons:
-                return engine(b, work, tag, (catalog, repo, table), ds, tritons[name].grpc_url,
+                return engine(b, work, tag, (catalog, repos.get(name, repo), table), ds, tritons[name].grpc_url,
                               args.fetch_max_wait_ms, within, args.trace)
             return passthrough(b, work, tag, args.fetch_max_wait_ms)
 

@@ -223,7 +223,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="user-state-"))
     print(f"building a small synthetic catalog and models in {work} ...", flush=True)
-    catalog, repo, _, _ = build_models(work, 200)
+    catalog, repo, _, _, _ = build_models(work, 200)
     with ApacheKafka(work / "kafka") as kafka:
         base = EngineConfig().with_values({"bootstrap": kafka.bootstrap, "catalog": str(catalog),
                                            "repository": str(repo), "novelty_topic": "novel-state"})

@@ -4,7 +4,11 @@
    `--interactions/--items/--columns` files every other command reads;
 2. the training period (interactions before the held-out share of time) trains everything:
    the cluster catalog, SASRec, the novelty LM (with its popularity prior chosen on validation);
-3. exports both models into a Triton model repository and precomputes the novelty table;
+3. exports both models into a Triton model repository and precomputes the novelty table; then
+   fits the mixture of experts (LM, SASRec's cluster head, co-occurrence, popularity) on the
+   novelty split's validation moments with a second SASRec trained before them, and exports it as
+   `explorer`, so that the engine serves it (`--no-mixture`, or `--novelty-model`: the LM's table
+   and seqrec);
 4. starts the embedded broker and Triton, publishes the table, starts an engine worker;
 5. replays the training period fast (the worker builds each user's state), then the held-out
    period at `--rate`, showing a few users live: their recent clusters, the novel clusters the
@@ -52,8 +56,11 @@ class Steps:
 
 
 def build_models(train_ds: Dataset, run: Path, small: bool, steps: Steps, quiet: bool,
-                 novelty_model: str | None = None, levels: tuple[int, ...] | None = None) -> dict:
-    """Catalog, SASRec, novelty LM (+ prior), both exported into run/model_repository; the table rows.
+                 novelty_model: str | None = None, levels: tuple[int, ...] | None = None,
+                 mixture: bool = False) -> dict:
+    """Catalog, SASRec, novelty LM (+ prior), both exported into run/model_repository; the table rows;
+    with `mixture`, the mixture of experts fitted on the LM's validation moments and exported as `explorer`
+    (`build_mixture`), which the engine then serves.
 
     `small` picks the synthetic data's sizes (levels 4,8, a one-block SASRec, a narrower LM).
     `novelty_model` (a --base-model name or directory) puts that pretrained model, zero-shot, behind
@@ -121,7 +128,50 @@ def build_models(train_ds: Dataset, run: Path, small: bool, steps: Steps, quiet:
     rate = len(rows) / max(secs, 1e-9)
     print(f"novelty table: {len(rows):,} contexts, {depth} clusters ranked each, in {secs:.1f} s "
           f"({rate:.{1 if rate < 10 else 0}f} contexts/s)")
+    if mixture:
+        steps.start("the mixture of experts: a SASRec trained before the validation moments fits the weights")
+        try:
+            build_mixture(train_ds, catalog, lm, cfg, run, quiet)
+        except ValueError as exc:  # too little data before the validation cut for a head or a fit
+            print(f"no mixture: {exc}; the engine serves the LM's table and seqrec")
     return {"catalog": catalog, "repository": repo, "rows": rows}
+
+
+def build_mixture(train_ds: Dataset, catalog, lm, cfg, run: Path, quiet: bool) -> None:  # type: ignore[no-untyped-def]
+    """`explore novelty mix` and `export-mixture` at the catalog's finest level, as the demo runs them: a second
+    SASRec (the serving one's settings) trained only before the novelty split's validation moments scores
+    them, the weights are fitted there, the serving SASRec gets its cluster head, and the level goes into the
+    repository as `explorer`."""
+    from exporters.mixture_export import export_mixture
+    from interests.data.splits import leave_one_out, training_period
+    from interests.novelty.examples import novel_transitions, split_by_time
+    from interests.novelty.fit_mixture import Checkpoints, mix_level
+    from interests.seqrec.train import load_checkpoint, train
+
+    level = catalog.finest
+    ic, n = catalog.item_clusters(level), catalog.levels[level]
+    examples = novel_transitions(train_ds, ic, 2)
+    until = split_by_time(examples).cut_valid
+    fit_path, serve_path = run / "seqrec-valid" / "model.pt", run / "seqrec" / "model.pt"
+    fit_model, result = train(leave_one_out(training_period(train_ds, until)), cfg, progress=not quiet,
+                              checkpoint=fit_path, extra={"catalog_version": catalog.version, "trained_until": until,
+                                                          "item_ids": [str(i) for i in train_ds.item_ids]})
+    print(f"fitting SASRec (data before {time.strftime('%Y-%m-%d', time.gmtime(until))}): best epoch "
+          f"{result.best_epoch} ({result.seconds:.0f} s)")
+    serve_model, ckpt = load_checkpoint(serve_path)
+    info = {"sequence": "head", "k": 2, "level": level, "seqrec_valid": [str(fit_path)], "seqrec": [str(serve_path)],
+            "lm": "demo", "catalog_version": catalog.version, "clusters": n}
+    fit = mix_level(train_ds, ic, n, examples, Checkpoints([fit_model], until, str(fit_path)),
+                    Checkpoints([serve_model], int(ckpt["trained_until"]), str(serve_path)), lm, run / "mixture",
+                    info, m=3, log=(lambda line: None) if quiet else print)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exported = export_mixture(run / "mixture", run / "catalog", run / "model_repository", m=3, top_n=20)
+    weights = ", ".join(f"{e} {w:.3f}" for e, w in fit.mixture.weights.items())
+    print(f"weights on {fit.mixture.fitted_on['moments']:,} validation moments: {weights} (validation hit@3 "
+          f"{fit.valid_hits['mixture']:.3f}, without the LM {fit.valid_hits['without_lm']:.3f}); explorer "
+          f"exported (mixture {exported.meta['mixture']}; ONNX vs PyTorch max difference "
+          f"{exported.parity.max_abs_score_diff:.1e}, same ids: {exported.parity.identical_ids})")
 
 
 ALL_CONTEXTS_UP_TO = 1_000
@@ -204,7 +254,8 @@ def run_demo(args: argparse.Namespace) -> int:
     run = Path(args.run_dir or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     run.mkdir(parents=True, exist_ok=True)
     print(f"Run directory: {run}")
-    steps = Steps(8)
+    mixture = getattr(args, "novelty_model", None) is None and not getattr(args, "no_mixture", False)
+    steps = Steps(9 if mixture else 8)
 
     steps.start("data")
     ds = dataset_from_args(args)
@@ -215,7 +266,8 @@ def run_demo(args: argparse.Namespace) -> int:
           f"from {time.strftime('%Y-%m-%d', time.gmtime(start_ts))}); training period: "
           f"{train_ds.n_interactions:,} interactions")
 
-    models = build_models(train_ds, run, small, steps, args.quiet, getattr(args, "novelty_model", None))
+    models = build_models(train_ds, run, small, steps, args.quiet, getattr(args, "novelty_model", None),
+                          mixture=mixture)
     catalog, repo = models["catalog"], models["repository"]
 
     steps.start("embedded Kafka and Triton, the novelty table, an engine worker")

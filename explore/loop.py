@@ -242,6 +242,7 @@ def run_loop_ab(args: argparse.Namespace) -> int:
         base = EngineConfig().with_values({**settings, "bootstrap": ends.kafka_bootstrap,
                                            "triton_url": ends.triton_grpc, "catalog": str(models["catalog_dir"]),
                                            "repository": str(models["repository"]), "partitions": 4,
+                                           "policy": "lm",  # the arms differ by the table's order: the LM's
                                            "m": args.m, "n": 10})
         arm_a = run_arm(base, run, "a", rows, history, period_a, not args.quiet, pids)
         steps.start("align on A's feedback; best-of-n re-ranks the table")

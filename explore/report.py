@@ -39,7 +39,7 @@ from interests.evaluation.stats import paired as paired_counts
 from interests.novelty.rules import POPULAR, RANDOM, TRANSITIONS, baseline_scores, seqrec_cluster_scores, top_m
 
 HORIZON = 10  # "hit within the next H interactions"
-ENGINE = "engine (LM + SASRec)"
+ENGINE = "engine (as served)"  # the mixture of experts, or the LM's table then SASRec: the records say
 EXPLOIT = "exploit-only SASRec"
 SEQREC_EXPLORES = "SASRec explores"  # the judge's strongest single explorer, on the engine's own moments
 BASELINES = ("random novel clusters", "popular novel clusters", "transition counts")
@@ -420,8 +420,10 @@ LM with the user's exclusions whenever its novelty-table row leaves fewer than {
 
 <h3>How each method chooses</h3>
 <ul>
-<li><b>{ENGINE}</b>: the engine's own records (novel clusters from the precomputed table or the live LM, then SASRec
- restricted to them), its first {m} clusters and first {n} items.</li>
+<li><b>{ENGINE}</b>: the engine's own records, its first {m} clusters and first {n} items: with the mixture of experts
+ (source "mixture") both from one `explorer` call; else novel clusters from the precomputed table or the live LM,
+ then SASRec restricted to them. Sources here: {', '.join(f"{k} {v:,}" for k, v in doc['engine']['source'].items())}.
+</li>
 <li><b>{EXPLOIT}</b>: the same exported SASRec with every cluster allowed: what the engine would show without the
  exploration step. Its "proposed" clusters are the first {m} distinct clusters of its slate that the user did not
  know.</li>

@@ -154,8 +154,8 @@ def mixture_artifacts(tmp_path_factory: pytest.TempPathFactory, tiny_repository:
     import torch
 
     from exporters.mixture_export import export_mixture
-    from interests.novelty.cluster_head import HEAD_FILE, ClusterHead, save_head
-    from interests.novelty.fit_mixture import context_experts
+    from interests.novelty.cluster_head import ClusterHead
+    from interests.novelty.fit_mixture import context_experts, save_level
     from interests.novelty.mixture import Mixture
     from interests.seqrec.train import load_checkpoint
 
@@ -164,15 +164,15 @@ def mixture_artifacts(tmp_path_factory: pytest.TempPathFactory, tiny_repository:
     shutil.copytree(tiny_repository, repository)
     catalog, level = seqrec_artifacts.catalog, seqrec_artifacts.catalog.finest
     ic, n = catalog.item_clusters(level), catalog.levels[level]
-    level_dir = work / "level"
-    Mixture({"lm": 0.3, "sequence": 1.0, "cooccurrence": 0.5, "popularity": 0.2}, level,
-            {"sequence": "head", "catalog_version": catalog.version,
-             "seqrec": [str(seqrec_artifacts.checkpoint)]}).save(level_dir)
-    context_experts(seqrec_artifacts.dataset, ic, n, novelty_artifacts.split, novelty_artifacts.lm).save(level_dir)
     torch.manual_seed(0)
     head = ClusterHead(load_checkpoint(seqrec_artifacts.checkpoint)[0].cfg.dim, n, 4).double()
     torch.nn.init.normal_(head.weight, std=0.3)
-    save_head(level_dir / HEAD_FILE, head, {"level": level, "seqrec": str(seqrec_artifacts.checkpoint)})
+    level_dir = save_level(
+        work / "level", Mixture({"lm": 0.3, "sequence": 1.0, "cooccurrence": 0.5, "popularity": 0.2}, level,
+                                {"sequence": "head", "catalog_version": catalog.version,
+                                 "seqrec": [str(seqrec_artifacts.checkpoint)]}),
+        context_experts(seqrec_artifacts.dataset, ic, n, novelty_artifacts.split, novelty_artifacts.lm), head,
+        {"level": level, "seqrec": str(seqrec_artifacts.checkpoint)})
     result = export_mixture(level_dir, Path(seqrec_artifacts.checkpoint).parent / "catalog", repository, m=3,
                             top_n=10)
     assert result.parity.ok(), result.parity

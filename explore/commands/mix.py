@@ -108,15 +108,8 @@ def load_seqrecs(paths: list[Path], ds) -> tuple[list, int]:  # type: ignore[no-
 
 def cmd_novelty_mix(args: argparse.Namespace) -> int:
     from interests.clusters.catalog import Catalog, CatalogError, check_same_items
-    from interests.novelty.cluster_head import HEAD_FILE, save_head
-    from interests.novelty.examples import novel_transitions, split_by_time
-    from interests.novelty.fit_mixture import (
-        context_experts,
-        fit_level,
-        sequence_expert,
-        train_level_head,
-        valid_experts,
-    )
+    from interests.novelty.examples import novel_transitions
+    from interests.novelty.fit_mixture import Checkpoints, mix_level
 
     t0 = time.perf_counter()
     ds = holdout_dataset(args)
@@ -129,46 +122,20 @@ def cmd_novelty_mix(args: argparse.Namespace) -> int:
         raise CatalogError("two --model directories are of the same level: a level mixes one LM")
     k = lms[next(iter(lms))].lm.meta["k"] if lms else args.k
     levels = [int(v) for v in args.levels.split(",") if v] or sorted(lms) or list(range(len(catalog.levels)))
-    fit_models, fit_until = load_seqrecs(args.seqrec_valid, ds)
-    serve_models, serve_until = load_seqrecs(args.seqrec, ds)
+    fit = Checkpoints(*load_seqrecs(args.seqrec_valid, ds), str(args.seqrec_valid[0]))
+    serve = Checkpoints(*load_seqrecs(args.seqrec, ds), str(args.seqrec[0]))
     for lv in levels:
         ic, n = catalog.item_clusters(lv), catalog.levels[lv]
-        examples = novel_transitions(ds, ic, k)
-        split = split_by_time(examples)
-        if fit_until > split.cut_valid:
-            raise CatalogError(f"level {lv}: --seqrec-valid trained on data up to {fit_until}, after the validation "
-                               f"cut {split.cut_valid}: train it with `explore seqrec train --until-novelty-valid`")
-        info = {"sequence": args.sequence, "k": k, "seqrec_valid": [str(p) for p in args.seqrec_valid],
+        info = {"sequence": args.sequence, "k": k, "level": lv, "seqrec_valid": [str(p) for p in args.seqrec_valid],
                 "seqrec": [str(p) for p in args.seqrec], "lm": lms[lv].name if lv in lms else None,
                 "lm_dir": lm_dirs.get(lv), "catalog_version": catalog.version, "clusters": n}
-        head = None
-        if args.sequence == "head":
-            head, head_info = train_level_head(fit_models[0], fit_until, ds, ic, n, examples, args.seed,
-                                                 args.prototypes)
-            print(f"level {lv}: fitting head trained on {head_info['novel_moments']:,} novel moments "
-                  f"({head_info['epochs']} epochs, {head_info['seconds']} s)", flush=True)
-        lm_table = None
-        if lv in lms:
-            from interests.evaluation.judge import rows_of_contexts
-            from interests.novelty.prior import description_scores
-
-            unique, inverse = rows_of_contexts(split.valid.contexts)
-            lm_table = description_scores(lms[lv].lm, unique)[inverse]
-        context = context_experts(ds, ic, n, split, lms[lv].lm if lv in lms else None)
-        experts = valid_experts(ds, split, context, sequence_expert(args.sequence, fit_models, ic, n, head), lm_table)
-        fit = fit_level(lv, split, experts, args.m, info)
-        out = level_dir(args.out, lv)
-        fit.mixture.save(out)
-        fit.without_lm.save(out / "without-lm")
-        context.save(out)
-        if args.sequence == "head":
-            serve_head, serve_info = train_level_head(serve_models[0], serve_until, ds, ic, n, examples,
-                                                        args.seed, args.prototypes)
-            save_head(out / HEAD_FILE, serve_head, {"level": lv, "seqrec": str(args.seqrec[0]), **serve_info})
-        weights = ", ".join(f"{e} {w:.3f}" for e, w in fit.mixture.weights.items())
-        print(f"level {lv} ({n} clusters, {len(split.valid):,} validation moments): weights {weights}; validation "
-              f"hit@{args.m} {fit.valid_hits['mixture']:.3f}, without the LM {fit.valid_hits['without_lm']:.3f} "
-              f"-> {out}", flush=True)
+        result = mix_level(ds, ic, n, novel_transitions(ds, ic, k), fit, serve, lms[lv].lm if lv in lms else None,
+                           level_dir(args.out, lv), info, args.sequence, args.m, args.seed, args.prototypes,
+                           lambda line: print(line, flush=True))
+        weights = ", ".join(f"{e} {w:.3f}" for e, w in result.mixture.weights.items())
+        print(f"level {lv} ({n} clusters, {result.mixture.fitted_on['moments']:,} validation moments): weights "
+              f"{weights}; validation hit@{args.m} {result.valid_hits['mixture']:.3f}, without the LM "
+              f"{result.valid_hits['without_lm']:.3f} -> {level_dir(args.out, lv)}", flush=True)
     print(f"fitted {len(levels)} level(s) in {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--novelty-model", default=None,
                       help="a pretrained base model (smollm2-135m, or a directory) zero-shot behind the language "
                            "policy instead of the LM trained from scratch (slower: see the README)")
+    demo.add_argument("--no-mixture", action="store_true",
+                      help="serve the LM's table and seqrec (the engine without the mixture of experts; faster: "
+                           "no second SASRec); --novelty-model always does")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)

@@ -43,6 +43,7 @@ from interests.evaluation.proposals import context_frequency_buckets, diversity
 from interests.evaluation.stats import best_method, bootstrap_difference, bootstrap_interval, paired
 from interests.novelty.examples import NoveltyExamples, TimeSplit
 from interests.novelty.mixture import Mixture, expert_scores
+from interests.novelty.prior import rows_of_contexts
 from interests.novelty.rules import (
     NextItemProbs,
     baseline_scores,
@@ -93,12 +94,6 @@ def target_flags(ds: Dataset, item_cluster: np.ndarray, rows: np.ndarray, users:
         nxt = ds.items[rows[i] + 1:min(rows[i] + 1 + STICKY_HORIZON, off[users[i] + 1])]
         sticky[i] = int((item_cluster[nxt] == targets[i]).sum()) >= STICKY_RETURNS
     return {"any": real, "liked": liked, "sticky": sticky}
-
-
-def rows_of_contexts(contexts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(distinct contexts, index of each moment's context among them)."""
-    unique, inverse = np.unique(contexts, axis=0, return_inverse=True)
-    return unique, inverse.reshape(-1)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -143,3 +144,62 @@ def fit_level(level: int, split: TimeSplit, experts: dict[str, np.ndarray], m: i
         mix.fitted_on["valid_hit"] = round(hits[name], 4)
         out[name] = mix
     return LevelFit(out["mixture"], out["without_lm"], hits)
+
+
+def save_level(out: Path, mixture: Mixture, context: ContextExperts, head=None, head_meta: dict | None = None,  # type: ignore[no-untyped-def]
+               without_lm: Mixture | None = None) -> Path:
+    """A level directory as `explore novelty export-mixture` reads it: mixture.json, context_experts.npz,
+    the serving cluster head (cluster_head.pt, with the SASRec it reads in `head_meta`) and, for the judge,
+    the fit without the LM (without-lm/mixture.json)."""
+    from interests.novelty.cluster_head import HEAD_FILE, save_head
+
+    out = Path(out)
+    mixture.save(out)
+    context.save(out)
+    if without_lm is not None:
+        without_lm.save(out / "without-lm")
+    if head is not None:
+        save_head(out / HEAD_FILE, head, head_meta or {})
+    return out
+
+
+@dataclass
+class Checkpoints:
+    """SASRec checkpoints of one role for `mix_level`: the models, the end of their training data, and the
+    path of the first (the serving head records which SASRec it reads)."""
+
+    models: list
+    until: int
+    path: str
+
+
+def mix_level(ds: Dataset, item_cluster: np.ndarray, n: int, examples: NoveltyExamples, fit: Checkpoints,  # type: ignore[no-untyped-def]
+              serve: Checkpoints, lm, out: Path, info: dict, sequence: str = "head", m: int = 5, seed: int = 0,
+              prototypes: int = 0, log: Callable[[str], None] = print) -> LevelFit:
+    """One level of `explore novelty mix`, end to end, on the novelty split of `examples`: the fitting head (on
+    `fit`, which must not have trained on the validation moments), the experts at the validation moments,
+    both fits, the serving head (on `serve`) and the level directory `out` (`save_level`)."""
+    from interests.novelty.examples import split_by_time
+    from interests.novelty.prior import moment_scores
+
+    split = split_by_time(examples)
+    level = int(info.get("level", -1))
+    if fit.until > split.cut_valid:
+        raise ValueError(f"level {level}: the fitting SASRec trained on data up to {fit.until}, after the validation "
+                         f"cut {split.cut_valid}: train it with `explore seqrec train --until-novelty-valid`")
+    head = None
+    if sequence == "head":
+        head, head_info = train_level_head(fit.models[0], fit.until, ds, item_cluster, n, examples, seed, prototypes)
+        log(f"level {level}: fitting head trained on {head_info['novel_moments']:,} novel moments "
+            f"({head_info['epochs']} epochs, {head_info['seconds']} s)")
+    context = context_experts(ds, item_cluster, n, split, lm)
+    lm_table = None if lm is None else moment_scores(lm, split.valid.contexts)
+    experts = valid_experts(ds, split, context, sequence_expert(sequence, fit.models, item_cluster, n, head), lm_table)
+    result = fit_level(level, split, experts, m, info)
+    serve_head, serve_info = None, {}
+    if sequence == "head":
+        serve_head, serve_info = train_level_head(serve.models[0], serve.until, ds, item_cluster, n, examples, seed,
+                                                  prototypes)
+    save_level(out, result.mixture, context, serve_head, {"level": level, "seqrec": serve.path, **serve_info},
+               result.without_lm)
+    return result

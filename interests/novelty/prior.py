@@ -53,6 +53,19 @@ def description_scores(lm, contexts: np.ndarray, batch: int = 64) -> np.ndarray:
     return out
 
 
+def rows_of_contexts(contexts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct contexts, index of each moment's context among them)."""
+    unique, inverse = np.unique(contexts, axis=0, return_inverse=True)
+    return unique, inverse.reshape(-1)
+
+
+def moment_scores(lm, contexts: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """[moments, clusters]: `description_scores` at each moment's context, computed once per distinct context
+    (the LM expert of the mixture at those moments)."""
+    unique, inverse = rows_of_contexts(contexts)
+    return description_scores(lm, unique)[inverse]
+
+
 def rule_scores(table: np.ndarray, lm, rule: str) -> np.ndarray:  # type: ignore[no-untyped-def]
     """`description_scores` under a score rule: "sum" as is, "mean" per token (the search's `length_norm`)."""
     if rule == "sum":

@@ -104,7 +104,7 @@ def test_demo_on_own_data_with_its_live_page_and_report_in_a_browser(tmp_path: P
     assert len(page.png) > 10_000
 
     # The report, as the browser renders it: its tables and every figure loaded.
-    assert "engine (LM + SASRec)" in report.text and "exploit-only SASRec" in report.text
+    assert "engine (as served)" in report.text and "exploit-only SASRec" in report.text
     assert report.images >= 1 and report.broken_images == 0
 
 

@@ -173,14 +173,13 @@ def test_cli_mix_then_judge_the_served_mixture(tmp_path, capsys) -> None:  # typ
 
 def _served_mixture_is_the_offline_one(ds, catalog_dir, lm_dir, checkpoint, level, repo) -> None:  # type: ignore[no-untyped-def]
     from interests.clusters.catalog import Catalog
-    from interests.evaluation.judge import rows_of_contexts
     from interests.novelty.cluster_head import HEAD_FILE, load_head
     from interests.novelty.examples import novel_transitions, split_by_time
     from interests.novelty.fit_mixture import context_experts, sequence_expert
     from interests.novelty.lm import NoveltyLM
     from interests.novelty.mixture import ContextExperts, expert_scores, served_context_scores
     from interests.novelty.precompute import precompute, table_depth
-    from interests.novelty.prior import description_scores
+    from interests.novelty.prior import description_scores, rows_of_contexts
     from interests.novelty.rules import context_similarity_scores, histories_at, top_m
     from interests.runtime.constrained import onnx_session
     from interests.seqrec.train import load_checkpoint
