@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from exporters.repository import write_repository
+from exporters.repository import source_dir, write_repository
 from exporters.seqrec_onnx import Parity, check_mixture_parity, export_mixture_onnx, random_inputs
 from interests.clusters.catalog import Catalog, CatalogError
 from interests.novelty.cluster_head import HEAD_FILE, load_head
@@ -88,6 +88,8 @@ def export_mixture(level_dir: Path, catalog_dir: Path, repository: Path, m: int 
 
     def write(dest: Path) -> Path:
         export_mixture_onnx(module, dest / "model.onnx")
+        # seqrec's model.py serves any history + per-cluster inputs graph, by the names its config gives
+        shutil.copy2(source_dir() / "seqrec" / "1" / "model.py", dest / "model.py")
         shutil.copy2(Path(level_dir) / CONTEXT_FILE, dest / CONTEXT_FILE)
         (dest / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         return dest

@@ -1,7 +1,10 @@
-"""Triton Python-backend model `seqrec`: cluster-restricted top-N from the exported SASRec graph.
+"""Triton Python-backend model: a history and per-cluster inputs in, the exported graph's outputs out.
 
-All requests of a dynamic batch run as one onnxruntime call: histories are left-padded with 0
-to the longest (the padding convention of the model), stacked, run, and split back.
+Serves `seqrec` (history, allowed -> items, scores) and `explorer` (history, known, context_scores ->
+clusters, cluster_scores, items, scores; the export copies this file there): the input and output
+names come from the model's config.pbtxt. All requests of a dynamic batch run as one onnxruntime
+call: histories are left-padded with 0 to the longest (the padding convention of the model), the
+other inputs stacked, run, and split back.
 """
 
 import json
@@ -33,6 +36,9 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.name = config["name"]
+        self.inputs = [i["name"] for i in config["input"] if i["name"] != "history"]
+        self.outputs = [o["name"] for o in config["output"]]
         here = os.path.join(args["model_repository"], args["model_version"])
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_threads", "1"))
@@ -45,21 +51,22 @@ class TritonPythonModel:
                                             sess_options=options, providers=["CPUExecutionProvider"])
 
     def execute(self, requests: list) -> list:
-        histories = [pb_utils.get_input_tensor_by_name(r, "history").as_numpy().astype(np.int64) for r in requests]
-        allowed = [pb_utils.get_input_tensor_by_name(r, "allowed").as_numpy().astype(bool) for r in requests]
+        get = pb_utils.get_input_tensor_by_name
+        histories = [get(r, "history").as_numpy().astype(np.int64) for r in requests]
+        others = {name: [get(r, name).as_numpy() for r in requests] for name in self.inputs}
         sizes = [h.shape[0] for h in histories]
         try:
-            if len({a.shape[1] for a in allowed}) != 1:
+            if len({a.shape[1] for arrays in others.values() for a in arrays}) > 1:
                 raise ValueError("requests in one batch disagree on the number of clusters")
-            items, scores = self.session.run(["items", "scores"], {
-                "history": left_pad(histories, max(h.shape[1] for h in histories)),
-                "allowed": np.concatenate(allowed)})
+            feed = {name: np.concatenate(arrays) for name, arrays in others.items()}
+            feed["history"] = left_pad(histories, max(h.shape[1] for h in histories))
+            outputs = self.session.run(self.outputs, feed)
         except Exception as e:  # one bad batch must not take the model down: answer each request with it
-            error = pb_utils.TritonError(f"seqrec: {e}")
+            error = pb_utils.TritonError(f"{self.name}: {e}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
         responses, start = [], 0
         for n in sizes:
             responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("items", items[start:start + n]), pb_utils.Tensor("scores", scores[start:start + n])]))
+                pb_utils.Tensor(name, out[start:start + n]) for name, out in zip(self.outputs, outputs, strict=True)]))
             start += n
         return responses
