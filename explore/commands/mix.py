@@ -52,7 +52,8 @@ def register(nsub: argparse._SubParsersAction) -> None:
                         "(benchmarks/scale.py --prototypes)")
     p.add_argument("--k", type=int, default=2, help="context length when no --model gives one")
     p.add_argument("--m", type=int, default=5, help="M of the validation hit rate that is reported")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the cluster heads' fit (--sequence head)")
     p.add_argument("--out", type=Path, default=Path("runs/mixture"), help="directory of the level-L/ folders")
     p.set_defaults(func=cmd_novelty_mix)
 

