@@ -422,14 +422,15 @@ def _print_summary(s: dict, steps: Steps, run: Path, report: Path | None, total_
     hits = metric_count(m, "explore_novelty_table_lookups_total", result="hit")
     misses = metric_count(m, "explore_novelty_table_lookups_total", result="miss")
     events = {o: metric_count(m, "explore_events_total", outcome=o) for o in HANDLED}
-    slates = {src: metric_count(m, "explore_slates_total", source=src) for src in ("table", "live")}
+    slates = {src: metric_count(m, "explore_slates_total", source=src) for src in ("mixture", "table", "live")}
     print("\nSummary")
     dlq = {k.split('"')[1]: v for k, v in m.items() if k.startswith("explore_dlq_records_total{")}
     print(f"  events: {s['events']:,} replayed ({s['held']:,} held-out in {s['replay_s']:.1f} s); applied "
           f"{events['applied']:,.0f}, duplicates {events['duplicate']:,.0f}, to the DLQ {events['invalid']:,.0f}"
           + (" (" + ", ".join(f"{r} {v:.0f}" for r, v in sorted(dlq.items())) + ")" if dlq else ""))
-    print(f"  slates: {len(s['records']):,}, {len(held):,} in the held-out period (novel clusters from the table "
-          f"{slates['table']:,.0f}, live {slates['live']:,.0f}); novelty table hit rate "
+    sources = ", ".join(f"{src} {n:,.0f}" for src, n in slates.items() if n) or "none"
+    print(f"  slates: {len(s['records']):,}, {len(held):,} in the held-out period (novel clusters from: {sources}); "
+          f"novelty table hit rate "
           f"{hits / max(hits + misses, 1):.1%}; held-out event-to-slate p50 {np.median(lat):.0f} ms, "
           f"p99 {np.percentile(lat, 99):.0f} ms")
     from streams.core.feedback import acceptance
