@@ -167,7 +167,7 @@ def topn_growth(item_counts: list[int], cluster_counts: list[int], batches: list
                 requests = random_requests(n_items, n_clusters, batch, 8, rng)
                 a, b = (twins[g].top_n(*requests[0]) for g in ("full", "clustered"))
                 if not (np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1], atol=1e-4)):
-                    print("  (the two graphs disagree on this request: see tests/unit/test_clustered_topn.py)")
+                    print("  (the two graphs disagree on this request: see tests/unit/models/test_clustered_topn.py)")
                 for path, calls in (("onnxruntime", twins), ("Triton", remote)):
                     if calls:
                         rows.append(TopNRow(n_items, n_clusters, clustered.cluster_size, batch,

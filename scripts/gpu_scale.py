@@ -28,7 +28,7 @@ measured.
 
 usage, in a session lent a GPU (one `run` call, timeout_s 540: the budget leaves the last stage room to end):
   python3 scripts/gpu_scale.py --out $OUT --budget-s 420
-check on a CPU (device "cpu" standing in for "cuda", tiny sizes, ~10-20 s; tests/unit/test_gpu_scale.py):
+check on a CPU (device "cpu" standing in for "cuda", tiny sizes, ~10-20 s; tests/unit/project/test_gpu_scale.py):
   python scripts/gpu_scale.py --smoke --out /tmp/gs
 """
 

@@ -119,7 +119,7 @@ def add_config_args(p: argparse.ArgumentParser | Any, cls: type, helps: Mapping[
     The dataclass is the one home of a default: the command line cannot drift from what the
     library does when it is called without the option. `helps` names the fields to offer, each with
     a help that explains it (what it does, its unit, why one would change it: the formatter adds the
-    default; tests/unit/test_cli_help.py fails on a field without one); `choices` restricts the
+    default; tests/unit/project/test_cli_help.py fails on a field without one); `choices` restricts the
     values of the options it names.
     """
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}

@@ -24,7 +24,7 @@ import pytest
 
 from streams.infra.triton_check import infer_grpc
 from tests.integration.engine_support import read_topic
-from tests.unit.test_docker_stack import DOCKER, ROOT, TRITON_METRICS, dashboard_metric_names
+from tests.unit.project.test_docker_stack import DOCKER, ROOT, TRITON_METRICS, dashboard_metric_names
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PACKAGES = ("interests", "exporters", "streams", "explore")
 MAX_MODULES = 12  # per folder of a package: a newcomer reads the folder's names at a glance
 
@@ -176,9 +176,10 @@ def test_the_readme_layout_table_is_the_table_with_each_units_role() -> None:
         assert set(re.findall(r"`([\w.*]+)`", may)) == set(allowed), unit
 
 
-def test_no_folder_of_a_package_holds_more_than_a_dozen_modules() -> None:
-    for pkg in PACKAGES:
-        for folder in [ROOT / pkg, *(p for p in (ROOT / pkg).rglob("*") if p.is_dir() and p.name != "__pycache__")]:
+def test_no_folder_holds_more_than_a_dozen_modules() -> None:
+    """The packages, the tests (grouped as the code is), the benchmarks and the scripts."""
+    for top in (*PACKAGES, "tests", "benchmarks", "scripts", "docker"):
+        for folder in [ROOT / top, *(p for p in (ROOT / top).rglob("*") if p.is_dir() and p.name != "__pycache__")]:
             modules = [p for p in folder.glob("*.py") if p.name != "__init__.py"]
             assert len(modules) <= MAX_MODULES, (folder.relative_to(ROOT), len(modules))
 

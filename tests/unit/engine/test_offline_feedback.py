@@ -16,7 +16,7 @@ from interests.data.synthetic import make_synthetic
 from streams.config import EngineConfig
 from streams.core.offline_feedback import simulate_feedback, table_rows
 from streams.wiring.replay import dataset_events
-from tests.integration.test_feedback import HORIZON_EVENTS, HORIZON_S, expected_feedback
+from tests.integration.engine.test_feedback import HORIZON_EVENTS, HORIZON_S, expected_feedback
 
 N_CLUSTERS = 5
 

@@ -27,9 +27,9 @@ from streams.infra.process import wait_until
 from streams.infra.worker_process import WorkerProcess
 from streams.wiring.replay import Event, produce
 from streams.wiring.worker import ensure_topics
+from tests.integration.engine.test_engine_resilience import assert_exact_states
+from tests.integration.engine.test_feedback import read_to_end
 from tests.integration.engine_support import engine_config, item_cluster_map, read_topic, synthetic_events
-from tests.integration.test_engine_resilience import assert_exact_states
-from tests.integration.test_feedback import read_to_end
 
 pytestmark = pytest.mark.integration
 

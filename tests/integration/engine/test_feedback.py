@@ -26,8 +26,8 @@ from streams.infra.process import wait_until
 from streams.infra.worker_process import WorkerProcess
 from streams.wiring.replay import Event, produce
 from streams.wiring.worker import ensure_topics
+from tests.integration.engine.test_engine_resilience import Producer, applied, assert_exact_states
 from tests.integration.engine_support import engine_config, item_cluster_map, read_topic, synthetic_events
-from tests.integration.test_engine_resilience import Producer, applied, assert_exact_states
 
 pytestmark = pytest.mark.integration
 

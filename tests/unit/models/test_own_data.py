@@ -23,7 +23,7 @@ from interests.configs import BuildConfig
 from interests.data.datasets import Dataset
 from interests.data.loaders import GenericColumns, load_generic
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SAMPLE = REPO / "examples" / "own-data"
 COLUMNS = GenericColumns(user="user_id", item="imdb_id", timestamp="rated_at", weight="rating", item_id="imdb_id",
                          title="name")

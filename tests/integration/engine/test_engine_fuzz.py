@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 from streams.infra.process import wait_until
 from streams.infra.worker_process import WorkerProcess
 from streams.wiring.worker import ensure_topics
+from tests.integration.engine.test_engine_input import _not_json, invalid_record
 from tests.integration.engine_support import engine_config, read_topic
-from tests.integration.test_engine_input import _not_json, invalid_record
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_scale.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "gpu_scale.py"
 
 
 def run(out: Path, *extra: str) -> dict:

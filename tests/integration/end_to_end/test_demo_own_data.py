@@ -15,7 +15,7 @@ import pytest
 from streams.infra.process import pid_alive, wait_until
 from tests.browser import Chromium, Visit
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SAMPLE = REPO / "examples" / "own-data"
 COLUMNS = "user=user_id,item=imdb_id,timestamp=rated_at,weight=rating,item_id=imdb_id,title=name"
 

@@ -26,7 +26,7 @@ from streams.infra.kafka_check import create_topic
 from streams.precompute.worker import WORKER_HEADER
 
 pytestmark = pytest.mark.integration
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1]  # tests/integration, where precompute_crash.py is
 BATCH, KILL_AT = 4, 3  # worker 1 commits 2 batches and dies inside its 3rd transaction
 
 

@@ -4,7 +4,7 @@ The compose file parses and is consistent with itself (dependencies, volumes, bu
 the engine's settings (the environment a worker gets) and with the Prometheus and Grafana
 configuration (names and ports); `promtool` accepts the Prometheus config and every dashboard
 query; every metric a query names is one the engine exports (read from `streams.core.metrics`) or a
-Triton metric (checked against a live Triton in tests/integration/test_docker_metrics.py).
+Triton metric (checked against a live Triton in tests/integration/serving/test_docker_metrics.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import yaml
 from streams.config import EngineConfig
 from streams.core.metrics import Metrics
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 PROMETHEUS = DOCKER / "prometheus" / "prometheus.yml"

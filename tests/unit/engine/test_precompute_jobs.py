@@ -2,7 +2,7 @@
 
 The worker's Kafka clients are stand-ins here, recording the calls, so that what a failure does (abort,
 read the batch again, publish nothing) is checked without a broker; the real broker and Triton are in
-tests/integration/test_precompute_jobs.py.
+tests/integration/engine/test_precompute_jobs.py.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from explore.cli import build_parser
 from streams.infra.apache_kafka import _cluster_id, _stored_cluster_id, server_properties
 from streams.infra.stack import external_kafka, external_triton, strip_scheme
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_strip_scheme() -> None:

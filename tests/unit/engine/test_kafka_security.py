@@ -1,6 +1,6 @@
 """Kafka and Triton security settings, replication, access checks and the worker's own pages: pure logic.
 
-The real broker with a SASL_SSL listener and ACLs is in tests/integration/test_secured_kafka.py;
+The real broker with a SASL_SSL listener and ACLs is in tests/integration/engine/test_secured_kafka.py;
 here are the rules that turn settings into client arguments and broker answers into messages.
 """
 
