@@ -1,4 +1,4 @@
-"""A user's own data in the generic format: the sample in examples/own-data, as the README runs it.
+"""A user's own data in the generic format: the sample in examples/own-data, as its tutorial runs it.
 
 The sample has what real exports have and MovieLens' own files lack: ids with leading zeros, the
 title in a column called `name`, genres written `Crime|Drama|Thriller` and tags written
@@ -87,8 +87,8 @@ def test_descriptions_are_readable_words_unique_per_level(sample: Dataset, catal
 
 
 def readme_commands() -> list[list[str]]:
-    """The commands of the README's "Bring your own data" block, as a user pastes them."""
-    section = (REPO / "README.md").read_text().split("\n## Bring your own data\n", 1)[1]
+    """The commands of the "Bring your own data" tutorial's block, as a user pastes them."""
+    section = (REPO / "docs" / "tutorials" / "own-data.md").read_text().split("# Bring your own data\n", 1)[1]
     block = section.split("```bash\n", 1)[1].split("```", 1)[0]
     return [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
@@ -97,7 +97,7 @@ def test_the_readme_commands_run_as_written_and_show_titles_and_words(tmp_path: 
     (build_cmd, show_cmd) = readme_commands()
     assert build_cmd[:3] == [".venv/bin/explore", "clusters", "build"] and build_cmd[-2:] == ["--columns", CLI_COLUMNS]
     assert show_cmd[:3] == [".venv/bin/explore", "clusters", "show"]
-    (tmp_path / "examples").symlink_to(REPO / "examples")  # the README's relative paths, from a fresh directory
+    (tmp_path / "examples").symlink_to(REPO / "examples")  # the tutorial's relative paths, from a fresh directory
     env = {**os.environ, "COLUMNS": "400"}  # wide enough that no row is cut
 
     def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:

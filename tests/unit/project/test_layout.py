@@ -2,7 +2,7 @@
 
 `ALLOWED` is the one home of the arrows between units (a unit is a subpackage, or the modules at a
 package's top, named by the package). Each unit's `__init__.py` docstring repeats its row ("May
-import: ..."), and the README's layout table shows every row with the docstring's first line: both
+import: ..."), and the layout page (docs/design/layout.md) shows every row with the docstring's first line: both
 are checked against the table, so neither can drift. Imports inside functions count as much as
 those at the top of a file: a lazy import is an arrow all the same.
 """
@@ -162,9 +162,9 @@ def test_every_unit_is_in_the_table_and_its_docstring_repeats_its_row() -> None:
         assert may_import_line(doc) == set(allowed), unit
 
 
-def test_the_readme_layout_table_is_the_table_with_each_units_role() -> None:
+def test_the_layout_page_is_the_table_with_each_units_role() -> None:
     rows = {}
-    for line in (ROOT / "README.md").read_text().splitlines():
+    for line in (ROOT / "docs" / "design" / "layout.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 3 and re.fullmatch(r"`[\w/]+/`", cells[0]):
             rows[cells[0].strip("`/").replace("/", ".")] = cells[1:]
