@@ -97,3 +97,36 @@ def test_no_page_names_a_file_that_is_gone() -> None:
             continue
         gone = sorted({p for p in pattern.findall(page.read_text()) if not (ROOT / p).exists()})
         assert not gone, (page.relative_to(ROOT), gone)
+
+
+def _parser_at(words: list[str]) -> tuple[str, argparse.ArgumentParser] | None:
+    """The deepest `explore` subcommand the words name, and its parser (None: not an explore command)."""
+    from explore.cli import build_parser
+
+    parser, path = build_parser(), "explore"
+    for word in words:
+        subs = next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if not subs or word not in subs:
+            break
+        parser, path = subs[word], f"{path} {word}"
+    return path, parser
+
+
+def test_every_explore_command_and_option_the_pages_show_exists() -> None:
+    """`explore ...` lines in the README's and the docs' code (and inline `explore ...` spans) name commands and
+    options that the parsers have: a renamed option in a page is a command that fails for a newcomer."""
+    shown = 0
+    for page in PAGES:
+        text = page.read_text().replace("\\\n", " ")
+        lines = re.findall(r"^(?:\$E|\.venv/bin/explore|explore) ([^\n#]*)", text, re.M)
+        lines += re.findall(r"`(?:\.venv/bin/)?explore ([a-z][^`]*)`", text)
+        for line in lines:
+            words = line.split()
+            path, parser = _parser_at(words)
+            if path == "explore":
+                continue  # "explore" in prose, not a command
+            flags = {s for a in parser._actions for s in a.option_strings}
+            unknown = [w.split("=")[0] for w in words if w.startswith("--") and w.split("=")[0] not in flags]
+            assert not unknown, (page.relative_to(ROOT), path, unknown)
+            shown += 1
+    assert shown > 30
