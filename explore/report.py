@@ -334,17 +334,22 @@ def _short(description: str, words: int = 3) -> str:
 
 # --- HTML -----------------------------------------------------------------------------------
 
-_CSS = """
+# The style of every page the project writes (report.html, the judge's judge.html): one column at most 1,100 px
+# wide, plain tables, images scaled to the column; a wide table scrolls inside its own box (div.wide), never the page.
+CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.92em; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.7em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 tr.engine td { font-weight: 600; }
 tr.empirical td { color: #666; font-style: italic; }
-img { max-width: 100%; border: 1px solid #eee; }
+img { max-width: 100%; height: auto; border: 1px solid #eee; }
 code, pre { background: #f5f5f5; padding: 0.1em 0.3em; }
 pre { padding: 0.6em; overflow-x: auto; }
+.wide { max-width: 100%; overflow-x: auto; }
+table.kv td { text-align: left; }
 .note { color: #555; font-size: 0.92em; }
+.warn { color: #a33; }
 """
 
 
@@ -387,9 +392,9 @@ def _html(doc: dict, plots: dict[str, bytes]) -> str:
     buckets = doc["context_buckets"]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Exploration report: {e(doc['dataset'])}</title>
-<style>{_CSS}</style></head><body>
+<style>{CSS}</style></head><body>
 <h1>What the engine recommended, and what users did next</h1>
-<table>
+<table class="kv">
 <tr><td>dataset</td><td>{e(doc['dataset'])}</td></tr>
 <tr><td>catalog</td><td>{e(doc['catalog_version'])} (level {doc['level']}, {doc['clusters']} clusters)</td></tr>
 <tr><td>replayed (held-out) period</td><td>{_day(doc['start_ts'])} to {_day(doc['end_ts'])} UTC</td></tr>
@@ -404,9 +409,9 @@ def _html(doc: dict, plots: dict[str, bytes]) -> str:
 </table>
 
 <h2>Side by side</h2>
-<table><tr><th>method</th>{head}</tr>
+<div class="wide"><table><tr><th>method</th>{head}</tr>
 {''.join(body)}
-</table>
+</table></div>
 <p class="note">All methods at the same {doc['moments']:,} moments. novel hit@{m}: over the {eligible:,} moments whose
 user later touched a cluster new to them ({doc['moments'] - eligible:,} without one are left out); 95% CI: bootstrap
 over users. liked hit@{m}: the same over the {_count(doc, 'liked')} moments whose next new cluster was first rated at or

@@ -28,6 +28,10 @@ class Visit:
     png: bytes  # the screenshot
     images: int  # <img> elements on the page
     broken_images: int  # of which the browser could not load or decode
+    scroll_width: int = 0  # the document's full width (document.documentElement.scrollWidth), CSS pixels
+    viewport_width: int = 0  # the width the window shows (document.documentElement.clientWidth): a wider
+    # scroll_width means the page scrolls sideways
+    tables: int = 0  # <table> elements on the page
 
 
 class Chromium:
@@ -98,8 +102,10 @@ class Chromium:
                     raise RuntimeError(f"Chromium closed the DevTools connection while loading {url}")
                 self._loaded = json.loads(msg.data).get("method") == "Page.loadEventFired"
             expression = ("[document.body.innerText, document.images.length, "
-                          "[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length]")
+                          "[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length, "
+                          "document.documentElement.scrollWidth, document.documentElement.clientWidth, "
+                          "document.getElementsByTagName('table').length]")
             seen = await call("Runtime.evaluate", expression=expression, returnByValue=True)
             shot = await call("Page.captureScreenshot", format="png")
-        text, images, broken = seen["result"]["value"]
-        return Visit(text, base64.b64decode(shot["data"]), images, broken)
+        text, images, broken, scroll_width, viewport_width, tables = seen["result"]["value"]
+        return Visit(text, base64.b64decode(shot["data"]), images, broken, scroll_width, viewport_width, tables)
