@@ -102,10 +102,11 @@ def test_demo_on_own_data_with_its_live_page_and_report_in_a_browser(tmp_path: P
     shown_titles = [t for t in titles.values() if t in page.text]
     assert len(shown_titles) >= 5, page.text  # slates by title, not by id
     assert len(page.png) > 10_000
+    assert page.scroll_width <= page.viewport_width and page.broken_images == 0  # nothing scrolls sideways at 1,280 px
 
     # The report, as the browser renders it: its tables and every figure loaded.
     assert "engine (as served)" in report.text and "exploit-only SASRec" in report.text
-    assert report.images >= 1 and report.broken_images == 0
+    assert report.images >= 1 and report.broken_images == 0 and report.scroll_width <= report.viewport_width
 
 
 def _wait_for_slates(browser: Chromium, url: str, users: list[str]) -> Visit:
