@@ -54,7 +54,16 @@ $(VENV)/.installed: pyproject.toml
 # docker/compose.yaml started for real under rootful podman on locally built images (no registry,
 # no GPU needed), 3 workers, replay, Prometheus, a worker killed, torn down; see docker/README.md.
 # Slow (image builds, a models job): not part of `make test`.
-stack-test: venv
+# Debian's podman and what it runs containers with (docker/local/containers.conf: rootful, runc,
+# netavark with iptables), and debootstrap for the local base image: installed when missing.
+STACK_PACKAGES = podman runc netavark aardvark-dns iptables debootstrap
+
+stack-test: venv  ## the compose stack under podman on local images (root; see docker/README.md)
+	@missing=$$(for p in $(STACK_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian's $$missing (the stack test runs real containers)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 	$(BIN)/pip install --quiet --progress-bar off podman-compose==1.6.0
 	$(BIN)/python docker/local/stack_test.py
 

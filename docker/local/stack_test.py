@@ -83,15 +83,34 @@ def compose(*args: str, check: bool = True, capture: bool = False) -> subprocess
               env=compose_env())
 
 
+HOST_CA = "/run/host-ca/ca.crt"  # where a build sees the host's CA bundle: never at the path a package installs
+
+
 def build_mounts() -> list[str]:
-    """A host whose pip trusts a proxy's CA (pip.conf `cert`) lends that to the builds."""
-    mounts = []
-    if Path("/etc/pip.conf").is_file():
-        mounts += ["-v", "/etc/pip.conf:/etc/pip.conf:ro"]
-        cert = os.environ.get("PIP_CERT")
-        if cert and Path(cert).is_file():
-            mounts += ["-v", f"{cert}:{cert}:ro"]
-    return mounts
+    """A host whose pip trusts a proxy's CA (pip.conf `cert`, or PIP_CERT) lends that to the builds.
+
+    The bundle is mounted at HOST_CA, with a pip.conf that names it there, not at its own path: the
+    host's bundle is usually Debian's /etc/ssl/certs/ca-certificates.crt, and the Python base build's
+    `apt-get install ca-certificates` failed to replace a read-only file mounted there ("mv: cannot
+    move ... Device or resource busy"); cached images had hidden it."""
+    cert = os.environ.get("PIP_CERT") or _pip_conf_cert(Path("/etc/pip.conf"))
+    if not cert or not Path(cert).is_file():
+        return []
+    WORK.mkdir(parents=True, exist_ok=True)
+    conf = WORK / "pip.conf"
+    conf.write_text(f"[global]\ncert = {HOST_CA}\n")
+    return ["-v", f"{conf}:/etc/pip.conf:ro", "-v", f"{cert}:{HOST_CA}:ro"]
+
+
+def _pip_conf_cert(path: Path) -> str | None:
+    """The `cert` of a pip.conf's [global] section, if any."""
+    import configparser
+
+    if not path.is_file():
+        return None
+    conf = configparser.ConfigParser()
+    conf.read(path)
+    return conf.get("global", "cert", fallback=None)
 
 
 def image_exists(name: str) -> bool:
