@@ -13,9 +13,11 @@
 #   repository/           the Triton model repository          (served by Triton, EXPLORE_REPOSITORY)
 #   seqrec/model.pt       SASRec checkpoint
 #   novelty/              novelty LM; novelty/table.jsonl is the precomputed novelty table
+#   mixture/              the fitted mixture of experts (repository/explorer serves it)
 #   COMPLETE              written last; its presence means the above is whole
 #
-# Settings (environment): RETRAIN=1 rebuilds even when COMPLETE exists; CLUSTER_LEVELS (8,32);
+# Settings (environment): RETRAIN=1 rebuilds even when COMPLETE exists; MIXTURE=0 skips the mixture of
+# experts (the workers then serve the LM's table and seqrec); CLUSTER_LEVELS (8,32);
 # SEQREC_TRAIN_ARGS / NOVELTY_TRAIN_ARGS (extra flags, word-split); SEQREC_BACKEND=python|onnxruntime
 # (onnxruntime: Triton's native onnxruntime backend with TensorRT, from config.gpu.pbtxt.example);
 # PREBUILT_DIR: a directory with catalog/ and repository/ (and optionally novelty-table.jsonl)
@@ -120,13 +122,24 @@ else
     # shellcheck disable=SC2086
     explore novelty train "$@" --catalog "$STAGE/catalog" --out "$STAGE/novelty" --quiet ${NOVELTY_TRAIN_ARGS:-}
     explore novelty export --model "$STAGE/novelty" --repository "$STAGE/repository"
+    if [ "${MIXTURE:-1}" = "1" ]; then
+        # The mixture of experts the workers then serve (`explorer`): a second SASRec, trained only before
+        # the novelty split's validation moments, scores them to fit the weights; the LM's level.
+        # shellcheck disable=SC2086
+        explore seqrec train "$@" --catalog "$STAGE/catalog" --until-novelty-valid --out "$STAGE/seqrec/valid.pt" \
+            --quiet ${SEQREC_TRAIN_ARGS:-}
+        explore novelty mix "$@" --catalog "$STAGE/catalog" --seqrec-valid "$STAGE/seqrec/valid.pt" \
+            --seqrec "$STAGE/seqrec/model.pt" --model "$STAGE/novelty" --out "$STAGE/mixture"
+        explore novelty export-mixture --mixture "$(ls -d "$STAGE"/mixture/level-* | head -n 1)" \
+            --catalog "$STAGE/catalog" --repository "$STAGE/repository" --m "${EXPLORE_M:-3}"
+    fi
     explore novelty precompute "$@" --catalog "$STAGE/catalog" --model "$STAGE/novelty" \
         --out "$STAGE/novelty/table.jsonl" --topic "$TOPIC" --publish --quiet
     ORIGIN="trained on $DATA_DESC"
     PUBLISHED=1
 fi
 
-for name in catalog repository seqrec novelty; do
+for name in catalog repository seqrec novelty mixture; do
     rm -rf "${MODELS_DIR:?}/$name"
     if [ -e "$STAGE/$name" ]; then mv "$STAGE/$name" "$MODELS_DIR/$name"; fi
 done

@@ -247,7 +247,10 @@ def run() -> None:
     compose("--profile", "replay", "run", "--rm", "--no-deps", "replay")  # with deps it would rerun the models job
     records = wait(read_recommendations, 300, "recommendations on the topic", 5)
     users = sorted({r["user_id"] for r in records})
-    log(f"{len(records):,} recommendations for {len(users)} users")
+    sources = sorted({r["source"] for r in records})
+    log(f"{len(records):,} recommendations for {len(users)} users, novel clusters from {', '.join(sources)}")
+    if sources != ["mixture"]:  # the models job fitted and exported the mixture: every slate must come from it
+        raise SystemExit(f"stack-test: slates came from {sources}, not from the mixture of experts")
     targets = wait(lambda: (lambda u: u if u.get("worker") == [1.0] * WORKERS and u.get("triton") == [1.0] else None)(
         prometheus_up()), 120, f"Prometheus scrapes {WORKERS} workers and triton (up == 1)")
     log(f"Prometheus: up{{job=worker}} {targets['worker']}, up{{job=triton}} {targets['triton']}")
