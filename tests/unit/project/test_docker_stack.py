@@ -493,7 +493,7 @@ def _explore_calls(script: str) -> list[tuple[list[str], list[str], bool]]:
     joined = re.sub(r"\\\n\s*", " ", script)
     calls = []
     for line in joined.splitlines():
-        m = re.match(r"\s*(?:exec\s+)?explore\s+([a-z]+)(?:\s+([a-z]+))?(.*)$", line)
+        m = re.match(r"\s*(?:exec\s+)?explore\s+([a-z]+)(?:\s+([a-z][a-z-]*))?(.*)$", line)
         if m:
             calls.append(([m.group(1)] + ([m.group(2)] if m.group(2) else []), re.findall(r"--[a-z][\w-]*", m.group(3)),
                           '"$@"' in m.group(3)))
@@ -510,7 +510,10 @@ def test_models_job_script_uses_real_commands_and_flags() -> None:
     assert res.returncode == 0, res.stderr
     calls = _explore_calls(script)
     assert [c[0] for c in calls] == [["replay"], ["clusters", "build"], ["seqrec", "train"], ["seqrec", "export"],
-                                     ["novelty", "train"], ["novelty", "export"], ["novelty", "precompute"]]
+                                     ["novelty", "train"], ["novelty", "export"], ["seqrec", "train"],
+                                     ["novelty", "mix"], ["novelty", "export-mixture"], ["novelty", "precompute"]]
+    # the mixture's fitting SASRec never sees the validation moments it fits the weights on
+    assert "--until-novelty-valid" in calls[6][1]
 
     def subparser(parser: argparse.ArgumentParser, path: list[str]) -> argparse.ArgumentParser:
         for name in path:
