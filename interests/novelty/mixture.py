@@ -181,12 +181,10 @@ def served_context_scores(mixture: Mixture, experts: ContextExperts, contexts: n
     out = np.zeros((len(contexts), n))
     if w.get("popularity", 0.0):
         out += w["popularity"] * floor_scores(experts.log_pop)[None, :]
-    if w.get("cooccurrence", 0.0):
-        mean = np.zeros((len(contexts), n))
-        for i, ctx in enumerate(contexts):
-            real = ctx[ctx >= 0]
-            if len(real):
-                mean[i] = experts.similarity[real].mean(0)
+    if w.get("cooccurrence", 0.0):  # each cluster's mean similarity to the context's clusters (-1 pads: none)
+        real = contexts >= 0
+        gathered = experts.similarity[np.where(real, contexts, 0)] * real[..., None]  # [B, K, C], one gather
+        mean = gathered.sum(1) / np.maximum(real.sum(1), 1)[:, None]
         out += w["cooccurrence"] * floor_scores(cooccurrence_log_scores(mean))
     if w.get("lm", 0.0):
         lm = np.full((len(contexts), n), FLOOR)
