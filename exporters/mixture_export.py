@@ -5,7 +5,8 @@ the serving SASRec (`cluster_head.pt`) and what the context experts need (`conte
 This writes `repository/explorer/1/`: `model.onnx` (`MixtureTopN`: the sequence expert, the top M
 unknown clusters and the slate inside them, in one graph), `context_experts.npz` (the worker adds
 the context part from it and the novelty-table row) and `meta.json` (the weights, the level, and
-`mixture`: a digest of everything that decides the proposals, which every slate records). It checks
+`mixture`: a digest of everything that decides the proposals, which every slate records), and
+`item_experts.npz` when the level mixes the item experts. It checks
 onnxruntime against PyTorch, and the graph's cluster scores against the offline `Mixture.score`.
 """
 
@@ -24,6 +25,7 @@ from exporters.repository import source_dir, write_repository
 from exporters.seqrec_onnx import Parity, check_mixture_parity, export_mixture_onnx, random_inputs
 from interests.clusters.catalog import Catalog, CatalogError
 from interests.novelty.cluster_head import HEAD_FILE, load_head
+from interests.novelty.item_experts import ITEM_EXPERTS_FILE
 from interests.novelty.mixture import CONTEXT_FILE, MIXTURE_FILE, ContextExperts, Mixture, served_context_scores
 from interests.novelty.mixture_topn import MixtureTopN
 from interests.seqrec.train import load_checkpoint
@@ -40,9 +42,11 @@ class MixtureExport:
 
 
 def mixture_digest(level_dir: Path) -> str:
-    """12 hex of the files that decide the served proposals: the weights, the head, the context experts."""
+    """12 hex of the files that decide the served proposals: the weights, the head, the context and item experts."""
     h = hashlib.sha256()
-    for name in (MIXTURE_FILE, HEAD_FILE, CONTEXT_FILE):
+    for name in (MIXTURE_FILE, HEAD_FILE, CONTEXT_FILE, ITEM_EXPERTS_FILE):
+        if name == ITEM_EXPERTS_FILE and not (Path(level_dir) / name).is_file():
+            continue  # a level fitted without the item experts
         h.update((Path(level_dir) / name).read_bytes())
     return h.hexdigest()[:12]
 
@@ -91,6 +95,8 @@ def export_mixture(level_dir: Path, catalog_dir: Path, repository: Path, m: int 
         # seqrec's model.py serves any history + per-cluster inputs graph, by the names its config gives
         shutil.copy2(source_dir() / "seqrec" / "1" / "model.py", dest / "model.py")
         shutil.copy2(Path(level_dir) / CONTEXT_FILE, dest / CONTEXT_FILE)
+        if (Path(level_dir) / ITEM_EXPERTS_FILE).is_file():
+            shutil.copy2(Path(level_dir) / ITEM_EXPERTS_FILE, dest / ITEM_EXPERTS_FILE)
         (dest / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         return dest
 
@@ -103,6 +109,7 @@ def export_mixture(level_dir: Path, catalog_dir: Path, repository: Path, m: int 
         history, known = random_inputs(cfg.n_items, module.n_clusters, batch, length, rng)
         contexts = rng.integers(0, module.n_clusters, size=(batch, 2))
         rows = [(rng.permutation(module.n_clusters)[:5].tolist(), (-rng.random(5) * 10).tolist()) for _ in contexts]
-        context = served_context_scores(mix, experts, contexts, rows)
+        histories = [np.asarray(h[h > 0], np.int64) - 1 for h in history]  # the graph's are 1-based, 0-padded
+        context = served_context_scores(mix, experts, contexts, rows, histories)
         cases.append((history, known, context))
     return MixtureExport(Path(repository), onnx_path, check_mixture_parity(module, onnx_path, cases), meta)

@@ -2,7 +2,7 @@
 
 Registered inside the `novelty` group (`register` takes its subparsers). Writes, per level,
 OUT/level-L/mixture.json (the weights, with and without the LM, and how they were fitted),
-OUT/level-L/context_experts.npz (what the context experts need when served) and, for the head
+OUT/level-L/context_experts.npz and item_experts.npz (what the other experts need when served) and, for the head
 sequence expert, OUT/level-L/cluster_head.pt (the head of the serving SASRec).
 """
 
@@ -54,6 +54,9 @@ def register(nsub: argparse._SubParsersAction) -> None:
     p.add_argument("--m", type=int, default=5, help="M of the validation hit rate that is reported")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the cluster heads' fit (--sequence head)")
+    p.add_argument("--no-item-experts", action="store_true",
+                   help="leave out the item-level experts (item transitions, EASE), which read the user's recent "
+                        "items; they are fitted like the SASRecs, on the period before each one's cut")
     p.add_argument("--out", type=Path, default=Path("runs/mixture"), help="directory of the level-L/ folders")
     p.set_defaults(func=cmd_novelty_mix)
 
@@ -132,7 +135,7 @@ def cmd_novelty_mix(args: argparse.Namespace) -> int:
                 "lm_dir": lm_dirs.get(lv), "catalog_version": catalog.version, "clusters": n}
         result = mix_level(ds, ic, n, novel_transitions(ds, ic, k), fit, serve, lms[lv].lm if lv in lms else None,
                            level_dir(args.out, lv), info, args.sequence, args.m, args.seed, args.prototypes,
-                           lambda line: print(line, flush=True))
+                           lambda line: print(line, flush=True), not args.no_item_experts)
         weights = ", ".join(f"{e} {w:.3f}" for e, w in result.mixture.weights.items())
         print(f"level {lv} ({n} clusters, {result.mixture.fitted_on['moments']:,} validation moments): weights "
               f"{weights}; validation hit@{args.m} {result.valid_hits['mixture']:.3f}, without the LM "
@@ -147,7 +150,7 @@ def load_mixtures(directory: Path, levels: list[int], lms: list, catalog, ds) ->
     from interests.evaluation.judge import MixtureEntry
     from interests.novelty.cluster_head import HEAD_FILE, load_head
     from interests.novelty.fit_mixture import sequence_expert
-    from interests.novelty.mixture import Mixture
+    from interests.novelty.mixture import ContextExperts, Mixture
 
     out = {}
     for lv in levels:
@@ -166,7 +169,8 @@ def load_mixtures(directory: Path, levels: list[int], lms: list, catalog, ds) ->
             raise CatalogError(f"{path} mixes the LM of {info.get('lm_dir')}: give it to the judge with --model")
         out[lv] = MixtureEntry(mix, without, sequence_expert(info["sequence"], models, ic, n, head),
                                lm if mix.weights.get("lm", 0.0) else None, until,
-                               sequence_expert("exact", models, ic, n) if info["sequence"] == "head" else None)
+                               sequence_expert("exact", models, ic, n) if info["sequence"] == "head" else None,
+                               ContextExperts.load(path).items)
     if not out:
         raise CatalogError(f"{directory} has no mixture for the levels judged ({levels}): run `explore novelty mix`")
     return out

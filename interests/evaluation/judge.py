@@ -42,6 +42,7 @@ from interests.data.datasets import Dataset
 from interests.evaluation.proposals import context_frequency_buckets, diversity
 from interests.evaluation.stats import best_method, bootstrap_difference, bootstrap_interval, paired
 from interests.novelty.examples import NoveltyExamples, TimeSplit
+from interests.novelty.item_experts import ItemExperts
 from interests.novelty.mixture import Mixture, expert_scores
 from interests.novelty.prior import rows_of_contexts
 from interests.novelty.rules import (
@@ -64,6 +65,8 @@ MIN_TEST_PER_CLUSTER = 2  # fewer test moments per cluster: most clusters are ne
 COOCCURRENCE, TEXT, SEQREC = "cluster co-occurrence", "text similarity (MiniLM)", "SASRec explores"
 SEQREC_SEEDS = "SASRec explores ({n} seeds)"  # the exact sums of several seeds' mean next-item probabilities
 MIXTURE, MIXTURE_NO_LM, HEAD = "mixture (served)", "mixture without the LM", "sequence expert (cluster head)"
+# The item-level experts of the mixture, each judged alone too: {row name: expert}.
+ITEM_EXPERT_NAMES = {"item transitions": "transitions", "EASE explores": "ease"}
 SEQUENCE_EXACT = "sequence expert (exact sums)"  # the head's SASRec summed per cluster: what the head approximates
 # The paired comparisons every table with a mixture carries: (method, against).
 MIXTURE_PAIRS = ((MIXTURE, SEQREC), (MIXTURE, MIXTURE_NO_LM), (MIXTURE_NO_LM, SEQREC), (HEAD, SEQREC),
@@ -278,6 +281,7 @@ class MixtureEntry:
     lm: str | None = None
     until: int | None = None  # the end of the serving SASRec's training data (checked against the test cut)
     exact: Callable[[list[np.ndarray]], np.ndarray] | None = None  # that SASRec's exact cluster sums (log)
+    items: ItemExperts | None = None  # the item experts it was served with (fitted before the test cut)
 
 
 def judge(ds: Dataset, item_clusters: dict[int, np.ndarray], descriptions: dict[int, list[str]], k: int, m: int,
@@ -361,10 +365,16 @@ def judge(ds: Dataset, item_clusters: dict[int, np.ndarray], descriptions: dict[
                                  f"the test cut {split.cut_test}: train it with --until-novelty-test")
             if mix.lm is not None and mix.lm not in tables:
                 raise ValueError(f"level {level}: the mixture's LM {mix.lm!r} was not given to the judge (--model)")
+            if mix.items is not None and mix.items.until > split.cut_test:
+                raise ValueError(f"level {level}: the mixture's item experts were fitted on data up to "
+                                 f"{mix.items.until}, after the test cut {split.cut_test}")
             histories = histories_at(ds, test)
             experts = expert_scores(split.train, n, scores[COOCCURRENCE], mix.sequence(histories),
-                                    tables.get(mix.lm) if mix.lm else None)
+                                    tables.get(mix.lm) if mix.lm else None, mix.items, histories)
             scores[HEAD] = experts["sequence"]
+            for name, expert in ITEM_EXPERT_NAMES.items():
+                if expert in experts:
+                    scores[name] = experts[expert]
             if mix.exact is not None:
                 scores[SEQUENCE_EXACT] = mix.exact(histories)
             scores[MIXTURE_NO_LM] = mix.without_lm.score(experts)

@@ -25,6 +25,7 @@ import numpy as np
 
 from interests.data.datasets import Dataset
 from interests.novelty.examples import NoveltyExamples, TimeSplit
+from interests.novelty.item_experts import ItemExperts, fit_item_experts
 from interests.novelty.mixture import ContextExperts, Mixture, fit_weights, known_mask, log_probabilities
 
 SEQUENCE_KINDS = ("head", "exact")  # the sequence expert: the O(clusters) head, or the exact sum (O(catalog))
@@ -97,26 +98,40 @@ def sequence_expert(kind: str, models: Sequence, item_cluster: np.ndarray, n: in
     return exact
 
 
-def context_experts(ds: Dataset, item_cluster: np.ndarray, n: int, split: TimeSplit, lm=None) -> ContextExperts:  # type: ignore[no-untyped-def]
+def context_experts(ds: Dataset, item_cluster: np.ndarray, n: int, split: TimeSplit, lm=None,  # type: ignore[no-untyped-def]
+                    items: ItemExperts | None = None) -> ContextExperts:
     """The context experts' matrices as the judge computes them (co-occurrence before the validation cut,
-    popularity of the training moments), with the LM's row-to-expert terms: fitted once, served as is."""
+    popularity of the training moments), with the LM's row-to-expert terms and the item experts' tables:
+    fitted once, served as is."""
     from interests.novelty.rules import cooccurrence_similarity, popularity_log_prior
 
     return ContextExperts.of_lm(cooccurrence_similarity(ds, item_cluster, n, split.cut_valid),
-                                popularity_log_prior(split.train, n), lm)
+                                popularity_log_prior(split.train, n), lm, items)
+
+
+def period_item_experts(ds: Dataset, item_cluster: np.ndarray, examples: NoveltyExamples, until: int
+                        ) -> ItemExperts:
+    """The item experts fitted on what lies before `until` only: its novel moments and its interactions
+    (the same cut as the SASRec they sit beside, so the fitting ones never saw the validation moments)."""
+    from interests.novelty.rules import histories_at
+
+    novel = moments_before(examples, until)
+    return fit_item_experts(ds, item_cluster, histories_at(ds, novel), novel.targets, until)
 
 
 def valid_experts(ds: Dataset, split: TimeSplit, context: ContextExperts,
                   sequence: Callable[[list[np.ndarray]], np.ndarray], lm_table: np.ndarray | None,
-                  ) -> dict[str, np.ndarray]:
-    """The experts' log-scores at the validation moments, computed as the judge computes them at test."""
+                  items: ItemExperts | None = None) -> dict[str, np.ndarray]:
+    """The experts' log-scores at the validation moments, computed as the judge computes them at test
+    (`items`: the item experts fitted before the validation cut, not the served ones)."""
     from interests.novelty.mixture import expert_scores
     from interests.novelty.rules import context_similarity_scores, histories_at
 
     valid = split.valid
+    histories = histories_at(ds, valid)
     return expert_scores(split.train, len(context.log_pop), context_similarity_scores(context.similarity,
                                                                                       valid.contexts),
-                         sequence(histories_at(ds, valid)), lm_table)
+                         sequence(histories), lm_table, items, histories)
 
 
 @dataclass
@@ -175,10 +190,13 @@ class Checkpoints:
 
 def mix_level(ds: Dataset, item_cluster: np.ndarray, n: int, examples: NoveltyExamples, fit: Checkpoints,  # type: ignore[no-untyped-def]
               serve: Checkpoints, lm, out: Path, info: dict, sequence: str = "head", m: int = 5, seed: int = 0,
-              prototypes: int = 0, log: Callable[[str], None] = print) -> LevelFit:
+              prototypes: int = 0, log: Callable[[str], None] = print, item_experts: bool = True) -> LevelFit:
     """One level of `explore novelty mix`, end to end, on the novelty split of `examples`: the fitting head (on
     `fit`, which must not have trained on the validation moments), the experts at the validation moments,
-    both fits, the serving head (on `serve`) and the level directory `out` (`save_level`)."""
+    both fits, the serving head (on `serve`) and the level directory `out` (`save_level`).
+
+    `item_experts`: mix in the item-level experts too, fitted twice like the SASRecs (before `fit.until` for
+    the weights, before `serve.until` to serve)."""
     from interests.novelty.examples import split_by_time
     from interests.novelty.prior import moment_scores
 
@@ -192,9 +210,17 @@ def mix_level(ds: Dataset, item_cluster: np.ndarray, n: int, examples: NoveltyEx
         head, head_info = train_level_head(fit.models[0], fit.until, ds, item_cluster, n, examples, seed, prototypes)
         log(f"level {level}: fitting head trained on {head_info['novel_moments']:,} novel moments "
             f"({head_info['epochs']} epochs, {head_info['seconds']} s)")
-    context = context_experts(ds, item_cluster, n, split, lm)
+    fit_items = serve_items = None
+    if item_experts:
+        t = time.perf_counter()
+        fit_items = period_item_experts(ds, item_cluster, examples, fit.until)
+        serve_items = period_item_experts(ds, item_cluster, examples, serve.until)
+        log(f"level {level}: item experts fitted twice in {time.perf_counter() - t:.1f} s"
+            + ("" if fit_items.has_ease else " (EASE left out: more than MAX_EASE_ITEMS items)"))
+    context = context_experts(ds, item_cluster, n, split, lm, serve_items)
     lm_table = None if lm is None else moment_scores(lm, split.valid.contexts)
-    experts = valid_experts(ds, split, context, sequence_expert(sequence, fit.models, item_cluster, n, head), lm_table)
+    experts = valid_experts(ds, split, context, sequence_expert(sequence, fit.models, item_cluster, n, head), lm_table,
+                            fit_items)
     result = fit_level(level, split, experts, m, info)
     serve_head, serve_info = None, {}
     if sequence == "head":

@@ -12,7 +12,10 @@ Experts (`EXPERTS`), each a score matrix [moments, clusters] of log-probabilitie
 - `sequence`: the sequence model's cluster distribution (`interests.novelty.cluster_head`, or the exact
   sum of SASRec's next-item probabilities per cluster);
 - `cooccurrence`: log of the context's mean co-occurrence similarity to each cluster;
-- `popularity`: log P_pop(c), the prior, now one expert among the others.
+- `popularity`: log P_pop(c), the prior, now one expert among the others;
+- `transitions` and `ease`: two item-level collaborative experts read from the user's recent items
+  (`interests.novelty.item_experts`): where users went next from those items, and EASE's item
+  scores summed per cluster.
 
 Per-row constants do not change a row's ranking or its softmax, so each expert need not be
 normalised; only its scale matters, and the weight absorbs it (a weight is an inverse temperature).
@@ -35,8 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from interests.novelty.examples import NoveltyExamples
+from interests.novelty.item_experts import ItemExperts
 
-EXPERTS = ("lm", "sequence", "cooccurrence", "popularity")
+EXPERTS = ("lm", "sequence", "cooccurrence", "popularity", "transitions", "ease")
+ITEM_EXPERTS = ("transitions", "ease")  # what `ItemExperts.scores` gives, from the user's items
 FLOOR = -30.0  # a log-score no allowed cluster goes below: an expert's zero must not veto a cluster (-inf)
 COOC_EPS = 1e-3  # added to co-occurrence similarity before its log: a cluster nobody shared is rare, not impossible
 MIXTURE_FILE = "mixture.json"
@@ -136,16 +141,20 @@ class ContextExperts:
     expert; `lm_prior` and `lm_scale` [C] turn a novelty-table row's score back into the LM expert the
     weights were fitted on: a row holds rule(log P) + prior (`interests.runtime.constrained`: the rule
     divides the summed log-probability by the description's length when the model scores by the mean),
-    the expert is the summed log P, so expert = (row - lm_prior) * lm_scale.
+    the expert is the summed log P, so expert = (row - lm_prior) * lm_scale. `items`: the item-level
+    experts' tables (`item_experts.npz` beside), fitted on the serving period; None in a level fitted
+    without them.
     """
 
     similarity: np.ndarray
     log_pop: np.ndarray
     lm_prior: np.ndarray
     lm_scale: np.ndarray
+    items: ItemExperts | None = None
 
     @classmethod
-    def of_lm(cls, similarity: np.ndarray, log_pop: np.ndarray, lm=None) -> ContextExperts:  # type: ignore[no-untyped-def]
+    def of_lm(cls, similarity: np.ndarray, log_pop: np.ndarray, lm=None,  # type: ignore[no-untyped-def]
+              items: ItemExperts | None = None) -> ContextExperts:
         """From the fit's matrices and the LM whose table rows the engine reads (None: no LM expert)."""
         n = len(log_pop)
         prior, scale = np.zeros(n), np.ones(n)
@@ -154,31 +163,52 @@ class ContextExperts:
                 prior = np.asarray(lm.prior, np.float64)
             if getattr(lm, "length_norm", False):
                 scale = np.array([len(seq) for seq in lm.sequences], np.float64)
-        return cls(np.asarray(similarity, np.float64), np.asarray(log_pop, np.float64), prior, scale)
+        return cls(np.asarray(similarity, np.float64), np.asarray(log_pop, np.float64), prior, scale, items)
 
     def save(self, directory: Path) -> Path:
+        """`context_experts.npz` in `directory`, and `item_experts.npz` when there are item experts."""
         path = Path(directory) / CONTEXT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **asdict(self))
+        np.savez(path, similarity=self.similarity, log_pop=self.log_pop, lm_prior=self.lm_prior,
+                 lm_scale=self.lm_scale)
+        if self.items is not None:
+            self.items.save(path.parent)
         return path
 
     @classmethod
-    def load(cls, path: Path) -> ContextExperts:
-        path = Path(path)
-        with np.load(path / CONTEXT_FILE if path.is_dir() else path) as f:
-            return cls(*(np.asarray(f[k], np.float64) for k in ("similarity", "log_pop", "lm_prior", "lm_scale")))
+    def load(cls, directory: Path) -> ContextExperts:
+        """From a directory `save` wrote (a level of `explore novelty mix`, or `explorer`'s version directory)."""
+        from interests.novelty.item_experts import ITEM_EXPERTS_FILE
+
+        directory = Path(directory)
+        if directory.is_file():  # the npz itself
+            directory = directory.parent
+        with np.load(directory / CONTEXT_FILE) as f:
+            arrays = (np.asarray(f[k], np.float64) for k in ("similarity", "log_pop", "lm_prior", "lm_scale"))
+            items = ItemExperts.load(directory) if (directory / ITEM_EXPERTS_FILE).is_file() else None
+            return cls(*arrays, items=items)
 
 
 def served_context_scores(mixture: Mixture, experts: ContextExperts, contexts: np.ndarray,
-                          rows: Sequence[tuple[Sequence[int], Sequence[float]]]) -> np.ndarray:
+                          rows: Sequence[tuple[Sequence[int], Sequence[float]]],
+                          histories: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """[B, C] float32: the context part of the mixture (`Mixture.context_part`) as the engine computes it per
-    user, from the context (co-occurrence, popularity) and the novelty-table row of that context (the LM:
-    `rows[i]` = (ranked clusters, scores)). Clusters a row does not rank get the LM's FLOOR: at more
-    clusters than a row holds (64), the served LM expert is the row's top, not the whole catalog."""
+    user, from the context (co-occurrence, popularity), the novelty-table row of that context (the LM:
+    `rows[i]` = (ranked clusters, scores)) and the user's recent items (`histories`, 0-based, oldest first:
+    the item experts). Clusters a row does not rank get the LM's FLOOR: at more clusters than a row holds
+    (64), the served LM expert is the row's top, not the whole catalog."""
     n = len(experts.log_pop)
     contexts = np.asarray(contexts, np.int64)
     w = mixture.weights
     out = np.zeros((len(contexts), n))
+    weighed = [e for e in ITEM_EXPERTS if w.get(e, 0.0)]
+    if weighed:
+        if experts.items is None or histories is None:
+            raise ValueError(f"the mixture weighs {', '.join(weighed)}: it needs the item experts' tables "
+                             "(item_experts.npz) and the users' recent items")
+        item_scores = experts.items.scores(histories)
+        for e in weighed:
+            out += w[e] * floor_scores(item_scores[e])
     if w.get("popularity", 0.0):
         out += w["popularity"] * floor_scores(experts.log_pop)[None, :]
     if w.get("cooccurrence", 0.0):  # each cluster's mean similarity to the context's clusters (-1 pads: none)
@@ -237,10 +267,12 @@ def fit_weights(experts: Mapping[str, np.ndarray], targets: np.ndarray, known: n
 
 
 def expert_scores(train: NoveltyExamples, n: int, cooc_similarity: np.ndarray, sequence: np.ndarray,
-                  lm_table: np.ndarray | None) -> dict[str, np.ndarray]:
+                  lm_table: np.ndarray | None, items: ItemExperts | None = None,
+                  histories: Sequence[np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The experts' log-scores at some moments ([moments, clusters] each), from the context's mean
-    co-occurrence similarity, the sequence expert's scores and the LM's table: the one definition
-    `explore novelty mix` fits on (validation) and the judge scores with (test)."""
+    co-occurrence similarity, the sequence expert's scores, the LM's table and the item experts at the
+    moments' `histories`: the one definition `explore novelty mix` fits on (validation) and the judge
+    scores with (test)."""
     from interests.novelty.rules import popularity_log_prior
 
     experts = {"popularity": np.broadcast_to(popularity_log_prior(train, n), (len(sequence), n)),
@@ -248,4 +280,8 @@ def expert_scores(train: NoveltyExamples, n: int, cooc_similarity: np.ndarray, s
                "sequence": np.asarray(sequence, np.float64)}
     if lm_table is not None:
         experts["lm"] = lm_table
+    if items is not None:
+        if histories is None:
+            raise ValueError("the item experts need the moments' histories")
+        experts.update(items.scores(histories))
     return experts

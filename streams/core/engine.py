@@ -303,7 +303,9 @@ class Engine:
         history = pad_histories([np.asarray(states[u]["items"], dtype=np.int64) + 1 for u in users], self.max_len)
         (clusters, cluster_scores, items, scores), path = await self.router.infer(
             "explorer", {"history": history, "known": known,
-                         "context_scores": served_context_scores(mixture, experts, contexts, rows)}, EXPLORER_OUTPUTS)
+                         "context_scores": served_context_scores(
+                             mixture, experts, contexts, rows,
+                             [np.asarray(states[u]["items"], dtype=np.int64) for u in users])}, EXPLORER_OUTPUTS)
         novel = {u: [(int(c), float(v)) for c, v in zip(clusters[i], cluster_scores[i], strict=True) if c >= 0]
                  for i, u in enumerate(users)}
         return novel, (items, scores), path

@@ -134,7 +134,7 @@ def test_cli_mix_then_judge_the_served_mixture(tmp_path, capsys) -> None:  # typ
     assert main(["novelty", "mix", *common, "--seqrec-valid", str(valid), "--seqrec", str(test), "--model", str(lm),
                  "--prototypes", "4", "--out", str(mix)]) == 0
     fitted = json.loads((level_dir(mix, 0) / "mixture.json").read_text())
-    assert set(fitted["weights"]) == {"popularity", "cooccurrence", "sequence", "lm"}
+    assert set(fitted["weights"]) == {"popularity", "cooccurrence", "sequence", "lm", "transitions", "ease"}
     assert all(w >= 0 for w in fitted["weights"].values()) and fitted["fitted_on"]["seqrec_valid"] == [str(valid)]
     without = json.loads((level_dir(mix, 0) / "without-lm" / "mixture.json").read_text())
     assert "lm" not in without["weights"]
@@ -198,13 +198,16 @@ def _served_mixture_is_the_offline_one(ds, catalog_dir, lm_dir, checkpoint, leve
     unique, inverse = rows_of_contexts(test.contexts)
     offline = mix.score(expert_scores(split.train, n, context_similarity_scores(context.similarity, test.contexts),
                                       sequence_expert("head", [model], ic, n, load_head(level / HEAD_FILE)[0])(
-                                          histories), description_scores(lm, unique)[inverse]))
+                                          histories), description_scores(lm, unique)[inverse],
+                                      context.items, histories))
     rows = {tuple(r["context"]): (r["clusters"], r["scores"])
             for r in precompute(lm, unique.tolist(), table_depth(n, lm.meta["k"]), 8, progress=False)}
     known = np.zeros((len(test), n), bool)
     for i, k in enumerate(test.known):
         known[i, list(k)] = True
-    served = served_context_scores(mix, context, test.contexts, [rows[tuple(c)] for c in test.contexts.tolist()])
+    assert context.items is not None and mix.weights["transitions"] > 0  # the item experts take part
+    served = served_context_scores(mix, context, test.contexts, [rows[tuple(c)] for c in test.contexts.tolist()],
+                                   histories)
     session = onnx_session(repo / "explorer" / "1" / "model.onnx", 1)
     clusters, scores, items, _ = session.run(None, {"history": pad_histories([h + 1 for h in histories],
                                                                              model.cfg.max_len),
