@@ -196,9 +196,37 @@ class MixtureTwin:
         return tuple(self.session.run(None, {"history": history, "known": known, "context_scores": context}))
 
 
+ITEM_EXPERT_HISTORY, TRANSITION_ENTRIES = 200, 16  # the worker's recent items; clusters kept per item (random)
+
+
+def random_item_experts(n_items: int, item_cluster: np.ndarray, n_clusters: int, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """Item experts of the served shape with random entries: TRANSITION_ENTRIES clusters and TOP neighbours per
+    item (EASE cannot be fitted at a million items, MAX_EASE_ITEMS, but its served cost is measured)."""
+    from interests.novelty.item_experts import TOP, ItemExperts, SparseRows
+
+    def rows(width: int, high: int) -> SparseRows:
+        ids = rng.integers(0, high, size=(n_items, width)).astype(np.int32)
+        return SparseRows.of_padded(ids, rng.random((n_items, width)).astype(np.float32) * 0.05)
+
+    return ItemExperts(np.asarray(item_cluster, np.int64), rows(TRANSITION_ENTRIES, n_clusters), rows(TOP, n_items))
+
+
+def item_experts_ms(experts, n_items: int, batch: int, seconds: float, rng: np.random.Generator) -> float:  # type: ignore[no-untyped-def]
+    """p50 ms of the worker's item-expert scores (`ItemExperts.scores`) for `batch` users of 200 recent items."""
+    histories = [rng.integers(0, n_items, ITEM_EXPERT_HISTORY) for _ in range(batch)]
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 3:
+        t = time.perf_counter()
+        experts.scores(histories)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
 def mixture_growth(item_counts: list[int], cluster_counts: list[int], batches: list[int], seconds: float,
                    work: Path, prototypes: int) -> list[dict]:
-    """p50 and rows/s of the slate alone and of the mixture graph (head + top M + slate), same requests."""
+    """p50 and rows/s of the slate alone and of the mixture graph (head + top M + slate), same requests, and
+    the worker's item experts for the same batch (numpy, one thread)."""
     import torch
 
     from exporters.seqrec_onnx import export_mixture_onnx
@@ -209,8 +237,8 @@ def mixture_growth(item_counts: list[int], cluster_counts: list[int], batches: l
     torch.set_num_threads(2)
     print(f"\nthe served mixture: cluster head ({prototypes} prototypes a cluster) + top {ALLOWED} unknown clusters + "
           f"slate, against the slate alone")
-    print(f"{'items':>9} {'clusters':>8} {'batch':>5} {'slate p50 ms':>12} {'mixture p50 ms':>14} {'ratio':>6}",
-          flush=True)
+    print(f"{'items':>9} {'clusters':>8} {'batch':>5} {'slate p50 ms':>12} {'mixture p50 ms':>14} {'ratio':>6} "
+          f"{'item experts ms':>15} {'with them':>9} {'tables MB':>9}", flush=True)
     rows = []
     for model, n_items, n_clusters, rng, item_cluster in random_catalogs(item_counts, cluster_counts):
         head = ClusterHead(model.cfg.dim, n_clusters, prototypes)
@@ -219,6 +247,7 @@ def mixture_growth(item_counts: list[int], cluster_counts: list[int], batches: l
         slate = session_for(ClusteredTopN(model, item_cluster, n_clusters, TOP_N), work, "slate")
         mixture = MixtureTwin(export_mixture_onnx(MixtureTopN(model, item_cluster, n_clusters, head, 1.0, ALLOWED,
                                                               TOP_N), work / "mixture.onnx"))
+        items = random_item_experts(n_items, item_cluster.numpy(), n_clusters, rng)
         for batch in batches:
             plain = random_requests(n_items, n_clusters, batch, 8, rng)
             mixed = [(h, rng.random((batch, n_clusters)) < 0.1, rng.normal(size=(batch, n_clusters)).astype(
@@ -226,10 +255,14 @@ def mixture_growth(item_counts: list[int], cluster_counts: list[int], batches: l
             row = {"items": n_items, "clusters": n_clusters, "batch": batch, "prototypes": prototypes,
                    "slate": vars(measure(slate, plain, seconds)), "mixture": vars(measure(mixture, mixed, seconds))}
             row["ratio"] = row["mixture"]["p50_ms"] / row["slate"]["p50_ms"]
+            row["item_experts_ms"] = item_experts_ms(items, n_items, batch, seconds, rng)
+            row["item_experts_mb"] = items.nbytes / 2**20
+            row["ratio_with_items"] = (row["mixture"]["p50_ms"] + row["item_experts_ms"]) / row["slate"]["p50_ms"]
             rows.append(row)
             print(f"{n_items:>9,} {n_clusters:>8} {batch:>5} {row['slate']['p50_ms']:>12.2f} "
-                  f"{row['mixture']['p50_ms']:>14.2f} {row['ratio']:>5.2f}x", flush=True)
-        del slate, mixture
+                  f"{row['mixture']['p50_ms']:>14.2f} {row['ratio']:>5.2f}x {row['item_experts_ms']:>15.2f} "
+                  f"{row['ratio_with_items']:>8.2f}x {row['item_experts_mb']:>9.0f}", flush=True)
+        del slate, mixture, items
         gc.collect()
     return rows
 

@@ -143,7 +143,7 @@ class MixtureArtifacts:
     test SASRec, the context experts of the planted data, the test LM's table rows as its LM expert)."""
 
     repository: Path  # a copy of the test repository, plus explorer/
-    level_dir: Path  # the mixture level it was exported from (mixture.json, cluster_head.pt, context_experts.npz)
+    level_dir: Path  # the level it was exported from (mixture.json, cluster_head.pt, context and item experts)
 
 
 @pytest.fixture(scope="session")
@@ -155,7 +155,7 @@ def mixture_artifacts(tmp_path_factory: pytest.TempPathFactory, tiny_repository:
 
     from exporters.mixture_export import export_mixture
     from interests.novelty.cluster_head import ClusterHead
-    from interests.novelty.fit_mixture import context_experts, save_level
+    from interests.novelty.fit_mixture import context_experts, period_item_experts, save_level
     from interests.novelty.mixture import Mixture
     from interests.seqrec.train import load_checkpoint
 
@@ -168,10 +168,13 @@ def mixture_artifacts(tmp_path_factory: pytest.TempPathFactory, tiny_repository:
     head = ClusterHead(load_checkpoint(seqrec_artifacts.checkpoint)[0].cfg.dim, n, 4).double()
     torch.nn.init.normal_(head.weight, std=0.3)
     level_dir = save_level(
-        work / "level", Mixture({"lm": 0.3, "sequence": 1.0, "cooccurrence": 0.5, "popularity": 0.2}, level,
+        work / "level", Mixture({"lm": 0.3, "sequence": 1.0, "cooccurrence": 0.5, "popularity": 0.2,
+                                 "transitions": 0.4, "ease": 0.2}, level,
                                 {"sequence": "head", "catalog_version": catalog.version,
                                  "seqrec": [str(seqrec_artifacts.checkpoint)]}),
-        context_experts(seqrec_artifacts.dataset, ic, n, novelty_artifacts.split, novelty_artifacts.lm), head,
+        context_experts(seqrec_artifacts.dataset, ic, n, novelty_artifacts.split, novelty_artifacts.lm,
+                        period_item_experts(seqrec_artifacts.dataset, ic, novelty_artifacts.split.train,
+                                            novelty_artifacts.split.cut_test)), head,
         {"level": level, "seqrec": str(seqrec_artifacts.checkpoint)})
     result = export_mixture(level_dir, Path(seqrec_artifacts.checkpoint).parent / "catalog", repository, m=3,
                             top_n=10)

@@ -9,7 +9,9 @@ Two SASRecs take part, both trained with the same recipe:
 - the *serving* one (up to the test cut for the judge, everything for production): the fitted
   weights are applied to its scores, and its cluster head is trained here and saved beside them.
 
-Each cluster head trains on its own SASRec's period only (`interests.novelty.cluster_head`). The LM's table
+Each cluster head trains on its own SASRec's period only (`interests.novelty.cluster_head`), and the item
+experts (`interests.novelty.item_experts`) are fitted twice the same way: on the fitting SASRec's period
+for the weights, on the serving one's to serve. The LM's table
 at the validation contexts is its usual one: the LM never trained on validation moments (it only
 early-stopped and chose its prior there). The test split is not read.
 """
