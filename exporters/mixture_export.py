@@ -28,6 +28,7 @@ from interests.novelty.cluster_head import HEAD_FILE, load_head
 from interests.novelty.item_experts import ITEM_EXPERTS_FILE
 from interests.novelty.mixture import CONTEXT_FILE, MIXTURE_FILE, ContextExperts, Mixture, served_context_scores
 from interests.novelty.mixture_topn import MixtureTopN
+from interests.seqrec.sasrec import fold_text
 from interests.seqrec.train import load_checkpoint
 
 MODEL = "explorer"
@@ -75,6 +76,7 @@ def mixture_module(level_dir: Path, catalog: Catalog, m: int, top_n: int, seqrec
     if ckpt.get("catalog_version") != catalog.version:
         raise CatalogError(f"{path} was trained with catalog {ckpt.get('catalog_version')}, not {catalog.version}")
     item_cluster = torch.from_numpy(catalog.item_clusters(mix.level).astype(np.int64))
+    model = fold_text(model)  # a text model's item vectors as plain id embeddings (the graph reads item_emb)
     module = MixtureTopN(model, item_cluster, catalog.levels[mix.level], head, mix.weights.get("sequence", 0.0),
                          m, top_n)
     return module, mix, {"seqrec_checkpoint": str(path), "trained_until": ckpt.get("trained_until")}

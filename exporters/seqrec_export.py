@@ -12,6 +12,7 @@ from exporters.repository import write_repository
 from exporters.seqrec_onnx import Parity, TopNGraph, check_parity, check_tensorrt, random_inputs, write_seqrec_model
 from interests.clusters.catalog import Catalog, CatalogError
 from interests.seqrec.clustered_topn import ClusteredTopN
+from interests.seqrec.sasrec import fold_text
 from interests.seqrec.topn import RestrictedTopN
 from interests.seqrec.train import load_checkpoint
 
@@ -41,7 +42,8 @@ def restricted_model(checkpoint: Path, catalog: Catalog, top_n: int, level: int 
                            f"not {catalog.version}: export with the catalog it was trained with")
     lv = catalog.finest if level is None else level
     item_cluster = torch.from_numpy(catalog.item_clusters(lv).astype(np.int64))
-    return GRAPHS[graph](model, item_cluster, catalog.levels[lv], top_n), {**ckpt, "level": lv}
+    # A text model's item vectors folded into plain id embeddings: the graph and Triton stay as they are.
+    return GRAPHS[graph](fold_text(model), item_cluster, catalog.levels[lv], top_n), {**ckpt, "level": lv}
 
 
 def export_seqrec(checkpoint: Path, catalog_dir: Path, repository: Path, top_n: int = 20,

@@ -46,6 +46,9 @@ class TrainConfig:
     loss: str = "ce"  # "ce": full softmax; "bce": one sampled negative per position (the paper's)
     seed: int = 0
     threads: int = 0  # 0: torch's default
+    # "tfidf" or "minilm": items also get a text part (interests.seqrec.sasrec), so items without training
+    # interactions can be ranked; "none": the id-only model
+    text: str = "none"
 
 
 @dataclass

@@ -23,6 +23,10 @@ TRAIN_HELP = {
     "loss": "ce: full-softmax cross-entropy; bce: one sampled negative per position",
     "threads": "CPU threads torch uses (0: torch's default, one per core); fix it for comparable timings",
     "seed": "random seed of the weights, batch order and sampled negatives; train several to average or distil",
+    "text": "none: an item is its id embedding (items never seen in training cannot be ranked); tfidf or minilm: "
+            "plus a learnt projection of the item's text embedding (the catalog build's encoders), and an item "
+            "with no training interaction is its text part alone, so new items can enter a slate "
+            "(docs/research/cold-items.md)",
 }
 
 
@@ -53,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "learns what the seeds agree on; training costs about one forward pass more per teacher)")
     from interests.configs import TrainConfig
 
-    add_config_args(t, TrainConfig, TRAIN_HELP, {"loss": ["ce", "bce"]})
+    add_config_args(t, TrainConfig, TRAIN_HELP, {"loss": ["ce", "bce"], "text": ["none", "tfidf", "minilm"]})
     t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines (for logs and scripts)")
     t.set_defaults(func=cmd_seqrec_train)
     e = ssub.add_parser("eval", help="HR/NDCG/MRR@10 of a checkpoint and of the popularity baseline")
@@ -87,7 +91,7 @@ def cmd_seqrec_train(args: argparse.Namespace) -> int:
     from interests.configs import TrainConfig
     from interests.data.splits import leave_one_out, pad_left, popularity_ranks, ranking_metrics, training_period
     from interests.novelty.examples import novelty_period_start
-    from interests.seqrec.train import evaluate, train
+    from interests.seqrec.train import evaluate, text_vectors, train
 
     ds = dataset_from_args(args)
     catalog = Catalog.load(args.catalog)
@@ -109,7 +113,8 @@ def cmd_seqrec_train(args: argparse.Namespace) -> int:
              "sample_histories": pad_left([split.test_history[i] for i in sample], cfg.max_len)}
     teachers = _teachers(args.teacher, ds, until)
     extra["teachers"] = [str(p) for p in args.teacher]
-    model, result = train(split, cfg, progress=not args.quiet, checkpoint=args.out, extra=extra, teachers=teachers)
+    model, result = train(split, cfg, progress=not args.quiet, checkpoint=args.out, extra=extra, teachers=teachers,
+                          item_text=text_vectors(ds, cfg, progress=not args.quiet))
     test = evaluate(model, split.test_history, split.test_target)
     pop = ranking_metrics(popularity_ranks(split))
     print(f"best epoch {result.best_epoch} of {len(result.history)} ({result.seconds:.0f} s); checkpoint: {args.out}")

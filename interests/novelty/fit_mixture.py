@@ -59,6 +59,7 @@ def train_level_head(model, until: int, ds: Dataset, item_cluster: np.ndarray, n
     `prototypes`: per cluster (0: HEAD_PROTOTYPES); the head's cost per user grows with it."""
     from interests.novelty.cluster_head import ClusterHead, head_data, train_head
     from interests.novelty.rules import histories_at
+    from interests.seqrec.sasrec import fold_text
 
     t = time.perf_counter()
     novel = moments_before(examples, until)
@@ -68,7 +69,8 @@ def train_level_head(model, until: int, ds: Dataset, item_cluster: np.ndarray, n
     data = head_data(model, sequences, item_cluster, n, histories_at(ds, novel), novel.targets, novel.known, seed=seed)
     head = ClusterHead(model.cfg.dim, n, prototypes or HEAD_PROTOTYPES)
     counts = np.bincount(np.concatenate(sequences), minlength=len(item_cluster)).astype(np.float64)
-    head.init_from_items(model.item_emb.weight[1:].detach(), item_cluster, counts, seed)
+    # the item vectors the model scores with (a text model's cold items: their text part; `fold_text`)
+    head.init_from_items(fold_text(model).item_emb.weight[1:].detach(), item_cluster, counts, seed)
     head, info = train_head(data, n, distill_weight=HEAD_DISTILL, lr=HEAD_LR, seed=seed, head=head)
     info["seconds"] = round(time.perf_counter() - t, 1)
     return head, info

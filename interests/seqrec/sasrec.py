@@ -10,12 +10,17 @@ Two choices differ from the paper, both so that a served model sees what it was 
 - Attention is written out (no nn.MultiheadAttention) so the ONNX export is a plain graph.
 
 Item ids are 1..n_items; 0 is padding.
+
+Cold items (issue 27): with `text_dim` > 0 an item's vector is its id embedding (only for items
+seen in training, `warm`) plus a learnt projection of its text embedding, so an item that had no
+interaction before training still has a vector, made from its text alone, and can be ranked.
+`fold_text` turns such a model into a plain one for export (the ONNX graph does not change).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -29,6 +34,9 @@ class SASRecConfig:
     heads: int = 2
     blocks: int = 2
     dropout: float = 0.2
+    # Width of the item text embeddings the model reads (0: none, the id-only model; the default, so that
+    # checkpoints written before the text part load unchanged).
+    text_dim: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,9 +80,22 @@ class Block(nn.Module):
 
 
 class SASRec(nn.Module):
-    """Histories [B, L] of item ids (0 = padding, left-padded) -> hidden states [B, L, D]."""
+    """Histories [B, L] of item ids (0 = padding, left-padded) -> hidden states [B, L, D].
 
-    def __init__(self, cfg: SASRecConfig) -> None:
+    With `cfg.text_dim` > 0 the model also holds `item_text` [n_items + 1, text_dim] (a buffer: the
+    text encoder is not trained here; row 0, padding, is zero), `warm` [n_items + 1] (items with a
+    training interaction) and `text_proj`, and `item_vectors` combines them (see there). A new item's
+    vector is computed from its text by the same `text_proj`, which the checkpoint keeps: this is
+    how the items of issue 27's later steps (added to the catalog after training) get a vector.
+    """
+
+    def __init__(self, cfg: SASRecConfig, item_text: torch.Tensor | None = None,
+                 warm: torch.Tensor | None = None) -> None:
+        """`item_text` [n_items, text_dim] and `warm` [n_items] bool, for items 1..n (text models only).
+
+        Left out (a checkpoint being loaded: its state dict fills them), the text is zero and every
+        item is warm.
+        """
         super().__init__()
         self.cfg = cfg
         self.item_emb = nn.Embedding(cfg.n_items + 1, cfg.dim, padding_idx=0)
@@ -86,10 +107,44 @@ class SASRec(nn.Module):
         nn.init.normal_(self.pos_emb.weight, std=0.02)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
+        if cfg.text_dim:  # created last, so that the id-only layers draw the same initial weights by seed
+            self._init_text(item_text, warm)
+
+    def _init_text(self, item_text: torch.Tensor | None, warm: torch.Tensor | None) -> None:
+        n, t = self.cfg.n_items, self.cfg.text_dim
+        text = torch.zeros(n + 1, t)
+        if item_text is not None:
+            if tuple(item_text.shape) != (n, t):
+                raise ValueError(f"item_text must be [{n}, {t}], got {tuple(item_text.shape)}")
+            text[1:] = item_text.float()
+        seen = torch.ones(n + 1, dtype=torch.bool)
+        if warm is not None:
+            if tuple(warm.shape) != (n,):
+                raise ValueError(f"warm must be [{n}], got {tuple(warm.shape)}")
+            seen[1:] = warm.bool()
+        seen[0] = False  # padding stays the zero vector
+        self.register_buffer("item_text", text)
+        self.register_buffer("warm", seen)
+        self.text_proj = nn.Linear(t, self.cfg.dim, bias=False)
+        # Text rows are unit vectors: std 0.02 puts the text part on the scale of the id embeddings at start.
+        nn.init.normal_(self.text_proj.weight, std=0.02)
+
+    def item_vectors(self) -> torch.Tensor:
+        """The [n_items + 1, D] item table that both reads histories and scores items (row 0: padding, zero).
+
+        Id-only model: the id embeddings. Text model: warm * id embedding + text_proj(item text). The
+        id embedding of an item with no training interaction is masked out, not merely small: it was
+        never trained, so it would only add noise, and an item added later has none at all. Such an
+        item is represented by its text alone, in the same space as the items the model learnt.
+        """
+        if not self.cfg.text_dim:
+            return self.item_emb.weight
+        return self.item_emb.weight * self.warm[:, None] + self.text_proj(self.item_text)
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         history = history[:, -self.cfg.max_len:]
-        return self.encode(self.item_emb(history), history > 0)
+        items = self.item_emb(history) if not self.cfg.text_dim else self.item_vectors()[history]
+        return self.encode(items, history > 0)
 
     def encode(self, items: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, L, D] of item vectors [B, L, D] (`real`: not padding), the newest last.
@@ -112,8 +167,25 @@ class SASRec(nn.Module):
 
     def item_scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """Scores of items 1..n_items for hidden states [..., D] -> [..., n_items]."""
-        return hidden @ self.item_emb.weight[1:].T
+        return hidden @ self.item_vectors()[1:].T
 
     def last_scores(self, history: torch.Tensor) -> torch.Tensor:
         """Scores of every item as the next one after each history: [B, n_items]."""
         return self.item_scores(self.forward(history)[:, -1])
+
+
+def fold_text(model: SASRec) -> SASRec:
+    """A plain SASRec (text_dim 0) whose id embeddings are `model.item_vectors()`: same scores.
+
+    Whatever reads `item_emb` directly must be given the folded model: the clustered top-N (the
+    exporters fold before they build it, so the ONNX graph and Triton stay as they are) and the
+    cluster head's initialisation (`interests.novelty.fit_mixture`). An id-only model is returned as it is.
+    """
+    if not model.cfg.text_dim:
+        return model
+    plain = SASRec(replace(model.cfg, text_dim=0))
+    state = {k: v for k, v in model.state_dict().items() if k not in {"item_text", "warm", "text_proj.weight"}}
+    with torch.no_grad():
+        state["item_emb.weight"] = model.item_vectors().detach().clone()
+    plain.load_state_dict(state)
+    return plain.train(model.training)

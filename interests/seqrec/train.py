@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from interests.configs import TrainConfig
+from interests.data.datasets import Dataset
 from interests.data.splits import LeaveOneOut, pad_left, ranking_metrics, ranks_of, training_windows
 from interests.seqrec.sasrec import SASRec, SASRecConfig
 
@@ -41,6 +42,8 @@ def loss_fn(model: SASRec, x: torch.Tensor, y: torch.Tensor, kind: str, gen: tor
     With `teachers` (SASRecs of other seeds, frozen), "ce" is half the usual cross-entropy and half
     the cross-entropy against the teachers' mean next-item distribution: one model learns what an
     ensemble of seeds agrees on (the seeds' exploration scores differ by up to 0.02 hit@5).
+
+    A text model's softmax runs over its warm items only (`training_scores`).
     """
     hidden = model(x)
     mask = y > 0
@@ -48,17 +51,39 @@ def loss_fn(model: SASRec, x: torch.Tensor, y: torch.Tensor, kind: str, gen: tor
     if kind == "ce" and teachers:
         with torch.no_grad():
             soft = sum(torch.softmax(t.item_scores(t(x)[mask]), -1) for t in teachers) / len(teachers)
-        logp = model.item_scores(h).log_softmax(-1)
+            if model.cfg.text_dim:  # the teachers' mass on items the student leaves out, spread over the rest
+                soft = soft * model.warm[1:]
+                soft = soft / soft.sum(-1, keepdim=True)
+        logp = training_scores(model, h).log_softmax(-1)
         return 0.5 * F.nll_loss(logp, target - 1) - 0.5 * (soft * logp).sum(-1).mean()
     if kind == "ce":
-        return F.cross_entropy(model.item_scores(h), target - 1)
+        return F.cross_entropy(training_scores(model, h), target - 1)
     if kind == "bce":
-        neg = torch.randint(1, model.cfg.n_items + 1, target.shape, generator=gen)
-        pos_logit = (h * model.item_emb(target)).sum(-1)
-        neg_logit = (h * model.item_emb(neg)).sum(-1)
+        table = model.item_vectors()
+        if model.cfg.text_dim:  # negatives among the warm items, as the softmax above
+            pool = model.warm.nonzero().squeeze(1)
+            neg = pool[torch.randint(0, len(pool), target.shape, generator=gen)]
+        else:
+            neg = torch.randint(1, model.cfg.n_items + 1, target.shape, generator=gen)
+        pos_logit = (h * table[target]).sum(-1)
+        neg_logit = (h * table[neg]).sum(-1)
         return F.binary_cross_entropy_with_logits(pos_logit, torch.ones_like(pos_logit)) + \
             F.binary_cross_entropy_with_logits(neg_logit, torch.zeros_like(neg_logit))
     raise ValueError(f"loss must be 'ce' or 'bce', got {kind!r}")
+
+
+def training_scores(model: SASRec, hidden: torch.Tensor) -> torch.Tensor:
+    """`model.item_scores`, with a text model's cold items (no training interaction) left out of the softmax.
+
+    An item that had no interaction before training stands for one that does not exist yet: it must
+    not be a negative either, or the text projection learns to push down the text of exactly the
+    items that will be new. Left out with a large finite score (not -inf: 0 * -inf is NaN where a
+    distribution is zero). The id-only model keeps its full softmax, as before.
+    """
+    scores = model.item_scores(hidden)
+    if not model.cfg.text_dim:
+        return scores
+    return scores.masked_fill(~model.warm[1:], -1e9)
 
 
 @torch.no_grad()
@@ -76,18 +101,22 @@ def evaluate(model: SASRec, histories: list[np.ndarray], targets: np.ndarray, k:
 
 def train(split: LeaveOneOut, cfg: TrainConfig, progress: bool = True,
           checkpoint: Path | None = None, extra: dict | None = None,
-          teachers: Sequence[SASRec] = ()) -> tuple[SASRec, TrainResult]:
+          teachers: Sequence[SASRec] = (), item_text: np.ndarray | None = None) -> tuple[SASRec, TrainResult]:
     """Train with early stopping; the best model (by validation NDCG@10) is returned and saved.
 
     `teachers`: distil their mean next-item distribution too (`loss_fn`); they must have trained on
     the same interactions (the caller checks), or the student learns from a model that saw more.
+    `item_text` [n_items, text_dim] (0-based items): the items' text embeddings, for the text model
+    (`interests.seqrec.sasrec`); every item needs one, those without training interactions included.
     """
     from tqdm import tqdm
 
+    if (cfg.text != "none") != (item_text is not None):
+        raise ValueError(f"text {cfg.text!r} needs item_text exactly when it is not 'none' (`text_vectors`)")
     set_determinism(cfg.seed, cfg.threads)
-    model = SASRec(SASRecConfig(split.n_items, cfg.max_len, cfg.dim, cfg.heads, cfg.blocks, cfg.dropout))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     inputs, targets = training_windows(split.train, cfg.max_len)
+    model = new_model(split.n_items, cfg, item_text, np.union1d(inputs, targets))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     x_all, y_all = torch.from_numpy(inputs), torch.from_numpy(targets)
     gen = torch.Generator().manual_seed(cfg.seed)
     best, best_state, since, history = -1.0, None, 0, []
@@ -127,6 +156,36 @@ def train(split: LeaveOneOut, cfg: TrainConfig, progress: bool = True,
     if checkpoint is not None:
         save_checkpoint(checkpoint, model, cfg, result, extra or {})
     return model, result
+
+
+def text_vectors(ds: Dataset, cfg: TrainConfig, progress: bool = False) -> np.ndarray | None:
+    """[n_items, d] text embeddings of every item for `cfg.text` (None for "none").
+
+    The catalog build's own (`interests.clusters.embeddings.text_embeddings`: TF-IDF reduced by SVD
+    to `cfg.dim`, or MiniLM): one definition of an item's text vector. Text is known for every item,
+    those without interactions included, so it is no leak of the interactions held out.
+    """
+    if cfg.text == "none":
+        return None
+    from interests.clusters.embeddings import text_embeddings
+
+    if not ds.item_text:
+        raise ValueError(f"{ds.name} has no item text: train with text 'none'")
+    return text_embeddings(ds, cfg.text, cfg.dim, cfg.seed, progress)[0]
+
+
+def new_model(n_items: int, cfg: TrainConfig, item_text: np.ndarray | None, trained_ids: np.ndarray) -> SASRec:
+    """An untrained SASRec; with `item_text`, a text model whose warm items are `trained_ids` (1-based; 0 ignored).
+
+    Warm means "in a training window" (as input or target), so exactly the items whose id embedding
+    training can reach.
+    """
+    if item_text is None:
+        return SASRec(SASRecConfig(n_items, cfg.max_len, cfg.dim, cfg.heads, cfg.blocks, cfg.dropout))
+    warm = np.zeros(n_items + 1, dtype=bool)
+    warm[np.asarray(trained_ids, np.int64)] = True
+    return SASRec(SASRecConfig(n_items, cfg.max_len, cfg.dim, cfg.heads, cfg.blocks, cfg.dropout, item_text.shape[1]),
+                  torch.from_numpy(np.ascontiguousarray(item_text, np.float32)), torch.from_numpy(warm[1:]))
 
 
 def save_checkpoint(path: Path, model: SASRec, cfg: TrainConfig, result: TrainResult, extra: dict) -> Path:

@@ -1,0 +1,284 @@
+"""Can the sequence model rank items it never saw? SASRec with and without its text part (issue 27, item 2).
+
+A time split: the cut is where the last --holdout share of interactions starts
+(`interests.data.splits.held_out_start`, the cut of `explore demo --holdout`). Both SASRecs train on
+the interactions before the cut, with the same recipe and seed; each user's last interaction before
+the cut is the validation target of early stopping (nothing after the cut chooses anything).
+
+- today's model: id embeddings only (`--text none`);
+- the text model: id embedding + a projection of the item's text embedding (TF-IDF + SVD, the
+  catalog build's encoder); an item with no training interaction is its text part alone.
+
+The items' text is what was known at the cut: titles, genres, and only the tags (tags.csv) written
+before it (a third of MovieLens' tags come later, many of them by the very users being tested).
+
+Test: every interaction after the cut whose user has a history (all their earlier interactions,
+those after the cut included). Cold targets: items whose first interaction in the whole data is
+after the cut; warm: the others. Each target is ranked (1) among the items of its cluster, the
+slate the engine serves (the catalog's finest level; cold items are put in the cluster whose warm
+items' mean text vector is nearest theirs, since the catalog placed them with interactions from the
+test period), and (2) among all items. The user's earlier items are left out of both rankings, as
+the served slate leaves them out (MovieLens has no repeated ratings, so no target is ever left
+out). Model ties count against the target (`interests.data.splits.ranks_of`); popularity within the
+cluster (interactions before the cut) breaks its ties at random, seeded, so that cold items (count
+0) land in random order after the warm ones.
+
+Reported for random order (chance), popularity, today's and the text model: HR@10 and NDCG@10 with
+95 % bootstrap intervals resampled by user, the paired differences text - today and (cold targets)
+text - popularity and text - random, one draw of users for both (`interests.evaluation.stats`), and median ranks.
+About 7 minutes on 2 CPU cores (`--epochs` and `--patience` bound it).
+
+Run: python benchmarks/research/cold_items.py --data data/ml-latest-small --catalog runs/judge/catalog
+       --json runs/cold-items/results.json --save runs/cold-items
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interests.clusters.catalog import Catalog, check_same_items
+from interests.configs import TrainConfig
+from interests.data.datasets import Dataset
+from interests.data.loaders import load_dataset
+from interests.data.splits import LeaveOneOut, held_out_start, pad_left, training_period
+from interests.evaluation.stats import bootstrap_difference, bootstrap_interval
+from interests.seqrec.sasrec import SASRec
+from interests.seqrec.train import text_vectors, train
+
+K = 10
+T0 = time.perf_counter()
+
+
+def say(line: str) -> None:
+    print(f"[{time.perf_counter() - T0:6.0f} s] {line}", flush=True)
+
+
+def text_at(ds: Dataset, root: Path, cut: float) -> Dataset:
+    """`ds` with its tags cut to those written before `cut` (normalised as the loader does)."""
+    import pandas as pd
+
+    path = root / "tags.csv"
+    if not path.is_file() or "tags" not in ds.item_text:
+        return ds
+    tags = pd.read_csv(path, dtype={"movieId": str, "tag": str})
+    tags = tags[tags["timestamp"] < cut]
+    by_item: dict[str, list[str]] = {}
+    for item, tag in zip(tags["movieId"], tags["tag"].fillna("").str.strip().str.lower(), strict=True):
+        if tag and tag not in by_item.setdefault(item, []):
+            by_item[item].append(tag)
+    text = [", ".join(by_item.get(str(i), [])) for i in ds.item_ids]
+    return replace(ds, item_text={**ds.item_text, "tags": text})
+
+
+def pre_cut_split(train_ds: Dataset) -> LeaveOneOut:
+    """Train on every interaction before the cut but each user's last, which validates (early stopping)."""
+    train_seqs, users, history, target = [], [], [], []
+    for u, s in enumerate(train_ds.sequences()):
+        s = s.astype(np.int64) + 1
+        if len(s) >= 3:
+            train_seqs.append(s[:-1])
+            users.append(u)
+            history.append(s[:-1])
+            target.append(s[-1])
+        else:
+            train_seqs.append(s)
+    t = np.array(target, np.int64)
+    return LeaveOneOut(train_ds.n_items, train_seqs, np.array(users), history, t, history, t)
+
+
+def clusters_with_cold(catalog: Catalog, text: np.ndarray, cold: np.ndarray) -> tuple[np.ndarray, float]:
+    """(finest-level cluster per item, cold items by nearest warm-text centroid; share agreeing with the catalog)."""
+    clusters = catalog.item_clusters(catalog.finest).astype(np.int64).copy()
+    n = catalog.levels[catalog.finest]
+    warm = ~cold
+    centroid = np.zeros((n, text.shape[1]))
+    np.add.at(centroid, clusters[warm], text[warm])
+    centroid /= np.maximum(np.linalg.norm(centroid, axis=1, keepdims=True), 1e-12)
+    unit = text[cold] / np.maximum(np.linalg.norm(text[cold], axis=1, keepdims=True), 1e-12)
+    nearest = (unit @ centroid.T).argmax(1)
+    agree = float((nearest == clusters[cold]).mean())
+    clusters[cold] = nearest
+    return clusters, agree
+
+
+def test_moments(ds: Dataset, cut: float) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """(histories 1-based, targets 0-based, users) of every interaction at or after `cut` with a history."""
+    off = ds.offsets
+    histories, targets, users = [], [], []
+    for u in range(ds.n_users):
+        for j in range(off[u], off[u + 1]):
+            if ds.timestamps[j] >= cut and j > off[u]:
+                histories.append(ds.items[off[u]:j].astype(np.int64) + 1)
+                targets.append(int(ds.items[j]))
+                users.append(u)
+    return histories, np.array(targets), np.array(users)
+
+
+def ranks(scores: np.ndarray, histories: list[np.ndarray], targets: np.ndarray,
+          clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rank in the target's cluster, rank among all items), the user's earlier items left out; ties count against."""
+    eligible = np.ones_like(scores, dtype=bool)
+    for b, h in enumerate(histories):
+        eligible[b, h - 1] = False
+    rows = np.arange(len(targets))
+    eligible[rows, targets] = True
+    above = (scores >= scores[rows, targets][:, None]) & eligible
+    same = clusters[None, :] == clusters[targets][:, None]
+    return (above & same).sum(1), above.sum(1)
+
+
+@torch.no_grad()
+def model_ranks(model: SASRec, histories: list[np.ndarray], targets: np.ndarray, clusters: np.ndarray,
+                batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    out = []
+    for s in range(0, len(targets), batch):
+        x = torch.from_numpy(pad_left(histories[s:s + batch], model.cfg.max_len))
+        out.append(ranks(model.last_scores(x).numpy(), histories[s:s + batch], targets[s:s + batch], clusters))
+    return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+
+
+def popularity_ranks(counts: np.ndarray, histories: list[np.ndarray], targets: np.ndarray, clusters: np.ndarray,
+                     seed: int, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Training counts, ties broken at random (a jitter below 1 never reorders different counts)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in range(0, len(targets), batch):
+        t = targets[s:s + batch]
+        scores = counts[None, :] + rng.random((len(t), len(counts))) * 0.5
+        out.append(ranks(scores, histories[s:s + batch], t, clusters))
+    return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+
+
+def per_moment(rank: np.ndarray) -> dict[str, np.ndarray]:
+    hit = rank <= K
+    return {f"HR@{K}": hit.astype(np.float64), f"NDCG@{K}": hit / np.log2(rank + 1.0)}
+
+
+def summarise(values: dict[str, np.ndarray], users: np.ndarray, rounds: int) -> dict[str, list[float]]:
+    """metric -> [mean, low, high] (bootstrap by user)."""
+    return {m: [float(v.mean()), *bootstrap_interval(v, users, rounds)] for m, v in values.items()}
+
+
+def difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray], users: np.ndarray,
+               rounds: int) -> dict[str, list[float]]:
+    """metric -> [mean of a - b, low, high]: paired, one draw of users for both."""
+    return {m: [float(a[m].mean() - b[m].mean()), *bootstrap_difference(a[m], users, b[m], users, rounds)]
+            for m in a}
+
+
+def train_both(split: LeaveOneOut, cfg: TrainConfig, text: np.ndarray, save: Path | None,
+               extra: dict) -> tuple[dict[str, SASRec], dict]:
+    models, info = {}, {}
+    for name, c, t in (("today", replace(cfg, text="none"), None), ("text", cfg, text)):
+        say(f"training {name}'s SASRec (text {c.text}) on the interactions before the cut ...")
+        path = None if save is None else save / f"{name}.pt"
+        model, result = train(split, c, progress=False, item_text=t, checkpoint=path, extra=extra)
+        models[name] = model
+        info[name] = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                      "seconds": round(result.seconds, 1), "valid": result.valid}
+        say(f"  {name}: best epoch {result.best_epoch} of {len(result.history)}, valid NDCG@10 "
+            f"{result.valid['NDCG@10']:.4f}, {result.seconds:.0f} s")
+    return models, info
+
+
+def evaluate_all(models: dict[str, SASRec], counts: np.ndarray, moments: tuple, clusters: np.ndarray,
+                 cold_target: np.ndarray, seed: int, rounds: int) -> dict:
+    histories, targets, users = moments
+    ranked = {"random": popularity_ranks(np.zeros_like(counts), histories, targets, clusters, seed + 1),
+              "popularity": popularity_ranks(counts, histories, targets, clusters, seed)}
+    for name, model in models.items():
+        say(f"ranking {len(targets):,} test moments with {name}'s SASRec ...")
+        ranked[name] = model_ranks(model, histories, targets, clusters)
+    results: dict = {}
+    for group, mask in (("cold", cold_target), ("warm", ~cold_target)):
+        u = users[mask]
+        g: dict = {"moments": int(mask.sum()), "users": len(np.unique(u)),
+                   "median_rank": {name: {"cluster": float(np.median(r[0][mask])), "all": float(np.median(r[1][mask]))}
+                                   for name, r in ranked.items()}}
+        for slate, i in (("cluster", 0), ("all", 1)):
+            vals = {name: per_moment(r[i][mask]) for name, r in ranked.items()}
+            g[slate] = {name: summarise(v, u, rounds) for name, v in vals.items()}
+            g[slate]["text - today"] = difference(vals["text"], vals["today"], u, rounds)
+            if group == "cold":
+                for other in ("popularity", "random"):
+                    g[slate][f"text - {other}"] = difference(vals["text"], vals[other], u, rounds)
+        results[group] = g
+    return results
+
+
+def print_table(results: dict) -> None:
+    def cell(v: list[float], signed: bool) -> str:
+        return f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]" if signed else f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+
+    head = f"{'':26}" + "".join(f"{s + ' ' + m:>28}" for s in ("cluster", "all") for m in (f"HR@{K}", f"NDCG@{K}"))
+    for group in ("cold", "warm"):
+        g = results[group]
+        print(f"\n{group} targets: {g['moments']:,} test moments of {g['users']} users")
+        print(head)
+        for name in g["cluster"]:
+            print(f"{name:26}" + "".join(f"{cell(g[s][name][m], ' - ' in name):>28}" for s in ("cluster", "all")
+                                         for m in (f"HR@{K}", f"NDCG@{K}")))
+        print("median rank (cluster / all): " + ", ".join(f"{name} {r['cluster']:.0f} / {r['all']:.0f}"
+                                                           for name, r in g["median_rank"].items()))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("data/ml-latest-small"), help="a MovieLens directory")
+    p.add_argument("--catalog", type=Path, default=Path("runs/judge/catalog"),
+                   help="the cluster catalog of the same items (its finest level makes the slates)")
+    p.add_argument("--holdout", type=float, default=0.2, help="share of interactions (by time) after the cut")
+    p.add_argument("--epochs", type=int, default=30, help="upper bound on epochs per model")
+    p.add_argument("--patience", type=int, default=4, help="epochs without a better validation NDCG@10 before stopping")
+    p.add_argument("--text", default="tfidf", choices=["tfidf", "minilm"], help="the text model's encoder")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: deterministic and comparable timings)")
+    p.add_argument("--seed", type=int, default=0, help="seed of both models, the popularity ties and the bootstrap")
+    p.add_argument("--rounds", type=int, default=1000, help="bootstrap rounds")
+    p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    p.add_argument("--save", type=Path, default=None,
+                   help="write both checkpoints here (today.pt, text.pt; exportable with `explore seqrec export "
+                        "--catalog` of the same catalog)")
+    args = p.parse_args()
+
+    ds = load_dataset(args.data)
+    cut = held_out_start(ds, args.holdout)
+    first = np.full(ds.n_items, np.inf)
+    np.minimum.at(first, ds.items, ds.timestamps)
+    cold = first >= cut
+    say(f"{ds.summary()}; cut {time.strftime('%Y-%m-%d', time.gmtime(cut))}: "
+        f"{int((ds.timestamps < cut).sum()):,} interactions before, {int(cold.sum()):,} items first seen after")
+    cfg = TrainConfig(epochs=args.epochs, patience=args.patience, threads=args.threads, seed=args.seed,
+                      text=args.text)
+    text = text_vectors(text_at(ds, args.data, cut), cfg)
+    assert text is not None
+    catalog = Catalog.load(args.catalog)
+    check_same_items(catalog, ds.item_ids)
+    clusters, agree = clusters_with_cold(catalog, text, cold)
+    say(f"text vectors {text.shape}; catalog {catalog.version} level {catalog.finest} "
+        f"({catalog.levels[catalog.finest]} clusters); cold items' text cluster = catalog's for {agree:.0%}")
+    train_ds = training_period(ds, cut)
+    moments = test_moments(ds, cut)
+    extra = {"catalog_version": catalog.version, "dataset": ds.name, "item_ids": [str(i) for i in ds.item_ids],
+             "trained_until": cut, "sample_histories": pad_left(moments[0][:64], cfg.max_len)}
+    models, info = train_both(pre_cut_split(train_ds), cfg, text, args.save, extra)
+    counts = np.bincount(train_ds.items, minlength=ds.n_items).astype(np.float64)
+    results = evaluate_all(models, counts, moments, clusters, cold[moments[1]], args.seed, args.rounds)
+    print_table(results)
+    say("done")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "cut": cut,
+                                         "cold_items": int(cold.sum()), "cold_cluster_agreement": agree,
+                                         "train": info, "results": results,
+                                         "seconds": round(time.perf_counter() - T0, 1)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
