@@ -88,14 +88,15 @@ def build_models(work: Path, users: int) -> tuple[Path, Path, object, list[dict]
 
 def mixture_repository(work: Path, repo: Path, catalog_dir: Path, ds, lm, prototypes: int) -> Path:  # type: ignore[no-untyped-def]
     """A copy of `repo` with `explorer`: the mixture of experts with a cluster head trained on the bench's
-    SASRec (`prototypes` per cluster) and fixed weights. What it costs a worker does not depend on the
+    SASRec (`prototypes` per cluster), the item experts (transitions and EASE, read from each user's recent
+    items by the worker) and fixed weights. What it costs a worker does not depend on the
     weights, so they are not fitted here (`explore novelty mix` fits them, on validation moments)."""
     import shutil
 
     from exporters.mixture_export import export_mixture
     from interests.clusters.catalog import Catalog
     from interests.novelty.examples import novel_transitions, split_by_time
-    from interests.novelty.fit_mixture import context_experts, save_level, train_level_head
+    from interests.novelty.fit_mixture import context_experts, period_item_experts, save_level, train_level_head
     from interests.novelty.mixture import Mixture
     from interests.seqrec.train import load_checkpoint
 
@@ -106,10 +107,12 @@ def mixture_repository(work: Path, repo: Path, catalog_dir: Path, ds, lm, protot
     examples = novel_transitions(ds, ic, 2)
     model = load_checkpoint(work / "model.pt")[0]
     head, info = train_level_head(model, int(ds.timestamps.max()) + 1, ds, ic, n, examples, prototypes=prototypes)
-    mixture = Mixture({"lm": 0.3, "sequence": 1.0, "cooccurrence": 0.5, "popularity": 0.2}, catalog.finest,
+    mixture = Mixture({"lm": 0.3, "sequence": 1.0, "cooccurrence": 0.5, "popularity": 0.2, "transitions": 0.3,
+                       "ease": 0.1}, catalog.finest,
                       {"sequence": "head", "catalog_version": catalog.version, "seqrec": [str(work / "model.pt")]})
-    level = save_level(work / "mixture", mixture, context_experts(ds, ic, n, split_by_time(examples), lm), head,
-                       {"seqrec": str(work / "model.pt"), **info})
+    items = period_item_experts(ds, ic, examples, int(ds.timestamps.max()) + 1)  # both item experts, served
+    level = save_level(work / "mixture", mixture, context_experts(ds, ic, n, split_by_time(examples), lm, items),
+                       head, {"seqrec": str(work / "model.pt"), **info})
     result = export_mixture(level, catalog_dir, dest, m=EngineConfig().m, top_n=20)
     assert result.parity.ok(), result.parity
     return dest
