@@ -200,15 +200,17 @@ ITEM_EXPERT_HISTORY, TRANSITION_ENTRIES = 200, 16  # the worker's recent items; 
 
 
 def random_item_experts(n_items: int, item_cluster: np.ndarray, n_clusters: int, rng: np.random.Generator):  # type: ignore[no-untyped-def]
-    """Item experts of the served shape with random entries: TRANSITION_ENTRIES clusters and TOP neighbours per
-    item (EASE cannot be fitted at a million items, MAX_EASE_ITEMS, but its served cost is measured)."""
-    from interests.novelty.item_experts import TOP, ItemExperts, SparseRows
+    """Item experts of the served shape with random entries: TRANSITION_ENTRIES clusters per item and, where
+    `explore novelty mix` would fit EASE (at most MAX_EASE_ITEMS items), TOP neighbours per item; above that
+    the mixture has no EASE expert, so none is measured."""
+    from interests.novelty.item_experts import MAX_EASE_ITEMS, TOP, ItemExperts, SparseRows
 
     def rows(width: int, high: int) -> SparseRows:
         ids = rng.integers(0, high, size=(n_items, width)).astype(np.int32)
         return SparseRows.of_padded(ids, rng.random((n_items, width)).astype(np.float32) * 0.05)
 
-    return ItemExperts(np.asarray(item_cluster, np.int64), rows(TRANSITION_ENTRIES, n_clusters), rows(TOP, n_items))
+    ease = rows(TOP, n_items) if n_items <= MAX_EASE_ITEMS else SparseRows.empty(n_items)
+    return ItemExperts(np.asarray(item_cluster, np.int64), rows(TRANSITION_ENTRIES, n_clusters), ease)
 
 
 def item_experts_ms(experts, n_items: int, batch: int, seconds: float, rng: np.random.Generator) -> float:  # type: ignore[no-untyped-def]
@@ -238,7 +240,7 @@ def mixture_growth(item_counts: list[int], cluster_counts: list[int], batches: l
     print(f"\nthe served mixture: cluster head ({prototypes} prototypes a cluster) + top {ALLOWED} unknown clusters + "
           f"slate, against the slate alone")
     print(f"{'items':>9} {'clusters':>8} {'batch':>5} {'slate p50 ms':>12} {'mixture p50 ms':>14} {'ratio':>6} "
-          f"{'item experts ms':>15} {'with them':>9} {'tables MB':>9}", flush=True)
+          f"{'item experts ms':>15} {'with them':>9} {'tables MB':>9} EASE", flush=True)
     rows = []
     for model, n_items, n_clusters, rng, item_cluster in random_catalogs(item_counts, cluster_counts):
         head = ClusterHead(model.cfg.dim, n_clusters, prototypes)
@@ -261,7 +263,8 @@ def mixture_growth(item_counts: list[int], cluster_counts: list[int], batches: l
             rows.append(row)
             print(f"{n_items:>9,} {n_clusters:>8} {batch:>5} {row['slate']['p50_ms']:>12.2f} "
                   f"{row['mixture']['p50_ms']:>14.2f} {row['ratio']:>5.2f}x {row['item_experts_ms']:>15.2f} "
-                  f"{row['ratio_with_items']:>8.2f}x {row['item_experts_mb']:>9.0f}", flush=True)
+                  f"{row['ratio_with_items']:>8.2f}x {row['item_experts_mb']:>9.0f} {'yes' if items.has_ease else 'no'}",
+                  flush=True)
         del slate, mixture, items
         gc.collect()
     return rows
