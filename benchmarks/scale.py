@@ -260,11 +260,11 @@ def mixture_growth(item_counts: list[int], cluster_counts: list[int], batches: l
             row["item_experts_ms"] = item_experts_ms(items, n_items, batch, seconds, rng)
             row["item_experts_mb"] = items.nbytes / 2**20
             row["ratio_with_items"] = (row["mixture"]["p50_ms"] + row["item_experts_ms"]) / row["slate"]["p50_ms"]
+            ease = "yes" if items.has_ease else "no"
             rows.append(row)
             print(f"{n_items:>9,} {n_clusters:>8} {batch:>5} {row['slate']['p50_ms']:>12.2f} "
                   f"{row['mixture']['p50_ms']:>14.2f} {row['ratio']:>5.2f}x {row['item_experts_ms']:>15.2f} "
-                  f"{row['ratio_with_items']:>8.2f}x {row['item_experts_mb']:>9.0f} {'yes' if items.has_ease else 'no'}",
-                  flush=True)
+                  f"{row['ratio_with_items']:>8.2f}x {row['item_experts_mb']:>9.0f} {ease}", flush=True)
         del slate, mixture, items
         gc.collect()
     return rows
