@@ -49,6 +49,17 @@ class TrainConfig:
     # "tfidf" or "minilm": items also get a text part (interests.seqrec.sasrec), so items without training
     # interactions can be ranked; "none": the id-only model
     text: str = "none"
+    # Text models only: the chance, per warm item and batch, that training leaves out its id embedding
+    # (DropoutNet), so the text part learns to stand alone for cold items; 0: never (today's text model)
+    id_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Refuse id dropout where it means nothing (no text part), here so that every caller fails early."""
+        if not 0.0 <= self.id_dropout <= 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1], got {self.id_dropout}")
+        if self.id_dropout and self.text == "none":
+            raise ValueError("id_dropout needs a text part (text 'tfidf' or 'minilm'): with text 'none' an item "
+                             "without its id embedding has no vector at all")
 
 
 @dataclass

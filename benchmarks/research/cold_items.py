@@ -7,7 +7,11 @@ the cut is the validation target of early stopping (nothing after the cut choose
 
 - today's model: id embeddings only (`--text none`);
 - the text model: id embedding + a projection of the item's text embedding (TF-IDF + SVD, the
-  catalog build's encoder); an item with no training interaction is its text part alone.
+  catalog build's encoder); an item with no training interaction is its text part alone;
+- with --id-dropout P (each P > 0 of the list): the text model trained with DropoutNet's id dropout
+  (`TrainConfig.id_dropout`: each batch leaves out a warm item's id embedding with chance P), rows
+  "text drop P", with their differences to the plain text model too. Choose P a priori: nothing here
+  may be tuned on the test period.
 
 The items' text is what was known at the cut: titles, genres, and only the tags (tags.csv) written
 before it (a third of MovieLens' tags come later, many of them by the very users being tested).
@@ -24,9 +28,10 @@ cluster (interactions before the cut) breaks its ties at random, seeded, so that
 0) land in random order after the warm ones.
 
 Reported for random order (chance), popularity, today's and the text model: HR@10 and NDCG@10 with
-95 % bootstrap intervals resampled by user, the paired differences text - today and (cold targets)
-text - popularity and text - random, one draw of users for both (`interests.evaluation.stats`), and median ranks.
-About 7 minutes on 2 CPU cores (`--epochs` and `--patience` bound it).
+95 % bootstrap intervals resampled by user, the paired differences of each text model - today, (cold
+targets) - popularity and - random, and (id dropout) - text, one draw of users for both
+(`interests.evaluation.stats`), and median ranks.
+About 7 minutes on 2 CPU cores, and 3 to 4 more per id-dropout model (`--epochs` and `--patience` bound it).
 
 Run: python benchmarks/research/cold_items.py --data data/ml-latest-small --catalog runs/judge/catalog
        --json runs/cold-items/results.json --save runs/cold-items
@@ -173,12 +178,16 @@ def difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray], users: np.nda
             for m in a}
 
 
-def train_both(split: LeaveOneOut, cfg: TrainConfig, text: np.ndarray, save: Path | None,
-               extra: dict) -> tuple[dict[str, SASRec], dict]:
+def train_all(split: LeaveOneOut, cfg: TrainConfig, text: np.ndarray, dropouts: list[float], save: Path | None,
+              extra: dict) -> tuple[dict[str, SASRec], dict]:
+    """Today's model, the text model, and a text model per id dropout in `dropouts`: same recipe and seed."""
+    runs = [("today", replace(cfg, text="none"), None), ("text", cfg, text)]
+    runs += [(f"text drop {p:g}", replace(cfg, id_dropout=p), text) for p in dropouts]
     models, info = {}, {}
-    for name, c, t in (("today", replace(cfg, text="none"), None), ("text", cfg, text)):
-        say(f"training {name}'s SASRec (text {c.text}) on the interactions before the cut ...")
-        path = None if save is None else save / f"{name}.pt"
+    for name, c, t in runs:
+        say(f"training {name}'s SASRec (text {c.text}, id dropout {c.id_dropout:g}) on the interactions before "
+            "the cut ...")
+        path = None if save is None else save / f"{name.replace(' ', '-')}.pt"
         model, result = train(split, c, progress=False, item_text=t, checkpoint=path, extra=extra)
         models[name] = model
         info[name] = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
@@ -205,10 +214,11 @@ def evaluate_all(models: dict[str, SASRec], counts: np.ndarray, moments: tuple, 
         for slate, i in (("cluster", 0), ("all", 1)):
             vals = {name: per_moment(r[i][mask]) for name, r in ranked.items()}
             g[slate] = {name: summarise(v, u, rounds) for name, v in vals.items()}
-            g[slate]["text - today"] = difference(vals["text"], vals["today"], u, rounds)
-            if group == "cold":
-                for other in ("popularity", "random"):
-                    g[slate][f"text - {other}"] = difference(vals["text"], vals[other], u, rounds)
+            for name in (n for n in models if n.startswith("text")):
+                others = ["today", *(["popularity", "random"] if group == "cold" else []),
+                          *(["text"] if name != "text" else [])]
+                for other in others:
+                    g[slate][f"{name} - {other}"] = difference(vals[name], vals[other], u, rounds)
         results[group] = g
     return results
 
@@ -217,13 +227,13 @@ def print_table(results: dict) -> None:
     def cell(v: list[float], signed: bool) -> str:
         return f"{v[0]:+.3f} [{v[1]:+.3f}, {v[2]:+.3f}]" if signed else f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
 
-    head = f"{'':26}" + "".join(f"{s + ' ' + m:>28}" for s in ("cluster", "all") for m in (f"HR@{K}", f"NDCG@{K}"))
+    head = f"{'':30}" + "".join(f"{s + ' ' + m:>28}" for s in ("cluster", "all") for m in (f"HR@{K}", f"NDCG@{K}"))
     for group in ("cold", "warm"):
         g = results[group]
         print(f"\n{group} targets: {g['moments']:,} test moments of {g['users']} users")
         print(head)
         for name in g["cluster"]:
-            print(f"{name:26}" + "".join(f"{cell(g[s][name][m], ' - ' in name):>28}" for s in ("cluster", "all")
+            print(f"{name:30}" + "".join(f"{cell(g[s][name][m], ' - ' in name):>28}" for s in ("cluster", "all")
                                          for m in (f"HR@{K}", f"NDCG@{K}")))
         print("median rank (cluster / all): " + ", ".join(f"{name} {r['cluster']:.0f} / {r['all']:.0f}"
                                                            for name, r in g["median_rank"].items()))
@@ -240,11 +250,14 @@ def main() -> None:
     p.add_argument("--text", default="tfidf", choices=["tfidf", "minilm"], help="the text model's encoder")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: deterministic and comparable timings)")
     p.add_argument("--seed", type=int, default=0, help="seed of both models, the popularity ties and the bootstrap")
+    p.add_argument("--id-dropout", type=lambda v: [float(x) for x in v.split(",") if x], default=[],
+                   help="comma-separated id dropouts (e.g. 0.5): train and report one more text model per value > 0 "
+                        "(`explore seqrec train --id-dropout`); pick them a priori, not on these results")
     p.add_argument("--rounds", type=int, default=1000, help="bootstrap rounds")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     p.add_argument("--save", type=Path, default=None,
-                   help="write both checkpoints here (today.pt, text.pt; exportable with `explore seqrec export "
-                        "--catalog` of the same catalog)")
+                   help="write the checkpoints here (today.pt, text.pt, text-drop-P.pt; exportable with `explore "
+                        "seqrec export --catalog` of the same catalog)")
     args = p.parse_args()
 
     ds = load_dataset(args.data)
@@ -267,7 +280,8 @@ def main() -> None:
     moments = test_moments(ds, cut)
     extra = {"catalog_version": catalog.version, "dataset": ds.name, "item_ids": [str(i) for i in ds.item_ids],
              "trained_until": cut, "sample_histories": pad_left(moments[0][:64], cfg.max_len)}
-    models, info = train_both(pre_cut_split(train_ds), cfg, text, args.save, extra)
+    dropouts = [p for p in args.id_dropout if p > 0]
+    models, info = train_all(pre_cut_split(train_ds), cfg, text, dropouts, args.save, extra)
     counts = np.bincount(train_ds.items, minlength=ds.n_items).astype(np.float64)
     results = evaluate_all(models, counts, moments, clusters, cold[moments[1]], args.seed, args.rounds)
     print_table(results)

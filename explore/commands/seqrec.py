@@ -27,6 +27,9 @@ TRAIN_HELP = {
             "plus a learnt projection of the item's text embedding (the catalog build's encoders), and an item "
             "with no training interaction is its text part alone, so new items can enter a slate "
             "(docs/research/cold-items.md)",
+    "id_dropout": "with --text only: the chance, per item and batch, that training leaves out a seen item's id "
+                  "embedding so that it is its text part alone (DropoutNet), which trains the text part to rank "
+                  "new items by itself; evaluation and serving never drop; 0: off",
 }
 
 

@@ -15,6 +15,8 @@ Cold items (issue 27): with `text_dim` > 0 an item's vector is its id embedding 
 seen in training, `warm`) plus a learnt projection of its text embedding, so an item that had no
 interaction before training still has a vector, made from its text alone, and can be ranked.
 `fold_text` turns such a model into a plain one for export (the ONNX graph does not change).
+Training may also drop warm items' id embeddings at random (`id_dropped`, DropoutNet's id dropout,
+drawn by `interests.seqrec.train.id_dropout_mask`), so that the text part learns to stand alone.
 """
 
 from __future__ import annotations
@@ -129,21 +131,25 @@ class SASRec(nn.Module):
         # Text rows are unit vectors: std 0.02 puts the text part on the scale of the id embeddings at start.
         nn.init.normal_(self.text_proj.weight, std=0.02)
 
-    def item_vectors(self) -> torch.Tensor:
+    def item_vectors(self, id_dropped: torch.Tensor | None = None) -> torch.Tensor:
         """The [n_items + 1, D] item table that both reads histories and scores items (row 0: padding, zero).
 
         Id-only model: the id embeddings. Text model: warm * id embedding + text_proj(item text). The
         id embedding of an item with no training interaction is masked out, not merely small: it was
         never trained, so it would only add noise, and an item added later has none at all. Such an
         item is represented by its text alone, in the same space as the items the model learnt.
+
+        `id_dropped` [n_items + 1] bool (training only, text models only): warm items whose id embedding
+        is masked out too, so that for this batch they are their text part alone, as a cold item is.
         """
         if not self.cfg.text_dim:
             return self.item_emb.weight
-        return self.item_emb.weight * self.warm[:, None] + self.text_proj(self.item_text)
+        keep = self.warm if id_dropped is None else self.warm & ~id_dropped
+        return self.item_emb.weight * keep[:, None] + self.text_proj(self.item_text)
 
-    def forward(self, history: torch.Tensor) -> torch.Tensor:
+    def forward(self, history: torch.Tensor, id_dropped: torch.Tensor | None = None) -> torch.Tensor:
         history = history[:, -self.cfg.max_len:]
-        items = self.item_emb(history) if not self.cfg.text_dim else self.item_vectors()[history]
+        items = self.item_emb(history) if not self.cfg.text_dim else self.item_vectors(id_dropped)[history]
         return self.encode(items, history > 0)
 
     def encode(self, items: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -165,9 +171,9 @@ class SASRec(nn.Module):
             x = block(x, allowed)
         return self.norm(x)
 
-    def item_scores(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Scores of items 1..n_items for hidden states [..., D] -> [..., n_items]."""
-        return hidden @ self.item_vectors()[1:].T
+    def item_scores(self, hidden: torch.Tensor, id_dropped: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of items 1..n_items for hidden states [..., D] -> [..., n_items] (`id_dropped`: `item_vectors`)."""
+        return hidden @ self.item_vectors(id_dropped)[1:].T
 
     def last_scores(self, history: torch.Tensor) -> torch.Tensor:
         """Scores of every item as the next one after each history: [B, n_items]."""

@@ -36,16 +36,19 @@ def set_determinism(seed: int, threads: int = 0) -> None:
 
 
 def loss_fn(model: SASRec, x: torch.Tensor, y: torch.Tensor, kind: str, gen: torch.Generator,
-            teachers: Sequence[SASRec] = ()) -> torch.Tensor:
+            teachers: Sequence[SASRec] = (), id_dropout: float = 0.0) -> torch.Tensor:
     """Mean loss over positions with a target (y > 0).
 
     With `teachers` (SASRecs of other seeds, frozen), "ce" is half the usual cross-entropy and half
     the cross-entropy against the teachers' mean next-item distribution: one model learns what an
     ensemble of seeds agrees on (the seeds' exploration scores differ by up to 0.02 hit@5).
 
-    A text model's softmax runs over its warm items only (`training_scores`).
+    A text model's softmax runs over its warm items only (`training_scores`). With `id_dropout` (text
+    models, train mode) one draw per batch (`id_dropout_mask`) makes some warm items text-only in
+    both the histories and the scores.
     """
-    hidden = model(x)
+    dropped = id_dropout_mask(model, id_dropout, gen)
+    hidden = model(x, dropped)
     mask = y > 0
     h, target = hidden[mask], y[mask]
     if kind == "ce" and teachers:
@@ -54,12 +57,12 @@ def loss_fn(model: SASRec, x: torch.Tensor, y: torch.Tensor, kind: str, gen: tor
             if model.cfg.text_dim:  # the teachers' mass on items the student leaves out, spread over the rest
                 soft = soft * model.warm[1:]
                 soft = soft / soft.sum(-1, keepdim=True)
-        logp = training_scores(model, h).log_softmax(-1)
+        logp = training_scores(model, h, dropped).log_softmax(-1)
         return 0.5 * F.nll_loss(logp, target - 1) - 0.5 * (soft * logp).sum(-1).mean()
     if kind == "ce":
-        return F.cross_entropy(training_scores(model, h), target - 1)
+        return F.cross_entropy(training_scores(model, h, dropped), target - 1)
     if kind == "bce":
-        table = model.item_vectors()
+        table = model.item_vectors(dropped)
         if model.cfg.text_dim:  # negatives among the warm items, as the softmax above
             pool = model.warm.nonzero().squeeze(1)
             neg = pool[torch.randint(0, len(pool), target.shape, generator=gen)]
@@ -72,15 +75,30 @@ def loss_fn(model: SASRec, x: torch.Tensor, y: torch.Tensor, kind: str, gen: tor
     raise ValueError(f"loss must be 'ce' or 'bce', got {kind!r}")
 
 
-def training_scores(model: SASRec, hidden: torch.Tensor) -> torch.Tensor:
+def id_dropout_mask(model: SASRec, p: float, gen: torch.Generator) -> torch.Tensor | None:
+    """[n_items + 1] bool: items whose id embedding this batch leaves out, each with probability `p`.
+
+    DropoutNet's id dropout (Volkovs et al., NeurIPS 2017): a warm item that is its text part alone
+    for a batch trains `text_proj` to place items without an id embedding, as cold items are served.
+    One draw per item per batch (not per occurrence), so the history and the softmax of a batch
+    read one item table. None (nothing drawn, the generator untouched: p 0 trains exactly as
+    before) when p is 0, for an id-only model, or in eval mode: evaluation and serving never drop.
+    """
+    if not p or not model.cfg.text_dim or not model.training:
+        return None
+    return torch.rand(model.cfg.n_items + 1, generator=gen) < p
+
+
+def training_scores(model: SASRec, hidden: torch.Tensor, id_dropped: torch.Tensor | None = None) -> torch.Tensor:
     """`model.item_scores`, with a text model's cold items (no training interaction) left out of the softmax.
 
     An item that had no interaction before training stands for one that does not exist yet: it must
     not be a negative either, or the text projection learns to push down the text of exactly the
     items that will be new. Left out with a large finite score (not -inf: 0 * -inf is NaN where a
-    distribution is zero). The id-only model keeps its full softmax, as before.
+    distribution is zero). The id-only model keeps its full softmax, as before. `id_dropped`:
+    `id_dropout_mask` (dropped items stay in the softmax, as their text part).
     """
-    scores = model.item_scores(hidden)
+    scores = model.item_scores(hidden, id_dropped)
     if not model.cfg.text_dim:
         return scores
     return scores.masked_fill(~model.warm[1:], -1e9)
@@ -129,7 +147,7 @@ def train(split: LeaveOneOut, cfg: TrainConfig, progress: bool = True,
         bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress)
         for start in bar:
             idx = order[start:start + cfg.batch_size]
-            loss = loss_fn(model, x_all[idx], y_all[idx], cfg.loss, gen, teachers)
+            loss = loss_fn(model, x_all[idx], y_all[idx], cfg.loss, gen, teachers, cfg.id_dropout)
             opt.zero_grad()
             loss.backward()
             opt.step()

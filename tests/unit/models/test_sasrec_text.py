@@ -1,4 +1,5 @@
-"""SASRec's text part (issue 27): cold items are their text alone, folding keeps the scores, checkpoints keep it."""
+"""SASRec's text part (issue 27): cold items are their text alone, folding keeps the scores, checkpoints keep it,
+and id dropout (DropoutNet) makes warm items their text alone in training only."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from interests.data.splits import leave_one_out, pad_left
+from interests.data.splits import leave_one_out, pad_left, training_windows
 from interests.data.synthetic import make_synthetic
 from interests.seqrec.clustered_topn import ClusteredTopN
 from interests.seqrec.sasrec import SASRec, SASRecConfig, fold_text
 from interests.seqrec.topn import RestrictedTopN
 from interests.seqrec.train import (
     TrainConfig,
+    id_dropout_mask,
     load_checkpoint,
+    loss_fn,
     new_model,
     save_checkpoint,
     set_determinism,
@@ -69,8 +72,6 @@ def test_a_cold_item_is_its_text_projection_alone_even_with_an_id_embedding() ->
 def test_training_never_moves_a_cold_items_id_embedding(split, text) -> None:
     """Warm = in a training window; a cold item's id row gets no gradient, so it keeps its initial value."""
     set_determinism(TINY.seed, TINY.threads)  # what `train` does before it builds the model
-    from interests.data.splits import training_windows
-
     start = new_model(split.n_items, TINY, text, np.union1d(*training_windows(split.train, TINY.max_len)))
     model, _ = train(split, TINY, progress=False, item_text=text)
     assert not model.warm[COLD].any() and model.warm[1:].sum() == split.n_items - len(COLD)
@@ -136,3 +137,74 @@ def test_text_and_item_text_go_together(split, text) -> None:
         train(split, replace(TINY, text="none"), progress=False, item_text=text)
     with pytest.raises(ValueError, match="item_text must be"):
         SASRec(SASRecConfig(5, text_dim=3), torch.zeros(4, 3))
+
+
+def _batch(split, text):
+    """An untrained text model in train mode (TINY: no other dropout) and one batch of its training windows."""
+    torch.manual_seed(0)
+    x, y = training_windows(split.train, TINY.max_len)
+    model = new_model(split.n_items, TINY, text, np.union1d(x, y)).train()
+    return model, torch.from_numpy(x[:64]), torch.from_numpy(y[:64])
+
+
+def test_id_dropout_1_trains_every_warm_item_as_its_text_alone(split, text) -> None:
+    """With p 1 the loss is that of the same model with zero id embeddings, and no gradient reaches them."""
+    model, x, y = _batch(split, text)
+    with torch.no_grad():
+        model.item_emb.weight[1:] += 1.0  # large id embeddings, so that keeping any would change the loss
+    dropped = id_dropout_mask(model, 1.0, torch.Generator().manual_seed(0))
+    assert dropped is not None and dropped.all()
+    with torch.no_grad():
+        torch.testing.assert_close(model.item_vectors(dropped), model.text_proj(model.item_text), rtol=0, atol=0)
+    loss = loss_fn(model, x, y, "ce", torch.Generator().manual_seed(0), id_dropout=1.0)
+    loss.backward()
+    assert torch.count_nonzero(model.item_emb.weight.grad) == 0
+    no_ids = _batch(split, text)[0]
+    no_ids.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        no_ids.item_emb.weight.zero_()
+        torch.testing.assert_close(loss, loss_fn(no_ids, x, y, "ce", torch.Generator().manual_seed(0)))
+        assert not torch.isclose(loss, loss_fn(model, x, y, "ce", torch.Generator().manual_seed(0)))
+
+
+def test_id_dropout_draws_nothing_in_eval_mode_at_0_or_without_text(split, text) -> None:
+    model, x, y = _batch(split, text)
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    assert id_dropout_mask(model.eval(), 1.0, gen) is None
+    assert id_dropout_mask(model.train(), 0.0, gen) is None
+    plain = new_model(split.n_items, replace(TINY, text="none"), None, np.arange(1, split.n_items + 1)).train()
+    assert id_dropout_mask(plain, 1.0, gen) is None
+    assert torch.equal(gen.get_state(), state)  # nothing drawn: the batch order after it is today's
+    half = id_dropout_mask(model, 0.5, gen)
+    assert half is not None and 0 < half.sum() < len(half)  # one draw per item
+    with torch.no_grad():  # kept: id + text; dropped or cold (whatever was drawn for it): text alone
+        keep = model.warm & ~half
+        torch.testing.assert_close(model.item_vectors(half), model.item_emb.weight * keep[:, None]
+                                   + model.text_proj(model.item_text), rtol=0, atol=0)
+        assert keep.any() and (half & model.warm).any() and (half & ~model.warm)[1:].any()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loss_fn(model, x, y, "ce", gen, id_dropout=1.0), loss_fn(model, x, y, "ce", gen),
+                                   rtol=0, atol=0)
+
+
+def test_id_dropout_0_is_todays_text_model_and_0_5_trains_another(split, text) -> None:
+    base, r0 = train(split, TINY, progress=False, item_text=text)
+    same, r1 = train(split, replace(TINY, id_dropout=0.0), progress=False, item_text=text)
+    other, r2 = train(split, replace(TINY, id_dropout=0.5), progress=False, item_text=text)
+    for key, value in base.state_dict().items():
+        assert torch.equal(same.state_dict()[key], value), key
+    assert r1.history == r0.history
+    assert not torch.equal(other.text_proj.weight, base.text_proj.weight)
+    assert r2.history[0]["loss"] != r0.history[0]["loss"]
+
+
+def test_id_dropout_needs_a_text_part() -> None:
+    with pytest.raises(ValueError, match="needs a text part"):
+        TrainConfig(id_dropout=0.5)
+    with pytest.raises(ValueError, match="needs a text part"):
+        replace(TINY, text="none", id_dropout=0.3)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        replace(TINY, id_dropout=1.5)
+    assert replace(TINY, text="none").id_dropout == 0.0
