@@ -113,14 +113,14 @@ def context_experts(ds: Dataset, item_cluster: np.ndarray, n: int, split: TimeSp
                                 popularity_log_prior(split.train, n), lm, items)
 
 
-def period_item_experts(ds: Dataset, item_cluster: np.ndarray, examples: NoveltyExamples, until: int
-                        ) -> ItemExperts:
+def period_item_experts(ds: Dataset, item_cluster: np.ndarray, examples: NoveltyExamples, until: int,
+                        n_clusters: int = 0) -> ItemExperts:
     """The item experts fitted on what lies before `until` only: its novel moments and its interactions
     (the same cut as the SASRec they sit beside, so the fitting ones never saw the validation moments)."""
     from interests.novelty.rules import histories_at
 
     novel = moments_before(examples, until)
-    return fit_item_experts(ds, item_cluster, histories_at(ds, novel), novel.targets, until)
+    return fit_item_experts(ds, item_cluster, histories_at(ds, novel), novel.targets, until, n_clusters=n_clusters)
 
 
 def valid_experts(ds: Dataset, split: TimeSplit, context: ContextExperts,
@@ -217,8 +217,8 @@ def mix_level(ds: Dataset, item_cluster: np.ndarray, n: int, examples: NoveltyEx
     fit_items = serve_items = None
     if item_experts:
         t = time.perf_counter()
-        fit_items = period_item_experts(ds, item_cluster, examples, fit.until)
-        serve_items = period_item_experts(ds, item_cluster, examples, serve.until)
+        fit_items = period_item_experts(ds, item_cluster, examples, fit.until, n)
+        serve_items = period_item_experts(ds, item_cluster, examples, serve.until, n)
         log(f"level {level}: item experts fitted twice in {time.perf_counter() - t:.1f} s"
             + ("" if fit_items.has_ease else " (EASE left out: more than MAX_EASE_ITEMS items)"))
     context = context_experts(ds, item_cluster, n, split, lm, serve_items)

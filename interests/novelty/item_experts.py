@@ -86,10 +86,12 @@ class ItemExperts:
     transitions: SparseRows  # item -> (cluster, P(next novel cluster | item among the last ones))
     ease: SparseRows  # item -> (neighbour item, B[item, neighbour])
     until: int = 0  # the end of the period fitted on (a timestamp, exclusive)
+    n_clusters: int = 0  # the catalog level's cluster count (0: the highest cluster id + 1)
 
     def __post_init__(self) -> None:
         self.item_cluster = np.asarray(self.item_cluster, np.int64)
-        self.sizes = np.bincount(self.item_cluster).astype(np.float64)  # items per cluster, once: not per user
+        # items per cluster, once (not per user); minlength: a last cluster without items still has a column
+        self.sizes = np.bincount(self.item_cluster, minlength=self.n_clusters).astype(np.float64)
         self.n_clusters = len(self.sizes)
         # items sorted by cluster, and where each non-empty cluster's run starts: per-cluster sums by reduceat
         self.order = np.argsort(self.item_cluster, kind="stable")
@@ -111,7 +113,8 @@ class ItemExperts:
         path.parent.mkdir(parents=True, exist_ok=True)
         tables = {f"{name}_{k}": v for name in ("transitions", "ease")
                   for k, v in asdict(getattr(self, name)).items()}
-        np.savez(path, item_cluster=self.item_cluster, until=np.int64(self.until), **tables)
+        np.savez(path, item_cluster=self.item_cluster, until=np.int64(self.until),
+                 n_clusters=np.int64(self.n_clusters), **tables)
         return path
 
     @classmethod
@@ -119,7 +122,8 @@ class ItemExperts:
         path = Path(path)
         with np.load(path / ITEM_EXPERTS_FILE if path.is_dir() else path) as f:
             tables = [SparseRows(f[f"{n}_ptr"], f[f"{n}_ids"], f[f"{n}_values"]) for n in ("transitions", "ease")]
-            return cls(f["item_cluster"].astype(np.int64), *tables, int(f["until"]))
+            n = int(f["n_clusters"]) if "n_clusters" in f else 0
+            return cls(f["item_cluster"].astype(np.int64), *tables, int(f["until"]), n)
 
     def scores(self, histories: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """{"transitions": [B, C], "ease": [B, C] (when fitted)} log-scores for histories (0-based items, oldest
@@ -195,26 +199,49 @@ def _gather_rows(table: SparseRows, rows_per_user: Sequence[np.ndarray]) -> tupl
 
 def transition_table(histories: Sequence[np.ndarray], targets: np.ndarray, n_items: int, n_clusters: int,
                      top: int = TOP) -> SparseRows:
-    """Per item, the novel clusters users opened with it among their last items (at most `top`, the likeliest)."""
+    """Per item, the novel clusters users opened with it among their last items (at most `top`, the likeliest).
+
+    Counted as (item, cluster) pairs, not as an [items, clusters] matrix (8 GB at a million items and a
+    thousand clusters); only the items with more than `top` clusters get a dense row, cut by `sparse_top`."""
     rows, cols = [], []
     for h, t in zip(histories, np.asarray(targets, np.int64), strict=True):
         last = np.unique(np.asarray(h, np.int64)[-TRANSITION_ITEMS:])
         rows.append(last)
         cols.append(np.full(len(last), t))
-    counts = np.zeros((n_items, n_clusters))
-    if rows:
-        np.add.at(counts, (np.concatenate(rows), np.concatenate(cols)), 1.0)
-    probs = counts / np.maximum(counts.sum(1, keepdims=True), 1.0)
-    return SparseRows.of_padded(*sparse_top(probs, top))
+    if not sum(len(r) for r in rows):
+        return SparseRows.empty(n_items)
+    pairs, counts = np.unique(np.concatenate(rows) * n_clusters + np.concatenate(cols), return_counts=True)
+    items, clusters = pairs // n_clusters, pairs % n_clusters  # sorted by item, then cluster
+    probs = counts / np.bincount(items, counts, minlength=n_items)[items]
+    per_item = np.bincount(items, minlength=n_items)
+    heavy = np.flatnonzero(per_item > top)
+    if len(heavy):
+        light = per_item[items] <= top
+        dense = np.zeros((len(heavy), n_clusters))
+        at = np.searchsorted(heavy, items[~light])
+        dense[at, clusters[~light]] = probs[~light]
+        ids, vals = sparse_top(dense, top)
+        kept = ids >= 0
+        items = np.concatenate([items[light], np.repeat(heavy, kept.sum(1))])
+        clusters = np.concatenate([clusters[light], ids[kept]])
+        probs = np.concatenate([probs[light], vals[kept]])
+        order = np.argsort(items, kind="stable")
+        items, clusters, probs = items[order], clusters[order], probs[order]
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(items, minlength=n_items))]).astype(np.int64)
+    return SparseRows(ptr, clusters.astype(np.int32), probs.astype(np.float32))
 
 
 def ease_table(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, lam: float = EASE_LAMBDA,
                top: int = TOP) -> SparseRows:
     """EASE's B over the items with interactions, each row's `top` largest positive entries."""
+    from scipy import sparse
+
     active = np.unique(items)
-    x = np.zeros((n_users, len(active)))
-    x[users, np.searchsorted(active, items)] = 1.0
-    gram = x.T @ x
+    # users x items as a sparse 0/1 matrix (a dense one would be users x items floats before the Gram)
+    x = sparse.csr_matrix((np.ones(len(items)), (users, np.searchsorted(active, items))),
+                          shape=(n_users, len(active)))
+    x.data[:] = 1.0  # a user who had an item twice counts once
+    gram = (x.T @ x).toarray()
     gram[np.diag_indices_from(gram)] += lam
     p = np.linalg.inv(gram)
     b = -p / np.diag(p)[None, :]
@@ -237,14 +264,15 @@ def sparse_top(dense: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_item_experts(ds, item_cluster: np.ndarray, histories: Sequence[np.ndarray], targets: np.ndarray,  # type: ignore[no-untyped-def]
-                     until: int, ease: bool = True) -> ItemExperts:
+                     until: int, ease: bool = True, n_clusters: int = 0) -> ItemExperts:
     """Both tables from the period before `until`: `histories`/`targets` are its novel moments (each
-    moment's items before the target), the interactions before `until` feed EASE."""
+    moment's items before the target), the interactions before `until` feed EASE. `n_clusters`: the
+    level's cluster count (0: the highest cluster id + 1)."""
     item_cluster = np.asarray(item_cluster, np.int64)
-    n = int(item_cluster.max()) + 1
+    n = max(n_clusters, int(item_cluster.max()) + 1)
     transitions = transition_table(histories, targets, ds.n_items, n)
     keep = ds.timestamps < until
     table = SparseRows.empty(ds.n_items)
     if ease and 0 < len(np.unique(ds.items[keep])) <= MAX_EASE_ITEMS:
         table = ease_table(ds.users[keep], ds.items[keep], ds.n_users, ds.n_items)
-    return ItemExperts(item_cluster, transitions, table, int(until))
+    return ItemExperts(item_cluster, transitions, table, int(until), n)

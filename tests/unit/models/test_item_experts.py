@@ -129,3 +129,15 @@ def test_served_context_part_carries_the_item_experts(tmp_path) -> None:  # type
     with pytest.raises(ValueError, match=r"item_experts\.npz"):
         served_context_scores(mix, ContextExperts.of_lm(rng.random((6, 6)), log_pop), contexts, [([], [])] * 12,
                               histories)
+
+
+def test_an_item_with_more_clusters_than_top_keeps_its_likeliest_and_every_cluster_has_a_column() -> None:
+    """Item 0 led to cluster 2 three times, 1 twice, 0 once: with top 2 it keeps clusters 2 and 1; a level whose
+    last cluster has no item still scores every cluster (n_clusters, not the highest id + 1)."""
+    histories = [np.array([0])] * 6 + [np.array([1])]
+    table = transition_table(histories, np.array([2, 2, 2, 1, 1, 0, 0]), n_items=2, n_clusters=4, top=2)
+    ids, probs = table.gather(np.array([0]))
+    assert dict(zip(ids.tolist(), np.round(probs, 6).tolist(), strict=True)) == {2: 0.5, 1: round(2 / 6, 6)}
+    assert table.gather(np.array([1]))[0].tolist() == [0]  # a light row keeps all it has
+    experts = ItemExperts(np.array([0, 1]), table, SparseRows.empty(2), n_clusters=4)
+    assert experts.scores([np.array([0])])["transitions"].shape == (1, 4)
