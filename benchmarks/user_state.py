@@ -50,11 +50,13 @@ N_ITEMS, N_CLUSTERS = 320, 8  # the synthetic catalog the worker serves (build_m
 def full_state(user: str, rnd: random.Random, cfg: EngineConfig, n_items: int = N_ITEMS,
                n_clusters: int = N_CLUSTERS) -> dict:
     """A state at the engine's bounds: as heavy as a user can make it (module docstring). Item and cluster
-    ids are the served catalog's, so the worker can show the state (a 10k-item catalog's ids are 1-2 digits
-    longer in JSON: ~300 bytes more a user)."""
+    ids are the served catalog's, so the worker can show the state (items by external id, as the state keeps
+    them since issue 27: the synthetic catalog's "i003-017"; MovieLens's 1-6 digit ids are shorter)."""
     s = new_state()
     known = sorted(rnd.sample(range(n_clusters), n_clusters - 2))
-    s.update(items=[rnd.randrange(n_items) for _ in range(cfg.recent_items)], known=known, context=known[-cfg.k:],
+    per_cluster = n_items // n_clusters
+    s.update(items=[f"i{rnd.randrange(n_clusters):03d}-{rnd.randrange(per_cluster):03d}"
+                    for _ in range(cfg.recent_items)], known=known, context=known[-cfg.k:],
              pos=[rnd.randrange(cfg.partitions), rnd.randrange(10**7)],
              ids=[f"{user}-{rnd.randrange(10**9)}" for _ in range(cfg.dedupe_ids)], n=5000,
              ts=1.7e9 + rnd.random() * 1e7, seen=1.7e9)

@@ -35,7 +35,7 @@ from interests.data.datasets import Dataset
 from interests.evaluation.stats import bootstrap_difference, bootstrap_interval
 from interests.novelty.examples import novel_transitions, split_by_time
 from streams.config import EngineConfig
-from streams.core.feedback import acceptance, labelled_outcomes
+from streams.core.feedback import UNLABELLED, acceptance, labelled_outcomes
 from streams.core.offline_feedback import simulate_feedback, table_rows
 
 
@@ -121,7 +121,7 @@ def acceptance_check(ds: Dataset, catalog: Catalog, gen_rows: dict[str, list[dic
     outcomes = {}
     for g, rows in tqdm(gen_rows.items(), desc="window B", unit="generator"):
         records = [r for r in simulate_feedback(ds, clusters, table_rows(rows), descriptions, *window, cfg).records
-                   if r.outcome != "evicted"]
+                   if r.outcome not in UNLABELLED]
         outcomes[g] = (np.array([r.accepted for r in records], float), np.array([r.user_id for r in records]),
                        acceptance(records, lambda r: r.rank))
     out = {}

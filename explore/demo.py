@@ -433,10 +433,10 @@ def _print_summary(s: dict, steps: Steps, run: Path, report: Path | None, total_
           f"novelty table hit rate "
           f"{hits / max(hits + misses, 1):.1%}; held-out event-to-slate p50 {np.median(lat):.0f} ms, "
           f"p99 {np.percentile(lat, 99):.0f} ms")
-    from streams.core.feedback import acceptance
+    from streams.core.feedback import OUTCOMES, acceptance
 
     fb = s["feedback"]
-    outcomes = {o: sum(r.outcome == o for r in fb) for o in ("accepted", "horizon", "evicted")}
+    outcomes = {o: sum(r.outcome == o for r in fb) for o in OUTCOMES}
     by_rank = acceptance(fb, lambda r: r.rank)
     print(f"  feedback: {len(fb):,} proposed clusters resolved (accepted {outcomes['accepted']:,}, not accepted "
           f"{outcomes['horizon']:,}, evicted {outcomes['evicted']:,}); acceptance by rank "

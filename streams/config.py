@@ -61,6 +61,10 @@ class EngineConfig:
                                                            "once it resolves (accepted or not)")
     partitions: int = _setting(8, "partitions of the topics the engine creates (the interactions topic too)")
     catalog: str = _setting("", "catalog directory (`explore clusters build --out`)")
+    catalogs: str = _setting("", "directory of earlier catalogs (one sub-directory each, any name): a user whose "
+                                 "state was written under one of them keeps its known clusters older than its "
+                                 "history, mapped by shared items (streams.core.migration); empty: the "
+                                 "history's alone")
     repository: str = _setting("", "Triton model repository with seqrec/ and interest_generator/ "
                                    "(the in-process fallback runs the same files)")
     triton_url: str = _setting("", "Triton gRPC host:port; empty: in-process onnxruntime only", "TRITON_URL")

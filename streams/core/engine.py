@@ -28,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from interests.clusters.catalog import Catalog
+from interests.clusters.catalog import Catalog, CatalogError
 from interests.novelty.mixture import ContextExperts, Mixture, served_context_scores
 from interests.runtime.constrained import EXCLUDED
 from streams.config import EngineConfig
 from streams.core.feedback import FeedbackRecord, drop_unused_versions, feedback_record, open_slate, remember, resolve
 from streams.core.metrics import Metrics
+from streams.core.migration import cluster_mapping, migrate, upgrade_legacy
 from streams.core.model_files import ModelFiles
 from streams.core.recommendation import Recommendation, novel_for_user, slate_items
 from streams.core.records import Limits, Rejection, parse_interaction
@@ -80,9 +81,14 @@ class Engine:
         self.catalog = Catalog.load(Path(cfg.catalog))
         self.models = ModelFiles(Path(cfg.repository), self.catalog, cfg.k)
         level = int(self.models.seqrec_meta["level"])
-        self.item_index = {item: i for i, item in enumerate(self.catalog.item_ids)}
+        self.level = level
+        self.item_index = {item: i for i, item in enumerate(self.catalog.item_ids)}  # the models' rows
         self.item_ids = self.catalog.item_ids
         self.item_cluster = self.catalog.item_clusters(level).astype(int).tolist()
+        # Every item the worker can apply an event on, with its cluster: the catalog's, and (issue 27) those
+        # published on the items topic since.
+        self.cluster_of: dict[str, int] = dict(zip(self.item_ids, self.item_cluster, strict=True))
+        self._mappings: dict[str, tuple[list[int | None], list[str]] | None] = {}  # old catalog version -> map
         self.descriptions = self.catalog.descriptions(level)
         self.n_clusters = len(self.descriptions)
         self.max_len = int(self.models.seqrec_meta["max_len"])
@@ -171,20 +177,20 @@ class Engine:
         """Validate one record and apply it to a copy of its user's state, which replaces the batch's
         copy only once every step succeeded (a failure half-way leaves the user as it was)."""
         cfg = self.cfg
-        parsed = parse_interaction(rec.key, rec.value, self.item_index, limits)
+        parsed = parse_interaction(rec.key, rec.value, self.cluster_of, limits)
         if isinstance(parsed, Rejection):
             out.dlq.append((rec, parsed))
             return
         user = parsed.user_id
         entry = out.states.get(user)
         state = copy_state(entry[0] if entry else load_state(user))
-        cluster = self.item_cluster[parsed.item]
-        applied = apply(state, parsed, cluster, rec.partition, rec.offset, cfg.k, cfg.recent_items, cfg.dedupe_ids)
-        fed: list[FeedbackRecord] = []
+        fed: list[FeedbackRecord] = self._to_this_catalog(user, state)
+        cluster = parsed.cluster
+        applied = apply(state, parsed, rec.partition, rec.offset, cfg.k, cfg.recent_items, cfg.dedupe_ids)
         if applied:
             state["seen"] = now
-            fed = [feedback_record(user, r, self.descriptions, state["vs"])
-                   for r in resolve(state["proposals"], state["n"], parsed.ts, cluster, parsed.item_id,
+            fed += [feedback_record(user, r, self.descriptions, state["vs"])
+                    for r in resolve(state["proposals"], state["n"], parsed.ts, cluster, parsed.item_id,
                                     parsed.weight, cfg.feedback_horizon())]
             if fed:
                 drop_unused_versions(state["proposals"], state["vs"])
@@ -195,6 +201,55 @@ class Engine:
         out.duplicates += not applied
         if due:
             triggers.setdefault(user, rec.timestamp)
+
+    # -- a new catalog (issue 27) -------------------------------------------------------------
+    def _to_this_catalog(self, user: str, state: dict) -> list[FeedbackRecord]:
+        """Bring a state written under another catalog to this worker's (`streams.core.migration`), in place;
+        the feedback records of the proposals that closes. A state of this catalog costs one comparison."""
+        version = self.catalog.version
+        if state.get("cv") == version:
+            return []
+        if state.get("cv") is None:  # new, or written before states recorded their catalog
+            if upgrade_legacy(state, self.item_ids, version):
+                self.metrics.migrations.labels("legacy").inc()
+            return []
+        was = state["cv"]
+        old = self._old_catalog(was)
+        closed = migrate(state, self.cluster_of, old[0] if old else None, version, self.cfg.k)
+        self.metrics.migrations.labels("mapped" if old else "history_only").inc()
+        if old:
+            descriptions = old[1]
+        else:  # the old catalog is gone: its clusters are named by their ids
+            top = max((c for r in closed for c in (*r.slate["ctx"], r.cluster)), default=0)
+            descriptions = [f"cluster {c} of catalog {was}" for c in range(top + 1)]
+        return [feedback_record(user, r, descriptions, state["vs"]) for r in closed]
+
+    def _old_catalog(self, version: str) -> tuple[list[int | None], list[str]] | None:
+        """(old cluster -> new cluster, the old clusters' descriptions) for a catalog version, from the
+        directory of earlier catalogs (setting `catalogs`); None when it is not there. Once per version."""
+        if version not in self._mappings:
+            self._mappings[version] = None
+            for directory in sorted(Path(self.cfg.catalogs).glob("*/")) if self.cfg.catalogs else []:
+                try:
+                    old = Catalog.load(directory)
+                except (CatalogError, OSError):
+                    continue
+                if old.version == version and self.level < len(old.levels):
+                    clusters = old.item_clusters(self.level)
+                    self._mappings[version] = (cluster_mapping(old.item_ids, clusters, self.cluster_of,
+                                                               len(old.clusters[self.level])),
+                                               old.descriptions(self.level))
+                    break
+            if self._mappings[version] is None:
+                log.warning(f"catalog {version} is not among the earlier catalogs ({self.cfg.catalogs or 'none set'}):"
+                            " its users keep only their history's clusters")
+        return self._mappings[version]
+
+    def history(self, state: dict) -> np.ndarray:
+        """The user's items the models know (0-based rows of the serving catalog), oldest first: an item
+        published after the models were built is in the state but not in their tables."""
+        index = self.item_index
+        return np.array([index[i] for i in state["items"] if i in index], dtype=np.int64)
 
     async def _recommend(self, users: list[str], out: BatchResult, triggers: dict[str, float]) -> None:
         """Slates for `users`, in the three model calls at most that a batch makes (two with the mixture:
@@ -217,7 +272,8 @@ class Engine:
             rows = [pos[u] for u in ready]
             items, scores = items[rows], scores[rows]
         for i, u in enumerate(ready):
-            slate = slate_items(items[i].tolist(), scores[i].tolist(), states[u]["items"], self.cfg.n, EXCLUDED / 2)
+            slate = slate_items(items[i].tolist(), scores[i].tolist(), self.history(states[u]).tolist(), self.cfg.n,
+                                EXCLUDED / 2)
             if not slate:
                 self.metrics.no_slate.labels("no_items").inc()
                 continue
@@ -300,12 +356,12 @@ class Engine:
         known = np.zeros((len(users), self.n_clusters), dtype=bool)
         for i, u in enumerate(users):
             known[i, states[u]["known"]] = True
-        history = pad_histories([np.asarray(states[u]["items"], dtype=np.int64) + 1 for u in users], self.max_len)
+        histories = [self.history(states[u]) for u in users]
+        history = pad_histories([h + 1 for h in histories], self.max_len)
         (clusters, cluster_scores, items, scores), path = await self.router.infer(
             "explorer", {"history": history, "known": known,
-                         "context_scores": served_context_scores(
-                             mixture, experts, contexts, rows,
-                             [np.asarray(states[u]["items"], dtype=np.int64) for u in users])}, EXPLORER_OUTPUTS)
+                         "context_scores": served_context_scores(mixture, experts, contexts, rows, histories)},
+            EXPLORER_OUTPUTS)
         novel = {u: [(int(c), float(v)) for c, v in zip(clusters[i], cluster_scores[i], strict=True) if c >= 0]
                  for i, u in enumerate(users)}
         return novel, (items, scores), path
@@ -320,7 +376,7 @@ class Engine:
                          novel: dict[str, list[tuple[int, float]]]) -> tuple[list[np.ndarray], str]:
         """Model call 3: `seqrec` for every slate of the batch, restricted to each user's novel clusters;
         ((items, scores), the path that answered)."""
-        history = pad_histories([np.asarray(states[u]["items"], dtype=np.int64) + 1 for u in users], self.max_len)
+        history = pad_histories([self.history(states[u]) + 1 for u in users], self.max_len)
         allowed = np.zeros((len(users), self.n_clusters), dtype=bool)
         for i, u in enumerate(users):
             allowed[i, [c for c, _ in novel[u]]] = True
@@ -349,9 +405,10 @@ def user_view(state: dict | None, engine: Engine) -> dict:
     """What `GET /users/{id}` shows: the state in words (clusters with descriptions, item ids)."""
     if state is None:
         return {}
-    d = engine.descriptions
+    same = state.get("cv") in (None, engine.catalog.version)  # else: migrated at the user's next event
+    d = engine.descriptions if same else [None] * (1 + max([*state["known"], *state["context"], 0]))
     return {"events_applied": state["n"], "last_event_ts": state["ts"],
-            "recent_items": [engine.item_ids[i] for i in state["items"][-20:]],
+            "recent_items": state["items"][-20:], "catalog_version": state.get("cv"),
             "context": [{"id": c, "description": d[c]} for c in state["context"]],
             "known_clusters": [{"id": c, "description": d[c]} for c in state["known"]],
             "last_slate": state["slate"], "input_position": state["pos"],

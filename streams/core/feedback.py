@@ -12,7 +12,9 @@ exactly once per applied event, as the state is) and resolves each one on the us
   slate (that event does not count: it is outside the horizon); 0 turns either limit off;
 - **evicted** (not accepted, and not a label: the horizon had not passed) when a user has more
   than `max_open` slates open: the oldest is resolved, so the state stays bounded whatever the
-  user does.
+  user does;
+- **catalog** (not accepted, and not a label) when the worker moves the user to a new catalog
+  (`streams.core.migration`): the slate's clusters no longer mean the same.
 
 A horizon is measured on the user's own events, in their partition order: a user who never comes
 back leaves its proposals open (a time horizon needs an event to see that it passed).
@@ -43,7 +45,8 @@ from pathlib import Path
 from interests.alignment.model import Outcome
 from streams.config import Horizon
 
-OUTCOMES = ("accepted", "horizon", "evicted")
+OUTCOMES = ("accepted", "horizon", "evicted", "catalog")
+UNLABELLED = ("evicted", "catalog")  # closed before their horizon passed: no label either way
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +156,7 @@ class FeedbackRecord:
     source: str  # "table" or "live"
     versions: dict[str, str]
     accepted: bool
-    outcome: str  # accepted, horizon (not accepted) or evicted (not accepted; the horizon had not passed)
+    outcome: str  # accepted, horizon (not accepted), evicted or catalog (not accepted; the horizon had not passed)
     after_events: int
     resolved_ts: float | None
     item_id: str | None
@@ -208,10 +211,10 @@ def read_feedback_file(path: Path) -> list[FeedbackRecord]:
 
 def acceptance(records: Iterable[FeedbackRecord], by: Callable[[FeedbackRecord], object]) -> dict[object, float]:
     """Accepted over accepted + not accepted per group (`by`: rank, source...), as `explore_feedback_total`
-    gives it; evicted proposals have no label and count nowhere."""
+    gives it; evicted proposals (and those closed by a new catalog) have no label and count nowhere."""
     counts: dict[object, list[int]] = {}
     for r in records:
-        if r.outcome != "evicted":
+        if r.outcome not in UNLABELLED:
             c = counts.setdefault(by(r), [0, 0])
             c[0] += r.accepted
             c[1] += 1
@@ -220,11 +223,12 @@ def acceptance(records: Iterable[FeedbackRecord], by: Callable[[FeedbackRecord],
 
 def labelled_outcomes(records: Iterable[FeedbackRecord]) -> list[Outcome]:
     """The outcomes an alignment model learns from: each proposal once (the topic is written at least
-    once: a repeat has the same `feedback_id`), evicted ones left out (their horizon had not passed)."""
+    once: a repeat has the same `feedback_id`), evicted and catalog-closed ones left out (their horizon
+    had not passed)."""
     seen: set[str] = set()
     out = []
     for r in records:
-        if r.outcome == "evicted" or r.feedback_id in seen:
+        if r.outcome in UNLABELLED or r.feedback_id in seen:
             continue
         seen.add(r.feedback_id)
         out.append(Outcome(tuple(c["id"] for c in r.context), tuple(c["description"] for c in r.context),
@@ -232,6 +236,6 @@ def labelled_outcomes(records: Iterable[FeedbackRecord]) -> list[Outcome]:
     return out
 
 
-__all__ = ["OUTCOMES", "FeedbackRecord", "Resolved", "acceptance", "drop_unused_versions", "feedback_record",
-           "intern_versions", "labelled_outcomes", "open_slate", "parse_feedback", "read_feedback_file",
-           "remember", "resolve", "slate_versions"]
+__all__ = ["OUTCOMES", "UNLABELLED", "FeedbackRecord", "Resolved", "acceptance", "drop_unused_versions",
+           "feedback_record", "intern_versions", "labelled_outcomes", "open_slate", "parse_feedback",
+           "read_feedback_file", "remember", "resolve", "slate_versions"]

@@ -79,7 +79,12 @@ class Metrics:
         self.feedback = Counter("explore_feedback", "Proposed novel clusters resolved, by source (table or live), "
                                 "rank (1-based place in the slate) and outcome: accepted (the user took it up "
                                 "within the horizon), horizon (not accepted), evicted (the user's open slates "
-                                "exceeded feedback_max_open)", ["source", "rank", "outcome"], registry=r)
+                                "exceeded feedback_max_open), catalog (closed by a new catalog)",
+                                ["source", "rank", "outcome"], registry=r)
+        self.migrations = Counter("explore_state_migrations", "Users' states moved to the catalog the worker serves "
+                                  "(issue 27), by kind: mapped (known clusters older than the history mapped from "
+                                  "the earlier catalog), history_only (that catalog was not found), legacy (a "
+                                  "state written before states recorded their catalog)", ["kind"], registry=r)
         self.triton_up.set(0)
 
     def observe_call(self, model: str, path: str, seconds: float, ok: bool) -> None:

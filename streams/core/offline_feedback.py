@@ -74,8 +74,7 @@ def _simulate_user(ds: Dataset, lo: int, hi: int, item_cluster: np.ndarray, rows
             break
         cluster, item_id = int(item_cluster[ds.items[j]]), str(ds.item_ids[ds.items[j]])
         weight = float(ds.weights[j]) if rated else None
-        apply(state, Interaction(user, int(ds.items[j]), item_id, ts, "interaction", None, weight), cluster, 0, j,
-              cfg.k, 1, 0)
+        apply(state, Interaction(user, item_id, cluster, ts, "interaction", None, weight), 0, j, cfg.k, 1, 0)
         if ts < start_ts:
             continue
         resolved = resolve(state["proposals"], state["n"], ts, cluster, item_id, weight, cfg.feedback_horizon())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 REASONS = ("missing_key", "oversized", "bad_json", "not_object", "missing_field", "wrong_type", "key_mismatch",
@@ -26,8 +27,8 @@ DLQ_MAX_KEY_BYTES = 1024
 @dataclass(frozen=True, slots=True)
 class Interaction:
     user_id: str
-    item: int  # dense item index of the catalog (0-based)
     item_id: str  # external id, as sent
+    cluster: int  # the item's cluster in the catalog the worker serves
     ts: float  # event time, seconds since the epoch
     event: str
     event_id: str | None
@@ -96,10 +97,11 @@ def _utf8(text: str) -> bytes | None:
         return None
 
 
-def parse_interaction(key: bytes | None, value: bytes | None, item_index: dict[str, int],
+def parse_interaction(key: bytes | None, value: bytes | None, item_cluster: Mapping[str, int],
                       limits: Limits) -> Interaction | Rejection:
     """The interaction in `value`, or why it is rejected. `key` must be the user id: a keyless record
-    could land on any partition, and so on any worker, apart from the user's other events."""
+    could land on any partition, and so on any worker, apart from the user's other events.
+    `item_cluster` maps every item the worker knows (its catalog's and those published since) to its cluster."""
     if not key:
         return Rejection("missing_key", "the record has no key (it must be the user id)")
     if len(key) > limits.max_key_bytes:
@@ -130,15 +132,15 @@ def parse_interaction(key: bytes | None, value: bytes | None, item_index: dict[s
     user = str(doc["user_id"])
     if key != _utf8(user):  # byte for byte: a lenient decoding of the key gave two keys one user
         return Rejection("key_mismatch", f"key {key[:80]!r} but user_id {user[:80]!r}")
-    item = item_index.get(str(doc["item_id"]))
-    if item is None:
+    cluster = item_cluster.get(str(doc["item_id"]))
+    if cluster is None:
         return Rejection("unknown_item", f"item_id {str(doc['item_id'])[:80]!r} is not in the catalog")
     ts = float(doc["ts"])
     if not limits.min_ts <= ts <= limits.max_ts:
         return Rejection("ts_out_of_range", f"ts {ts} outside [{limits.min_ts}, {limits.max_ts:.0f}]")
     event_id = doc.get("event_id")
     weight = doc.get("weight")
-    return Interaction(user, item, str(doc["item_id"]), ts, doc["event"],
+    return Interaction(user, str(doc["item_id"]), cluster, ts, doc["event"],
                        None if event_id is None else str(event_id), None if weight is None else float(weight))
 
 

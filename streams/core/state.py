@@ -2,7 +2,10 @@
 
 The state is a plain dict (the Faust table stores it as JSON in its changelog):
 
-- `items`: the user's newest item indices (dense catalog order), oldest first, bounded;
+- `items`: the user's newest item ids (external, as sent: they mean the same under every catalog),
+  oldest first, bounded;
+- `cv`: the version of the catalog whose cluster ids `known`, `context`, `slate` and `proposals` hold;
+  a worker serving another catalog migrates the user at their next event (`streams.core.migration`);
 - `known`: every cluster the user has touched (sorted), never forgotten;
 - `context`: the last K distinct clusters, most recent last (the definition the novelty LM is
   trained on, `interests.novelty.examples.novel_transitions`);
@@ -27,7 +30,7 @@ from streams.core.records import Interaction
 
 def new_state() -> dict:
     return {"items": [], "known": [], "context": [], "pos": None, "ids": [], "n": 0, "ts": 0.0, "slate": None,
-            "proposals": [], "vs": {}}
+            "proposals": [], "vs": {}, "cv": None}
 
 
 def copy_state(state: dict | None) -> dict:
@@ -48,13 +51,14 @@ def is_duplicate(state: dict, partition: int, offset: int, event_id: str | None)
     return event_id is not None and event_id in state["ids"]
 
 
-def apply(state: dict, event: Interaction, cluster: int, partition: int, offset: int, k: int,
-          recent_items: int, dedupe_ids: int) -> bool:
+def apply(state: dict, event: Interaction, partition: int, offset: int, k: int, recent_items: int,
+          dedupe_ids: int) -> bool:
     """Apply one interaction in place; False (and no change) when it was applied before."""
     if is_duplicate(state, partition, offset, event.event_id):
         return False
+    cluster = event.cluster
     items = state["items"]
-    items.append(event.item)
+    items.append(event.item_id)
     if len(items) > recent_items:
         del items[: len(items) - recent_items]
     known = state["known"]

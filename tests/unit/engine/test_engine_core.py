@@ -389,12 +389,13 @@ def test_the_mixture_names_the_offline_mixtures_clusters_and_makes_their_slates_
         ranked, scores, _ = engine.table[context_key(state["context"])]
         lm = np.full(n, FLOOR)
         lm[ranked] = (np.asarray(scores) - experts.lm_prior[ranked]) * experts.lm_scale[ranked]
-        history = [np.array(state["items"][-model.cfg.max_len:])]  # 0-based items, as the judge's
+        rows = engine.history(state)  # 0-based catalog rows of the item ids the state keeps
+        history = [rows[-model.cfg.max_len:]]  # as the judge's
         offline = mix.score({"lm": lm[None], "popularity": experts.log_pop[None],
                              "cooccurrence": cooccurrence_log_scores(context_similarity_scores(
                                  experts.similarity, np.array([state["context"]]))),
                              "sequence": head_log_scores(head, last_hidden(model, history)),
-                             **experts.items.scores([np.array(state["items"])])})  # every item the state keeps
+                             **experts.items.scores([rows])})  # every item the state keeps
         clusters = [c["id"] for c in r.novel_clusters]
         assert clusters == top_m(offline, [frozenset(state["known"])], 3)[0]
         assert [c["score"] for c in r.novel_clusters] == pytest.approx(offline[0, clusters], abs=2e-3)

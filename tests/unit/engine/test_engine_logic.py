@@ -20,7 +20,7 @@ from streams.inference.router import is_refusal, row_chunks
 from streams.wiring.delivery import Gap, PartitionOrder
 from streams.wiring.table_topic import keep_running
 
-ITEMS = {"a": 0, "b": 1, "c": 2}
+ITEMS = {"a": 4, "b": 1, "c": 2}  # item id -> its cluster
 LIMITS = Limits(max_payload_bytes=200, min_ts=1.0, max_ts=2e9)
 
 
@@ -30,7 +30,7 @@ def record(**fields: object) -> bytes:
 
 def test_a_valid_record_parses() -> None:
     got = parse_interaction(b"u1", record(event_id=7, weight=2), ITEMS, LIMITS)
-    assert got == Interaction("u1", 0, "a", 100.0, "click", "7", 2.0)
+    assert got == Interaction("u1", "a", 4, 100.0, "click", "7", 2.0)
 
 
 @pytest.mark.parametrize(("key", "value", "reason"), [
@@ -56,24 +56,24 @@ def test_each_kind_of_bad_record_is_rejected_with_its_reason(key: bytes, value: 
     assert isinstance(got, Rejection) and got.reason == reason and got.detail
 
 
-def event(item: int, eid: str | None = None) -> Interaction:
-    return Interaction("u", item, str(item), 10.0 + item, "click", eid, 1.0)
+def event(item: int, eid: str | None = None, cluster: int = 0) -> Interaction:
+    return Interaction("u", str(item), cluster, 10.0 + item, "click", eid, 1.0)
 
 
 def test_state_keeps_the_last_k_distinct_clusters_and_every_known_one() -> None:
     s = new_state()
     for offset, (item, cluster) in enumerate([(1, 5), (2, 6), (3, 5), (4, 7)]):
-        assert apply(s, event(item), cluster, 0, offset, k=2, recent_items=3, dedupe_ids=4)
-    assert s["context"] == [5, 7] and s["known"] == [5, 6, 7] and s["items"] == [2, 3, 4] and s["n"] == 4
+        assert apply(s, event(item, cluster=cluster), 0, offset, k=2, recent_items=3, dedupe_ids=4)
+    assert s["context"] == [5, 7] and s["known"] == [5, 6, 7] and s["items"] == ["2", "3", "4"] and s["n"] == 4
 
 
 def test_redelivered_and_repeated_events_change_nothing() -> None:
     s = new_state()
-    assert apply(s, event(1, "e1"), 0, 3, 10, 2, 10, 4)
+    assert apply(s, event(1, "e1"), 3, 10, 2, 10, 4)
     before = copy_state(s)
-    assert not apply(s, event(1, "e1"), 0, 3, 10, 2, 10, 4)  # same record again
-    assert not apply(s, event(2, "e9"), 0, 3, 9, 2, 10, 4)  # an older offset of the same partition
-    assert not apply(s, event(2, "e1"), 0, 3, 11, 2, 10, 4)  # the same event id sent twice
+    assert not apply(s, event(1, "e1"), 3, 10, 2, 10, 4)  # same record again
+    assert not apply(s, event(2, "e9"), 3, 9, 2, 10, 4)  # an older offset of the same partition
+    assert not apply(s, event(2, "e1"), 3, 11, 2, 10, 4)  # the same event id sent twice
     assert s == before
     assert is_duplicate(s, 3, 10, None) and not is_duplicate(s, 4, 10, None)
 
@@ -81,7 +81,7 @@ def test_redelivered_and_repeated_events_change_nothing() -> None:
 def test_copy_state_does_not_share_lists() -> None:
     s = new_state()
     c = copy_state(s)
-    c["items"].append(1)
+    c["items"].append("1")
     assert s["items"] == [] and copy_state(None) == new_state()
 
 
