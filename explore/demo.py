@@ -281,7 +281,9 @@ def run_demo(args: argparse.Namespace) -> int:
         cfg = EngineConfig().with_values({"bootstrap": ends.kafka_bootstrap, "triton_url": ends.triton_grpc,
                                           "catalog": str(run / "catalog"), "repository": str(repo),
                                           "app_id": "demo", "partitions": 4, "web_port": free_port(),
-                                          "data_dir": str(run / "worker" / "data"), "m": 3, "n": 10})
+                                          "data_dir": str(run / "worker" / "data"), "m": 3, "n": 10,
+                                          # the demo's record on an unknown item waits 10 s for it, then the DLQ
+                                          "unknown_item_wait_s": 10, "retry_interval_s": 2})
         ensure_topics(cfg)
         sent = publish_table(cfg.bootstrap, cfg.novelty_topic, models["rows"])
         print(f"  published {sent:,} novelty-table rows to {cfg.novelty_topic!r}")

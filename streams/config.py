@@ -57,6 +57,13 @@ class EngineConfig:
     dlq_topic: str = _setting("interactions-dlq", "rejected input records, unchanged, reason in the headers")
     recommendations_topic: str = _setting("recommendations", "output topic: novel clusters and slates")
     novelty_topic: str = _setting("novel-interests", "compacted topic with the precomputed novelty table")
+    items_topic: str = _setting("items", "compacted topic of items published after the catalog (issue 27): "
+                                         "`explore items publish`")
+    retry_topic: str = _setting("interactions-retry", "events on items not published yet wait here, keyed by user")
+    unknown_item_wait_s: float = _setting(600.0, "how long an event on an unknown item waits for its item to be "
+                                                 "published (retry topic) before it goes to the DLQ as "
+                                                 "unknown_item; 0: straight to the DLQ")
+    retry_interval_s: float = _setting(5.0, "how often a waiting event looks again for its item")
     feedback_topic: str = _setting("exploration-feedback", "output topic: one record per proposed novel cluster "
                                                            "once it resolves (accepted or not)")
     partitions: int = _setting(8, "partitions of the topics the engine creates (the interactions topic too)")

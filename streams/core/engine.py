@@ -33,6 +33,7 @@ from interests.novelty.mixture import ContextExperts, Mixture, served_context_sc
 from interests.runtime.constrained import EXCLUDED
 from streams.config import EngineConfig
 from streams.core.feedback import FeedbackRecord, drop_unused_versions, feedback_record, open_slate, remember, resolve
+from streams.core.items import PublishedItem, parse_item
 from streams.core.metrics import Metrics
 from streams.core.migration import cluster_mapping, migrate, upgrade_legacy
 from streams.core.model_files import ModelFiles
@@ -60,6 +61,7 @@ class BatchResult:
     """What the Kafka side must write for one batch, in this order, before acking it."""
 
     dlq: list[tuple[RawRecord, Rejection]] = field(default_factory=list)
+    retry: list[RawRecord] = field(default_factory=list)  # events on items not published yet: the retry topic
     table_fills: list[tuple[bytes, bytes]] = field(default_factory=list)  # novelty topic key, value
     recommendations: list[Recommendation] = field(default_factory=list)
     feedback: list[FeedbackRecord] = field(default_factory=list)  # proposals resolved by this batch
@@ -89,6 +91,7 @@ class Engine:
         # published on the items topic since.
         self.cluster_of: dict[str, int] = dict(zip(self.item_ids, self.item_cluster, strict=True))
         self._mappings: dict[str, tuple[list[int | None], list[str]] | None] = {}  # old catalog version -> map
+        self.published: dict[str, PublishedItem] = {}  # items of the items topic, not in the catalog
         self.descriptions = self.catalog.descriptions(level)
         self.n_clusters = len(self.descriptions)
         self.max_len = int(self.models.seqrec_meta["max_len"])
@@ -136,6 +139,25 @@ class Engine:
                 self.table[key] = row
         self.metrics.table_size.set(len(self.table))
 
+    def learn_items(self, records: Sequence[tuple[bytes | None, bytes | None]]) -> None:
+        """Records of the items topic in offset order: a published item joins `cluster_of` (events on it
+        apply from now on), a tombstone withdraws it; records this worker cannot use are counted by reason."""
+        for key, value in records:
+            if key is None:
+                continue
+            item_id = key.decode("utf-8", "replace")
+            if value is None:
+                if self.published.pop(item_id, None) is not None:
+                    del self.cluster_of[item_id]
+                continue
+            item = parse_item(key, value, self.catalog.version, self.level, self.n_clusters)
+            if isinstance(item, str) or item.item_id in self.item_index:
+                self.metrics.item_records_ignored.labels(item if isinstance(item, str) else "in_catalog").inc()
+                continue
+            self.published[item.item_id] = item
+            self.cluster_of[item.item_id] = item.cluster
+        self.metrics.items_published.set(len(self.published))
+
     def _count_feedback(self, records: Sequence[FeedbackRecord]) -> None:
         """`explore_feedback_total{source,rank,outcome}`: acceptance by source and rank is its ratio."""
         for r in records:
@@ -160,6 +182,7 @@ class Engine:
         m.events.labels("applied").inc(out.applied)
         m.events.labels("duplicate").inc(out.duplicates)
         m.events.labels("invalid").inc(len(out.dlq))
+        m.events.labels("waiting").inc(len(out.retry))
         for _, rej in out.dlq:
             m.dlq.labels(rej.reason).inc()
         users = [u for u in triggers if needs_slate(out.states[u][0], cfg.k, cfg.slate_max_age_s)]
@@ -179,7 +202,10 @@ class Engine:
         cfg = self.cfg
         parsed = parse_interaction(rec.key, rec.value, self.cluster_of, limits)
         if isinstance(parsed, Rejection):
-            out.dlq.append((rec, parsed))
+            if parsed.reason == "unknown_item" and cfg.unknown_item_wait_s > 0:
+                out.retry.append(rec)  # its item may be published soon (`streams.core.items`)
+            else:
+                out.dlq.append((rec, parsed))
             return
         user = parsed.user_id
         entry = out.states.get(user)

@@ -24,8 +24,9 @@ class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.events = Counter("explore_events", "Input records by outcome: applied, duplicate (already in the "
-                              "state), invalid (sent to the DLQ), revoked (partition moved to another worker; "
-                              "its next owner handles the record)",
+                              "state), invalid (sent to the DLQ), waiting (its item is not published yet: sent to "
+                              "the retry topic), revoked (partition moved to another worker; its next owner "
+                              "handles the record)",
                               ["outcome"], registry=r)
         self.dlq = Counter("explore_dlq_records", "Records sent to the dead-letter topic, by reason", ["reason"],
                            registry=r)
@@ -81,6 +82,15 @@ class Metrics:
                                 "within the horizon), horizon (not accepted), evicted (the user's open slates "
                                 "exceeded feedback_max_open), catalog (closed by a new catalog)",
                                 ["source", "rank", "outcome"], registry=r)
+        self.items_published = Gauge("explore_items_published", "Items published on the items topic (not in the "
+                                     "catalog) that the worker applies events on", registry=r)
+        self.item_records_ignored = Counter("explore_item_records_ignored", "Items-topic records not used, by reason: "
+                                            "invalid, stale (placed under another catalog or level), in_catalog "
+                                            "(the catalog's own cluster stands)", ["reason"], registry=r)
+        self.retried = Counter("explore_retried_events", "Events that waited for their item (retry topic), by how "
+                               "they left: applied (sent back to the input once the item was published), "
+                               "expired (to the DLQ as unknown_item), again (still waiting)", ["outcome"],
+                               registry=r)
         self.migrations = Counter("explore_state_migrations", "Users' states moved to the catalog the worker serves "
                                   "(issue 27), by kind: mapped (known clusters older than the history mapped from "
                                   "the earlier catalog), history_only (that catalog was not found), legacy (a "

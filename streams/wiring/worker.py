@@ -26,6 +26,7 @@ import contextlib
 import gc
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import faust
@@ -34,6 +35,7 @@ from faust.web import Request, Response, View, Web
 
 from streams.config import EngineConfig
 from streams.core.engine import Engine, RawRecord, user_view
+from streams.core.items import FIRST_SEEN
 from streams.core.metrics import Metrics, StageClock
 from streams.core.records import dead_letter
 from streams.core.state import expired_users
@@ -43,6 +45,7 @@ from streams.web.live_page import LiveFeed, counters, render_page
 from streams.web.peers import bearer_ok, find_user
 from streams.wiring.delivery import InputDelivery, delete_state, write_state
 from streams.wiring.faust_app import make_app
+from streams.wiring.items_topic import settle_waiting
 from streams.wiring.table_topic import FETCH_RECORDS, keep_running
 
 TABLES = ("users", "positions")
@@ -59,6 +62,10 @@ def engine_topics(cfg: EngineConfig) -> list[TopicSpec]:
                   why="what users did with the proposed clusters goes there"),
         TopicSpec(cfg.novelty_topic, 1, compacted=True, operations=both,
                   why="the novelty table: read whole, live answers written back"),
+        TopicSpec(cfg.items_topic, 1, compacted=True, operations=read,
+                  why="items published after the catalog: read whole"),
+        TopicSpec(cfg.retry_topic, cfg.partitions, operations=both,
+                  why="events on items not published yet wait there"),
         *(TopicSpec(f"{cfg.app_id}-{table}-changelog", cfg.partitions, compacted=True, operations=both,
                     why=f"the {table} table's changelog") for table in TABLES),
         # Faust's leader election subscribes to it; created here so that it is replicated like the rest.
@@ -112,10 +119,11 @@ def create_app(cfg: EngineConfig) -> faust.App:
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     interactions = app.topic(cfg.interactions_topic, partitions=cfg.partitions, **raw)
     novelty = app.topic(cfg.novelty_topic, **raw)
+    retry = app.topic(cfg.retry_topic, partitions=cfg.partitions, **raw)
     users = app.Table("users", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
     positions = app.Table("positions", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
     app.engine, app.metrics = engine, metrics  # type: ignore[attr-defined]
-    status: dict = {"table_loaded": False, "processing": False, "last_batch": 0.0}
+    status: dict = {"table_loaded": False, "items_loaded": False, "processing": False, "last_batch": 0.0}
     delivery = InputDelivery(cfg.bootstrap, cfg.interactions_topic, positions, metrics, app.log,
                              security=cfg.kafka_security())
     live = LiveFeed()  # the latest slates, for GET /live
@@ -124,17 +132,22 @@ def create_app(cfg: EngineConfig) -> faust.App:
     # benchmarks/engine_throughput.py --trace reads these lines).
     trace = os.environ.get("EXPLORE_TRACE_BATCHES") == "1"
 
-    @app.task
-    async def follow_novelty_table() -> None:
-        """Keep the whole compacted novelty topic in memory: the global table every worker reads; a
-        crash (a broker error) starts the follower again, from the topic's beginning."""
+    def follower(name: str, topic: str, learn: Callable[[list], None], loaded: str,
+                 what: Callable[[], str]) -> Callable[[], Awaitable[None]]:
+        """A task that keeps a whole compacted topic in memory (`learn` takes each fetch's (key, value)
+        pairs), sets `status[loaded]` once it reached the end it saw at start, and starts again from the
+        topic's beginning after a crash (a broker error)."""
         def crashed(exc: Exception) -> None:
-            metrics.task_restarts.labels("novelty_table").inc()
-            app.log.error(f"the novelty-table follower crashed ({type(exc).__name__}: {exc}); starting it again")
+            metrics.task_restarts.labels(name).inc()
+            app.log.error(f"the {name} follower crashed ({type(exc).__name__}: {exc}); starting it again")
 
-        await keep_running(read_novelty_table, crashed, backoff_s=1.0)
+        async def follow() -> None:
+            await keep_running(lambda: read_compacted(topic, learn, loaded, what), crashed, backoff_s=1.0)
 
-    async def read_novelty_table() -> None:
+        follow.__name__ = follow.__qualname__ = f"follow_{name}"
+        return follow
+
+    async def read_compacted(topic: str, learn: Callable[[list], None], loaded: str, what: Callable[[], str]) -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         # read_committed: the rows of a precompute worker's aborted transaction (it died mid-batch, and its
@@ -144,28 +157,39 @@ def create_app(cfg: EngineConfig) -> faust.App:
                                     **cfg.kafka_security().client_kwargs())
         try:
             await consumer.start()
-            parts = consumer.partitions_for_topic(cfg.novelty_topic) or {0}
-            tps = [TopicPartition(cfg.novelty_topic, p) for p in parts]
+            parts = consumer.partitions_for_topic(topic) or {0}
+            tps = [TopicPartition(topic, p) for p in parts]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             end = await consumer.end_offsets(tps)
             while True:
                 batches = await consumer.getmany(timeout_ms=500, max_records=FETCH_RECORDS)
                 for records in batches.values():
-                    engine.learn_many([(r.key, r.value) for r in records])
-                if not status["table_loaded"]:
+                    learn([(r.key, r.value) for r in records])
+                if not status[loaded]:
                     reached = {tp: await consumer.position(tp) for tp in tps}
                     if all(reached[tp] >= end[tp] for tp in tps):
-                        status["table_loaded"] = True
-                        app.log.info(f"novelty table loaded: {len(engine.table)} contexts")
+                        status[loaded] = True
+                        app.log.info(f"{topic} loaded: {what()}")
         finally:
             await consumer.stop()
+
+    app.task(follower("novelty_table", cfg.novelty_topic, engine.learn_many, "table_loaded",
+                      lambda: f"{len(engine.table)} contexts"))
+    app.task(follower("items", cfg.items_topic, engine.learn_items, "items_loaded",
+                      lambda: f"{len(engine.published)} published items"))
+
+    @app.agent(retry)
+    async def wait_for_items(stream) -> None:  # type: ignore[no-untyped-def]
+        """Events on items not published yet: `streams.wiring.items_topic.settle_waiting`."""
+        async for event in stream.events():
+            await settle_waiting(app.producer, cfg, engine.cluster_of, metrics, event.message)
 
     @app.agent(interactions)
     async def process(stream) -> None:  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + 30
-        while not status["table_loaded"] and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)  # start with the table, not with a burst of misses
+        while not (status["table_loaded"] and status["items_loaded"]) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # start with the table and the items, not with a burst of misses
         delivery.guard.install(app.consumer)
         status["processing"] = True
         status["last_batch"] = time.monotonic()
@@ -180,13 +204,17 @@ def create_app(cfg: EngineConfig) -> faust.App:
             records = [RawRecord(e.message.key, e.message.value, e.message.partition, e.message.offset,
                                  e.message.timestamp) for e in mine]
             clock.mark("admit")
-            result = await engine.handle(records, users.get)
+            now_s = time.time()
+            result = await engine.handle(records, users.get, now=now_s)
             clock.mark("handle")
             by_offset = {(e.message.partition, e.message.offset): e for e in mine}
             for rec, rej in result.dlq:
                 key, value, headers = dead_letter(rec.key, rec.value, rej,
                                                   f"{cfg.interactions_topic}/{rec.partition}/{rec.offset}")
                 await app.producer.send(cfg.dlq_topic, key, value, partition=None, timestamp=None, headers=headers)
+            for rec in result.retry:  # to the same partition: a user's waiting events keep their order
+                await app.producer.send(cfg.retry_topic, rec.key, rec.value, partition=rec.partition, timestamp=None,
+                                        headers=[(FIRST_SEEN, repr(now_s).encode())])
             for key, value in result.table_fills:
                 await novelty.send(key=key, value=value)
             for user, (state, rec) in result.states.items():
@@ -240,8 +268,9 @@ def create_app(cfg: EngineConfig) -> faust.App:
 
     @app.page("/ready")
     async def ready(web: Web, request: Request) -> Response:
-        ok = status["table_loaded"] and status["processing"] and not app.rebalancing
-        body = {"ready": ok, "novelty_table_loaded": status["table_loaded"], "rebalancing": app.rebalancing,
+        ok = status["table_loaded"] and status["items_loaded"] and status["processing"] and not app.rebalancing
+        body = {"ready": ok, "novelty_table_loaded": status["table_loaded"], "items_loaded": status["items_loaded"],
+                "rebalancing": app.rebalancing, "published_items": len(engine.published),
                 "novelty_contexts": len(engine.table), "novelty_versions": engine.table.version_counts()}
         return web.json(body, status=200 if ok else 503)
 

@@ -22,7 +22,11 @@ def engine_config(bootstrap: str, seqrec_artifacts, repository: Path, triton_url
     tag = uuid.uuid4().hex[:8]
     values = {"bootstrap": bootstrap, "app_id": f"engine-{tag}", "interactions_topic": f"interactions-{tag}",
               "dlq_topic": f"dlq-{tag}", "recommendations_topic": f"recs-{tag}", "novelty_topic": f"novel-{tag}",
-              "feedback_topic": f"feedback-{tag}", "partitions": 4,
+              "feedback_topic": f"feedback-{tag}", "items_topic": f"items-{tag}", "retry_topic": f"retry-{tag}",
+              "partitions": 4,
+              # An event on an unknown item goes to the DLQ at once (the bad-input tests count it there, by its
+              # input offset); the items topic's test sets a wait.
+              "unknown_item_wait_s": 0,
               "catalog": str(Path(seqrec_artifacts.checkpoint).parent / "catalog"),
               "repository": str(repository), "triton_url": triton_url, "batch_within_ms": 10,
               "triton_timeout_s": 1.0, "triton_retry_after_s": 1.0, **overrides}

@@ -139,3 +139,60 @@ def test_the_engine_migrates_a_user_written_under_an_earlier_catalog(seqrec_arti
         kinds = {k: engine.metrics.migrations.labels(k)._value.get() for k in ("mapped", "history_only")}
         assert kinds["mapped"] == (5 if with_history else 0)
     assert n == len(engine.descriptions)
+
+
+# -- items published while the engine runs (item 1) -------------------------------------------
+def test_items_topic_records_are_parsed_or_left_out_with_their_reason() -> None:
+    from streams.core.items import PublishedItem, parse_item
+
+    item = PublishedItem("new-1", "A film", "drama", "cv1", 1, 3, 0.25, "tfidf", 10.0)
+    assert parse_item(item.key, item.encode(), "cv1", 1, 6) == item
+    assert parse_item(item.key, item.encode(), "cv2", 1, 6) == "stale"
+    assert parse_item(item.key, item.encode(), "cv1", 0, 6) == "stale"
+    assert parse_item(item.key, item.encode(), "cv1", 1, 3) == "invalid"  # cluster 3 of 3
+    assert parse_item(b"other", item.encode(), "cv1", 1, 6) == "invalid"
+    assert parse_item(item.key, b"{not json", "cv1", 1, 6) == "invalid"
+    assert parse_item(item.key, b'{"item_id": "new-1"}', "cv1", 1, 6) == "invalid"
+
+
+def test_a_waiting_event_is_applied_once_its_item_is_known_and_expires_after_the_wait() -> None:
+    from streams.core.items import FIRST_SEEN, first_seen, retry_fate
+
+    assert retry_fate(True, 0.0, 1e9, 60.0) == "applied"
+    assert retry_fate(False, 100.0, 159.0, 60.0) == "again" and retry_fate(False, 100.0, 160.0, 60.0) == "expired"
+    assert first_seen([("x", b"1"), (FIRST_SEEN, b"12.5")], 99.0) == 12.5
+    assert first_seen({FIRST_SEEN: b"7"}, 99.0) == 7.0 and first_seen(None, 99.0) == 99.0
+    assert first_seen([(FIRST_SEEN, b"soon")], 99.0) == 99.0
+
+
+def test_the_engine_applies_events_on_published_items_and_sends_earlier_ones_to_wait(
+        seqrec_artifacts, novelty_artifacts, tiny_repository: Path) -> None:  # type: ignore[no-untyped-def]
+    from streams.core.items import PublishedItem
+
+    cfg = EngineConfig().with_values({"catalog": str(Path(seqrec_artifacts.checkpoint).parent / "catalog"),
+                                      "repository": str(tiny_repository), "triton_url": ""})
+    engine = Engine(cfg)
+    v, lv = engine.catalog.version, engine.level
+
+    def rec(item: str, offset: int) -> RawRecord:
+        return RawRecord(b"u", json.dumps({"user_id": "u", "item_id": item, "ts": 100.0 + offset,
+                                           "event": "click"}).encode(), 0, offset, 100.0)
+
+    states: dict[str, dict] = {}
+    out = asyncio.run(engine.handle([rec("new-1", 0)], states.get, now=1000.0))
+    assert [r.offset for r in out.retry] == [0] and not out.dlq and out.applied == 0
+    engine.learn_items([(b"new-1", PublishedItem("new-1", "A", "t", v, lv, 2, 0.1, "tfidf", 1.0).encode()),
+                        (b"new-2", PublishedItem("new-2", "B", "t", "elsewhere", lv, 2, 0.1, "tfidf", 1.0).encode()),
+                        (engine.item_ids[0].encode(),
+                         PublishedItem(engine.item_ids[0], "C", "t", v, lv, 5, 0.1, "tfidf", 1.0).encode())])
+    assert engine.published.keys() == {"new-1"} and engine.cluster_of[engine.item_ids[0]] == engine.item_cluster[0]
+    out = asyncio.run(engine.handle([rec("new-1", 1), rec("new-2", 2)], states.get, now=1000.0))
+    state = out.states["u"][0]
+    assert out.applied == 1 and state["items"] == ["new-1"] and state["known"] == [2]
+    assert len(engine.history(state)) == 0  # the models do not know it: it is left out of their input
+    assert [r.offset for r in out.retry] == [2]
+    engine.learn_items([(b"new-1", None)])  # withdrawn
+    assert "new-1" not in engine.cluster_of
+    engine.cfg = cfg.with_values({"unknown_item_wait_s": 0})
+    out = asyncio.run(engine.handle([rec("new-1", 3)], states.get, now=1000.0))
+    assert [rej.reason for _, rej in out.dlq] == ["unknown_item"] and not out.retry
