@@ -59,7 +59,9 @@ class EngineConfig:
     novelty_topic: str = _setting("novel-interests", "compacted topic with the precomputed novelty table")
     items_topic: str = _setting("items", "compacted topic of items published after the catalog (issue 27): "
                                          "`explore items publish`")
-    retry_topic: str = _setting("interactions-retry", "events on items not published yet wait here, keyed by user")
+    retry_topic: str = _setting("", "events on items not published yet wait here, keyed by user; empty: the "
+                                    "interactions topic's name + '-retry' (each input its own: a worker sends "
+                                    "what waited back to its own input)")
     unknown_item_wait_s: float = _setting(600.0, "how long an event on an unknown item waits for its item to be "
                                                  "published (retry topic) before it goes to the DLQ as "
                                                  "unknown_item; 0: straight to the DLQ")
@@ -187,6 +189,11 @@ class EngineConfig:
         cfg.check()
         return cfg
 
+    @property
+    def waiting_topic(self) -> str:
+        """The retry topic's name: setting `retry_topic`, or the interactions topic's + '-retry'."""
+        return self.retry_topic or f"{self.interactions_topic}-retry"
+
     def check(self) -> None:
         for name in ("k", "m", "n", "partitions", "batch_size", "recent_items", "dedupe_ids", "max_payload_bytes",
                      "fetch_max_wait_ms", "max_id_length", "max_key_bytes", "feedback_max_open", "gc_young_threshold"):
@@ -202,6 +209,8 @@ class EngineConfig:
             warnings.warn(f"feedback_max_open ({self.feedback_max_open}) is below feedback_horizon_events "
                           f"({self.feedback_horizon_events}): a user who changes context more often than that "
                           "within the horizon has proposals evicted without a label", stacklevel=3)
+        if self.unknown_item_wait_s < 0 or self.retry_interval_s <= 0:
+            raise ValueError("setting unknown_item_wait_s must be 0 (no wait) or more, retry_interval_s more than 0")
         if self.user_ttl_s < 0:
             raise ValueError(f"setting user_ttl_s must be 0 (never) or more, got {self.user_ttl_s}")
         if self.store not in ("memory://", "rocksdb://"):

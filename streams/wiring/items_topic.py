@@ -63,13 +63,13 @@ async def settle_waiting(producer, cfg: EngineConfig, known: Mapping[str, int], 
         await producer.send(cfg.interactions_topic, msg.key, msg.value, partition=msg.partition, timestamp=None,
                             headers=headers)
     elif fate == "again":
-        await producer.send(cfg.retry_topic, msg.key, msg.value, partition=msg.partition, timestamp=None,
+        await producer.send(cfg.waiting_topic, msg.key, msg.value, partition=msg.partition, timestamp=None,
                             headers=headers)
     else:
         key, value, dl_headers = dead_letter(
             msg.key, msg.value, Rejection("unknown_item", f"item_id {item_id[:80]!r} was not published within "
                                                           f"{cfg.unknown_item_wait_s:g} s"),
-            f"{cfg.retry_topic}/{msg.partition}/{msg.offset}")
+            f"{cfg.waiting_topic}/{msg.partition}/{msg.offset}")
         await producer.send(cfg.dlq_topic, key, value, partition=None, timestamp=None, headers=dl_headers)
         metrics.events.labels("invalid").inc()
         metrics.dlq.labels("unknown_item").inc()

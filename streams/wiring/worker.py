@@ -64,7 +64,7 @@ def engine_topics(cfg: EngineConfig) -> list[TopicSpec]:
                   why="the novelty table: read whole, live answers written back"),
         TopicSpec(cfg.items_topic, 1, compacted=True, operations=read,
                   why="items published after the catalog: read whole"),
-        TopicSpec(cfg.retry_topic, cfg.partitions, operations=both,
+        TopicSpec(cfg.waiting_topic, cfg.partitions, operations=both,
                   why="events on items not published yet wait there"),
         *(TopicSpec(f"{cfg.app_id}-{table}-changelog", cfg.partitions, compacted=True, operations=both,
                     why=f"the {table} table's changelog") for table in TABLES),
@@ -119,7 +119,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     interactions = app.topic(cfg.interactions_topic, partitions=cfg.partitions, **raw)
     novelty = app.topic(cfg.novelty_topic, **raw)
-    retry = app.topic(cfg.retry_topic, partitions=cfg.partitions, **raw)
+    retry = app.topic(cfg.waiting_topic, partitions=cfg.partitions, **raw)
     users = app.Table("users", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
     positions = app.Table("positions", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
     app.engine, app.metrics = engine, metrics  # type: ignore[attr-defined]
@@ -213,7 +213,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
                                                   f"{cfg.interactions_topic}/{rec.partition}/{rec.offset}")
                 await app.producer.send(cfg.dlq_topic, key, value, partition=None, timestamp=None, headers=headers)
             for rec in result.retry:  # to the same partition: a user's waiting events keep their order
-                await app.producer.send(cfg.retry_topic, rec.key, rec.value, partition=rec.partition, timestamp=None,
+                await app.producer.send(cfg.waiting_topic, rec.key, rec.value, partition=rec.partition, timestamp=None,
                                         headers=[(FIRST_SEEN, repr(now_s).encode())])
             for key, value in result.table_fills:
                 await novelty.send(key=key, value=value)

@@ -65,7 +65,7 @@ def test_an_event_waits_for_its_item_and_one_whose_item_never_comes_reaches_the_
     assert [c["id"] for c in view["context"]][-1] == new_cluster
     assert len(dlq) == 1 and dlq[0].key == b"w2"
     headers = dict(dlq[0].headers)
-    assert headers["reason"] == b"unknown_item" and headers["source"].startswith(cfg.retry_topic.encode())
+    assert headers["reason"] == b"unknown_item" and headers["source"].startswith(cfg.waiting_topic.encode())
     assert 'explore_retried_events_total{outcome="applied"} 1.0' in metrics
     assert 'explore_retried_events_total{outcome="expired"} 1.0' in metrics
     assert 'explore_events_total{outcome="waiting"} 2.0' in metrics

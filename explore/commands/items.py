@@ -1,0 +1,98 @@
+"""`explore items`: publish items that are newer than the catalog, placed in a cluster from their text."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+from explore.commands.common import add_dataset_args, dataset_from_args, engine_settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    items = sub.add_parser("items", help="publish new items to the running engine (the items topic)",
+                           description="Items newer than the catalog: each is placed in a cluster from its text "
+                                       "(the catalog build's text embedding, nearest cluster centroid) and "
+                                       "published on the compacted items topic, which every worker follows. "
+                                       "docs/design/lifecycle.md says what the engine then does with them.")
+    isub = items.add_subparsers(dest="items_command", metavar="ACTION", required=True)
+    p = isub.add_parser("publish", help="place new items from their text and publish them")
+    p.add_argument("--catalog", type=Path, required=True, help="the catalog directory the engine serves")
+    p.add_argument("new_items", type=Path, metavar="NEW_ITEMS",
+                   help="the new items: CSV with a header (item_id, title, then any text columns such as genres) "
+                        "or JSON lines with the same fields; an item's text is its title and other fields joined")
+    p.add_argument("--level", type=int, default=None,
+                   help="the catalog level the engine serves (the SASRec's level); default: the finest")
+    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP)")
+    p.add_argument("--topic", default=None, help="the items topic (default: the engine setting items_topic)")
+    p.add_argument("--dry-run", action="store_true", help="print the placements, publish nothing")
+    add_dataset_args(p)  # only to fit the placement when the catalog has none (catalogs built before it)
+    p.set_defaults(func=cmd_items_publish)
+
+
+def read_items(path: Path) -> list[tuple[str, str, str]]:
+    """(item id, title, text) of each row of a CSV (with a header) or JSON-lines file; the text is every
+    non-empty field but the id, joined by " | " as a dataset joins its text fields (`Dataset.text_of`)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file of new items")
+    if path.suffix in (".jsonl", ".json"):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    out = []
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not str(row.get("item_id") or "").strip():
+            raise ValueError(f"{path}: item {n} has no item_id (columns: item_id, title, then text fields)")
+        fields = [str(v) for k, v in row.items() if k != "item_id" and v not in (None, "")]
+        out.append((str(row["item_id"]).strip(), str(row.get("title") or ""), " | ".join(fields)))
+    return out
+
+
+def cmd_items_publish(args: argparse.Namespace) -> int:
+    from interests.clusters.catalog import Catalog
+    from interests.clusters.placement import fit_placer, load_placement, save_placement
+    from streams.core.items import PublishedItem
+
+    catalog = Catalog.load(args.catalog)
+    level = catalog.finest if args.level is None else args.level
+    if not 0 <= level < len(catalog.levels):
+        raise ValueError(f"--level {level}: the catalog has levels 0 to {catalog.finest}")
+    placer = load_placement(args.catalog, catalog)
+    if placer is None:
+        if not (args.data or args.interactions or args.synthetic):
+            raise ValueError(f"{args.catalog} has no placement.npz (built before placement existed): pass the "
+                             "data the catalog was built from (--data, or --interactions with --items) to fit it")
+        placer = fit_placer(dataset_from_args(args), catalog)
+        print(f"fitted the text placement ({placer.encoder}, {placer.n_fitted:,} items): "
+              f"{save_placement(args.catalog, placer)}")
+    new = read_items(args.new_items)
+    known = set(catalog.item_ids)
+    already = [i for i, _, _ in new if i in known]
+    if already:
+        print(f"{len(already)} item(s) are in the catalog already and keep its cluster: {', '.join(already[:5])}")
+    new = [x for x in new if x[0] not in known]
+    clusters, distances = placer.place([text for _, _, text in new], level)
+    now = time.time()
+    published = [PublishedItem(i, title, text, catalog.version, level, int(c), float(d), placer.encoder, now)
+                 for (i, title, text), c, d in zip(new, clusters, distances, strict=True)]
+    descriptions = catalog.descriptions(level)
+    for item in published[:20]:
+        print(f"  {item.item_id:>12}  -> cluster {item.cluster:3d} (distance {item.distance:.3f}) "
+              f"{descriptions[item.cluster][:50]:50}  {item.title[:40]}")
+    if len(published) > 20:
+        print(f"  ... and {len(published) - 20} more")
+    if args.dry_run:
+        print(f"dry run: {len(published)} item(s) placed, none published")
+        return 0
+    cfg = engine_settings()
+    from streams.wiring.items_topic import publish_items
+
+    bootstrap = args.bootstrap or cfg.bootstrap
+    topic = args.topic or cfg.items_topic
+    sent = publish_items(bootstrap, topic, published, cfg.kafka_security(), cfg.replication_factor,
+                         cfg.min_insync_replicas)
+    print(f"published {sent} item(s) to {topic!r} on {bootstrap} under catalog {catalog.version}, level {level}")
+    return 0
