@@ -14,14 +14,17 @@ broker, no worker); this is the real thing on Apache Kafka (KRaft, one broker):
    its end); resident set (at ready and its peak while starting) and contexts held (`/ready`'s
    `novelty_contexts`, must equal the rows published). Only cost is measured: that the engine
    serves the rows it holds is the engine tests' part.
-4. `--formats binary,json`: the same table also as JSON rows (the format before the binary one, which
+4. `--items N` (issue 27): N published items (`explore items publish`'s records, a short title and
+   text each) on the items topic, and `--starts` workers with the empty table and those items, timed
+   to `/ready` as above (which waits for the items follower too); items held (`published_items`).
+5. `--formats binary,json`: the same table also as JSON rows (the format before the binary one, which
    workers still read) on a topic of its own, and the starts alternate between the two, so that the
    formats are compared side by side in one run.
 
 One run on a shared 2-core machine: compare within the run. Run:
 python benchmarks/table_ready.py [--clusters 1000] [--contexts N (a prefix of the contexts, for a
 quick run)] [--starts 2] [--formats binary[,json]] [--work DIR (keep and reuse the published tables)]
-[--json out.json]
+[--items N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -115,6 +118,31 @@ def publish_table(bootstrap: str, topic: str, n_clusters: int, depth: int, versi
     return rows, size, time.perf_counter() - t0
 
 
+def publish_items(bootstrap: str, topic: str, n: int, n_clusters: int, version: str, level: int) -> tuple[int, float]:
+    """`n` published items as `explore items publish` writes them: (bytes of keys and values, seconds)."""
+    from kafka import KafkaProducer
+    from tqdm import tqdm
+
+    from streams.core.items import PublishedItem
+
+    rnd = random.Random(n)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=50, batch_size=1024 * 1024,
+                             max_request_size=8 * 1024 * 1024)
+    size = 0
+    t0 = time.perf_counter()
+    try:
+        for i in tqdm(range(n), desc="publishing items", unit="item", mininterval=5):
+            item = PublishedItem(f"new-{i}", f"A new film {i} (2027)", "Adventure | Comedy | a new film",
+                                 version, level, rnd.randrange(n_clusters), rnd.random(), "tfidf", 1.8e9)
+            value = item.encode()
+            producer.send(topic, key=item.key, value=value)
+            size += len(item.key) + len(value)
+        producer.flush()
+    finally:
+        producer.close()
+    return size, time.perf_counter() - t0
+
+
 def start_and_time(cfg: EngineConfig, work: Path, name: str) -> dict:
     """Start a worker from nothing, time it to /ready, read what it holds; stop it."""
     worker = WorkerProcess(cfg, work, name)
@@ -133,13 +161,21 @@ def start_and_time(cfg: EngineConfig, work: Path, name: str) -> dict:
         rss = rss_bytes(worker.proc.pid)
     finally:
         worker.stop()
-    return {"ready_s": ready_s, "rss": rss, "peak_rss": max(peak, rss), "contexts": body.get("novelty_contexts")}
+    return {"ready_s": ready_s, "rss": rss, "peak_rss": max(peak, rss), "contexts": body.get("novelty_contexts"),
+            "items": body.get("published_items")}
 
 
 def report(out: dict) -> None:
     """One line per worker start, against the empty-table worker."""
     e, depth = out["empty"], out["depth"]
     print(f"\nworker, empty table: ready in {e['ready_s']:.1f} s, RSS {mb(e['rss'])}")
+    for name, f in out.get("items", {}).items():
+        n, size = out["published_items"]["items"], out["published_items"]["bytes"]
+        print(f"worker with {f['items']:,} published items ({mb(size)} on the topic), {name}: ready in "
+              f"{f['ready_s']:.1f} s, RSS {mb(f['rss'])} (peak {mb(f['peak_rss'])}): "
+              f"{(f['rss'] - e['rss']) / max(n, 1):,.0f} B an item over the empty worker")
+        if f["items"] != n:
+            raise SystemExit(f"the worker holds {f['items']} published items, {n} were published")
     for name, f in out["full"].items():
         published = out["published"][f["format"]]
         rows, size = published["rows"], published["bytes"]
@@ -164,6 +200,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="keep everything here (models, the broker's data) and, when run "
                                               "again with the same --clusters/--contexts, reuse the published "
                                               "tables instead of publishing them again (~10 min at 1,000 clusters)")
+    ap.add_argument("--items", type=int, default=0, help="also publish this many new items (the items topic, "
+                                                        "issue 27) and time --starts workers with them")
     ap.add_argument("--json", type=Path, help="write every measurement here")
     args = ap.parse_args()
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -184,10 +222,10 @@ def main() -> None:
         base = EngineConfig().with_values({"bootstrap": kafka.bootstrap, "catalog": str(catalog),
                                            "repository": str(repo)})
 
-        def worker_cfg(tag: str, topic: str) -> EngineConfig:
+        def worker_cfg(tag: str, topic: str, items_topic: str = "items-none") -> EngineConfig:
             shutil.rmtree(work / f"data-{tag}", ignore_errors=True)  # every worker starts from nothing
             cfg = replace(base, app_id=f"table-{tag}", interactions_topic=f"in-{tag}", dlq_topic=f"dlq-{tag}",
-                          recommendations_topic=f"recs-{tag}", feedback_topic=f"fb-{tag}",
+                          recommendations_topic=f"recs-{tag}", feedback_topic=f"fb-{tag}", items_topic=items_topic,
                           novelty_topic=topic, web_port=free_port(), data_dir=str(work / f"data-{tag}"))
             ensure_topics(cfg)
             return cfg
@@ -211,6 +249,17 @@ def main() -> None:
             out["published"][fmt] = {"rows": rows, "bytes": size, "seconds": secs}
             done.write_text(json.dumps(out["published"][fmt]))
             print(f"published {rows:,} {fmt} rows, {mb(size)}, in {secs:.0f} s", flush=True)
+        if args.items:
+            items_topic = f"items-{args.items}-{version}"
+            ensure_topics(replace(base, items_topic=items_topic))
+            size, secs = publish_items(kafka.bootstrap, items_topic, args.items, args.clusters, version, 1)
+            out["published_items"], out["items"] = {"items": args.items, "bytes": size, "seconds": secs}, {}
+            print(f"published {args.items:,} items, {mb(size)}, in {secs:.0f} s", flush=True)
+            for start in range(1, args.starts + 1):
+                result = start_and_time(worker_cfg(f"items-{start}", "novel-empty", items_topic), work,
+                                        f"items-{start}")
+                out["items"][f"start {start}"] = result
+                print(f"items, start {start}: ready in {result['ready_s']:.1f} s", flush=True)
         for start in range(1, args.starts + 1):
             for fmt in formats:
                 name = f"{fmt}, start {start}"

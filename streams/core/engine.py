@@ -33,7 +33,7 @@ from interests.novelty.mixture import ContextExperts, Mixture, served_context_sc
 from interests.runtime.constrained import EXCLUDED
 from streams.config import EngineConfig
 from streams.core.feedback import FeedbackRecord, drop_unused_versions, feedback_record, open_slate, remember, resolve
-from streams.core.items import PublishedItem, parse_item
+from streams.core.items import parse_item
 from streams.core.metrics import Metrics
 from streams.core.migration import cluster_mapping, migrate, upgrade_legacy
 from streams.core.model_files import ModelFiles
@@ -91,7 +91,7 @@ class Engine:
         # published on the items topic since.
         self.cluster_of: dict[str, int] = dict(zip(self.item_ids, self.item_cluster, strict=True))
         self._mappings: dict[str, tuple[list[int | None], list[str]] | None] = {}  # old catalog version -> map
-        self.published: dict[str, PublishedItem] = {}  # items of the items topic, not in the catalog
+        self.published: set[str] = set()  # items of the items topic, not in the catalog (cluster_of has them)
         self.descriptions = self.catalog.descriptions(level)
         self.n_clusters = len(self.descriptions)
         self.max_len = int(self.models.seqrec_meta["max_len"])
@@ -147,14 +147,15 @@ class Engine:
                 continue
             item_id = key.decode("utf-8", "replace")
             if value is None:
-                if self.published.pop(item_id, None) is not None:
+                if item_id in self.published:
+                    self.published.discard(item_id)
                     del self.cluster_of[item_id]
                 continue
             item = parse_item(key, value, self.catalog.version, self.level, self.n_clusters)
             if isinstance(item, str) or item.item_id in self.item_index:
                 self.metrics.item_records_ignored.labels(item if isinstance(item, str) else "in_catalog").inc()
                 continue
-            self.published[item.item_id] = item
+            self.published.add(item.item_id)
             self.cluster_of[item.item_id] = item.cluster
         self.metrics.items_published.set(len(self.published))
 

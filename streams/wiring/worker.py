@@ -139,7 +139,8 @@ def create_app(cfg: EngineConfig) -> faust.App:
         topic's beginning after a crash (a broker error)."""
         def crashed(exc: Exception) -> None:
             metrics.task_restarts.labels(name).inc()
-            app.log.error(f"the {name} follower crashed ({type(exc).__name__}: {exc}); starting it again")
+            app.log.error(f"the {name.replace('_', '-')} follower crashed ({type(exc).__name__}: {exc}); "
+                          "starting it again")
 
         async def follow() -> None:
             await keep_running(lambda: read_compacted(topic, learn, loaded, what), crashed, backoff_s=1.0)

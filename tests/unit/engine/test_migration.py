@@ -185,7 +185,7 @@ def test_the_engine_applies_events_on_published_items_and_sends_earlier_ones_to_
                         (b"new-2", PublishedItem("new-2", "B", "t", "elsewhere", lv, 2, 0.1, "tfidf", 1.0).encode()),
                         (engine.item_ids[0].encode(),
                          PublishedItem(engine.item_ids[0], "C", "t", v, lv, 5, 0.1, "tfidf", 1.0).encode())])
-    assert engine.published.keys() == {"new-1"} and engine.cluster_of[engine.item_ids[0]] == engine.item_cluster[0]
+    assert engine.published == {"new-1"} and engine.cluster_of[engine.item_ids[0]] == engine.item_cluster[0]
     out = asyncio.run(engine.handle([rec("new-1", 1), rec("new-2", 2)], states.get, now=1000.0))
     state = out.states["u"][0]
     assert out.applied == 1 and state["items"] == ["new-1"] and state["known"] == [2]
