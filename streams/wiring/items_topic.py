@@ -15,30 +15,14 @@ from streams.core.items import FIRST_SEEN, PublishedItem, first_seen, retry_fate
 from streams.core.metrics import Metrics
 from streams.core.records import Rejection, dead_letter
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
+from streams.wiring.table_topic import publish_compacted
 
 
 def publish_items(bootstrap: str, topic: str, items: Iterable[PublishedItem], security: KafkaSecurity = PLAINTEXT,
                   replication_factor: int = 0, min_insync_replicas: int = 0) -> int:
-    """Create the compacted items topic if needed (one partition: every worker reads it whole) and write
-    one record per item, acknowledged by every in-sync replica; returns the count."""
-    if not bootstrap:
-        raise ValueError("publishing items needs a broker: pass --bootstrap or set KAFKA_BOOTSTRAP")
-    from kafka import KafkaProducer
-
-    from streams.infra.kafka_check import create_topic
-
-    create_topic(bootstrap, topic, partitions=1, compacted=True, security=security,
-                 replication_factor=replication_factor, min_insync_replicas=min_insync_replicas)
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **security.client_kwargs())
-    sent = 0
-    try:
-        for item in items:
-            producer.send(topic, key=item.key, value=item.encode())
-            sent += 1
-        producer.flush()
-    finally:
-        producer.close()
-    return sent
+    """Write one record per item to the compacted items topic (created if needed); returns the count."""
+    return publish_compacted(bootstrap, topic, ((item.key, item.encode()) for item in items), "items", security,
+                             replication_factor, min_insync_replicas)
 
 
 async def settle_waiting(producer, cfg: EngineConfig, known: Mapping[str, int], metrics: Metrics,  # type: ignore[no-untyped-def]

@@ -32,14 +32,13 @@ async def keep_running(task: Callable[[], Awaitable[None]], on_crash: Callable[[
         await asyncio.sleep(backoff_s)
 
 
-def publish_table(bootstrap: str, topic: str, rows: Iterable[dict], security: KafkaSecurity = PLAINTEXT,
-                  replication_factor: int = 0, min_insync_replicas: int = 0) -> int:
-    """Create the compacted topic if needed (replicated as the engine's topics are) and write one record
-    per context, its writer "precompute" unless the row names one (rows published by the demo, the loop
-    and `precompute`/`rerank --publish` are all computed ahead, as the distributed precompute's are);
-    returns the count."""
+def publish_compacted(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]], what: str,
+                      security: KafkaSecurity = PLAINTEXT, replication_factor: int = 0,
+                      min_insync_replicas: int = 0) -> int:
+    """Create the compacted one-partition topic if needed (every worker reads it whole; replicated as the
+    engine's topics are) and write `records` (key, value), acknowledged by every in-sync replica; the count."""
     if not bootstrap:
-        raise ValueError("publishing the novelty table needs a broker: pass --bootstrap or set KAFKA_BOOTSTRAP")
+        raise ValueError(f"publishing {what} needs a broker: pass --bootstrap or set KAFKA_BOOTSTRAP")
     from kafka import KafkaProducer
 
     from streams.infra.kafka_check import create_topic
@@ -49,12 +48,22 @@ def publish_table(bootstrap: str, topic: str, rows: Iterable[dict], security: Ka
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **security.client_kwargs())
     sent = 0
     try:
-        for row in rows:
-            value = row_value(row["clusters"], row["scores"], row.get("catalog_version"),
-                              row.get("source") or "precompute", row.get("versions"))
-            producer.send(topic, key=context_key(row["context"]), value=value)
+        for key, value in records:
+            producer.send(topic, key=key, value=value)
             sent += 1
         producer.flush()
     finally:
         producer.close()
     return sent
+
+
+def publish_table(bootstrap: str, topic: str, rows: Iterable[dict], security: KafkaSecurity = PLAINTEXT,
+                  replication_factor: int = 0, min_insync_replicas: int = 0) -> int:
+    """Write one record per context to the compacted novelty topic, its writer "precompute" unless the row
+    names one (rows published by the demo, the loop and `precompute`/`rerank --publish` are all computed
+    ahead, as the distributed precompute's are); returns the count."""
+    records = ((context_key(row["context"]),
+                row_value(row["clusters"], row["scores"], row.get("catalog_version"), row.get("source") or "precompute",
+                          row.get("versions"))) for row in rows)
+    return publish_compacted(bootstrap, topic, records, "the novelty table", security, replication_factor,
+                             min_insync_replicas)
