@@ -275,16 +275,17 @@ class Engine:
     def history(self, state: dict) -> np.ndarray:
         """The user's items the models know (0-based rows of the serving catalog), oldest first: an item
         published after the models were built is in the state but not in their tables."""
-        index = self.item_index
-        return np.array([index[i] for i in state["items"] if i in index], dtype=np.int64)
+        rows = [j for j in map(self.item_index.get, state["items"]) if j is not None]
+        return np.array(rows, dtype=np.int64)
 
     async def _recommend(self, users: list[str], out: BatchResult, triggers: dict[str, float]) -> None:
         """Slates for `users`, in the three model calls at most that a batch makes (two with the mixture:
         the table fill and `explorer`, which names the novel clusters and makes their slates)."""
         states = {u: out.states[u][0] for u in users}
+        seen = {u: self.history(states[u]) for u in users}  # once per user: item ids -> model rows
         out.table_fills += await self._fill_table(users, states)
         if self.mixture is not None:
-            novel, (items, scores), seqrec_path = await self._mixture_slates(users, states)
+            novel, (items, scores), seqrec_path = await self._mixture_slates(users, states, seen)
             source, versions = dict.fromkeys(users, "mixture"), dict.fromkeys(users, self.models.versions)
         else:
             novel, source, versions = await self._novel_clusters(users, states)
@@ -293,14 +294,13 @@ class Engine:
         if not ready:
             return
         if self.mixture is None:
-            (items, scores), seqrec_path = await self._top_items(ready, states, novel)
+            (items, scores), seqrec_path = await self._top_items(ready, seen, novel)
         else:  # the graph answered for every user: keep the rows of those with a novel cluster
             pos = {u: i for i, u in enumerate(users)}
             rows = [pos[u] for u in ready]
             items, scores = items[rows], scores[rows]
         for i, u in enumerate(ready):
-            slate = slate_items(items[i].tolist(), scores[i].tolist(), self.history(states[u]).tolist(), self.cfg.n,
-                                EXCLUDED / 2)
+            slate = slate_items(items[i].tolist(), scores[i].tolist(), seen[u].tolist(), self.cfg.n, EXCLUDED / 2)
             if not slate:
                 self.metrics.no_slate.labels("no_items").inc()
                 continue
@@ -372,7 +372,7 @@ class Engine:
                 novel[u], source[u], versions[u] = answer, "live", self.models.versions
         return novel, source, versions
 
-    async def _mixture_slates(self, users: list[str], states: dict[str, dict]
+    async def _mixture_slates(self, users: list[str], states: dict[str, dict], seen: dict[str, np.ndarray]
                               ) -> tuple[dict[str, list[tuple[int, float]]], tuple[np.ndarray, np.ndarray], str]:
         """The mixture's one model call for every slate of the batch (`explorer`): the context part from each
         user's table row and context (`served_context_scores`), the known clusters and the history in; each
@@ -383,7 +383,7 @@ class Engine:
         known = np.zeros((len(users), self.n_clusters), dtype=bool)
         for i, u in enumerate(users):
             known[i, states[u]["known"]] = True
-        histories = [self.history(states[u]) for u in users]
+        histories = [seen[u] for u in users]
         history = pad_histories([h + 1 for h in histories], self.max_len)
         (clusters, cluster_scores, items, scores), path = await self.router.infer(
             "explorer", {"history": history, "known": known,
@@ -399,11 +399,11 @@ class Engine:
         mine = self.models.versions
         return {**mine, **{k: v for k, v in row.items() if k not in mine}} if row else mine
 
-    async def _top_items(self, users: list[str], states: dict[str, dict],
+    async def _top_items(self, users: list[str], seen: dict[str, np.ndarray],
                          novel: dict[str, list[tuple[int, float]]]) -> tuple[list[np.ndarray], str]:
-        """Model call 3: `seqrec` for every slate of the batch, restricted to each user's novel clusters;
-        ((items, scores), the path that answered)."""
-        history = pad_histories([self.history(states[u]) + 1 for u in users], self.max_len)
+        """Model call 3: `seqrec` for every slate of the batch, restricted to each user's novel clusters, from
+        their histories as model rows (`history`); ((items, scores), the path that answered)."""
+        history = pad_histories([seen[u] + 1 for u in users], self.max_len)
         allowed = np.zeros((len(users), self.n_clusters), dtype=bool)
         for i, u in enumerate(users):
             allowed[i, [c for c, _ in novel[u]]] = True
