@@ -272,17 +272,26 @@ class Engine:
                             " its users keep only their history's clusters")
         return self._mappings[version]
 
-    def history(self, state: dict) -> np.ndarray:
+    def history(self, state: dict, newest: int = 0) -> np.ndarray:
         """The user's items the models know (0-based rows of the serving catalog), oldest first: an item
-        published after the models were built is in the state but not in their tables."""
-        rows = [j for j in map(self.item_index.get, state["items"]) if j is not None]
-        return np.array(rows, dtype=np.int64)
+        published after the models were built is in the state but not in their tables. `newest` > 0: only
+        that many of the newest (what SASRec reads), without turning the older ids into rows."""
+        get, rows = self.item_index.get, []
+        for item in reversed(state["items"]):
+            j = get(item)
+            if j is not None:
+                rows.append(j)
+                if len(rows) == newest:
+                    break
+        return np.array(rows[::-1], dtype=np.int64)
 
     async def _recommend(self, users: list[str], out: BatchResult, triggers: dict[str, float]) -> None:
         """Slates for `users`, in the three model calls at most that a batch makes (two with the mixture:
         the table fill and `explorer`, which names the novel clusters and makes their slates)."""
         states = {u: out.states[u][0] for u in users}
-        seen = {u: self.history(states[u]) for u in users}  # once per user: item ids -> model rows
+        # Once per user: item ids -> model rows; the mixture's item experts read the whole history, SASRec
+        # its newest max_len (the slate's exclusion of seen items is checked by id below).
+        seen = {u: self.history(states[u], 0 if self.mixture is not None else self.max_len) for u in users}
         out.table_fills += await self._fill_table(users, states)
         if self.mixture is not None:
             novel, (items, scores), seqrec_path = await self._mixture_slates(users, states, seen)
@@ -300,7 +309,10 @@ class Engine:
             rows = [pos[u] for u in ready]
             items, scores = items[rows], scores[rows]
         for i, u in enumerate(ready):
-            slate = slate_items(items[i].tolist(), scores[i].tolist(), seen[u].tolist(), self.cfg.n, EXCLUDED / 2)
+            had, ids = set(states[u]["items"]), self.item_ids
+            candidates = items[i].tolist()
+            had_rows = [c - 1 for c in candidates if c > 0 and ids[c - 1] in had]
+            slate = slate_items(candidates, scores[i].tolist(), had_rows, self.cfg.n, EXCLUDED / 2)
             if not slate:
                 self.metrics.no_slate.labels("no_items").inc()
                 continue
