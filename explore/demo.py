@@ -339,8 +339,9 @@ def _replay_and_watch(ds, start_ts, cfg, worker, catalog, run: Path, args, steps
     records = _with_bad_records([e.encode() for e in held], args.bad_records, args.seed)
     produce(cfg.bootstrap, cfg.interactions_topic, records, rate=args.rate, progress=not args.quiet,
             desc="held-out")
-    _wait_applied(worker, len(events) + args.bad_records, 300)
+    _wait_applied(worker, len(events) + args.bad_records, 300, (*HANDLED, "waiting"))  # each record seen once
     replay_s = time.perf_counter() - t0
+    _wait_applied(worker, len(events) + args.bad_records, 300)  # and those on unknown items out of their wait
     _wait_slates(worker, view, 60)
     done.set()
     view.stop_flag.set()
@@ -375,12 +376,15 @@ def _with_bad_records(records: list[tuple[bytes, bytes]], n: int, seed: int) -> 
 HANDLED = ("applied", "duplicate", "invalid")  # outcomes that finish a record (revoked ones go elsewhere)
 
 
-def _wait_applied(worker, n: int, timeout_s: float) -> None:  # type: ignore[no-untyped-def]
+def _wait_applied(worker, n: int, timeout_s: float,  # type: ignore[no-untyped-def]
+                  outcomes: tuple[str, ...] = HANDLED) -> None:
+    """Until the worker counted `n` events among `outcomes` (with "waiting": events on items not published
+    yet count when they start to wait, not when they leave the retry topic)."""
     from streams.infra.process import wait_until
 
     def seen() -> bool:
         m = parse_metrics(worker.metrics_text())
-        return sum(metric_count(m, "explore_events_total", outcome=o) for o in HANDLED) >= n
+        return sum(metric_count(m, "explore_events_total", outcome=o) for o in outcomes) >= n
 
     wait_until(seen, timeout_s, f"the worker processed {n:,} events", worker.proc, interval_s=0.5)
 
@@ -424,12 +428,14 @@ def _print_summary(s: dict, steps: Steps, run: Path, report: Path | None, total_
     hits = metric_count(m, "explore_novelty_table_lookups_total", result="hit")
     misses = metric_count(m, "explore_novelty_table_lookups_total", result="miss")
     events = {o: metric_count(m, "explore_events_total", outcome=o) for o in HANDLED}
+    waited = metric_count(m, "explore_events_total", outcome="waiting")
     slates = {src: metric_count(m, "explore_slates_total", source=src) for src in ("mixture", "table", "live")}
     print("\nSummary")
     dlq = {k.split('"')[1]: v for k, v in m.items() if k.startswith("explore_dlq_records_total{")}
     print(f"  events: {s['events']:,} replayed ({s['held']:,} held-out in {s['replay_s']:.1f} s); applied "
           f"{events['applied']:,.0f}, duplicates {events['duplicate']:,.0f}, to the DLQ {events['invalid']:,.0f}"
-          + (" (" + ", ".join(f"{r} {v:.0f}" for r, v in sorted(dlq.items())) + ")" if dlq else ""))
+          + (" (" + ", ".join(f"{r} {v:.0f}" for r, v in sorted(dlq.items())) + ")" if dlq else "")
+          + (f"; {waited:,.0f} waited for their item first" if waited else ""))
     sources = ", ".join(f"{src} {n:,.0f}" for src, n in slates.items() if n) or "none"
     print(f"  slates: {len(s['records']):,}, {len(held):,} in the held-out period (novel clusters from: {sources}); "
           f"novelty table hit rate "

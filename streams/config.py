@@ -65,7 +65,8 @@ class EngineConfig:
     unknown_item_wait_s: float = _setting(600.0, "how long an event on an unknown item waits for its item to be "
                                                  "published (retry topic) before it goes to the DLQ as "
                                                  "unknown_item; 0: straight to the DLQ")
-    retry_interval_s: float = _setting(5.0, "how often a waiting event looks again for its item")
+    retry_interval_s: float = _setting(5.0, "how often a waiting event looks again for its item (each look reads "
+                                            "and writes it again: N waiting events cost N / this records a second)")
     feedback_topic: str = _setting("exploration-feedback", "output topic: one record per proposed novel cluster "
                                                            "once it resolves (accepted or not)")
     partitions: int = _setting(8, "partitions of the topics the engine creates (the interactions topic too)")

@@ -447,7 +447,8 @@ def user_view(state: dict | None, engine: Engine) -> dict:
     same = state.get("cv") in (None, engine.catalog.version)  # else: migrated at the user's next event
     d = engine.descriptions if same else [None] * (1 + max([*state["known"], *state["context"], 0]))
     return {"events_applied": state["n"], "last_event_ts": state["ts"],
-            "recent_items": state["items"][-20:], "catalog_version": state.get("cv"),
+            "recent_items": [engine.item_ids[i] if isinstance(i, int) else i for i in state["items"][-20:]],
+            "catalog_version": state.get("cv"),  # None: written before states recorded it (dense indices)
             "context": [{"id": c, "description": d[c]} for c in state["context"]],
             "known_clusters": [{"id": c, "description": d[c]} for c in state["known"]],
             "last_slate": state["slate"], "input_position": state["pos"],

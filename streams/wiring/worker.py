@@ -35,7 +35,7 @@ from faust.web import Request, Response, View, Web
 
 from streams.config import EngineConfig
 from streams.core.engine import Engine, RawRecord, user_view
-from streams.core.items import FIRST_SEEN
+from streams.core.items import FIRST_SEEN, first_seen
 from streams.core.metrics import Metrics, StageClock
 from streams.core.records import dead_letter
 from streams.core.state import expired_users
@@ -214,8 +214,12 @@ def create_app(cfg: EngineConfig) -> faust.App:
                                                   f"{cfg.interactions_topic}/{rec.partition}/{rec.offset}")
                 await app.producer.send(cfg.dlq_topic, key, value, partition=None, timestamp=None, headers=headers)
             for rec in result.retry:  # to the same partition: a user's waiting events keep their order
+                # An event back from the retry topic keeps the time it was first met (its header), so that its
+                # wait stays bounded by unknown_item_wait_s if its item is unknown here again (a worker whose
+                # items follower is behind, or a withdrawn item).
+                since = first_seen(by_offset[(rec.partition, rec.offset)].message.headers, now_s)
                 await app.producer.send(cfg.waiting_topic, rec.key, rec.value, partition=rec.partition, timestamp=None,
-                                        headers=[(FIRST_SEEN, repr(now_s).encode())])
+                                        headers=[(FIRST_SEEN, repr(since).encode())])
             for key, value in result.table_fills:
                 await novelty.send(key=key, value=value)
             for user, (state, rec) in result.states.items():
