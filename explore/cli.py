@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from explore.commands import clusters, engine, infra, items, loop, novelty, report, seqrec
+from explore.commands import clusters, engine, infra, lifecycle, loop, novelty, report, seqrec
 from explore.commands.common import ENV_HELP
 
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "interest clusters and cluster-restricted slates out.",
         epilog=ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for group in (infra, clusters, seqrec, novelty, engine, items, report, loop):
+    for group in (infra, clusters, seqrec, novelty, engine, lifecycle, report, loop):
         group.register(sub)
     return parser
 

@@ -59,6 +59,8 @@ class EngineConfig:
     novelty_topic: str = _setting("novel-interests", "compacted topic with the precomputed novelty table")
     items_topic: str = _setting("items", "compacted topic of items published after the catalog (issue 27): "
                                          "`explore items publish`")
+    models_topic: str = _setting("model-sets", "compacted control topic of the model sets (`explore models publish`, "
+                                               "`rollback`): every worker serves the set it names")
     retry_topic: str = _setting("", "events on items not published yet wait here, keyed by user; empty: the "
                                     "interactions topic's name + '-retry' (each input its own: a worker sends "
                                     "what waited back to its own input)")
@@ -71,7 +73,9 @@ class EngineConfig:
                                                            "once it resolves (accepted or not)")
     partitions: int = _setting(8, "partitions of the topics the engine creates (the interactions topic too)")
     catalog: str = _setting("", "catalog directory (`explore clusters build --out`)")
-    catalogs: str = _setting("", "directory of earlier catalogs (one sub-directory each, any name): a user whose "
+    catalogs: str = _setting("", "directory of earlier and published catalogs (one sub-directory each; `explore "
+                                 "models publish` names them by version): a model set's catalog is read there, and "
+                                 "a user whose "
                                  "state was written under one of them keeps its known clusters older than its "
                                  "history, mapped by shared items (streams.core.migration); empty: the "
                                  "history's alone")

@@ -33,10 +33,11 @@ from interests.novelty.mixture import ContextExperts, Mixture, served_context_sc
 from interests.runtime.constrained import EXCLUDED
 from streams.config import EngineConfig
 from streams.core.feedback import FeedbackRecord, drop_unused_versions, feedback_record, open_slate, remember, resolve
-from streams.core.items import parse_item
+from streams.core.items import item_fit, read_item
 from streams.core.metrics import Metrics
 from streams.core.migration import cluster_mapping, migrate, upgrade_legacy
 from streams.core.model_files import ModelFiles
+from streams.core.model_sets import FIRST_SET, SetManifest, table_topic
 from streams.core.recommendation import Recommendation, novel_for_user, slate_items
 from streams.core.records import Limits, Rejection, parse_interaction
 from streams.core.state import apply, copy_state, needs_slate
@@ -73,6 +74,31 @@ class BatchResult:
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class ServingSet:
+    """One complete model set as a worker serves it (`streams.core.model_sets`): its catalog at the models'
+    level, the exported models and their in-process twins, the mixture, and its own novelty table."""
+
+    number: int
+    catalog: Catalog
+    models: ModelFiles
+    table_topic: str
+    mixture: tuple[Mixture, ContextExperts] | None
+    local: dict
+    level: int = 0
+    table: CompactTable = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.level = int(self.models.seqrec_meta["level"])
+        self.item_ids = self.catalog.item_ids
+        self.item_index = {item: i for i, item in enumerate(self.item_ids)}  # the models' rows
+        self.item_cluster = self.catalog.item_clusters(self.level).astype(int).tolist()
+        self.descriptions = self.catalog.descriptions(self.level)
+        self.n_clusters = len(self.descriptions)
+        self.max_len = int(self.models.seqrec_meta["max_len"])
+        self.table = CompactTable(self.n_clusters)  # arrays, not Python rows: ~1M contexts fit (issue 15)
+
+
 class Engine:
     def __init__(self, cfg: EngineConfig, metrics: Metrics | None = None) -> None:
         if not cfg.catalog or not cfg.repository:
@@ -80,80 +106,146 @@ class Engine:
                              "(EXPLORE_REPOSITORY)")
         self.cfg = cfg
         self.metrics = metrics or Metrics()
-        self.catalog = Catalog.load(Path(cfg.catalog))
-        self.models = ModelFiles(Path(cfg.repository), self.catalog, cfg.k)
-        level = int(self.models.seqrec_meta["level"])
-        self.level = level
-        self.item_index = {item: i for i, item in enumerate(self.catalog.item_ids)}  # the models' rows
-        self.item_ids = self.catalog.item_ids
-        self.item_cluster = self.catalog.item_clusters(level).astype(int).tolist()
-        # Every item the worker can apply an event on, with its cluster: the catalog's, and (issue 27) those
-        # published on the items topic since.
-        self.cluster_of: dict[str, int] = dict(zip(self.item_ids, self.item_cluster, strict=True))
+        self._catalogs: dict[str, Catalog] = {}  # earlier catalogs by version, once loaded
         self._mappings: dict[str, tuple[list[int | None], list[str]] | None] = {}  # old catalog version -> map
-        self.published: set[str] = set()  # items of the items topic, not in the catalog (cluster_of has them)
-        self.descriptions = self.catalog.descriptions(level)
-        self.n_clusters = len(self.descriptions)
-        self.max_len = int(self.models.seqrec_meta["max_len"])
-        self.router = ModelRouter(cfg.triton_url, self.models.local_models(cfg.threads), cfg.triton_timeout_s,
-                                  cfg.triton_retries, cfg.triton_retry_after_s, self.metrics.observe_call,
-                                  lambda up: self.metrics.triton_up.set(1 if up else 0), self.models.max_batch,
-                                  tls=cfg.triton_tls())
-        self.table = CompactTable(self.n_clusters)  # arrays, not Python rows: ~1M contexts fit (issue 15)
-        self.mixture = self._mixture(cfg)
+        # Every valid items-topic placement (issue 27): item -> (catalog version, level, cluster); the serving
+        # set uses those placed under its catalog (`adopt`).
+        self.item_places: dict[str, tuple[str, int, int]] = {}
+        self.router = ModelRouter(cfg.triton_url, {}, cfg.triton_timeout_s, cfg.triton_retries,
+                                  cfg.triton_retry_after_s, self.metrics.observe_call,
+                                  lambda up: self.metrics.triton_up.set(1 if up else 0), tls=cfg.triton_tls())
+        self.adopt(self.load_set(FIRST_SET))
 
-    def _mixture(self, cfg: EngineConfig) -> tuple[Mixture, ContextExperts] | None:
+    # -- the model set it serves (issue 27) ---------------------------------------------------------
+    def load_set(self, number: int, manifest: SetManifest | None = None) -> ServingSet:
+        """Model set `number` read from disk, beside the one served (slow: catalog, ONNX sessions; a worker runs
+        it off its event loop). Set 1 is the configured one; another must match its manifest (the control
+        topic's): its catalog in the `catalogs` directory, the digests of its Triton version-`number` files."""
+        cfg = self.cfg
+        if number == FIRST_SET:
+            catalog = Catalog.load(Path(cfg.catalog))
+        else:
+            if manifest is None:
+                raise CatalogError(f"model set {number} has no manifest on the control topic")
+            found = self.find_catalog(manifest.catalog)
+            if found is None:
+                raise CatalogError(f"model set {number}: its catalog {manifest.catalog} is not in the catalogs "
+                                   f"directory ({cfg.catalogs or 'setting catalogs not set'})")
+            catalog = found
+        models = ModelFiles(Path(cfg.repository), catalog, cfg.k, number)
+        differ = {k: v for k, v in (manifest.models if manifest else {}).items() if models.versions.get(k) != v}
+        if differ or (manifest and int(models.seqrec_meta["level"]) != manifest.level):
+            raise CatalogError(f"model set {number}: the files under version {number} of {cfg.repository} are not the "
+                               f"published ones ({', '.join(sorted(differ)) or 'level'} differ)")
+        return ServingSet(number, catalog, models, table_topic(cfg.novelty_topic, number), self._mixture(cfg, models),
+                          models.local_models(cfg.threads))
+
+    def adopt(self, s: ServingSet) -> None:
+        """Serve set `s` from the next batch on (the caller calls it between batches, never inside `handle`):
+        every slate is then made by `s` alone; users' states move to its catalog at their next event."""
+        self.serving = s
+        self.catalog, self.models, self.level = s.catalog, s.models, s.level
+        self.mixture, self.table = s.mixture, s.table
+        self.item_index, self.item_ids, self.item_cluster = s.item_index, s.item_ids, s.item_cluster
+        self.descriptions, self.n_clusters, self.max_len = s.descriptions, s.n_clusters, s.max_len
+        # Every item the worker can apply an event on, with its cluster: the catalog's, and (issue 27) those
+        # published on the items topic under this catalog.
+        self.cluster_of: dict[str, int] = dict(zip(self.item_ids, self.item_cluster, strict=True))
+        self.published: set[str] = set()  # items of the items topic, not in the catalog (cluster_of has them)
+        for item, (version, level, cluster) in self.item_places.items():
+            if item not in self.item_index and not item_fit(version, level, cluster, s.catalog.version, s.level,
+                                                             s.n_clusters):
+                self.published.add(item)
+                self.cluster_of[item] = cluster
+        self._mappings = {}  # the maps from earlier catalogs point into the one served
+        self.router.serve(s.local, s.models.max_batch, s.number)
+        self.metrics.serving_set.set(s.number)
+        self.metrics.items_published.set(len(self.published))
+        self.metrics.table_size.set(len(s.table))
+
+    def find_catalog(self, version: str) -> Catalog | None:
+        """The catalog of `version`: the configured one, `catalogs/<version>` (where `explore models publish`
+        puts it) or any other sub-directory of `catalogs` (any name); None when none is."""
+        if version in self._catalogs:
+            return self._catalogs[version]
+        cfg = self.cfg
+        root = Path(cfg.catalogs) if cfg.catalogs else None
+        candidates = [Path(cfg.catalog), *([root / version] if root else []),
+                      *(sorted(root.glob("*/")) if root and root.is_dir() else [])]
+        for directory in candidates:
+            try:
+                catalog = Catalog.load(directory)
+            except (CatalogError, OSError):
+                continue
+            self._catalogs[catalog.version] = catalog
+            if catalog.version == version:
+                return catalog
+        return None
+
+    def _mixture(self, cfg: EngineConfig, models: ModelFiles) -> tuple[Mixture, ContextExperts] | None:
         """The mixture of experts the worker serves (setting `policy`), or None for the LM's table and seqrec."""
-        meta = self.models.explorer_meta
+        meta = models.explorer_meta
         if cfg.policy == "lm" or (cfg.policy == "auto" and meta is None):
             return None
         if meta is None:
-            raise FileNotFoundError(f"policy mixture: {self.models.explorer_dir} is missing; export a fitted mixture "
+            raise FileNotFoundError(f"policy mixture: {models.explorer_dir} is missing; export a fitted mixture "
                                     "(`explore novelty export-mixture`) or set policy to lm")
         if int(meta["m"]) != cfg.m:
             raise ValueError(f"explorer proposes M = {meta['m']} clusters, the worker's setting m is {cfg.m}: export "
                              f"the mixture with --m {cfg.m}, or set m to {meta['m']}")
-        return Mixture(meta["weights"], int(meta["level"])), ContextExperts.load(self.models.explorer_dir)
+        return Mixture(meta["weights"], int(meta["level"])), ContextExperts.load(models.explorer_dir)
 
     # -- the novelty table -------------------------------------------------------------------
     def learn(self, key: bytes | None, value: bytes | None) -> None:
         """One record of the compacted novelty topic (a precomputed row or another worker's fill): `learn_many`."""
         self.learn_many([(key, value)])
 
-    def learn_many(self, records: Sequence[tuple[bytes | None, bytes | None]]) -> None:
-        """Records of the novelty topic in offset order (the follower's fetch): rows join the table, a
-        tombstone takes its context out; a row of another catalog or none ("stale", "invalid":
-        `parse_row`) is counted and left out."""
+    def learn_many(self, records: Sequence[tuple[bytes | None, bytes | None]], into: ServingSet | None = None) -> None:
+        """Records of a set's novelty topic (`into`: the one served) in offset order (the follower's fetch): rows
+        join the table, a tombstone takes its context out; a row of another catalog or none ("stale",
+        "invalid": `parse_row`) is counted and left out."""
+        target = into or self.serving
         rows = iter(parse_rows([(k, v) for k, v in records if k is not None and v is not None],
-                               self.catalog.version, self.cfg.k, self.n_clusters))
+                               target.catalog.version, self.cfg.k, target.n_clusters))
         for key, value in records:
             if key is None:
                 continue
             if value is None:
-                self.table.pop(key, None)
+                target.table.pop(key, None)
                 continue
             row = next(rows)
             if isinstance(row, str):
                 self.metrics.table_rows_ignored.labels(row).inc()
             else:
-                self.table[key] = row
-        self.metrics.table_size.set(len(self.table))
+                target.table[key] = row
+        if target is self.serving:
+            self.metrics.table_size.set(len(target.table))
 
     def learn_items(self, records: Sequence[tuple[bytes | None, bytes | None]]) -> None:
         """Records of the items topic in offset order: a published item joins `cluster_of` (events on it
-        apply from now on), a tombstone withdraws it; records this worker cannot use are counted by reason."""
+        apply from now on), a tombstone withdraws it; records this worker cannot use are counted by reason.
+        Every valid placement is kept for the model sets the worker may serve next."""
+        versions: dict[str, str] = {}  # one string per catalog version, not one per item
         for key, value in records:
             if key is None:
                 continue
             item_id = key.decode("utf-8", "replace")
             if value is None:
+                self.item_places.pop(item_id, None)
                 if item_id in self.published:
                     self.published.discard(item_id)
                     del self.cluster_of[item_id]
                 continue
-            item = parse_item(key, value, self.catalog.version, self.level, self.n_clusters)
-            if isinstance(item, str) or item.item_id in self.item_index:
-                self.metrics.item_records_ignored.labels(item if isinstance(item, str) else "in_catalog").inc()
+            item = read_item(key, value)
+            if isinstance(item, str):
+                self.metrics.item_records_ignored.labels(item).inc()
+                continue
+            self.item_places[item.item_id] = (versions.setdefault(item.catalog, item.catalog), item.level,
+                                              item.cluster)
+            why = "in_catalog" if item.item_id in self.item_index else item_fit(
+                item.catalog, item.level, item.cluster, self.catalog.version, self.level, self.n_clusters)
+            if why:
+                self.metrics.item_records_ignored.labels(why).inc()
                 continue
             self.published.add(item.item_id)
             self.cluster_of[item.item_id] = item.cluster
@@ -252,21 +344,16 @@ class Engine:
         return [feedback_record(user, r, descriptions, state["vs"]) for r in closed]
 
     def _old_catalog(self, version: str) -> tuple[list[int | None], list[str]] | None:
-        """(old cluster -> new cluster, the old clusters' descriptions) for a catalog version, from the
-        directory of earlier catalogs (setting `catalogs`); None when it is not there. Once per version."""
+        """(old cluster -> new cluster, the old clusters' descriptions) for a catalog version (`find_catalog`:
+        the configured catalog or one of the `catalogs` directory); None when it is not there. Once per version."""
         if version not in self._mappings:
             self._mappings[version] = None
-            for directory in sorted(Path(self.cfg.catalogs).glob("*/")) if self.cfg.catalogs else []:
-                try:
-                    old = Catalog.load(directory)
-                except (CatalogError, OSError):
-                    continue
-                if old.version == version and self.level < len(old.levels):
-                    clusters = old.item_clusters(self.level)
-                    self._mappings[version] = (cluster_mapping(old.item_ids, clusters, self.cluster_of,
-                                                               len(old.clusters[self.level])),
-                                               old.descriptions(self.level))
-                    break
+            old = self.find_catalog(version)
+            if old is not None and self.level < len(old.levels):
+                clusters = old.item_clusters(self.level)
+                self._mappings[version] = (cluster_mapping(old.item_ids, clusters, self.cluster_of,
+                                                           len(old.clusters[self.level])),
+                                           old.descriptions(self.level))
             if self._mappings[version] is None:
                 log.warning(f"catalog {version} is not among the earlier catalogs ({self.cfg.catalogs or 'none set'}):"
                             " its users keep only their history's clusters")
@@ -431,6 +518,7 @@ class Engine:
         state["slate"] = {"context": list(state["context"]), "clusters": [c for c, _ in novel],
                           "items": [x["item_id"] for x in items], "ts": state["ts"]}
         self.metrics.slates.labels(source).inc()
+        self.metrics.set_slates.labels(str(self.serving.number)).inc()
         self.metrics.slate_items.inc(len(items))
         self.metrics.slate_novel_items.inc(sum(1 for x in items if x["cluster"] in allowed))
         return Recommendation(
@@ -456,4 +544,4 @@ def user_view(state: dict | None, engine: Engine) -> dict:
                                for p in state.get("proposals", [])]}
 
 
-__all__ = ["BatchResult", "Engine", "RawRecord", "user_view"]
+__all__ = ["BatchResult", "Engine", "RawRecord", "ServingSet", "user_view"]

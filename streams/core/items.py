@@ -45,9 +45,10 @@ class PublishedItem:
                            "distance": round(self.distance, 6), "encoder": self.encoder, "ts": self.ts}).encode()
 
 
-def parse_item(key: bytes, value: bytes, catalog: str, level: int, n_clusters: int) -> PublishedItem | str:
-    """The record's item, or why this worker leaves it out: "invalid" (not such a record, or a key that is
-    not its item id), "stale" (placed under another catalog or level: the next publish places it again)."""
+def read_item(key: bytes, value: bytes) -> PublishedItem | str:
+    """The record's item whatever catalog placed it, or "invalid" (not such a record, or a key that is not its
+    item id). A worker keeps every valid placement: a switch to another model set (`streams.core.model_sets`)
+    uses the records placed under that set's catalog."""
     try:
         doc = json.loads(value)
         item = PublishedItem(str(doc["item_id"]), str(doc.get("title", "")), str(doc.get("text", "")),
@@ -57,11 +58,23 @@ def parse_item(key: bytes, value: bytes, catalog: str, level: int, n_clusters: i
         return "invalid"
     if key != item.key or not math.isfinite(item.distance):
         return "invalid"
-    if item.catalog != catalog or item.level != level:
-        return "stale"
-    if not 0 <= item.cluster < n_clusters:
-        return "invalid"
     return item
+
+
+def item_fit(catalog: str, level: int, cluster: int, serving: str, serving_level: int, n_clusters: int) -> str:
+    """Whether a placement (catalog version, level, cluster) is usable under the serving catalog and level:
+    "" (yes), "stale" (placed under another catalog or level: the next publish places it again) or "invalid"."""
+    if catalog != serving or level != serving_level:
+        return "stale"
+    return "" if 0 <= cluster < n_clusters else "invalid"
+
+
+def parse_item(key: bytes, value: bytes, catalog: str, level: int, n_clusters: int) -> PublishedItem | str:
+    """The record's item, or why a worker serving `catalog` at `level` leaves it out: `read_item`, `item_fit`."""
+    item = read_item(key, value)
+    if isinstance(item, str):
+        return item
+    return item_fit(item.catalog, item.level, item.cluster, catalog, level, n_clusters) or item
 
 
 def retry_fate(item_known: bool, first_seen: float, now: float, wait_s: float) -> str:
@@ -85,4 +98,5 @@ def first_seen(headers: object, default: float) -> float:
     return default
 
 
-__all__ = ["FIRST_SEEN", "ITEM_IGNORED", "PublishedItem", "first_seen", "parse_item", "retry_fate"]
+__all__ = ["FIRST_SEEN", "ITEM_IGNORED", "PublishedItem", "first_seen", "item_fit", "parse_item", "read_item",
+           "retry_fate"]

@@ -95,7 +95,18 @@ class Metrics:
                                   "(issue 27), by kind: mapped (known clusters older than the history mapped from "
                                   "the earlier catalog), history_only (that catalog was not found), legacy (a "
                                   "state written before states recorded their catalog)", ["kind"], registry=r)
+        self.serving_set = Gauge("explore_serving_set", "The model set the worker serves (`explore models list`; "
+                                 "1: the one it was configured with)", registry=r)
+        self.set_slates = Counter("explore_set_slates", "Slates sent, by the model set that made them", ["set"],
+                                  registry=r)
+        self.set_switches = Counter("explore_set_switches", "Switches to another model set at a batch boundary, by "
+                                    "reason: publish or rollback (`explore models`), start (a worker starting on a "
+                                    "published set)", ["reason"], registry=r)
+        self.set_failures = Counter("explore_set_failures", "Model sets the worker could not load (catalog or files "
+                                    "missing, digests differ: logged); it keeps serving its set and tries again",
+                                    registry=r)
         self.triton_up.set(0)
+        self.serving_set.set(1)
 
     def observe_call(self, model: str, path: str, seconds: float, ok: bool) -> None:
         if ok:

@@ -87,10 +87,11 @@ def novelty_serving(repository: Path) -> NoveltyServing:
 class ModelFiles:
     """The exported models a worker serves, read from a Triton repository, with their versions."""
 
-    def __init__(self, repository: Path, catalog: Catalog, k: int | None = None) -> None:
+    def __init__(self, repository: Path, catalog: Catalog, k: int | None = None, version: int = 1) -> None:
         repository = Path(repository)
-        self.seqrec_dir = repository / "seqrec" / "1"
-        self.novelty_dir = repository / "interest_generator" / "1"
+        self.version = version  # the Triton version of every model of this set (`streams.core.model_sets`)
+        self.seqrec_dir = repository / "seqrec" / str(version)
+        self.novelty_dir = repository / "interest_generator" / str(version)
         for f in (self.seqrec_dir / "model.onnx", self.seqrec_dir / "meta.json",
                   self.novelty_dir / "model.onnx", self.novelty_dir / "decoder.json"):
             if not f.is_file():
@@ -107,9 +108,10 @@ class ModelFiles:
         config = repository / "interest_generator" / "config.pbtxt"
         self.top_m = int(_pbtxt_param(config, "top_m", "5"))
         self.beam = int(_pbtxt_param(config, "beam", "8"))
-        self.versions = {"catalog": catalog.version, "seqrec": _file_digest(self.seqrec_dir / "model.onnx"),
+        self.versions = {"set": str(version), "catalog": catalog.version,
+                         "seqrec": _file_digest(self.seqrec_dir / "model.onnx"),
                          "interest_generator": _file_digest(self.novelty_dir / "model.onnx")}
-        self.explorer_dir = repository / "explorer" / "1"
+        self.explorer_dir = repository / "explorer" / str(version)
         self.explorer_meta: dict | None = None
         if (self.explorer_dir / "model.onnx").is_file():
             self._read_explorer(repository, catalog)

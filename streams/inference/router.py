@@ -76,6 +76,13 @@ class ModelRouter:
         self.model_down_until: dict[str, float] = {}  # models Triton cannot serve, while it serves the rest
         self.last_error = "" if url else "no Triton URL configured"
         self.reported_up: bool | None = None  # what `on_state` last said; None: nothing yet
+        self.version = ""  # the Triton version every call names ("": the server's choice); `serve` sets it
+
+    def serve(self, local: dict[str, LocalModel], max_batch: dict[str, int | None], version: int) -> None:
+        """Serve another model set from now on: its in-process twins, batch limits and Triton version number
+        (`streams.core.model_sets`); a model Triton could not serve under the old set is tried again."""
+        self.local, self.max_batch, self.version = local, max_batch, str(version)
+        self.model_down_until.clear()
 
     @property
     def triton_up(self) -> bool:
@@ -99,7 +106,8 @@ class ModelRouter:
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         result = await asyncio.wait_for(
-            self._client().infer(model, tensors, outputs=[grpcaio.InferRequestedOutput(o) for o in outputs],
+            self._client().infer(model, tensors, model_version=self.version,
+                                 outputs=[grpcaio.InferRequestedOutput(o) for o in outputs],
                                  client_timeout=self.timeout_s),
             self.timeout_s + 0.5)
         return [result.as_numpy(o) for o in outputs]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 
+from streams.config import EngineConfig
 from streams.core.table import context_key, row_value
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
 
@@ -30,6 +31,38 @@ async def keep_running(task: Callable[[], Awaitable[None]], on_crash: Callable[[
         except Exception as exc:  # any crash: report it and start again
             on_crash(exc)
         await asyncio.sleep(backoff_s)
+
+
+async def follow_compacted(cfg: EngineConfig, topic: str, learn: Callable[[list], None],
+                           loaded: Callable[[], None]) -> None:
+    """Keep a whole compacted topic in memory: every record from its beginning to `learn` (a fetch's (key,
+    value) pairs at a time), `loaded()` once the end seen at start is reached, then follow it for good."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    # read_committed: the rows of a precompute worker's aborted transaction (it died mid-batch, and its
+    # batch is answered again) are never learnt; end_offsets is then the last stable offset.
+    consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False, group_id=None,
+                                fetch_max_wait_ms=200, isolation_level="read_committed",
+                                **cfg.kafka_security().client_kwargs())
+    told = False
+    try:
+        await consumer.start()
+        parts = consumer.partitions_for_topic(topic) or {0}
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        while True:
+            batches = await consumer.getmany(timeout_ms=500, max_records=FETCH_RECORDS)
+            for records in batches.values():
+                learn([(r.key, r.value) for r in records])
+            if not told:
+                reached = {tp: await consumer.position(tp) for tp in tps}
+                if all(reached[tp] >= end[tp] for tp in tps):
+                    told = True
+                    loaded()
+    finally:
+        await consumer.stop()
 
 
 def publish_compacted(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]], what: str,

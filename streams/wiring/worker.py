@@ -34,7 +34,7 @@ from faust.types import TP
 from faust.web import Request, Response, View, Web
 
 from streams.config import EngineConfig
-from streams.core.engine import Engine, RawRecord, user_view
+from streams.core.engine import Engine, RawRecord, ServingSet, user_view
 from streams.core.items import FIRST_SEEN, first_seen
 from streams.core.metrics import Metrics, StageClock
 from streams.core.records import dead_letter
@@ -46,7 +46,8 @@ from streams.web.peers import bearer_ok, find_user
 from streams.wiring.delivery import InputDelivery, delete_state, write_state
 from streams.wiring.faust_app import make_app
 from streams.wiring.items_topic import settle_waiting
-from streams.wiring.table_topic import FETCH_RECORDS, keep_running
+from streams.wiring.model_sets import SetSwitcher
+from streams.wiring.table_topic import follow_compacted, keep_running
 
 TABLES = ("users", "positions")
 
@@ -64,6 +65,8 @@ def engine_topics(cfg: EngineConfig) -> list[TopicSpec]:
                   why="the novelty table: read whole, live answers written back"),
         TopicSpec(cfg.items_topic, 1, compacted=True, operations=read,
                   why="items published after the catalog: read whole"),
+        TopicSpec(cfg.models_topic, 1, compacted=True, operations=read,
+                  why="the model sets published and the one to serve: read whole"),
         TopicSpec(cfg.waiting_topic, cfg.partitions, operations=both,
                   why="events on items not published yet wait there"),
         *(TopicSpec(f"{cfg.app_id}-{table}-changelog", cfg.partitions, compacted=True, operations=both,
@@ -118,12 +121,12 @@ def create_app(cfg: EngineConfig) -> faust.App:
                    store=cfg.store, fetch_max_wait_ms=cfg.fetch_max_wait_ms, security=cfg.kafka_security())
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     interactions = app.topic(cfg.interactions_topic, partitions=cfg.partitions, **raw)
-    novelty = app.topic(cfg.novelty_topic, **raw)
     retry = app.topic(cfg.waiting_topic, partitions=cfg.partitions, **raw)
     users = app.Table("users", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
     positions = app.Table("positions", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
     app.engine, app.metrics = engine, metrics  # type: ignore[attr-defined]
-    status: dict = {"table_loaded": False, "items_loaded": False, "processing": False, "last_batch": 0.0}
+    status: dict = {"items_loaded": False, "sets_loaded": False, "processing": False, "in_batch": False,
+                    "last_batch": 0.0}
     delivery = InputDelivery(cfg.bootstrap, cfg.interactions_topic, positions, metrics, app.log,
                              security=cfg.kafka_security())
     live = LiveFeed()  # the latest slates, for GET /live
@@ -132,53 +135,53 @@ def create_app(cfg: EngineConfig) -> faust.App:
     # benchmarks/engine_throughput.py --trace reads these lines).
     trace = os.environ.get("EXPLORE_TRACE_BATCHES") == "1"
 
-    def follower(name: str, topic: str, learn: Callable[[list], None], loaded: str,
-                 what: Callable[[], str]) -> Callable[[], Awaitable[None]]:
-        """A task that keeps a whole compacted topic in memory (`learn` takes each fetch's (key, value)
-        pairs), sets `status[loaded]` once it reached the end it saw at start, and starts again from the
-        topic's beginning after a crash (a broker error)."""
-        def crashed(exc: Exception) -> None:
+    def crashed(name: str) -> Callable[[Exception], None]:
+        def report(exc: Exception) -> None:
             metrics.task_restarts.labels(name).inc()
             app.log.error(f"the {name.replace('_', '-')} follower crashed ({type(exc).__name__}: {exc}); "
                           "starting it again")
+        return report
+
+    def follower(name: str, topic: str, learn: Callable[[list], None], loaded: str,
+                 what: Callable[[], str]) -> Callable[[], Awaitable[None]]:
+        """A task that keeps a whole compacted topic in memory (`follow_compacted`), sets `status[loaded]`
+        once it reached the end it saw at start, and starts again from the topic's beginning after a crash."""
+        def done() -> None:
+            status[loaded] = True
+            app.log.info(f"{topic} loaded: {what()}")
 
         async def follow() -> None:
-            await keep_running(lambda: read_compacted(topic, learn, loaded, what), crashed, backoff_s=1.0)
+            await keep_running(lambda: follow_compacted(cfg, topic, learn, done), crashed(name), backoff_s=1.0)
 
         follow.__name__ = follow.__qualname__ = f"follow_{name}"
         return follow
 
-    async def read_compacted(topic: str, learn: Callable[[list], None], loaded: str, what: Callable[[], str]) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+    def follow_table(s: ServingSet, loaded: asyncio.Event) -> asyncio.Task:
+        """The follower of one model set's novelty table (its own topic), for as long as the set is served."""
+        def done() -> None:
+            loaded.set()
+            app.log.info(f"{s.table_topic} loaded: {len(s.table)} contexts of model set {s.number}")
 
-        # read_committed: the rows of a precompute worker's aborted transaction (it died mid-batch, and its
-        # batch is answered again) are never learnt; end_offsets is then the last stable offset.
-        consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False, group_id=None,
-                                    fetch_max_wait_ms=200, isolation_level="read_committed",
-                                    **cfg.kafka_security().client_kwargs())
-        try:
-            await consumer.start()
-            parts = consumer.partitions_for_topic(topic) or {0}
-            tps = [TopicPartition(topic, p) for p in parts]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            while True:
-                batches = await consumer.getmany(timeout_ms=500, max_records=FETCH_RECORDS)
-                for records in batches.values():
-                    learn([(r.key, r.value) for r in records])
-                if not status[loaded]:
-                    reached = {tp: await consumer.position(tp) for tp in tps}
-                    if all(reached[tp] >= end[tp] for tp in tps):
-                        status[loaded] = True
-                        app.log.info(f"{topic} loaded: {what()}")
-        finally:
-            await consumer.stop()
+        return asyncio.ensure_future(keep_running(
+            lambda: follow_compacted(cfg, s.table_topic, lambda records: engine.learn_many(records, s), done),
+            crashed("novelty_table"), backoff_s=1.0))
 
-    app.task(follower("novelty_table", cfg.novelty_topic, engine.learn_many, "table_loaded",
-                      lambda: f"{len(engine.table)} contexts"))
+    switcher = SetSwitcher(engine, metrics, follow_table, app.log,
+                            lambda: status["in_batch"] or not status["processing"])
+    app.switcher = switcher  # type: ignore[attr-defined]
     app.task(follower("items", cfg.items_topic, engine.learn_items, "items_loaded",
                       lambda: f"{len(engine.published)} published items"))
+    app.task(follower("model_sets", cfg.models_topic, switcher.view.learn, "sets_loaded",
+                      lambda: f"serving set {switcher.view.wanted()} of {len(switcher.view.manifests)} published"))
+
+    @app.task
+    async def keep_serving_the_wanted_set() -> None:
+        """Load the model set the control topic names beside the one served (`SetSwitcher`)."""
+        switcher.start()
+        while True:
+            if status["sets_loaded"]:
+                await switcher.prepare()
+            await asyncio.sleep(0.2)
 
     @app.agent(retry)
     async def wait_for_items(stream) -> None:  # type: ignore[no-untyped-def]
@@ -189,13 +192,17 @@ def create_app(cfg: EngineConfig) -> faust.App:
     @app.agent(interactions)
     async def process(stream) -> None:  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + 30
-        while not (status["table_loaded"] and status["items_loaded"]) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)  # start with the table and the items, not with a burst of misses
+        # Start with the items, the wanted model set and its table, not with a burst of misses on another set.
+        while not (status["items_loaded"] and status["sets_loaded"] and switcher.settled()) \
+                and time.monotonic() < deadline:
+            switcher.switch(at_start=True)
+            await asyncio.sleep(0.05)
         delivery.guard.install(app.consumer)
         status["processing"] = True
         status["last_batch"] = time.monotonic()
         async for events in stream.noack_take(cfg.batch_size, within=cfg.batch_within_ms / 1000):
-            status["last_batch"] = time.monotonic()
+            status["last_batch"], status["in_batch"] = time.monotonic(), True
+            switcher.switch()  # a batch boundary: a new model set serves whole batches only
             clock = StageClock(metrics.stage)
             oldest = min(e.message.timestamp for e in events)  # seconds (Faust's), the producer's clock
             clock.observe("queued", max(0.0, time.time() - oldest))
@@ -220,8 +227,9 @@ def create_app(cfg: EngineConfig) -> faust.App:
                 since = first_seen(by_offset[(rec.partition, rec.offset)].message.headers, now_s)
                 await app.producer.send(cfg.waiting_topic, rec.key, rec.value, partition=rec.partition, timestamp=None,
                                         headers=[(FIRST_SEEN, repr(since).encode())])
-            for key, value in result.table_fills:
-                await novelty.send(key=key, value=value)
+            for key, value in result.table_fills:  # the set that made them is still served: no switch inside a batch
+                await app.producer.send(engine.serving.table_topic, key, value, partition=None, timestamp=None,
+                                        headers=None)
             for user, (state, rec) in result.states.items():
                 write_state(users, user, state, by_offset[(rec.partition, rec.offset)])
             delivery.record_positions(mine)
@@ -253,6 +261,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
                              f"slowest_ms={1000 * slowest:.1f} "
                              + " ".join(f"{k}_ms={1000 * v:.1f}" for k, v in clock.spent.items()))
             delivery.update_lag(app.consumer)
+            status["in_batch"] = False
 
     @app.page("/metrics")
     async def metrics_view(web: Web, request: Request) -> Response:
@@ -273,8 +282,9 @@ def create_app(cfg: EngineConfig) -> faust.App:
 
     @app.page("/ready")
     async def ready(web: Web, request: Request) -> Response:
-        ok = status["table_loaded"] and status["items_loaded"] and status["processing"] and not app.rebalancing
-        body = {"ready": ok, "novelty_table_loaded": status["table_loaded"], "items_loaded": status["items_loaded"],
+        ok = switcher.settled() and status["items_loaded"] and status["processing"] and not app.rebalancing
+        body = {"ready": ok, "novelty_table_loaded": switcher.table_loaded(), "items_loaded": status["items_loaded"],
+                "model_set": engine.serving.number, "wanted_model_set": switcher.view.wanted(),
                 "rebalancing": app.rebalancing, "published_items": len(engine.published),
                 "novelty_contexts": len(engine.table), "novelty_versions": engine.table.version_counts()}
         return web.json(body, status=200 if ok else 503)

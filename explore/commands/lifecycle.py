@@ -1,4 +1,6 @@
-"""`explore items`: publish items that are newer than the catalog, placed in a cluster from their text."""
+"""The catalog's and the models' life while the engine runs (docs/design/lifecycle.md): `explore items publish`
+places items newer than the catalog in a cluster from their text; `explore models publish | rollback | list`
+rolls a complete model set out to every worker and back."""
 
 from __future__ import annotations
 
@@ -12,6 +14,88 @@ from explore.commands.common import add_dataset_args, dataset_from_args, engine_
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    register_items(sub)
+    register_models(sub)
+
+
+def register_models(sub: argparse._SubParsersAction) -> None:
+    models = sub.add_parser("models", help="publish a model set to the running workers, roll it back, list the sets",
+                            description="A model set is a catalog, its exported models and their novelty table. "
+                                        "`publish` writes one as the next Triton version beside the served one and "
+                                        "tells every worker to switch to it at a batch boundary; `rollback` returns "
+                                        "to the set served before. Settings (as the worker's: $EXPLORE_CONFIG, "
+                                        "EXPLORE_*): repository (the Triton repository the workers and Triton share), "
+                                        "catalogs (where each set's catalog is kept), the broker and topics.")
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    p = msub.add_parser("publish", help="publish a new model set and make it the one served",
+                        description="Copies the catalog into the catalogs directory, the staged export's models "
+                                    "as version N of each Triton model (Triton keeps every version loaded), "
+                                    "asks Triton to load them (--triton-url; Triton in explicit model control), "
+                                    "publishes the table on the set's own topic, places published items again "
+                                    "under the new catalog, then writes the set's manifest and makes it served.")
+    p.add_argument("--catalog", type=Path, required=True, help="the new set's catalog directory")
+    p.add_argument("--staged", type=Path, required=True,
+                   help="a model repository the new set's models were exported into (`explore seqrec export`, "
+                        "`explore novelty export`, optionally `explore novelty export-mixture`), version 1")
+    p.add_argument("--table", type=Path, default=None,
+                   help="its novelty table rows (`explore novelty precompute --out`); default: none, the workers "
+                        "fill the table with live answers")
+    p.add_argument("--triton-url", default=None,
+                   help="Triton's gRPC host:port, to load the new versions (default: the setting triton_url; "
+                        "empty: the files are written and no Triton is asked)")
+    p.set_defaults(func=cmd_models_publish)
+    r = msub.add_parser("rollback", help="serve the set served before the current one again")
+    r.set_defaults(func=cmd_models_rollback)
+    li = msub.add_parser("list", help="the published sets and the one served")
+    li.set_defaults(func=cmd_models_list)
+
+
+def cmd_models_publish(args: argparse.Namespace) -> int:
+    from streams.wiring.model_sets import publish_set
+
+    cfg = engine_settings()
+    rows = None
+    if args.table is not None:
+        if not args.table.is_file():
+            raise FileNotFoundError(f"--table {args.table}: no such file")
+        rows = [json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]
+    url = cfg.triton_url if args.triton_url is None else args.triton_url
+    done = publish_set(cfg, args.catalog, args.staged, rows, url)
+    print(f"set {done.serving.number} is served now (before it: {list(done.serving.history)}); workers switch at "
+          f"their next batch once they have loaded it (`explore_serving_set`)")
+    return 0
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    from streams.wiring.model_sets import rollback
+
+    done = rollback(engine_settings())
+    print(f"set {done.serving.number} is served again (before it: {list(done.serving.history)})"
+          + (f"; {done.items_placed} item(s) placed again under its catalog" if done.items_placed else ""))
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from streams.core.model_sets import FIRST_SET
+    from streams.wiring.model_sets import read_sets
+
+    cfg = engine_settings()
+    view = read_sets(cfg)
+    serving = view.wanted()
+    print(f"{'set':>4}  {'catalog':14} {'level':>5} {'table rows':>10}  published            ")
+    if FIRST_SET not in view.manifests:
+        print(f"{FIRST_SET:>4}  {'(configured)':14} {'':>5} {'':>10}  the workers' settings"
+              + ("   <- served" if serving == FIRST_SET else ""))
+    for n, m in sorted(view.manifests.items()):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.ts))
+        mark = "   <- served" if n == serving else ""
+        print(f"{n:>4}  {m.catalog:14} {m.level:>5} {m.table_rows:>10}  {when}{mark}")
+    if view.serving is not None:
+        print(f"served before: {list(view.serving.history)}; last change: {view.serving.reason}")
+    return 0
+
+
+def register_items(sub: argparse._SubParsersAction) -> None:
     items = sub.add_parser("items", help="publish new items to the running engine (the items topic)",
                            description="Items newer than the catalog: each is placed in a cluster from its text "
                                        "(the catalog build's text embedding, nearest cluster centroid) and "

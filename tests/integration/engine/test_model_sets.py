@@ -1,0 +1,189 @@
+"""A model set published to a running worker and rolled back (issue 27, items 4 and 5), on Apache Kafka with a
+real Triton in explicit model control and a worker process: the worker switches at a batch boundary, every
+slate names one complete set and is made of that set's catalog alone, users' states move to the served
+catalog at their next event (checked against a direct computation from their items), every event is
+applied once, and an item published under the first catalog is placed again under the second."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from interests.clusters.catalog import Catalog
+from streams.core.engine import Engine
+from streams.core.items import PublishedItem
+from streams.infra.process import wait_until
+from streams.infra.triton import EmbeddedTriton
+from streams.infra.worker_process import WorkerProcess
+from streams.wiring.items_topic import publish_items
+from streams.wiring.model_sets import publish_set, read_sets, rollback
+from streams.wiring.replay import produce
+from streams.wiring.worker import ensure_topics
+from tests.integration.engine_support import engine_config, read_topic
+
+pytestmark = pytest.mark.integration
+
+USERS = [f"ms{u}" for u in range(8)]
+PER_PHASE = 5  # events per user in each phase (served set 1, then 2, then 1 again)
+
+
+@pytest.fixture(scope="module")
+def second_set(seqrec_artifacts, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    """Another catalog of the same items (5 clusters, not 6), a SASRec and a novelty LM trained for it and exported
+    into a staging repository, and its text placement: (catalog dir, staged repository)."""
+    from exporters.novelty_onnx import export_generator
+    from exporters.seqrec_export import export_seqrec
+    from interests.clusters.build import BuildConfig, build_catalog
+    from interests.clusters.placement import fit_placer, save_placement
+    from interests.data.splits import leave_one_out, pad_left
+    from interests.novelty.examples import novel_transitions, split_by_time
+    from interests.novelty.lm import LMConfig, train_novelty_lm
+    from interests.seqrec.train import TrainConfig, train
+
+    work = tmp_path_factory.mktemp("second_set")
+    ds = seqrec_artifacts.dataset
+    catalog = build_catalog(ds, BuildConfig(levels=(2, 5)), progress=False)
+    catalog.save(work / "catalog")
+    save_placement(work / "catalog", fit_placer(ds, catalog))
+    split = leave_one_out(ds)
+    train(split, TrainConfig(max_len=20, dim=32, heads=2, blocks=1, lr=5e-3, epochs=3, patience=3, seed=1),
+          progress=False, checkpoint=work / "model.pt",
+          extra={"catalog_version": catalog.version, "sample_histories": pad_left(split.test_history[:16], 20)})
+    staged = work / "staged"
+    export_seqrec(work / "model.pt", work / "catalog", staged, top_n=10)
+    lm_split = split_by_time(novel_transitions(ds, catalog.item_clusters(), 2))
+    lm, _ = train_novelty_lm(catalog.descriptions(), lm_split.train, lm_split.valid,
+                             LMConfig(layers=1, dim=48, heads=2, epochs=2, patience=2),
+                             {"catalog_version": catalog.version, "k": 2, "level": catalog.finest}, progress=False)
+    export_generator(lm, staged)
+    return work / "catalog", staged
+
+
+def _event(user: str, item: str, n: int) -> tuple[bytes, bytes]:
+    return user.encode(), json.dumps({"user_id": user, "item_id": item, "ts": 1_600_000_000 + n, "event": "click",
+                                      "event_id": f"{user}-{n}"}).encode()
+
+
+def _last_distinct(clusters: list[int], k: int) -> list[int]:
+    out: list[int] = []
+    for c in reversed(clusters):
+        if c not in out:
+            out.append(c)
+        if len(out) == k:
+            break
+    return out[::-1]
+
+
+def test_a_published_set_is_served_at_a_batch_boundary_and_a_rollback_returns_to_the_one_before(
+        apache_bootstrap: str, seqrec_artifacts, novelty_artifacts, tiny_repository: Path,  # type: ignore[no-untyped-def]
+        second_set: tuple[Path, Path], tmp_path: Path) -> None:
+    from interests.clusters.placement import fit_placer, save_placement
+
+    repository, first_catalog = tmp_path / "repository", tmp_path / "catalog"
+    shutil.copytree(tiny_repository, repository)
+    shutil.copytree(Path(seqrec_artifacts.checkpoint).parent / "catalog", first_catalog)
+    save_placement(first_catalog, fit_placer(seqrec_artifacts.dataset, seqrec_artifacts.catalog))  # for the rollback
+    triton = EmbeddedTriton(repository, tmp_path / "triton",
+                            extra_args=("--model-control-mode=explicit", "--load-model=*")).start()
+    try:
+        cfg = engine_config(apache_bootstrap, seqrec_artifacts, repository, triton.grpc_url,
+                            catalog=str(first_catalog), catalogs=str(tmp_path / "catalogs"),
+                            models_topic=f"sets-{time.time_ns()}",
+                            unknown_item_wait_s=60.0, retry_interval_s=1.0)
+        ensure_topics(cfg)
+        first = Engine(cfg)
+        catalogs = {"1": Catalog.load(Path(cfg.catalog)), "2": Catalog.load(second_set[0])}
+        levels = {"1": first.level, "2": catalogs["2"].finest}
+        cluster = {v: dict(zip(c.item_ids, c.item_clusters(levels[v]).tolist(), strict=True))
+                   for v, c in catalogs.items()}
+        items = [i for i in first.item_ids if i in cluster["2"]]
+        plan: dict[str, list[str]] = {u: [items[(7 * j + 13 * n) % len(items)] for j in range(3 * PER_PHASE)]
+                                      for n, u in enumerate(USERS)}
+        plan[USERS[0]][PER_PHASE + 1] = "new-1"  # published under catalog 1 only: placed again for set 2
+
+        def phase(p: int) -> None:
+            produce(apache_bootstrap, cfg.interactions_topic,
+                    [_event(u, plan[u][j], j) for j in range(p * PER_PHASE, (p + 1) * PER_PHASE) for u in USERS],
+                    progress=False)
+            wait_until(lambda: all(worker.get(f"/users/{u}")[1].get("events_applied") == (p + 1) * PER_PHASE
+                                   for u in USERS), 90, f"phase {p + 1}'s events applied", worker.proc,
+                       interval_s=0.3)
+
+        def serving(number: int) -> bool:
+            """The worker serves set `number`, and new-1 placed under its catalog."""
+            ready = worker.get("/ready")[1]
+            return ready.get("model_set") == number and ready.get("published_items") == 1
+
+        with WorkerProcess(cfg, tmp_path / "worker") as worker:
+            publish_items(apache_bootstrap, cfg.items_topic,
+                          [PublishedItem("new-1", "A new film", "drama", first.catalog.version, first.level, 0, 0.2,
+                                         "tfidf", time.time())])
+            phase(0)
+            states_1 = {u: worker.get(f"/users/{u}")[1] for u in USERS}
+            done = publish_set(cfg, second_set[0], second_set[1], None, triton.grpc_url, progress=lambda _: None)
+            assert done.manifest is not None and done.manifest.number == 2 and done.items_placed == 1
+            wait_until(lambda: serving(2), 60, "the worker serving set 2", worker.proc, interval_s=0.3)
+            phase(1)
+            states_2 = {u: worker.get(f"/users/{u}")[1] for u in USERS}
+            back = rollback(cfg)
+            assert back.serving.number == 1 and back.serving.history == ()
+            wait_until(lambda: serving(1), 60, "the worker serving set 1 again", worker.proc, interval_s=0.3)
+            phase(2)
+            states_3 = {u: worker.get(f"/users/{u}")[1] for u in USERS}
+            metrics = worker.metrics_text()
+            assert worker.alive()
+        view = read_sets(cfg)
+        sent = {line.split('"')[1]: float(line.split()[1]) for line in metrics.splitlines()
+                if line.startswith("explore_set_slates_total{")}  # slates by set, as the worker counted them
+        slates = read_topic(apache_bootstrap, cfg.recommendations_topic, lambda recs: len(recs) >= sum(sent.values()))
+        dlq = read_topic(apache_bootstrap, cfg.dlq_topic, lambda recs: True, timeout_s=5)
+        placed = read_topic(apache_bootstrap, cfg.items_topic, lambda recs: len(recs) >= 3)
+    finally:
+        triton.stop()
+    for record in placed:  # new-1's last placement under each catalog: where the worker put it
+        item = json.loads(record.value)
+        for v, c in catalogs.items():
+            if item["catalog"] == c.version:
+                cluster[v]["new-1"] = item["cluster"]
+
+    # Every slate names one complete set and is made of that set's catalog alone.
+    by_set: Counter = Counter()
+    paths: Counter = Counter()
+    for record in slates:
+        slate = json.loads(record.value)
+        v = slate["versions"]["set"]
+        by_set[v] += 1
+        paths[slate["seqrec_path"]] += 1
+        assert slate["versions"]["catalog"] == catalogs[v].version, slate["versions"]
+        assert all(cluster[v][x["item_id"]] == x["cluster"] for x in slate["slate"]), slate
+        n = slate["events_applied"]
+        assert v == ("2" if PER_PHASE < n <= 2 * PER_PHASE else "1"), (n, v)  # made by the set served then
+    assert by_set["1"] > 0 and by_set["2"] > 0 and by_set == {v: int(n) for v, n in sent.items()}
+    assert {json.loads(r.value)["events_applied"] > 2 * PER_PHASE for r in slates} == {True, False}
+    assert set(paths) == {"triton"}, paths  # Triton served each set's version: no fallback to the local twin
+    # Each user's state was read under the catalog it was written in, and moved at the user's next event.
+    for states, v in ((states_1, "1"), (states_2, "2"), (states_3, "1")):
+        for u, state in states.items():
+            assert state["catalog_version"] == catalogs[v].version
+            applied = [i for i in plan[u][:state["events_applied"]] if i in cluster[v]]
+            history = [cluster[v][i] for i in applied]
+            assert [c["id"] for c in state["context"]] == _last_distinct(history, cfg.k), (u, v)
+            assert set(history) <= {c["id"] for c in state["known_clusters"]}
+            assert all(c["id"] < len(catalogs[v].descriptions(levels[v])) for c in state["known_clusters"])
+    assert "new-1" in states_2[USERS[0]]["recent_items"] and not dlq  # applied under set 2, after its new placement
+    produced = len(USERS) * 3 * PER_PHASE
+    assert f'explore_events_total{{outcome="applied"}} {float(produced)}' in metrics
+    assert 'explore_set_switches_total{reason="publish"} 1.0' in metrics
+    assert 'explore_set_switches_total{reason="rollback"} 1.0' in metrics
+    assert "explore_serving_set 1.0" in metrics
+    assert view.wanted() == 1 and sorted(view.manifests) == [2]
+    migrations = {line.split()[0]: line.split()[1] for line in metrics.splitlines()
+                  if line.startswith("explore_state_migrations_total")}
+    print(f"{produced} events applied once; slates by set {dict(by_set)} (paths {dict(paths)}); "
+          f"migrations {migrations}; "
+          f"new-1 placed again under set 2's catalog and applied there")
