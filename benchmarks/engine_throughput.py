@@ -118,6 +118,71 @@ def mixture_repository(work: Path, repo: Path, catalog_dir: Path, ds, lm, protot
     return dest
 
 
+def relabelled_set(work: Path, catalog_dir: Path, repo: Path, table: list[dict]) -> tuple[Path, Path, list[dict]]:
+    """Another catalog version of the same clusters and items (one description changed), with the same models
+    and table relabelled to it: a worker serving it migrates every state written under the first catalog at
+    the user's next event, and computes exactly what the first one would (same clusters, same models)."""
+    import dataclasses
+    import shutil
+
+    from interests.clusters.catalog import Catalog
+
+    catalog = Catalog.load(catalog_dir)
+    clusters = [list(level) for level in catalog.clusters]
+    first = clusters[-1][0]
+    clusters[-1][0] = dataclasses.replace(first, description=first.description + " (relabelled)")
+    other = dataclasses.replace(catalog, clusters=clusters)
+    other.save(work / "catalog-relabelled")
+    dest = work / "repo-relabelled"
+    shutil.copytree(repo, dest)
+    for meta in (dest / "seqrec" / "1" / "meta.json", dest / "interest_generator" / "1" / "decoder.json"):
+        doc = json.loads(meta.read_text())
+        doc["catalog_version"] = other.version
+        meta.write_text(json.dumps(doc))
+    return work / "catalog-relabelled", dest, [{**row, "catalog_version": other.version} for row in table]
+
+
+def living_run(bootstrap: str, work: Path, tag: str, sets: dict[str, tuple[tuple, str]], ds, records: list,  # type: ignore[no-untyped-def]
+               fetch_max_wait_ms: int, items: int, others: dict[str, int]) -> dict:
+    """The living-catalog arm's measurement: a worker on the first set applies the first half of `records` (so
+    that their users have states), stops; `items` items are published under the measured set's catalog; a second
+    worker of the same app on the measured set (`sets["measured"]`) takes the second half, whose CPU is measured."""
+    from streams.core.items import PublishedItem
+    from streams.wiring.items_topic import publish_items
+
+    extra = {"catalogs": str(work / "catalogs")}
+    (first_models, first_url), (models, url) = sets["first"], sets["measured"]
+    before = engine(bootstrap, work, tag, first_models, ds, first_url, fetch_max_wait_ms, extra=extra,
+                    name=f"engine-{tag}-before")
+    before.start()
+    half = len(records) // 2
+    base = before.progress()
+    produce(bootstrap, before.src, records[:half], progress=False)
+    throughput(lambda: before.progress() - base, half)
+    before.stop()
+    if items:
+        from interests.clusters.catalog import Catalog
+
+        catalog = Catalog.load(models[0])
+        n = len(catalog.descriptions())
+        publish_items(bootstrap, f"items-{tag}", (PublishedItem(f"bench-new-{i}", "", "", catalog.version,
+                                                                catalog.finest, i % n, 0.5, "bench", 0.0)
+                                                  for i in range(items)))
+    runner = engine(bootstrap, work, tag, models, ds, url, fetch_max_wait_ms, extra=extra)
+    result = throughput_run(bootstrap, runner, records[half:], others)
+    result["migrations"] = sum(counter_text(result.pop("metrics"), f'explore_state_migrations_total{{kind="{k}"}}')
+                               for k in ("mapped", "history_only", "legacy"))
+    return result
+
+
+def counter_text(text: str, name: str) -> float:
+    """The value of the sample `name` (with its labels) in Prometheus text; 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def spinning_repository(repo: Path, dest: Path) -> Path:
     """A copy of `repo` whose models let onnxruntime's threads spin between calls (`intra_op_spinning`)."""
     import shutil
@@ -232,18 +297,21 @@ def passthrough(bootstrap: str, work: Path, tag: str, fetch_max_wait_ms: int) ->
 
 def engine(bootstrap: str, work: Path, tag: str, models: tuple, ds, triton_url: str,  # type: ignore[no-untyped-def]
            fetch_max_wait_ms: int, batch_within_ms: int = EngineConfig().batch_within_ms,
-           trace: bool = False) -> Runner:
-    """An engine worker on its own topics, its novelty table published as in production."""
+           trace: bool = False, extra: dict | None = None, name: str = "") -> Runner:
+    """An engine worker on its own topics (`extra`: more settings), its novelty table published as in production."""
     catalog, repo, table = models
     cfg = EngineConfig().with_values({"bootstrap": bootstrap, "app_id": f"bench-{tag}", "catalog": str(catalog),
                                       "repository": str(repo), "triton_url": triton_url,
                                       "interactions_topic": f"in-{tag}", "recommendations_topic": f"recs-{tag}",
                                       "dlq_topic": f"dlq-{tag}", "novelty_topic": f"novel-{tag}",
-                                      "feedback_topic": f"fb-{tag}", "web_port": free_port(),
-                                      "fetch_max_wait_ms": fetch_max_wait_ms, "batch_within_ms": batch_within_ms})
+                                      "feedback_topic": f"fb-{tag}", "items_topic": f"items-{tag}",
+                                      "models_topic": f"sets-{tag}", "web_port": free_port(),
+                                      "fetch_max_wait_ms": fetch_max_wait_ms, "batch_within_ms": batch_within_ms,
+                                      **(extra or {})})
     ensure_topics(cfg)
     publish_table(bootstrap, cfg.novelty_topic, table)
-    worker = WorkerProcess(cfg, work, f"engine-{tag}", extra_env={"EXPLORE_TRACE_BATCHES": "1"} if trace else None)
+    worker = WorkerProcess(cfg, work, name or f"engine-{tag}",
+                           extra_env={"EXPLORE_TRACE_BATCHES": "1"} if trace else None)
 
     def progress() -> float:
         return counter(worker.url, *(f'explore_events_total{{outcome="{o}"}}' for o in ("applied", "duplicate",
@@ -367,8 +435,9 @@ def throughput_run(bootstrap: str, runner: Runner, records: list, others: dict[s
     produce(bootstrap, runner.src, records, progress=False)
     result = throughput(lambda: runner.progress() - base, len(records))
     spent = {name: 1e6 * (cpu_seconds(pid) - cpu[name]) / len(records) for name, pid in pids.items()}
+    metrics = runner.metrics()
     runner.stop()
-    return {"events/s": result, "cpu_ms_per_1k": spent}
+    return {"events/s": result, "cpu_ms_per_1k": spent, "metrics": metrics}
 
 
 def print_stages(stages: dict[str, float]) -> None:
@@ -401,6 +470,13 @@ def print_rows(rows: dict[str, dict], args: argparse.Namespace) -> None:
               + f"{sum(r['cpu_ms_per_1k'].values()):>9.0f}")
     print(f"engine / pass-through, worker CPU per event: "
           f"{en['cpu_ms_per_1k']['worker'] / pt['cpu_ms_per_1k']['worker']:.2f}")
+    same, living = rows.get("engine, same catalog"), rows.get("engine, living catalog")
+    if same and living:
+        worker = living["cpu_ms_per_1k"]["worker"] / same["cpu_ms_per_1k"]["worker"]
+        every = sum(living["cpu_ms_per_1k"].values()) / sum(same["cpu_ms_per_1k"].values())
+        print(f"living catalog / same catalog: worker CPU per event {worker:.2f}, all processes {every:.2f} (target: "
+              f"within 1.10); {living['migrations']:.0f} states migrated (same catalog: {same['migrations']:.0f}), "
+              f"{args.living_items:,} published items followed")
     mix = rows.get("engine, mixture")
     if mix:
         cpu = sum(mix["cpu_ms_per_1k"].values()) / sum(en["cpu_ms_per_1k"].values())
@@ -430,6 +506,12 @@ def main() -> int:
     ap.add_argument("--mixture", action="store_true",
                     help="also an engine serving the mixture of experts (`explorer`: novel clusters and slate in one "
                          "Triton call) beside the LM table + seqrec engine, side by side, with their ratios")
+    ap.add_argument("--living", action="store_true",
+                    help="also two engine arms of a living catalog (issue 27), side by side: users' states written "
+                         "by a worker, then the second half of the backlog on a restarted worker of the same catalog, "
+                         "or of another catalog version (every user migrates at its next event) with --living-items "
+                         "items published on the items topic")
+    ap.add_argument("--living-items", type=int, default=100_000, help="items on the items topic in the living arm")
     ap.add_argument("--prototypes", type=int, default=16, help="the mixture's cluster head prototypes per cluster")
     ap.add_argument("--trace", action="store_true", help="engine workers log every batch's stages "
                                                          "(EXPLORE_TRACE_BATCHES=1); each latency run then "
@@ -470,8 +552,25 @@ def main() -> int:
                 tag = f"{name[:2]}la{int(time.time())}"
                 records = events_of(ds, int(args.rate * args.seconds), tag)
                 result.update(latency_run(b, runner(name, tag), records, args.rate, name in tritons))
+            result.pop("metrics", None)
             rows[name] = result
             print(f"{name}: {result}", flush=True)
+        if args.living:
+            import shutil
+
+            relabelled, repo_b, table_b = relabelled_set(work, catalog, repo, table)
+            shutil.copytree(catalog, work / "catalogs" / "first")
+            triton_b = stack.enter_context(EmbeddedTriton(repo_b, work / "triton-relabelled"))
+            first = ((catalog, repo, table), tritons["engine"].grpc_url)
+            arms = {"engine, same catalog": (first, 0, tritons["engine"]),
+                    "engine, living catalog": (((relabelled, repo_b, table_b), triton_b.grpc_url), args.living_items,
+                                               triton_b)}
+            for name, (measured, items, triton) in arms.items():
+                tag = f"li{name[8:10]}{int(time.time())}"
+                rows[name] = living_run(b, work, tag, {"first": first, "measured": measured}, ds,
+                                        events_of(ds, args.backlog, tag), args.fetch_max_wait_ms, items,
+                                        {"Triton": triton.process.pid, "Kafka": kafka.process.pid})
+                print(f"{name}: {rows[name]}", flush=True)
         sweep = {}
         for rate in args.sweep:
             for within in args.within:

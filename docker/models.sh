@@ -4,6 +4,8 @@
 #
 #   explore-models            build or load the models into $MODELS_DIR, publish the novelty table
 #   explore-models replay ... `explore replay` on the same data as the models (extra args passed on)
+#   explore-models publish    train a new model set (RETRAIN_LEVELS) and publish it to the running workers
+#   explore-models rollback   serve the model set served before the current one again
 #
 # Data: a MovieLens directory (100K, 1M, latest, latest-small) mounted at $DATA_DIR; when that
 # directory is empty, the planted synthetic data set (the same one for training and replay).
@@ -36,9 +38,17 @@ MODE=build
 if [ "${1:-}" = "replay" ]; then
     MODE=replay
     shift
-elif [ "$#" -gt 0 ]; then
-    log "unknown arguments: $* (run without arguments, or: replay [explore replay flags])"
+elif [ "${1:-}" = "publish" ] || [ "${1:-}" = "rollback" ]; then
+    MODE=$1
+    shift
+fi
+if [ "$MODE" != "replay" ] && [ "$#" -gt 0 ]; then
+    log "unknown arguments: $* (run without arguments, or: replay [explore replay flags], publish, rollback)"
     exit 2
+fi
+
+if [ "$MODE" = "rollback" ]; then
+    exec explore models rollback
 fi
 
 # The data flags every explore command gets: the mounted dataset, or the synthetic one.
@@ -55,6 +65,34 @@ if [ "$MODE" = "replay" ]; then
     exec explore replay --bootstrap "$KAFKA_BOOTSTRAP" "$@"
 fi
 # From here on "$@" is exactly the data flags.
+
+if [ "$MODE" = "publish" ]; then
+    # A new model set beside the served one (docs/design/lifecycle.md): trained into a directory of its own,
+    # exported into a staging repository, then published (catalog into catalogs/, models as the next Triton
+    # version, its table on its own topic); the workers switch to it at a batch boundary.
+    NEW="$MODELS_DIR/retrain/$(date -u +%Y%m%dT%H%M%SZ)"
+    mkdir -p "$NEW/seqrec"
+    log "training a new model set on $DATA_DESC (levels ${RETRAIN_LEVELS:-8,24}) in $NEW"
+    explore clusters build "$@" --levels "${RETRAIN_LEVELS:-8,24}" --out "$NEW/catalog" --quiet
+    # shellcheck disable=SC2086
+    explore seqrec train "$@" --catalog "$NEW/catalog" --out "$NEW/seqrec/model.pt" --quiet ${SEQREC_TRAIN_ARGS:-}
+    explore seqrec export --checkpoint "$NEW/seqrec/model.pt" --catalog "$NEW/catalog" --repository "$NEW/staged"
+    # shellcheck disable=SC2086
+    explore novelty train "$@" --catalog "$NEW/catalog" --out "$NEW/novelty" --quiet ${NOVELTY_TRAIN_ARGS:-}
+    explore novelty export --model "$NEW/novelty" --repository "$NEW/staged"
+    if [ "${MIXTURE:-1}" = "1" ]; then
+        # shellcheck disable=SC2086
+        explore seqrec train "$@" --catalog "$NEW/catalog" --until-novelty-valid --out "$NEW/seqrec/valid.pt" \
+            --quiet ${SEQREC_TRAIN_ARGS:-}
+        explore novelty mix "$@" --catalog "$NEW/catalog" --seqrec-valid "$NEW/seqrec/valid.pt" \
+            --seqrec "$NEW/seqrec/model.pt" --model "$NEW/novelty" --out "$NEW/mixture"
+        explore novelty export-mixture --mixture "$(ls -d "$NEW"/mixture/level-* | head -n 1)" \
+            --catalog "$NEW/catalog" --repository "$NEW/staged" --m "${EXPLORE_M:-3}"
+    fi
+    explore novelty precompute "$@" --catalog "$NEW/catalog" --model "$NEW/novelty" --out "$NEW/novelty/table.jsonl" \
+        --quiet
+    exec explore models publish --catalog "$NEW/catalog" --staged "$NEW/staged" --table "$NEW/novelty/table.jsonl"
+fi
 
 publish_table() {  # $1: a table.jsonl written by `explore novelty precompute`
     log "publishing $1 to the compacted topic $TOPIC"

@@ -70,7 +70,8 @@ def compose_env() -> dict[str, str]:
     prebuilt.mkdir(parents=True, exist_ok=True)
     # Empty data: the models job trains on the synthetic data set; small settings keep it short.
     return {**os.environ, "EXPLORE_DATA": str(data), "EXPLORE_PREBUILT": str(prebuilt), "RETRAIN": "1",
-            "CLUSTER_LEVELS": "4,8", "SEQREC_TRAIN_ARGS": "--epochs 3", "NOVELTY_TRAIN_ARGS": "--epochs 2",
+            "CLUSTER_LEVELS": "4,8", "RETRAIN_LEVELS": "3,6", "SEQREC_TRAIN_ARGS": "--epochs 3",
+            "NOVELTY_TRAIN_ARGS": "--epochs 2",
             "REPLAY_RATE": "2000", "EXPLORE_APP_ID": "stacktest",
             # Grafana is left out here, but compose reads the whole file and its password has no default.
             "GRAFANA_ADMIN_PASSWORD": os.environ.get("GRAFANA_ADMIN_PASSWORD") or secrets.token_urlsafe(16)}
@@ -286,6 +287,45 @@ def run() -> None:
         f"{len(theirs)} users now served by {sorted({after[u]['served_by'] for u in theirs})}")
     if any(v["served_by"] == victim_url for v in after.values()):
         raise SystemExit("stack-test: users are still attributed to the killed worker")
+    retrain(survivors, after)
+
+
+def serving_set(worker: str) -> int:
+    """The model set a worker serves, from its /ready."""
+    script = ("import json, urllib.request\n"
+              "try:\n"
+              "    r = urllib.request.urlopen('http://127.0.0.1:6066/ready', timeout=5)\n"
+              "except urllib.error.HTTPError as e:\n"
+              "    r = e\n"
+              "print(json.load(r).get('model_set', 0))\n")
+    return int(sh("podman", "exec", worker, "python", "-c", script, capture=True, check=False).stdout.strip() or 0)
+
+
+def retrain(workers: list[str], view: dict[str, dict]) -> None:
+    """The `retrain` profile: a new model set (another catalog) trained and published while the workers run,
+    every worker switching to it, users' next slates made by it; then `retrain rollback` back to set 1."""
+    from streams.wiring.replay import Event, produce
+
+    log("retrain profile: training a new model set and publishing it to the running workers")
+    compose("--profile", "retrain", "run", "--rm", "--no-deps", "retrain")
+    wait(lambda: all(serving_set(w) == 2 for w in workers), 300, "every worker serving model set 2", 5)
+    step = [Event(u, v["recent_items"][-2 if len(v["recent_items"]) > 1 else -1], int(v["last_event_ts"]) + 2,
+                  f"stacktest-{u}-set2") for u, v in view.items()]
+    produce("localhost:9094", "interactions", [e.encode() for e in step])
+    users = sorted(view)
+    now = wait(lambda: (lambda n: n if all(n[u].get("events_applied") == view[u]["events_applied"] + 1
+                                           for u in users) else None)(users_view(workers[0], users)),
+               300, "every user's event applied under set 2", 5)
+    catalogs = {v["catalog_version"] for v in now.values()}
+    slates = [r for r in read_recommendations() if r["versions"].get("set") == "2"]
+    log(f"set 2 served by {len(workers)} workers: {len(users)} users migrated to catalog {sorted(catalogs)}, "
+        f"{len(slates)} slates made by set 2")
+    if len(catalogs) != 1 or catalogs == {view[users[0]]["catalog_version"]} or not slates:
+        raise SystemExit(f"stack-test: after the publish the states are under {catalogs} and {len(slates)} slates "
+                         "came from set 2")
+    compose("--profile", "retrain", "run", "--rm", "--no-deps", "retrain", "rollback")
+    wait(lambda: all(serving_set(w) == 1 for w in workers), 300, "every worker serving model set 1 again", 5)
+    log("rolled back: every worker serves model set 1 again")
 
 
 LISTS = {"container": ["ps", "-a", "--format", "{{.Names}}"], "volume": ["volume", "ls", "--format", "{{.Name}}"],
@@ -321,7 +361,7 @@ def main() -> int:
         run()
     finally:
         log("tearing down")
-        compose("--profile", "replay", "down", "-v", "--remove-orphans", check=False)
+        compose("--profile", "replay", "--profile", "retrain", "down", "-v", "--remove-orphans", check=False)
         left = leftovers()
         if left:  # podman-compose 1.6 removes in an order podman sometimes refuses; finish the job
             log(f"compose down left {left}; removing them")

@@ -23,6 +23,7 @@ def engine_config(bootstrap: str, seqrec_artifacts, repository: Path, triton_url
     values = {"bootstrap": bootstrap, "app_id": f"engine-{tag}", "interactions_topic": f"interactions-{tag}",
               "dlq_topic": f"dlq-{tag}", "recommendations_topic": f"recs-{tag}", "novelty_topic": f"novel-{tag}",
               "feedback_topic": f"feedback-{tag}", "items_topic": f"items-{tag}", "retry_topic": f"retry-{tag}",
+              "models_topic": f"sets-{tag}",
               "partitions": 4,
               # An event on an unknown item goes to the DLQ at once (the bad-input tests count it there, by its
               # input offset); the items topic's test sets a wait.

@@ -67,6 +67,7 @@ def secured_config(kafka: SecuredKafka, seqrec_artifacts, repository: Path, user
         "bootstrap": kafka.bootstrap, "app_id": f"{tag}-engine", "interactions_topic": f"{tag}-interactions",
         "dlq_topic": f"{tag}-dlq", "recommendations_topic": f"{tag}-recs", "novelty_topic": f"{tag}-novel",
         "feedback_topic": f"{tag}-feedback", "items_topic": f"{tag}-items", "retry_topic": f"{tag}-retry",
+        "models_topic": f"{tag}-sets",
         "partitions": 2, "catalog": str(Path(seqrec_artifacts.checkpoint).parent / "catalog"),
         "repository": str(repository), "triton_url": "", "batch_within_ms": 10, **overrides}
     if user:

@@ -509,11 +509,16 @@ def test_models_job_script_uses_real_commands_and_flags() -> None:
     res = subprocess.run(["sh", "-n", str(DOCKER / "models.sh")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     calls = _explore_calls(script)
-    assert [c[0] for c in calls] == [["replay"], ["clusters", "build"], ["seqrec", "train"], ["seqrec", "export"],
-                                     ["novelty", "train"], ["novelty", "export"], ["seqrec", "train"],
-                                     ["novelty", "mix"], ["novelty", "export-mixture"], ["novelty", "precompute"]]
-    # the mixture's fitting SASRec never sees the validation moments it fits the weights on
-    assert "--until-novelty-valid" in calls[6][1]
+    build = [["clusters", "build"], ["seqrec", "train"], ["seqrec", "export"], ["novelty", "train"],
+             ["novelty", "export"], ["seqrec", "train"], ["novelty", "mix"], ["novelty", "export-mixture"],
+             ["novelty", "precompute"]]
+    # rollback and replay, the retrain profile's new model set (built as the models job builds, then
+    # published), then the models job itself
+    assert [c[0] for c in calls] == [["models", "rollback"], ["replay"], *build, ["models", "publish"], *build]
+    # the mixture's fitting SASRec never sees the validation moments it fits the weights on, in both builds
+    assert "--until-novelty-valid" in calls[7][1] and "--until-novelty-valid" in calls[17][1]
+    # the new set's table is published by `models publish` onto the set's own topic, not onto the served one's
+    assert "--publish" not in calls[10][1] and {"--catalog", "--staged", "--table"} <= set(calls[11][1])
 
     def subparser(parser: argparse.ArgumentParser, path: list[str]) -> argparse.ArgumentParser:
         for name in path:
@@ -527,7 +532,7 @@ def test_models_job_script_uses_real_commands_and_flags() -> None:
         assert set(flags) <= options, f"explore {' '.join(path)}: unknown {sorted(set(flags) - options)}"
         if gets_data:
             assert {"--data", "--synthetic"} <= options
-    assert "--publish" in next(f for p, f, _ in calls if p == ["novelty", "precompute"])
+    assert "--publish" in calls[-1][1]
     # The switch to the native backend uses the committed GPU config.
     assert (ROOT / "triton_models" / "seqrec" / "config.gpu.pbtxt.example").is_file()
     assert 'backend: "onnxruntime"' in (ROOT / "triton_models" / "seqrec" / "config.gpu.pbtxt.example").read_text()
