@@ -7,7 +7,10 @@ applied once, and an item published under the first catalog is placed again unde
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -145,6 +148,9 @@ def test_a_published_set_is_served_at_a_batch_boundary_and_a_rollback_returns_to
             metrics = worker.metrics_text()
             assert worker.alive()
         view = read_sets(cfg)
+        explore, env = str(Path(sys.executable).parent / "explore"), {**os.environ, **cfg.as_env()}
+        listed = subprocess.run([explore, "models", "list"], capture_output=True, text=True, env=env, timeout=120)
+        again = subprocess.run([explore, "models", "rollback"], capture_output=True, text=True, env=env, timeout=120)
         sent = {line.split('"')[1]: float(line.split()[1]) for line in metrics.splitlines()
                 if line.startswith("explore_set_slates_total{")}  # slates by set, as the worker counted them
         slates = read_topic(apache_bootstrap, cfg.recommendations_topic, lambda recs: len(recs) >= sum(sent.values()))
@@ -187,6 +193,10 @@ def test_a_published_set_is_served_at_a_batch_boundary_and_a_rollback_returns_to
     assert 'explore_set_switches_total{reason="rollback"} 1.0' in metrics
     assert "explore_serving_set 1.0" in metrics
     assert view.wanted() == 1 and sorted(view.manifests) == [2]
+    lines = listed.stdout.splitlines()
+    assert listed.returncode == 0 and any(ln.split()[:2] == ["1", "(configured)"] and "<- served" in ln for ln in lines)
+    assert any(ln.split()[:2] == ["2", catalogs["2"].version] for ln in lines), listed.stdout
+    assert again.returncode != 0 and "nothing to roll back to" in again.stderr, again.stderr  # set 1 has no set before
     migrations = {line.split()[0]: line.split()[1] for line in metrics.splitlines()
                   if line.startswith("explore_state_migrations_total")}
     print(f"{produced} events applied once; slates by set {dict(by_set)} (paths {dict(paths)}); "
