@@ -258,13 +258,18 @@ def test_three_workers_under_a_steady_replay_switch_sets_together_and_apply_ever
                                         kwargs={"rate": 50, "progress": False}, daemon=True)
             producer.start()
             wait_until(lambda: applied() > len(records) / 4, 90, "a quarter of the events applied", workers[0].proc)
+            t0 = time.monotonic()
             publish_set(cfg, second_set[0], second_set[1], None, triton.grpc_url, progress=lambda _: None)
+            t1 = time.monotonic()
             wait_until(lambda: all_serve(2), 60, "every worker serving set 2", workers[0].proc, interval_s=0.3)
+            switched = {"publish": t1 - t0, "switch": time.monotonic() - t1}
             at_publish = applied()
             wait_until(lambda: applied() > at_publish + len(records) / 6, 90, "events applied under set 2",
                        workers[0].proc)
+            t1 = time.monotonic()
             rollback(cfg)
             wait_until(lambda: all_serve(1), 60, "every worker serving set 1 again", workers[0].proc, interval_s=0.3)
+            switched["rollback"] = time.monotonic() - t1
             producer.join(120)
             wait_until(lambda: applied() >= len(records), 120, "every event applied", workers[0].proc)
             states = {u: workers[0].get(f"/users/{u}")[1] for u in users}  # from whichever worker holds the user
@@ -290,7 +295,9 @@ def test_three_workers_under_a_steady_replay_switch_sets_together_and_apply_ever
     migrations = sum(_metric(t, 'explore_state_migrations_total{kind="mapped"}') for t in texts)
     duplicates = sum(_metric(t, 'explore_events_total{outcome="duplicate"}') for t in texts)
     print(f"3 workers, {len(records)} events of {len(users)} users at 50/s: each applied once ({duplicates:.0f} "
-          f"redelivered as duplicates); slates by set {dict(by_set)}; {migrations:.0f} states migrated")
+          f"redelivered as duplicates); slates by set {dict(by_set)}; {migrations:.0f} states migrated; publish "
+          f"{switched['publish']:.1f} s, every worker on set 2 {switched['switch']:.1f} s after it, back on set 1 "
+          f"{switched['rollback']:.1f} s after the rollback (polled every 0.3 s)")
 
 
 def _metric(text: str, name: str) -> float:
