@@ -144,9 +144,10 @@ def relabelled_set(work: Path, catalog_dir: Path, repo: Path, table: list[dict])
 
 def living_run(bootstrap: str, work: Path, tag: str, sets: dict[str, tuple[tuple, str]], ds, records: list,  # type: ignore[no-untyped-def]
                fetch_max_wait_ms: int, items: int, others: dict[str, int]) -> dict:
-    """The living-catalog arm's measurement: a worker on the first set applies the first half of `records` (so
-    that their users have states), stops; `items` items are published under the measured set's catalog; a second
-    worker of the same app on the measured set (`sets["measured"]`) takes the second half, whose CPU is measured."""
+    """The living-catalog arm's measurement: a worker on the first set applies one event of each user of `records`
+    (a copy with its own event id, so that every user has a state), stops; `items` items are published under the
+    measured set's catalog; a second worker of the same app on the measured set (`sets["measured"]`) takes
+    `records`, whose CPU is measured: on another catalog, every user migrates at its first event."""
     from streams.core.items import PublishedItem
     from streams.wiring.items_topic import publish_items
 
@@ -155,10 +156,14 @@ def living_run(bootstrap: str, work: Path, tag: str, sets: dict[str, tuple[tuple
     before = engine(bootstrap, work, tag, first_models, ds, first_url, fetch_max_wait_ms, extra=extra,
                     name=f"engine-{tag}-before")
     before.start()
-    half = len(records) // 2
+    first: dict[bytes, tuple[bytes, bytes]] = {}
+    for key, value in records:
+        if key not in first:
+            doc = json.loads(value)
+            first[key] = (key, json.dumps({**doc, "event_id": f"pre-{doc['event_id']}", "ts": doc["ts"] - 1}).encode())
     base = before.progress()
-    produce(bootstrap, before.src, records[:half], progress=False)
-    throughput(lambda: before.progress() - base, half)
+    produce(bootstrap, before.src, list(first.values()), progress=False)
+    throughput(lambda: before.progress() - base, len(first))
     before.stop()
     if items:
         from interests.clusters.catalog import Catalog
@@ -169,8 +174,9 @@ def living_run(bootstrap: str, work: Path, tag: str, sets: dict[str, tuple[tuple
                                                                 catalog.finest, i % n, 0.5, "bench", 0.0)
                                                   for i in range(items)))
     runner = engine(bootstrap, work, tag, models, ds, url, fetch_max_wait_ms, extra=extra)
-    result = throughput_run(bootstrap, runner, records[half:], others)
-    result["migrations"] = sum(counter_text(result.pop("metrics"), f'explore_state_migrations_total{{kind="{k}"}}')
+    result = throughput_run(bootstrap, runner, records, others)
+    text = result.pop("metrics")
+    result["migrations"] = sum(counter_text(text, f'explore_state_migrations_total{{kind="{k}"}}')
                                for k in ("mapped", "history_only", "legacy"))
     return result
 

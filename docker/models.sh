@@ -66,34 +66,6 @@ if [ "$MODE" = "replay" ]; then
 fi
 # From here on "$@" is exactly the data flags.
 
-if [ "$MODE" = "publish" ]; then
-    # A new model set beside the served one (docs/design/lifecycle.md): trained into a directory of its own,
-    # exported into a staging repository, then published (catalog into catalogs/, models as the next Triton
-    # version, its table on its own topic); the workers switch to it at a batch boundary.
-    NEW="$MODELS_DIR/retrain/$(date -u +%Y%m%dT%H%M%SZ)"
-    mkdir -p "$NEW/seqrec"
-    log "training a new model set on $DATA_DESC (levels ${RETRAIN_LEVELS:-8,24}) in $NEW"
-    explore clusters build "$@" --levels "${RETRAIN_LEVELS:-8,24}" --out "$NEW/catalog" --quiet
-    # shellcheck disable=SC2086
-    explore seqrec train "$@" --catalog "$NEW/catalog" --out "$NEW/seqrec/model.pt" --quiet ${SEQREC_TRAIN_ARGS:-}
-    explore seqrec export --checkpoint "$NEW/seqrec/model.pt" --catalog "$NEW/catalog" --repository "$NEW/staged"
-    # shellcheck disable=SC2086
-    explore novelty train "$@" --catalog "$NEW/catalog" --out "$NEW/novelty" --quiet ${NOVELTY_TRAIN_ARGS:-}
-    explore novelty export --model "$NEW/novelty" --repository "$NEW/staged"
-    if [ "${MIXTURE:-1}" = "1" ]; then
-        # shellcheck disable=SC2086
-        explore seqrec train "$@" --catalog "$NEW/catalog" --until-novelty-valid --out "$NEW/seqrec/valid.pt" \
-            --quiet ${SEQREC_TRAIN_ARGS:-}
-        explore novelty mix "$@" --catalog "$NEW/catalog" --seqrec-valid "$NEW/seqrec/valid.pt" \
-            --seqrec "$NEW/seqrec/model.pt" --model "$NEW/novelty" --out "$NEW/mixture"
-        explore novelty export-mixture --mixture "$(ls -d "$NEW"/mixture/level-* | head -n 1)" \
-            --catalog "$NEW/catalog" --repository "$NEW/staged" --m "${EXPLORE_M:-3}"
-    fi
-    explore novelty precompute "$@" --catalog "$NEW/catalog" --model "$NEW/novelty" --out "$NEW/novelty/table.jsonl" \
-        --quiet
-    exec explore models publish --catalog "$NEW/catalog" --staged "$NEW/staged" --table "$NEW/novelty/table.jsonl"
-fi
-
 publish_table() {  # $1: a table.jsonl written by `explore novelty precompute`
     log "publishing $1 to the compacted topic $TOPIC"
     python - "$1" "$TOPIC" <<'EOF'
@@ -109,6 +81,42 @@ with open(path) as f:
 print(f"[models] published {publish_table(os.environ['KAFKA_BOOTSTRAP'], topic, rows):,} contexts")
 EOF
 }
+
+train_set() {  # $1: a directory, $2: the catalog's cluster counts, then the data flags: a whole model set in $1
+    dir=$1 levels=$2
+    shift 2
+    mkdir -p "$dir/seqrec"
+    explore clusters build "$@" --levels "$levels" --out "$dir/catalog" --quiet
+    # shellcheck disable=SC2086  # the *_ARGS variables are flag lists, split on purpose
+    explore seqrec train "$@" --catalog "$dir/catalog" --out "$dir/seqrec/model.pt" --quiet ${SEQREC_TRAIN_ARGS:-}
+    explore seqrec export --checkpoint "$dir/seqrec/model.pt" --catalog "$dir/catalog" --repository "$dir/repository"
+    # shellcheck disable=SC2086
+    explore novelty train "$@" --catalog "$dir/catalog" --out "$dir/novelty" --quiet ${NOVELTY_TRAIN_ARGS:-}
+    explore novelty export --model "$dir/novelty" --repository "$dir/repository"
+    if [ "${MIXTURE:-1}" = "1" ]; then
+        # The mixture of experts the workers then serve (`explorer`): a second SASRec, trained only before
+        # the novelty split's validation moments, scores them to fit the weights; the LM's level.
+        # shellcheck disable=SC2086
+        explore seqrec train "$@" --catalog "$dir/catalog" --until-novelty-valid --out "$dir/seqrec/valid.pt" \
+            --quiet ${SEQREC_TRAIN_ARGS:-}
+        explore novelty mix "$@" --catalog "$dir/catalog" --seqrec-valid "$dir/seqrec/valid.pt" \
+            --seqrec "$dir/seqrec/model.pt" --model "$dir/novelty" --out "$dir/mixture"
+        explore novelty export-mixture --mixture "$(ls -d "$dir"/mixture/level-* | head -n 1)" \
+            --catalog "$dir/catalog" --repository "$dir/repository" --m "${EXPLORE_M:-3}"
+    fi
+    explore novelty precompute "$@" --catalog "$dir/catalog" --model "$dir/novelty" --out "$dir/novelty/table.jsonl" \
+        --quiet
+}
+
+if [ "$MODE" = "publish" ]; then
+    # A new model set beside the served one (docs/design/lifecycle.md): trained into a directory of its own,
+    # then published (catalog into catalogs/, models as the next Triton version, its table on its own topic);
+    # the workers switch to it at a batch boundary.
+    NEW="$MODELS_DIR/retrain/$(date -u +%Y%m%dT%H%M%SZ)"
+    log "training a new model set on $DATA_DESC (levels ${RETRAIN_LEVELS:-8,24}) in $NEW"
+    train_set "$NEW" "${RETRAIN_LEVELS:-8,24}" "$@"
+    exec explore models publish --catalog "$NEW/catalog" --staged "$NEW/repository" --table "$NEW/novelty/table.jsonl"
+fi
 
 set_seqrec_backend() {  # idempotent: the repository's seqrec as $SEQREC_BACKEND says
     dest="$MODELS_DIR/repository/seqrec"
@@ -151,30 +159,10 @@ if [ -d "$PREBUILT_DIR/catalog" ] && [ -d "$PREBUILT_DIR/repository" ]; then
     PUBLISHED=0
 else
     log "training on $DATA_DESC"
-    mkdir -p "$STAGE/seqrec"
-    explore clusters build "$@" --levels "${CLUSTER_LEVELS:-8,32}" --out "$STAGE/catalog" --quiet
-    # shellcheck disable=SC2086  # the *_ARGS variables are flag lists, split on purpose
-    explore seqrec train "$@" --catalog "$STAGE/catalog" --out "$STAGE/seqrec/model.pt" --quiet ${SEQREC_TRAIN_ARGS:-}
-    explore seqrec export --checkpoint "$STAGE/seqrec/model.pt" --catalog "$STAGE/catalog" \
-        --repository "$STAGE/repository"
-    # shellcheck disable=SC2086
-    explore novelty train "$@" --catalog "$STAGE/catalog" --out "$STAGE/novelty" --quiet ${NOVELTY_TRAIN_ARGS:-}
-    explore novelty export --model "$STAGE/novelty" --repository "$STAGE/repository"
-    if [ "${MIXTURE:-1}" = "1" ]; then
-        # The mixture of experts the workers then serve (`explorer`): a second SASRec, trained only before
-        # the novelty split's validation moments, scores them to fit the weights; the LM's level.
-        # shellcheck disable=SC2086
-        explore seqrec train "$@" --catalog "$STAGE/catalog" --until-novelty-valid --out "$STAGE/seqrec/valid.pt" \
-            --quiet ${SEQREC_TRAIN_ARGS:-}
-        explore novelty mix "$@" --catalog "$STAGE/catalog" --seqrec-valid "$STAGE/seqrec/valid.pt" \
-            --seqrec "$STAGE/seqrec/model.pt" --model "$STAGE/novelty" --out "$STAGE/mixture"
-        explore novelty export-mixture --mixture "$(ls -d "$STAGE"/mixture/level-* | head -n 1)" \
-            --catalog "$STAGE/catalog" --repository "$STAGE/repository" --m "${EXPLORE_M:-3}"
-    fi
-    explore novelty precompute "$@" --catalog "$STAGE/catalog" --model "$STAGE/novelty" \
-        --out "$STAGE/novelty/table.jsonl" --topic "$TOPIC" --publish --quiet
+    train_set "$STAGE" "${CLUSTER_LEVELS:-8,32}" "$@"
+    publish_table "$STAGE/novelty/table.jsonl"
     ORIGIN="trained on $DATA_DESC"
-    PUBLISHED=1
+    PUBLISHED=1  # above, before the swap: the old table stays until the new one is complete
 fi
 
 for name in catalog repository seqrec novelty mixture; do

@@ -48,6 +48,15 @@ def register_models(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_models_rollback)
     li = msub.add_parser("list", help="the published sets and the one served")
     li.set_defaults(func=cmd_models_list)
+    pr = msub.add_parser("prune", help="remove the sets no rollback can reach any more",
+                         description="Removes every published set that is neither served nor among the last "
+                                     "KEEP - 1 sets served before it: its Triton versions (Triton reloads the models "
+                                     "and unloads them), its manifest and its catalog when no kept set uses it. "
+                                     "Rollbacks then reach only the kept sets. Set 1, the workers' configured set, "
+                                     "is never removed. Its table topic stays (delete it with Kafka's tools).")
+    pr.add_argument("--keep", type=int, default=3, help="sets kept: the served one and the KEEP - 1 before it")
+    pr.add_argument("--triton-url", default=None, help="Triton's gRPC host:port (default: the setting triton_url)")
+    pr.set_defaults(func=cmd_models_prune)
 
 
 def cmd_models_publish(args: argparse.Namespace) -> int:
@@ -72,6 +81,15 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
     done = rollback(engine_settings())
     print(f"set {done.serving.number} is served again (before it: {list(done.serving.history)})"
           + (f"; {done.items_placed} item(s) placed again under its catalog" if done.items_placed else ""))
+    return 0
+
+
+def cmd_models_prune(args: argparse.Namespace) -> int:
+    from streams.wiring.model_sets import prune
+
+    cfg = engine_settings()
+    gone = prune(cfg, args.keep, cfg.triton_url if args.triton_url is None else args.triton_url)
+    print(f"removed set(s) {gone}" if gone else f"nothing to remove: at most {args.keep} set(s) besides set 1")
     return 0
 
 

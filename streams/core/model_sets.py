@@ -10,7 +10,8 @@ table), and last two records on the compacted control topic (setting `models_top
 
 - key `set/N`: the set's manifest (`SetManifest`), written once its files and table are complete;
 - key `serving`: the set every worker must serve, and the sets served before it (`Serving.history`,
-  newest last), so that `explore models rollback` returns to the one before, then the one before that.
+  newest last), so that `explore models rollback` returns to the one before, then the one before that;
+- a tombstone on `set/N`: set N was pruned (`explore models prune`), its files are gone.
 
 A worker follows the control topic whole. When `serving` names another set, it loads that set beside
 the one it serves, reads its table topic to the end, and switches at its next batch boundary: every
@@ -107,7 +108,9 @@ class SetsView:
             try:
                 if key == SERVING_KEY and value is not None:
                     self.serving = parse_serving(value)
-                elif key is not None and key.startswith(b"set/") and value is not None:
+                elif key is not None and key.startswith(b"set/") and value is None:  # pruned
+                    self.manifests.pop(int(key[4:]), None)
+                elif key is not None and key.startswith(b"set/"):
                     manifest = parse_manifest(value)
                     if set_key(manifest.number) != key:
                         raise ValueError("key and manifest disagree")
@@ -127,5 +130,16 @@ class SetsView:
         return max(seen) + 1
 
 
+def to_prune(view: SetsView, keep: int) -> tuple[list[int], tuple[int, ...]]:
+    """(the published sets to remove, the serving record's history after it): every set but the served one, the
+    last `keep` - 1 sets served before it (the rollback targets kept) and set 1 (the workers' configured set)."""
+    if keep < 1:
+        raise ValueError("--keep must be at least 1 (the served set)")
+    serving = view.serving or Serving(FIRST_SET)
+    history = serving.history[max(0, len(serving.history) - (keep - 1)):] if keep > 1 else ()
+    kept = {FIRST_SET, serving.number, *history}
+    return sorted(n for n in view.manifests if n not in kept), history
+
+
 __all__ = ["FIRST_SET", "SERVING_KEY", "Serving", "SetManifest", "SetsView", "parse_manifest", "parse_serving",
-           "set_key", "table_topic"]
+           "set_key", "table_topic", "to_prune"]

@@ -34,7 +34,16 @@ from streams.core.engine import Engine, ServingSet
 from streams.core.items import PublishedItem, read_item
 from streams.core.metrics import Metrics
 from streams.core.model_files import ModelFiles
-from streams.core.model_sets import FIRST_SET, SERVING_KEY, Serving, SetManifest, SetsView, set_key, table_topic
+from streams.core.model_sets import (
+    FIRST_SET,
+    SERVING_KEY,
+    Serving,
+    SetManifest,
+    SetsView,
+    set_key,
+    table_topic,
+    to_prune,
+)
 from streams.wiring.items_topic import publish_items
 from streams.wiring.table_topic import publish_compacted, publish_table
 from streams.wiring.topic_reader import TopicMissing, read_topic_records
@@ -124,7 +133,7 @@ def read_sets(cfg: EngineConfig) -> SetsView:
     return view
 
 
-def _write_control(cfg: EngineConfig, records: Iterable[tuple[bytes, bytes]]) -> None:
+def _write_control(cfg: EngineConfig, records: Iterable[tuple[bytes, bytes | None]]) -> None:
     publish_compacted(cfg.bootstrap, cfg.models_topic, records, "the model sets", cfg.kafka_security(),
                       cfg.replication_factor, cfg.min_insync_replicas)
 
@@ -289,4 +298,34 @@ def rollback(cfg: EngineConfig) -> Published:
     return Published(target, serving, placed)
 
 
-__all__ = ["Published", "SetSwitcher", "place_items_again", "publish_set", "read_sets", "rollback"]
+def prune(cfg: EngineConfig, keep: int, triton_url: str = "") -> list[int]:
+    """Remove the published sets that are neither served nor among the last `keep` - 1 sets served before it
+    (the rollback targets kept): their Triton versions (Triton asked to load the models again, so it unloads
+    them), manifests (tombstones) and catalogs no kept set uses; the `serving` record's history is cut to
+    what is kept. Set 1, the workers' configured set, is never removed. The sets removed."""
+    view = read_sets(cfg)
+    gone, kept_history = to_prune(view, keep)
+    if not gone:
+        return []
+    serving = view.serving or Serving(FIRST_SET)
+    kept = {FIRST_SET, serving.number, *kept_history}
+    repository = Path(cfg.repository)
+    for n in gone:
+        for model in MODELS:
+            shutil.rmtree(repository / model / str(n), ignore_errors=True)
+    if triton_url:
+        _load_in_triton(triton_url, [m for m in MODELS if (repository / m / str(serving.number)).is_dir()],
+                        serving.number)
+    in_use = {view.manifests[n].catalog for n in kept if n in view.manifests}
+    for n in gone:
+        catalog = view.manifests[n].catalog
+        if cfg.catalogs and catalog not in in_use:
+            shutil.rmtree(Path(cfg.catalogs) / catalog, ignore_errors=True)
+    records: list[tuple[bytes, bytes | None]] = [(set_key(n), None) for n in gone]
+    if view.serving is not None and kept_history != serving.history:
+        records.append((SERVING_KEY, Serving(serving.number, kept_history, serving.reason, serving.ts).encode()))
+    _write_control(cfg, records)
+    return gone
+
+
+__all__ = ["Published", "SetSwitcher", "place_items_again", "prune", "publish_set", "read_sets", "rollback"]

@@ -65,11 +65,12 @@ async def follow_compacted(cfg: EngineConfig, topic: str, learn: Callable[[list]
         await consumer.stop()
 
 
-def publish_compacted(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]], what: str,
+def publish_compacted(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes | None]], what: str,
                       security: KafkaSecurity = PLAINTEXT, replication_factor: int = 0,
                       min_insync_replicas: int = 0) -> int:
     """Create the compacted one-partition topic if needed (every worker reads it whole; replicated as the
-    engine's topics are) and write `records` (key, value), acknowledged by every in-sync replica; the count."""
+    engine's topics are) and write `records` (key, value; no value: a tombstone), acknowledged by every in-sync
+    replica; the count."""
     if not bootstrap:
         raise ValueError(f"publishing {what} needs a broker: pass --bootstrap or set KAFKA_BOOTSTRAP")
     from kafka import KafkaProducer

@@ -99,3 +99,11 @@ def expected_states(events: list[Event], item_cluster: dict[str, int], k: int) -
 def item_cluster_map(seqrec_artifacts) -> dict[str, int]:  # type: ignore[no-untyped-def]
     catalog = seqrec_artifacts.catalog
     return dict(zip(catalog.item_ids, np.asarray(catalog.item_clusters()).tolist(), strict=True))
+
+
+def metric(text: str, name: str) -> float:
+    """The value of the sample `name` (with its labels) in Prometheus text; 0 when absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0

@@ -22,6 +22,7 @@ from tests.integration.engine_support import (
     engine_config,
     expected_states,
     item_cluster_map,
+    metric,
     read_topic,
     recommendations,
     synthetic_events,
@@ -351,11 +352,3 @@ def test_a_broker_killed_mid_stream_and_brought_back_loses_and_repeats_nothing( 
           f"broker {victim} of 3 SIGKILLed after {at_kill:.0f} applied, {on_two:.0f} applied on two brokers, "
           f"then restarted; applied {len(events)} exactly once, {duplicates:.0f} redelivered records recognised "
           f"as duplicates, worker alive")
-
-
-def metric(text: str, name: str) -> float:
-    """The value of the sample `name` (with its labels) in Prometheus text; 0 when absent."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0

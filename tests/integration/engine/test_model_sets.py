@@ -27,7 +27,7 @@ from streams.wiring.items_topic import publish_items
 from streams.wiring.model_sets import publish_set, read_sets, rollback
 from streams.wiring.replay import produce
 from streams.wiring.worker import ensure_topics
-from tests.integration.engine_support import engine_config, read_topic
+from tests.integration.engine_support import engine_config, metric, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -151,6 +151,14 @@ def test_a_published_set_is_served_at_a_batch_boundary_and_a_rollback_returns_to
         explore, env = str(Path(sys.executable).parent / "explore"), {**os.environ, **cfg.as_env()}
         listed = subprocess.run([explore, "models", "list"], capture_output=True, text=True, env=env, timeout=120)
         again = subprocess.run([explore, "models", "rollback"], capture_output=True, text=True, env=env, timeout=120)
+        pruned = subprocess.run([explore, "models", "prune", "--keep", "1", "--triton-url", triton.grpc_url],
+                                capture_output=True, text=True, env=env, timeout=180)
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(url=triton.grpc_url)
+        triton_versions = {v: client.is_model_ready("seqrec", v) for v in ("1", "2")}
+        client.close()
+        after_prune = read_sets(cfg)
         sent = {line.split('"')[1]: float(line.split()[1]) for line in metrics.splitlines()
                 if line.startswith("explore_set_slates_total{")}  # slates by set, as the worker counted them
         slates = read_topic(apache_bootstrap, cfg.recommendations_topic, lambda recs: len(recs) >= sum(sent.values()))
@@ -197,6 +205,10 @@ def test_a_published_set_is_served_at_a_batch_boundary_and_a_rollback_returns_to
     assert listed.returncode == 0 and any(ln.split()[:2] == ["1", "(configured)"] and "<- served" in ln for ln in lines)
     assert any(ln.split()[:2] == ["2", catalogs["2"].version] for ln in lines), listed.stdout
     assert again.returncode != 0 and "nothing to roll back to" in again.stderr, again.stderr  # set 1 has no set before
+    # Set 2 is neither served nor a rollback target any more: pruned, Triton serves set 1 alone.
+    assert pruned.returncode == 0 and "removed set(s) [2]" in pruned.stdout, pruned.stdout + pruned.stderr
+    assert triton_versions == {"1": True, "2": False} and not after_prune.manifests
+    assert not (repository / "seqrec" / "2").exists() and not (tmp_path / "catalogs" / catalogs["2"].version).exists()
     migrations = {line.split()[0]: line.split()[1] for line in metrics.splitlines()
                   if line.startswith("explore_state_migrations_total")}
     print(f"{produced} events applied once; slates by set {dict(by_set)} (paths {dict(paths)}); "
@@ -249,7 +261,7 @@ def test_three_workers_under_a_steady_replay_switch_sets_together_and_apply_ever
                 w.start()
 
             def applied() -> float:
-                return sum(_metric(w.metrics_text(), 'explore_events_total{outcome="applied"}') for w in workers)
+                return sum(metric(w.metrics_text(), 'explore_events_total{outcome="applied"}') for w in workers)
 
             def all_serve(number: int) -> bool:
                 return all(w.get("/ready")[1].get("model_set") == number for w in workers)
@@ -278,7 +290,7 @@ def test_three_workers_under_a_steady_replay_switch_sets_together_and_apply_ever
         finally:
             for w in workers:
                 w.stop()
-        sent = sum(_metric(t, f'explore_set_slates_total{{set="{v}"}}') for t in texts for v in ("1", "2"))
+        sent = sum(metric(t, f'explore_set_slates_total{{set="{v}"}}') for t in texts for v in ("1", "2"))
         slates = read_topic(apache_bootstrap, cfg.recommendations_topic, lambda recs: len(recs) >= sent)
     finally:
         triton.stop()
@@ -290,23 +302,15 @@ def test_three_workers_under_a_steady_replay_switch_sets_together_and_apply_ever
         assert state["events_applied"] == 24 and state["catalog_version"] == catalogs["1"].version, (u, state)
         assert [c["id"] for c in state["context"]] == _last_distinct([cluster["1"][i] for i in plan[u]], cfg.k)
     for t in texts:  # every worker switched both ways
-        assert _metric(t, 'explore_set_switches_total{reason="publish"}') == 1.0
-        assert _metric(t, 'explore_set_switches_total{reason="rollback"}') == 1.0
-    migrations = sum(_metric(t, 'explore_state_migrations_total{kind="mapped"}') for t in texts)
-    duplicates = sum(_metric(t, 'explore_events_total{outcome="duplicate"}') for t in texts)
+        assert metric(t, 'explore_set_switches_total{reason="publish"}') == 1.0
+        assert metric(t, 'explore_set_switches_total{reason="rollback"}') == 1.0
+    migrations = sum(metric(t, 'explore_state_migrations_total{kind="mapped"}') for t in texts)
+    duplicates = sum(metric(t, 'explore_events_total{outcome="duplicate"}') for t in texts)
     print(f"3 workers, {len(records)} events of {len(users)} users at 50/s: each applied once ({duplicates:.0f} "
           f"redelivered as duplicates); slates by set {dict(by_set)}; {migrations:.0f} states migrated; publish "
           f"{switched['publish']:.1f} s, every worker on set 2 {switched['switch']:.1f} s after it, back on set 1 "
           f"{switched['rollback']:.1f} s after the rollback (polled every 0.3 s)")
 
 
-def _metric(text: str, name: str) -> float:
-    """The value of the sample `name` (with its labels) in Prometheus text; 0 when absent."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
-
-
 def applied_total(texts: list[str]) -> float:
-    return sum(_metric(t, 'explore_events_total{outcome="applied"}') for t in texts)
+    return sum(metric(t, 'explore_events_total{outcome="applied"}') for t in texts)

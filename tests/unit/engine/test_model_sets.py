@@ -8,7 +8,16 @@ import logging
 import pytest
 
 from streams.core.metrics import Metrics
-from streams.core.model_sets import FIRST_SET, SERVING_KEY, Serving, SetManifest, SetsView, set_key, table_topic
+from streams.core.model_sets import (
+    FIRST_SET,
+    SERVING_KEY,
+    Serving,
+    SetManifest,
+    SetsView,
+    set_key,
+    table_topic,
+    to_prune,
+)
 from streams.wiring.model_sets import SetSwitcher, _versioned_config
 
 
@@ -144,3 +153,19 @@ def test_an_idle_worker_switches_at_once_and_a_set_that_cannot_load_leaves_the_s
         assert engine.adopted == [3] and switcher.settled()  # idle: no batch boundary to wait for
 
     asyncio.run(run())
+
+
+def test_pruning_keeps_the_served_set_its_rollback_targets_and_the_configured_one() -> None:
+    view = SetsView()
+    served = Serving(FIRST_SET)
+    for n in (2, 3, 4, 5):
+        served = served.after_publish(n, float(n))
+        view.learn([(set_key(n), _manifest(n).encode())])
+    view.learn([(SERVING_KEY, served.after_rollback(6.0).encode())])  # serving 4, history (1, 2, 3)
+    assert to_prune(view, 1) == ([2, 3, 5], ())
+    assert to_prune(view, 2) == ([2, 5], (3,))
+    assert to_prune(view, 10) == ([5], (1, 2, 3))  # 5 was rolled back from: no rollback reaches it
+    with pytest.raises(ValueError, match="at least 1"):
+        to_prune(view, 0)
+    view.learn([(set_key(2), None), (set_key(5), None)])  # their tombstones: pruned
+    assert sorted(view.manifests) == [3, 4] and to_prune(view, 2) == ([], (3,))

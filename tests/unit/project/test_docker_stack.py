@@ -512,13 +512,15 @@ def test_models_job_script_uses_real_commands_and_flags() -> None:
     build = [["clusters", "build"], ["seqrec", "train"], ["seqrec", "export"], ["novelty", "train"],
              ["novelty", "export"], ["seqrec", "train"], ["novelty", "mix"], ["novelty", "export-mixture"],
              ["novelty", "precompute"]]
-    # rollback and replay, the retrain profile's new model set (built as the models job builds, then
-    # published), then the models job itself
-    assert [c[0] for c in calls] == [["models", "rollback"], ["replay"], *build, ["models", "publish"], *build]
-    # the mixture's fitting SASRec never sees the validation moments it fits the weights on, in both builds
-    assert "--until-novelty-valid" in calls[7][1] and "--until-novelty-valid" in calls[17][1]
-    # the new set's table is published by `models publish` onto the set's own topic, not onto the served one's
-    assert "--publish" not in calls[10][1] and {"--catalog", "--staged", "--table"} <= set(calls[11][1])
+    # rollback and replay, a whole model set (`train_set`: the models job's and the retrain profile's), published
+    # to running workers by the retrain profile
+    assert [c[0] for c in calls] == [["models", "rollback"], ["replay"], *build, ["models", "publish"]]
+    # the mixture's fitting SASRec never sees the validation moments it fits the weights on
+    assert "--until-novelty-valid" in calls[7][1]
+    # a new set's table goes onto the set's own topic through `models publish`; the models job's onto the served
+    # one (`publish_table`), after the whole set was trained
+    assert {"--catalog", "--staged", "--table"} <= set(calls[11][1])
+    assert script.count('train_set "$') == 2 and 'publish_table "$STAGE/novelty/table.jsonl"' in script
 
     def subparser(parser: argparse.ArgumentParser, path: list[str]) -> argparse.ArgumentParser:
         for name in path:
@@ -532,7 +534,6 @@ def test_models_job_script_uses_real_commands_and_flags() -> None:
         assert set(flags) <= options, f"explore {' '.join(path)}: unknown {sorted(set(flags) - options)}"
         if gets_data:
             assert {"--data", "--synthetic"} <= options
-    assert "--publish" in calls[-1][1]
     # The switch to the native backend uses the committed GPU config.
     assert (ROOT / "triton_models" / "seqrec" / "config.gpu.pbtxt.example").is_file()
     assert 'backend: "onnxruntime"' in (ROOT / "triton_models" / "seqrec" / "config.gpu.pbtxt.example").read_text()
