@@ -111,6 +111,7 @@ class Engine:
         # Every valid items-topic placement (issue 27): item -> (catalog version, level, cluster); the serving
         # set uses those placed under its catalog (`adopt`).
         self.item_places: dict[str, tuple[str, int, int]] = {}
+        self._places: dict[tuple[str, int, int], tuple[str, int, int]] = {}  # each distinct placement once
         self.router = ModelRouter(cfg.triton_url, {}, cfg.triton_timeout_s, cfg.triton_retries,
                                   cfg.triton_retry_after_s, self.metrics.observe_call,
                                   lambda up: self.metrics.triton_up.set(1 if up else 0), tls=cfg.triton_tls())
@@ -225,7 +226,6 @@ class Engine:
         """Records of the items topic in offset order: a published item joins `cluster_of` (events on it
         apply from now on), a tombstone withdraws it; records this worker cannot use are counted by reason.
         Every valid placement is kept for the model sets the worker may serve next."""
-        versions: dict[str, str] = {}  # one string per catalog version, not one per item
         for key, value in records:
             if key is None:
                 continue
@@ -240,8 +240,8 @@ class Engine:
             if isinstance(item, str):
                 self.metrics.item_records_ignored.labels(item).inc()
                 continue
-            self.item_places[item.item_id] = (versions.setdefault(item.catalog, item.catalog), item.level,
-                                              item.cluster)
+            place = (item.catalog, item.level, item.cluster)
+            self.item_places[item.item_id] = self._places.setdefault(place, place)  # shared: ~1 tuple a cluster
             why = "in_catalog" if item.item_id in self.item_index else item_fit(
                 item.catalog, item.level, item.cluster, self.catalog.version, self.level, self.n_clusters)
             if why:
