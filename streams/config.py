@@ -8,6 +8,7 @@ prints the table below, so the documentation and the code cannot drift apart.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -67,8 +68,15 @@ class EngineConfig:
     unknown_item_wait_s: float = _setting(600.0, "how long an event on an unknown item waits for its item to be "
                                                  "published (retry topic) before it goes to the DLQ as "
                                                  "unknown_item; 0: straight to the DLQ")
-    retry_interval_s: float = _setting(5.0, "how often a waiting event looks again for its item (each look reads "
-                                            "and writes it again: N waiting events cost N / this records a second)")
+    retry_interval_s: float = _setting(5.0, "how often a waiting event looks again for its item, at first (each look "
+                                            "reads and writes it again: N waiting events cost N / this records a "
+                                            "second)")
+    retry_backoff_s: str = _setting("30,300", "the looks of events that have waited long: comma-separated intervals "
+                                              "(seconds, increasing) of further retry topics (the retry topic's name "
+                                              "+ '-1', '-2', ...); an event moves to the next once it has waited "
+                                              "that long (default: every 5 s for 30 s, every 30 s until 5 min, then "
+                                              "every 5 min: 16 looks in 10 min instead of 120); empty: every look "
+                                              "after retry_interval_s")
     feedback_topic: str = _setting("exploration-feedback", "output topic: one record per proposed novel cluster "
                                                            "once it resolves (accepted or not)")
     partitions: int = _setting(8, "partitions of the topics the engine creates (the interactions topic too)")
@@ -199,6 +207,16 @@ class EngineConfig:
         """The retry topic's name: setting `retry_topic`, or the interactions topic's + '-retry'."""
         return self.retry_topic or f"{self.interactions_topic}-retry"
 
+    @property
+    def retry_intervals(self) -> tuple[float, ...]:
+        """The interval of each retry topic, the first's `retry_interval_s` (`streams.core.items.retry_tier`)."""
+        return (self.retry_interval_s, *(float(x) for x in self.retry_backoff_s.split(",") if x.strip()))
+
+    @property
+    def retry_topics(self) -> list[str]:
+        """The retry topics, one per interval: the retry topic, then its name + '-1', '-2', ..."""
+        return [self.waiting_topic, *(f"{self.waiting_topic}-{i}" for i in range(1, len(self.retry_intervals)))]
+
     def check(self) -> None:
         for name in ("k", "m", "n", "partitions", "batch_size", "recent_items", "dedupe_ids", "max_payload_bytes",
                      "fetch_max_wait_ms", "max_id_length", "max_key_bytes", "feedback_max_open", "gc_young_threshold"):
@@ -216,6 +234,14 @@ class EngineConfig:
                           "within the horizon has proposals evicted without a label", stacklevel=3)
         if self.unknown_item_wait_s < 0 or self.retry_interval_s <= 0:
             raise ValueError("setting unknown_item_wait_s must be 0 (no wait) or more, retry_interval_s more than 0")
+        try:
+            intervals = self.retry_intervals
+        except ValueError:
+            raise ValueError(f"setting retry_backoff_s: {self.retry_backoff_s!r} is not a comma-separated list of "
+                             "seconds") from None
+        if any(b <= a for a, b in itertools.pairwise(intervals)):
+            raise ValueError(f"setting retry_backoff_s: {self.retry_backoff_s!r} must increase, each interval longer "
+                             f"than the one before (retry_interval_s = {self.retry_interval_s:g})")
         if self.user_ttl_s < 0:
             raise ValueError(f"setting user_ttl_s must be 0 (never) or more, got {self.user_ttl_s}")
         if self.store not in ("memory://", "rocksdb://"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 ITEM_IGNORED = ("invalid", "stale", "in_catalog")  # why a worker leaves an items-topic record out
@@ -86,6 +87,18 @@ def retry_fate(item_known: bool, first_seen: float, now: float, wait_s: float) -
     return "expired" if now - first_seen >= wait_s else "again"
 
 
+def retry_tier(waited_s: float, intervals: Sequence[float]) -> int:
+    """Which retry topic an event that has waited `waited_s` goes back to: the last whose interval it has waited
+    at least (the first below that). Looks thin out as the wait grows, each topic keeps one interval (a topic is
+    in queueing order: its head is always the next record due), and an item published late is still found
+    within one interval of the event's current topic."""
+    tier = 0
+    for i in range(1, len(intervals)):
+        if waited_s >= intervals[i]:
+            tier = i
+    return tier
+
+
 def first_seen(headers: object, default: float) -> float:
     """The FIRST_SEEN header of a record (Kafka headers as a list of pairs or a mapping), else `default`."""
     pairs = headers.items() if isinstance(headers, dict) else (headers or [])
@@ -99,4 +112,4 @@ def first_seen(headers: object, default: float) -> float:
 
 
 __all__ = ["FIRST_SEEN", "ITEM_IGNORED", "PublishedItem", "first_seen", "item_fit", "parse_item", "read_item",
-           "retry_fate"]
+           "retry_fate", "retry_tier"]

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Mapping
 
 from streams.config import EngineConfig
-from streams.core.items import FIRST_SEEN, PublishedItem, first_seen, retry_fate
+from streams.core.items import FIRST_SEEN, PublishedItem, first_seen, retry_fate, retry_tier
 from streams.core.metrics import Metrics
 from streams.core.records import Rejection, dead_letter
 from streams.kafka_security import PLAINTEXT, KafkaSecurity
@@ -26,16 +26,17 @@ def publish_items(bootstrap: str, topic: str, items: Iterable[PublishedItem], se
 
 
 async def settle_waiting(producer, cfg: EngineConfig, known: Mapping[str, int], metrics: Metrics,  # type: ignore[no-untyped-def]
-                         msg) -> str:  # type: ignore[no-untyped-def]
-    """One record of the retry topic (`streams.core.items.retry_fate`), looked at `retry_interval_s` after it
-    was queued: back to its input partition once its item is published, to the DLQ (unknown_item) after
-    `unknown_item_wait_s`, else to the end of the retry topic to wait more. The topic is in queueing
-    order, so sleeping until the head is due delays nothing that is due sooner. Its fate, counted.
+                         msg, tier: int = 0) -> str:  # type: ignore[no-untyped-def]
+    """One record of retry topic `tier` (`streams.core.items.retry_fate`), looked at that topic's interval after
+    it was queued: back to its input partition once its item is published, to the DLQ (unknown_item) after
+    `unknown_item_wait_s`, else to the end of the retry topic its wait so far calls for (`retry_tier`). Each
+    topic is in queueing order with one interval, so sleeping until the head is due delays nothing that is
+    due sooner. Its fate, counted.
 
     Delivery is at least once, as the worker's outputs are: a crash between the send and the retry
     record's commit sends the event twice, and its `event_id` (when it has one) drops the second copy.
     """
-    await asyncio.sleep(max(0.0, msg.timestamp + cfg.retry_interval_s - time.time()))
+    await asyncio.sleep(max(0.0, msg.timestamp + cfg.retry_intervals[tier] - time.time()))
     seen = first_seen(msg.headers, msg.timestamp)
     try:
         item_id = str(json.loads(msg.value)["item_id"])
@@ -47,13 +48,13 @@ async def settle_waiting(producer, cfg: EngineConfig, known: Mapping[str, int], 
         await producer.send(cfg.interactions_topic, msg.key, msg.value, partition=msg.partition, timestamp=None,
                             headers=headers)
     elif fate == "again":
-        await producer.send(cfg.waiting_topic, msg.key, msg.value, partition=msg.partition, timestamp=None,
-                            headers=headers)
+        again = cfg.retry_topics[retry_tier(time.time() - seen, cfg.retry_intervals)]
+        await producer.send(again, msg.key, msg.value, partition=msg.partition, timestamp=None, headers=headers)
     else:
         key, value, dl_headers = dead_letter(
             msg.key, msg.value, Rejection("unknown_item", f"item_id {item_id[:80]!r} was not published within "
                                                           f"{cfg.unknown_item_wait_s:g} s"),
-            f"{cfg.waiting_topic}/{msg.partition}/{msg.offset}")
+            f"{cfg.retry_topics[tier]}/{msg.partition}/{msg.offset}")
         await producer.send(cfg.dlq_topic, key, value, partition=None, timestamp=None, headers=dl_headers)
         metrics.events.labels("invalid").inc()
         metrics.dlq.labels("unknown_item").inc()

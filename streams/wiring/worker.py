@@ -67,8 +67,9 @@ def engine_topics(cfg: EngineConfig) -> list[TopicSpec]:
                   why="items published after the catalog: read whole"),
         TopicSpec(cfg.models_topic, 1, compacted=True, operations=read,
                   why="the model sets published and the one to serve: read whole"),
-        TopicSpec(cfg.waiting_topic, cfg.partitions, operations=both,
-                  why="events on items not published yet wait there"),
+        *(TopicSpec(topic, cfg.partitions, operations=both, why="events on items not published yet wait there"
+                    + (f" (those that waited {cfg.retry_intervals[tier]:g} s or more)" if tier else ""))
+          for tier, topic in enumerate(cfg.retry_topics)),
         *(TopicSpec(f"{cfg.app_id}-{table}-changelog", cfg.partitions, compacted=True, operations=both,
                     why=f"the {table} table's changelog") for table in TABLES),
         # Faust's leader election subscribes to it; created here so that it is replicated like the rest.
@@ -121,7 +122,6 @@ def create_app(cfg: EngineConfig) -> faust.App:
                    store=cfg.store, fetch_max_wait_ms=cfg.fetch_max_wait_ms, security=cfg.kafka_security())
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
     interactions = app.topic(cfg.interactions_topic, partitions=cfg.partitions, **raw)
-    retry = app.topic(cfg.waiting_topic, partitions=cfg.partitions, **raw)
     users = app.Table("users", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
     positions = app.Table("positions", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
     app.engine, app.metrics = engine, metrics  # type: ignore[attr-defined]
@@ -183,11 +183,15 @@ def create_app(cfg: EngineConfig) -> faust.App:
                 await switcher.prepare()
             await asyncio.sleep(0.2)
 
-    @app.agent(retry)
-    async def wait_for_items(stream) -> None:  # type: ignore[no-untyped-def]
-        """Events on items not published yet: `streams.wiring.items_topic.settle_waiting`."""
-        async for event in stream.events():
-            await settle_waiting(app.producer, cfg, engine.cluster_of, metrics, event.message)
+    def waiting(tier: int):  # type: ignore[no-untyped-def]
+        async def wait_for_items(stream) -> None:  # type: ignore[no-untyped-def]
+            """Events on items not published yet, on retry topic `tier`: `streams.wiring.items_topic.settle_waiting`."""
+            async for event in stream.events():
+                await settle_waiting(app.producer, cfg, engine.cluster_of, metrics, event.message, tier)
+        return wait_for_items
+
+    for tier, name in enumerate(cfg.retry_topics):
+        app.agent(app.topic(name, partitions=cfg.partitions, **raw), name=f"wait_for_items_{tier}")(waiting(tier))
 
     @app.agent(interactions)
     async def process(stream) -> None:  # type: ignore[no-untyped-def]

@@ -1,6 +1,7 @@
 """Items published while the engine runs (issue 27, item 1), on Apache Kafka with a worker process: an event
 on an item not published yet waits in the retry topic and is applied once the item arrives on the items
-topic; one whose item never comes reaches the DLQ as unknown_item after the stated wait."""
+topic; one whose item never comes reaches the DLQ as unknown_item after the stated wait, from the second retry
+topic, where its looks thinned out."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def test_an_event_waits_for_its_item_and_one_whose_item_never_comes_reaches_the_
         apache_bootstrap: str, seqrec_artifacts, novelty_artifacts, tiny_repository: Path,  # type: ignore[no-untyped-def]
         tmp_path: Path) -> None:
     cfg = engine_config(apache_bootstrap, seqrec_artifacts, tiny_repository, "", unknown_item_wait_s=WAIT_S,
-                        retry_interval_s=1.0)
+                        retry_interval_s=1.0, retry_backoff_s="2")  # after 2 s of waiting: the second retry topic
     ensure_topics(cfg)
     engine = Engine(cfg)  # the worker's view of the catalog: its version, level and clusters
     by_cluster: dict[int, list[str]] = {}
@@ -65,7 +66,7 @@ def test_an_event_waits_for_its_item_and_one_whose_item_never_comes_reaches_the_
     assert [c["id"] for c in view["context"]][-1] == new_cluster
     assert len(dlq) == 1 and dlq[0].key == b"w2"
     headers = dict(dlq[0].headers)
-    assert headers["reason"] == b"unknown_item" and headers["source"].startswith(cfg.waiting_topic.encode())
+    assert headers["reason"] == b"unknown_item" and headers["source"].startswith(f"{cfg.waiting_topic}-1/".encode())
     assert 'explore_retried_events_total{outcome="applied"} 1.0' in metrics
     assert 'explore_retried_events_total{outcome="expired"} 1.0' in metrics
     assert 'explore_events_total{outcome="waiting"} 2.0' in metrics

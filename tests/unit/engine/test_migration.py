@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from interests.clusters.catalog import Catalog
 from streams.config import EngineConfig
@@ -167,6 +168,25 @@ def test_a_waiting_event_is_applied_once_its_item_is_known_and_expires_after_the
     assert first_seen([("x", b"1"), (FIRST_SEEN, b"12.5")], 99.0) == 12.5
     assert first_seen({FIRST_SEEN: b"7"}, 99.0) == 7.0 and first_seen(None, 99.0) == 99.0
     assert first_seen([(FIRST_SEEN, b"soon")], 99.0) == 99.0
+
+
+def test_a_long_wait_is_looked_at_less_often_on_later_retry_topics() -> None:
+    from streams.core.items import retry_tier
+
+    cfg = EngineConfig().with_values({"interactions_topic": "in"})
+    assert cfg.retry_intervals == (5.0, 30.0, 300.0) and cfg.retry_topics == ["in-retry", "in-retry-1", "in-retry-2"]
+    assert [retry_tier(w, cfg.retry_intervals) for w in (0, 29.9, 30, 299, 300, 1e6)] == [0, 0, 1, 1, 2, 2]
+    # 600 s of waiting: 6 looks 5 s apart, then 9 looks 30 s apart, then one after 300 s (16, not 120)
+    looks, waited = 0, 0.0
+    while waited < 600:
+        waited += cfg.retry_intervals[retry_tier(waited, cfg.retry_intervals)]
+        looks += 1
+    assert looks == 16
+    flat = cfg.with_values({"retry_backoff_s": ""})
+    assert flat.retry_intervals == (5.0,) and flat.retry_topics == ["in-retry"]
+    for bad in ("30,10", "5", "soon"):
+        with pytest.raises(ValueError, match="retry_backoff_s"):
+            cfg.with_values({"retry_backoff_s": bad})
 
 
 def test_the_engine_applies_events_on_published_items_and_sends_earlier_ones_to_wait(
