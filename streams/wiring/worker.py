@@ -168,7 +168,6 @@ def create_app(cfg: EngineConfig) -> faust.App:
 
     switcher = SetSwitcher(engine, metrics, follow_table, app.log,
                             lambda: status["in_batch"] or not status["processing"])
-    app.switcher = switcher  # type: ignore[attr-defined]
     app.task(follower("items", cfg.items_topic, engine.learn_items, "items_loaded",
                       lambda: f"{len(engine.published)} published items"))
     app.task(follower("model_sets", cfg.models_topic, switcher.view.learn, "sets_loaded",
@@ -180,7 +179,12 @@ def create_app(cfg: EngineConfig) -> faust.App:
         switcher.start()
         while True:
             if status["sets_loaded"]:
-                await switcher.prepare()
+                try:
+                    await switcher.prepare()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # logged and tried again: the served set goes on meanwhile
+                    crashed("model_sets")(exc)
             await asyncio.sleep(0.2)
 
     def waiting(tier: int):  # type: ignore[no-untyped-def]
