@@ -85,7 +85,7 @@ class ServingSet:
     table_topic: str
     mixture: tuple[Mixture, ContextExperts] | None
     local: dict
-    level: int = 0
+    level: int = field(init=False)  # the models' catalog level (seqrec's)
     table: CompactTable = field(init=False)
 
     def __post_init__(self) -> None:
