@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; everything started here was stopped", file=sys.stderr)
         return 130
+    except Exception as e:  # a Kafka client's error (no broker, no access) is the user's to fix, not a crash
+        if not type(e).__module__.startswith(("kafka.", "aiokafka.")):
+            raise
+        print(f"error: Kafka: {e} (is a broker at the bootstrap address, KAFKA_BOOTSTRAP or --bootstrap, up and "
+              "reachable?)", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `explore clusters show ... | head`: the reader has what it wanted
         sys.stdout = None  # type: ignore[assignment]  # nothing left to flush at exit
         return 0

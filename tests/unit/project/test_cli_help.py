@@ -19,6 +19,8 @@ import argparse
 import re
 from collections.abc import Iterator
 
+import pytest
+
 from explore.cli import build_parser
 
 MIN_CHARS = 15  # what a help must say beyond its default, in characters
@@ -115,3 +117,21 @@ def test_every_help_page_renders() -> None:
         if "%(" in text:
             failures.append(f"{parser.prog}: an unfilled %(...) in its help")
     assert failures == []
+
+
+def test_a_kafka_error_is_one_line_of_error_not_a_traceback(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    import kafka.errors
+
+    import streams.wiring.model_sets
+    from explore.cli import main
+
+    def unreachable(cfg):  # type: ignore[no-untyped-def]  # what kafka-python raises without a broker (30 s later)
+        raise kafka.errors.KafkaTimeoutError("Unable to bootstrap from 127.0.0.1:1")
+
+    monkeypatch.setattr(streams.wiring.model_sets, "read_sets", unreachable)
+    assert main(["models", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Kafka: ") and "127.0.0.1:1" in err and "Traceback" not in err
+    monkeypatch.setattr(streams.wiring.model_sets, "read_sets", lambda cfg: 1 / 0)  # any other error: a crash
+    with pytest.raises(ZeroDivisionError):
+        main(["models", "list"])
