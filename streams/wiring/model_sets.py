@@ -25,7 +25,7 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,9 +58,13 @@ class SetSwitcher:
 
     def __init__(self, engine: Engine, metrics: Metrics,
                  follow_table: Callable[[ServingSet, asyncio.Event], asyncio.Task], log: logging.Logger,
-                 in_batch: Callable[[], bool] = lambda: True) -> None:
+                 in_batch: Callable[[], bool] = lambda: True,
+                 items_read: Callable[[], Awaitable[None]] | None = None) -> None:
         self.engine, self.metrics, self.follow_table, self.log = engine, metrics, follow_table, log
         self.in_batch = in_batch  # the agent is inside a batch (between taking it and acking it): no switch now
+        # Returns once the items follower has read what the items topic holds now: a publish places the items
+        # again under the new catalog before it names the set, so a switch after it finds them placed.
+        self.items_read = items_read
         self.view = SetsView()
         self.tables: dict[int, tuple[asyncio.Task, asyncio.Event]] = {}  # set -> its table follower, loaded
         self.ready: ServingSet | None = None  # loaded, its table read: adopted at the next batch boundary
@@ -97,6 +101,8 @@ class SetSwitcher:
             return
         self.tables[want] = (self.follow_table(s, loaded := asyncio.Event()), loaded)
         await loaded.wait()
+        if self.items_read is not None:
+            await self.items_read()
         if self.view.wanted() == want:
             self.ready = s
             if not self.in_batch():  # an idle worker switches now; a busy one at its next batch boundary

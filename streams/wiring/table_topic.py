@@ -34,9 +34,10 @@ async def keep_running(task: Callable[[], Awaitable[None]], on_crash: Callable[[
 
 
 async def follow_compacted(cfg: EngineConfig, topic: str, learn: Callable[[list], None],
-                           loaded: Callable[[], None]) -> None:
+                           loaded: Callable[[], None], at: Callable[[int], None] | None = None) -> None:
     """Keep a whole compacted topic in memory: every record from its beginning to `learn` (a fetch's (key,
-    value) pairs at a time), `loaded()` once the end seen at start is reached, then follow it for good."""
+    value) pairs at a time), `loaded()` once the end seen at start is reached, then follow it for good;
+    `at(offset)`: where it has read to (summed over partitions), after each fetch learnt."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     # read_committed: the rows of a precompute worker's aborted transaction (it died mid-batch, and its
@@ -56,11 +57,27 @@ async def follow_compacted(cfg: EngineConfig, topic: str, learn: Callable[[list]
             batches = await consumer.getmany(timeout_ms=500, max_records=FETCH_RECORDS)
             for records in batches.values():
                 learn([(r.key, r.value) for r in records])
+            if at is not None:
+                at(sum([await consumer.position(tp) for tp in tps]))
             if not told:
                 reached = {tp: await consumer.position(tp) for tp in tps}
                 if all(reached[tp] >= end[tp] for tp in tps):
                     told = True
                     loaded()
+    finally:
+        await consumer.stop()
+
+
+async def topic_end(cfg: EngineConfig, topic: str) -> int:
+    """The end offset of `topic` now (summed over partitions; the last stable offset), for a follower to reach."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, enable_auto_commit=False, group_id=None,
+                                isolation_level="read_committed", **cfg.kafka_security().client_kwargs())
+    try:
+        await consumer.start()
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or {0}]
+        return sum((await consumer.end_offsets(tps)).values())
     finally:
         await consumer.stop()
 

@@ -47,7 +47,7 @@ from streams.wiring.delivery import InputDelivery, delete_state, write_state
 from streams.wiring.faust_app import make_app
 from streams.wiring.items_topic import settle_waiting
 from streams.wiring.model_sets import SetSwitcher
-from streams.wiring.table_topic import follow_compacted, keep_running
+from streams.wiring.table_topic import follow_compacted, keep_running, topic_end
 
 TABLES = ("users", "positions")
 
@@ -126,7 +126,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
     positions = app.Table("positions", default=None, partitions=cfg.partitions, key_type=str, value_type=None)
     app.engine, app.metrics = engine, metrics  # type: ignore[attr-defined]
     status: dict = {"items_loaded": False, "sets_loaded": False, "processing": False, "in_batch": False,
-                    "last_batch": 0.0}
+                    "last_batch": 0.0, "items_at": 0}
     delivery = InputDelivery(cfg.bootstrap, cfg.interactions_topic, positions, metrics, app.log,
                              security=cfg.kafka_security())
     live = LiveFeed()  # the latest slates, for GET /live
@@ -143,7 +143,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
         return report
 
     def follower(name: str, topic: str, learn: Callable[[list], None], loaded: str,
-                 what: Callable[[], str]) -> Callable[[], Awaitable[None]]:
+                 what: Callable[[], str], at: Callable[[int], None] | None = None) -> Callable[[], Awaitable[None]]:
         """A task that keeps a whole compacted topic in memory (`follow_compacted`), sets `status[loaded]`
         once it reached the end it saw at start, and starts again from the topic's beginning after a crash."""
         def done() -> None:
@@ -151,7 +151,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
             app.log.info(f"{topic} loaded: {what()}")
 
         async def follow() -> None:
-            await keep_running(lambda: follow_compacted(cfg, topic, learn, done), crashed(name), backoff_s=1.0)
+            await keep_running(lambda: follow_compacted(cfg, topic, learn, done, at), crashed(name), backoff_s=1.0)
 
         follow.__name__ = follow.__qualname__ = f"follow_{name}"
         return follow
@@ -166,10 +166,17 @@ def create_app(cfg: EngineConfig) -> faust.App:
             lambda: follow_compacted(cfg, s.table_topic, lambda records: engine.learn_many(records, s), done),
             crashed("novelty_table"), backoff_s=1.0))
 
+    async def items_read() -> None:
+        """Until the items follower has read what the items topic holds now."""
+        end = await topic_end(cfg, cfg.items_topic)
+        while status["items_at"] < end:
+            await asyncio.sleep(0.05)
+
     switcher = SetSwitcher(engine, metrics, follow_table, app.log,
-                            lambda: status["in_batch"] or not status["processing"])
+                            lambda: status["in_batch"] or not status["processing"], items_read)
     app.task(follower("items", cfg.items_topic, engine.learn_items, "items_loaded",
-                      lambda: f"{len(engine.published)} published items"))
+                      lambda: f"{len(engine.published)} published items",
+                      lambda offset: status.__setitem__("items_at", offset)))
     app.task(follower("model_sets", cfg.models_topic, switcher.view.learn, "sets_loaded",
                       lambda: f"serving set {switcher.view.wanted()} of {len(switcher.view.manifests)} published"))
 

@@ -125,9 +125,13 @@ def test_a_published_set_is_served_at_a_batch_boundary_and_a_rollback_returns_to
                        interval_s=0.3)
 
         def serving(number: int) -> bool:
-            """The worker serves set `number`, and new-1 placed under its catalog."""
+            """The worker serves set `number`; from that moment new-1 is placed under its catalog (a switch waits
+            until the items follower has read the placements the publish or rollback wrote before it)."""
             ready = worker.get("/ready")[1]
-            return ready.get("model_set") == number and ready.get("published_items") == 1
+            if ready.get("model_set") != number:
+                return False
+            assert ready.get("published_items") == 1, ready
+            return True
 
         with WorkerProcess(cfg, tmp_path / "worker") as worker:
             publish_items(apache_bootstrap, cfg.items_topic,
