@@ -100,7 +100,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     cfg = engine_settings()
     view = read_sets(cfg)
     serving = view.wanted()
-    print(f"{'set':>4}  {'catalog':14} {'level':>5} {'table rows':>10}  published            ")
+    print(f"{'set':>4}  {'catalog':14} {'level':>5} {'table rows':>10}  published")
     if FIRST_SET not in view.manifests:
         print(f"{FIRST_SET:>4}  {'(configured)':14} {'':>5} {'':>10}  the workers' settings"
               + ("   <- served" if serving == FIRST_SET else ""))

@@ -100,7 +100,12 @@ class SetSwitcher:
                            f"{self.engine.serving.number} still, trying again in {RETRY_FAILED_S:.0f} s")
             return
         self.tables[want] = (self.follow_table(s, loaded := asyncio.Event()), loaded)
-        await loaded.wait()
+        while not loaded.is_set():  # a table that never loads must not keep the worker from a later publish
+            if self.view.wanted() != want:
+                self._stop_table(want)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(loaded.wait(), 0.5)
         if self.items_read is not None:
             await self.items_read()
         if self.view.wanted() == want:
@@ -255,8 +260,9 @@ def publish_set(cfg: EngineConfig, catalog_dir: Path, staged: Path, rows: list[d
                          "serve) and catalogs (where each set's catalog is kept)")
     repository, catalogs = Path(cfg.repository), Path(cfg.catalogs)
     view = read_sets(cfg)
-    number = max(view.next_number(), *(int(d.name) + 1 for d in (repository / "seqrec").glob("*/")
-                                       if d.name.isdigit()))
+    # past every set named on the topic and every version directory (one left by a publish that failed early)
+    number = max([view.next_number(), *(int(d.name) + 1 for d in (repository / "seqrec").glob("*/")
+                                        if d.name.isdigit())])
     catalog = Catalog.load(catalog_dir)
     home = catalogs / catalog.version
     if not home.is_dir():

@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import tritonclient.grpc as grpcclient
 
 from interests.clusters.catalog import Catalog
 from streams.core.engine import Engine
@@ -157,8 +158,6 @@ def test_a_published_set_is_served_at_a_batch_boundary_and_a_rollback_returns_to
         again = subprocess.run([explore, "models", "rollback"], capture_output=True, text=True, env=env, timeout=120)
         pruned = subprocess.run([explore, "models", "prune", "--keep", "1", "--triton-url", triton.grpc_url],
                                 capture_output=True, text=True, env=env, timeout=180)
-        import tritonclient.grpc as grpcclient
-
         client = grpcclient.InferenceServerClient(url=triton.grpc_url)
         triton_versions = {v: client.is_model_ready("seqrec", v) for v in ("1", "2")}
         client.close()
