@@ -94,7 +94,8 @@ def cmd_seqrec_train(args: argparse.Namespace) -> int:
     from interests.configs import TrainConfig
     from interests.data.splits import leave_one_out, pad_left, popularity_ranks, ranking_metrics, training_period
     from interests.novelty.examples import novelty_period_start
-    from interests.seqrec.train import evaluate, text_vectors, train
+    from interests.seqrec.new_items import text_encoding
+    from interests.seqrec.train import evaluate, train
 
     ds = dataset_from_args(args)
     catalog = Catalog.load(args.catalog)
@@ -116,8 +117,9 @@ def cmd_seqrec_train(args: argparse.Namespace) -> int:
              "sample_histories": pad_left([split.test_history[i] for i in sample], cfg.max_len)}
     teachers = _teachers(args.teacher, ds, until)
     extra["teachers"] = [str(p) for p in args.teacher]
-    model, result = train(split, cfg, progress=not args.quiet, checkpoint=args.out, extra=extra, teachers=teachers,
-                          item_text=text_vectors(ds, cfg, progress=not args.quiet))
+    text, encoder = text_encoding(ds, cfg, progress=not args.quiet)  # the encoder kept: items added later
+    model, result = train(split, cfg, progress=not args.quiet, checkpoint=args.out, extra={**extra, **encoder},
+                          teachers=teachers, item_text=text)
     test = evaluate(model, split.test_history, split.test_target)
     pop = ranking_metrics(popularity_ranks(split))
     print(f"best epoch {result.best_epoch} of {len(result.history)} ({result.seconds:.0f} s); checkpoint: {args.out}")

@@ -152,13 +152,24 @@ def text_embeddings(ds: Dataset, encoder: str, dim: int, seed: int, progress: bo
     `encoder`: 'tfidf', 'minilm' (an error that says what to install when the package is missing),
     or 'auto' (MiniLM when installed, else TF-IDF with a warning).
     """
+    vectors, used, _ = fitted_text(ds, encoder, dim, seed, progress)
+    return vectors, used
+
+
+def fitted_text(ds: Dataset, encoder: str, dim: int, seed: int, progress: bool = True
+                ) -> tuple[np.ndarray, str, dict[str, object]]:
+    """`text_embeddings` with what the encoder learnt, so that a text seen later is embedded alike: for TF-IDF
+    the `TfidfFit`'s vocabulary, idf, components and singular values; for MiniLM the mean subtracted."""
     texts = [ds.text_of(i) for i in range(ds.n_items)]
     if resolve_text_encoder(encoder) == "minilm":
         # Sentence embeddings crowd into a narrow cone (every pair has a high cosine); centring
         # them spreads the differences, which would otherwise be drowned when mixed.
         vectors = minilm_embed(texts, progress=progress)
-        return normalize_rows(vectors - vectors.mean(0)), "minilm"
-    return tfidf_embed(texts, dim, seed), "tfidf"
+        mean = vectors.mean(0)
+        return normalize_rows(vectors - mean), "minilm", {"mean": mean.astype(np.float32)}
+    fit = tfidf_fit(texts, dim, seed)
+    return fit.vectors, "tfidf", {"vocabulary": list(fit.vocabulary), "idf": fit.idf, "components": fit.components,
+                                  "singular_values": fit.singular_values}
 
 
 def resolve_text_encoder(encoder: str) -> str:

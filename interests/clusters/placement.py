@@ -111,7 +111,8 @@ class TextPlacer:
         """float32 [n, d] text embeddings as the catalog build's text part computes them; zero rows for texts
         with nothing usable (blank, or, for TF-IDF, no word of the vocabulary)."""
         texts = list(texts)
-        d = self.centroids[0].shape[1] if self.centroids else len(self.singular_values)
+        d = self.centroids[0].shape[1] if self.centroids else \
+            len(self.mean) if self.encoder == "minilm" else len(self.singular_values)  # an encoder without clusters
         out = np.zeros((len(texts), d), np.float32)
         if self.encoder == "minilm":
             # A blank text carries nothing: MiniLM's vector of an empty string would place it arbitrarily.

@@ -108,6 +108,20 @@ class ItemExperts:
         return int(self.item_cluster.nbytes + sum(a.nbytes for t in (self.transitions, self.ease)
                                                   for a in (t.ptr, t.ids, t.values)))
 
+    def with_items(self, clusters: np.ndarray) -> ItemExperts:
+        """The experts of a catalog grown by items in `clusters` (`interests.clusters.new_items`): the new items
+        have no rows (no user went anywhere after them, no neighbour learnt), so they lead nowhere in
+        `transitions` and sit at s = 0 in `ease`, counted in their cluster's softmax mass like any item there."""
+        clusters = np.asarray(clusters, np.int64)
+        if len(clusters) and (clusters.min() < 0 or clusters.max() >= self.n_clusters):
+            raise ValueError(f"new items' clusters must lie in 0..{self.n_clusters - 1}")
+
+        def grown(t: SparseRows) -> SparseRows:
+            return SparseRows(np.concatenate([t.ptr, np.full(len(clusters), t.ptr[-1], np.int64)]), t.ids, t.values)
+
+        return ItemExperts(np.concatenate([self.item_cluster, clusters]), grown(self.transitions), grown(self.ease),
+                           self.until, self.n_clusters)
+
     def save(self, directory: Path) -> Path:
         path = Path(directory) / ITEM_EXPERTS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -180,6 +180,31 @@ class SASRec(nn.Module):
         return self.item_scores(self.forward(history)[:, -1])
 
 
+def with_items(model: SASRec, text: torch.Tensor) -> SASRec:
+    """A copy of a text model with items n+1..n+k appended, cold: their vectors are `text_proj(text)` alone.
+
+    `text` [k, text_dim]: the new items' text embeddings, made by the encoder the model's own were made by
+    (`interests.seqrec.new_items`). The learnt weights are shared values, not retrained, so every item the model
+    had keeps its vector and score exactly: a new item is ranked as an item without training interactions always
+    was. An id-only model has nothing to make a new item's vector from, and is refused.
+    """
+    if not model.cfg.text_dim:
+        raise ValueError("an id-only SASRec (text 'none') has no vector for an item it never saw: train it with a "
+                         "text part (`explore seqrec train --text tfidf`)")
+    text = torch.as_tensor(text, dtype=torch.float32)
+    if text.ndim != 2 or text.shape[1] != model.cfg.text_dim:
+        raise ValueError(f"new items' text must be [k, {model.cfg.text_dim}], got {tuple(text.shape)}")
+    n, k = model.cfg.n_items, text.shape[0]
+    bigger = SASRec(replace(model.cfg, n_items=n + k))
+    state = dict(model.state_dict())
+    with torch.no_grad():
+        state["item_emb.weight"] = torch.cat([state["item_emb.weight"], torch.zeros(k, model.cfg.dim)])
+        state["item_text"] = torch.cat([state["item_text"], text])
+        state["warm"] = torch.cat([state["warm"], torch.zeros(k, dtype=torch.bool)])
+    bigger.load_state_dict(state)
+    return bigger.train(model.training)
+
+
 def fold_text(model: SASRec) -> SASRec:
     """A plain SASRec (text_dim 0) whose id embeddings are `model.item_vectors()`: same scores.
 
