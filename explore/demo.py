@@ -32,8 +32,10 @@ from urllib.parse import quote
 
 import numpy as np
 
+from explore.demo_items import NewItems
 from interests.data.datasets import Dataset
-from interests.data.splits import held_out_start, training_period
+from interests.data.splits import arriving_at, held_out_start, newest_items, training_period, without_items
+from streams.infra.triton import EXPLICIT_MODEL_CONTROL
 
 
 class Steps:
@@ -57,7 +59,7 @@ class Steps:
 
 def build_models(train_ds: Dataset, run: Path, small: bool, steps: Steps, quiet: bool,
                  novelty_model: str | None = None, levels: tuple[int, ...] | None = None,
-                 mixture: bool = False) -> dict:
+                 mixture: bool = False, text: bool = False) -> dict:
     """Catalog, SASRec, novelty LM (+ prior), both exported into run/model_repository; the table rows;
     with `mixture`, the mixture of experts fitted on the LM's validation moments and exported as `explorer`
     (`build_mixture`), which the engine then serves.
@@ -65,30 +67,38 @@ def build_models(train_ds: Dataset, run: Path, small: bool, steps: Steps, quiet:
     `small` picks the synthetic data's sizes (levels 4,8, a one-block SASRec, a narrower LM).
     `novelty_model` (a --base-model name or directory) puts that pretrained model, zero-shot, behind
     the language policy instead of the LM trained from scratch. `levels` overrides the catalog's cluster
-    counts (`explore loop ab --levels`: the small models over a finer catalog).
+    counts (`explore loop ab --levels`: the small models over a finer catalog). `text` trains SASRec with a text
+    part (TF-IDF, id dropout 0.5: `docs/research/cold-items.md`), so that items added later can be ranked; the
+    catalog's text placement is saved beside it either way.
     """
     from exporters.novelty_onnx import export_generator
     from exporters.seqrec_export import export_seqrec
     from interests.clusters.build import BuildConfig, build_catalog, format_catalog
+    from interests.clusters.placement import fit_placer, save_placement
     from interests.data.splits import leave_one_out, pad_left
     from interests.novelty.examples import auto_cap, diversify, novel_transitions, split_by_time
     from interests.novelty.lm import LMConfig, train_novelty_lm
     from interests.novelty.precompute import precompute, table_depth
     from interests.novelty.prior import choose_prior
+    from interests.seqrec.new_items import text_encoding
     from interests.seqrec.train import TrainConfig, train
 
     steps.start("interest clusters from the training period")
     levels = levels or ((4, 8) if small else (8, 32))
     catalog = build_catalog(train_ds, BuildConfig(levels=levels), progress=not quiet)
     catalog.save(run / "catalog")
+    if train_ds.item_text:  # where an item published later lands (`explore items publish`)
+        save_placement(run / "catalog", fit_placer(train_ds, catalog))
     print(format_catalog(catalog, catalog.finest, top=2) if not quiet else f"catalog {catalog.version}")
 
     steps.start("SASRec, the item policy")
     split = leave_one_out(train_ds)
     cfg = TrainConfig(dim=48 if small else 64, blocks=1 if small else 2, epochs=40 if small else 60,
-                      patience=5 if small else 8, lr=3e-3 if small else 2e-3)
-    _, result = train(split, cfg, progress=not quiet, checkpoint=run / "seqrec" / "model.pt",
-                      extra={"catalog_version": catalog.version, "dataset": train_ds.name,
+                      patience=5 if small else 8, lr=3e-3 if small else 2e-3,
+                      **({"text": "tfidf", "id_dropout": 0.5} if text and train_ds.item_text else {}))
+    item_text, encoder = text_encoding(train_ds, cfg)
+    _, result = train(split, cfg, progress=not quiet, checkpoint=run / "seqrec" / "model.pt", item_text=item_text,
+                      extra={**encoder, "catalog_version": catalog.version, "dataset": train_ds.name,
                              "item_ids": [str(i) for i in train_ds.item_ids],
                              "trained_until": int(train_ds.timestamps.max()) + 1,  # nothing of the held-out period
                              "sample_histories": pad_left(split.test_history[:16], cfg.max_len)})
@@ -131,13 +141,14 @@ def build_models(train_ds: Dataset, run: Path, small: bool, steps: Steps, quiet:
     if mixture:
         steps.start("the mixture of experts: a SASRec trained before the validation moments fits the weights")
         try:
-            build_mixture(train_ds, catalog, lm, cfg, run, quiet)
+            build_mixture(train_ds, catalog, lm, cfg, run, quiet, item_text)
         except ValueError as exc:  # too little data before the validation cut for a head or a fit
             print(f"no mixture: {exc}; the engine serves the LM's table and seqrec")
     return {"catalog": catalog, "repository": repo, "rows": rows}
 
 
-def build_mixture(train_ds: Dataset, catalog, lm, cfg, run: Path, quiet: bool) -> None:  # type: ignore[no-untyped-def]
+def build_mixture(train_ds: Dataset, catalog, lm, cfg, run: Path, quiet: bool,  # type: ignore[no-untyped-def]
+                  item_text: np.ndarray | None = None) -> None:
     """`explore novelty mix` and `export-mixture` at the catalog's finest level, as the demo runs them: a second
     SASRec (the serving one's settings) trained only before the novelty split's validation moments scores
     them, the weights are fitted there, the serving SASRec gets its cluster head, and the level goes into the
@@ -154,8 +165,9 @@ def build_mixture(train_ds: Dataset, catalog, lm, cfg, run: Path, quiet: bool) -
     until = split_by_time(examples).cut_valid
     fit_path, serve_path = run / "seqrec-valid" / "model.pt", run / "seqrec" / "model.pt"
     fit_model, result = train(leave_one_out(training_period(train_ds, until)), cfg, progress=not quiet,
-                              checkpoint=fit_path, extra={"catalog_version": catalog.version, "trained_until": until,
-                                                          "item_ids": [str(i) for i in train_ds.item_ids]})
+                              checkpoint=fit_path, item_text=item_text,
+                              extra={"catalog_version": catalog.version, "trained_until": until,
+                                     "item_ids": [str(i) for i in train_ds.item_ids]})
     print(f"fitting SASRec (data before {time.strftime('%Y-%m-%d', time.gmtime(until))}): best epoch "
           f"{result.best_epoch} ({result.seconds:.0f} s)")
     serve_model, ckpt = load_checkpoint(serve_path)
@@ -191,7 +203,8 @@ def table_contexts(seen: np.ndarray, n_clusters: int, limit: int = ALL_CONTEXTS_
 class LiveView(threading.Thread):
     """Reads `recommendations` from the start, keeps every record, shows a few users now and then."""
 
-    def __init__(self, bootstrap: str, topic: str, catalog, users: list[str], start_ts: float) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, bootstrap: str, topic: str, catalog, users: list[str], start_ts: float,  # type: ignore[no-untyped-def]
+                 new_items: NewItems | None = None) -> None:
         super().__init__(daemon=True)
         self.bootstrap, self.topic, self.catalog, self.users = bootstrap, topic, catalog, users
         self.start_ts = start_ts
@@ -199,6 +212,9 @@ class LiveView(threading.Thread):
         self.latest: dict[str, dict] = {}
         self.stop_flag = threading.Event()
         self.title = {i: t for i, t in zip(catalog.item_ids, catalog.item_titles, strict=True)}
+        self.new = {} if new_items is None else dict(zip(new_items.ids, new_items.titles, strict=True))
+        self.title.update({i: f"NEW {t}" for i, t in self.new.items()})
+        self.with_new: dict | None = None  # the latest slate that names a new item
 
     def run(self) -> None:
         from kafka import KafkaConsumer
@@ -211,6 +227,8 @@ class LiveView(threading.Thread):
                     for r in batch:
                         rec = json.loads(r.value)
                         self.records.append(rec)
+                        if any(str(x["item_id"]) in self.new for x in rec["slate"]):
+                            self.with_new = rec
                         if rec["user_id"] in self.users and rec["event_ts"] >= self.start_ts:
                             self.latest[rec["user_id"]] = rec
         finally:
@@ -234,6 +252,12 @@ class LiveView(threading.Thread):
             lines += [f"user {user} (after {rec['events_applied']} interactions, {rec['source']}, "
                       f"{rec['latency_ms']:.0f} ms)",
                       f"   recent clusters: {ctx}", f"   novel proposed:  {novel}", f"   slate:           {slate}"]
+        rec = self.with_new
+        if rec is not None:
+            named = ", ".join(f"{self.new[str(x['item_id'])][:40]} (rank {r})" for r, x in enumerate(rec["slate"], 1)
+                              if str(x["item_id"]) in self.new)
+            lines.append(f"a new item in a live slate: user {rec['user_id']} got {named} "
+                         f"(model set {rec['versions'].get('set', '1')})")
         return "\n".join(lines)
 
 
@@ -260,19 +284,30 @@ def run_demo(args: argparse.Namespace) -> int:
     steps.start("data")
     ds = dataset_from_args(args)
     start_ts = held_out_start(ds, args.holdout)
-    train_ds = training_period(ds, start_ts)
+    held_items = newest_items(ds, start_ts, args.new_items) if ds.item_text else np.zeros(0, np.int64)
+    removed = ds.n_interactions
+    ds = arriving_at(ds, held_items, start_ts)  # what the replay sends, and what the report judges
+    removed -= ds.n_interactions
+    train_ds = without_items(training_period(ds, start_ts), held_items)
+    new_items = NewItems.of(ds, held_items, start_ts) if len(held_items) else None
     print(ds.summary())
     print(f"held out: the last {args.holdout:.0%} of time ({int((ds.timestamps >= start_ts).sum()):,} interactions "
           f"from {time.strftime('%Y-%m-%d', time.gmtime(start_ts))}); training period: "
           f"{train_ds.n_interactions:,} interactions")
+    if new_items:
+        print(f"new items: {len(new_items.ids)} items of the held-out period held out of training (catalog and models "
+              f"never see them; {new_items.events:,} held-out events on them, {removed:,} earlier ones left out of the "
+              f"data), published while it replays: "
+              + ", ".join(new_items.titles[:4]) + (" ..." if len(new_items.ids) > 4 else ""))
 
     models = build_models(train_ds, run, small, steps, args.quiet, getattr(args, "novelty_model", None),
-                          mixture=mixture)
+                          mixture=mixture, text=new_items is not None)
     catalog, repo = models["catalog"], models["repository"]
 
     steps.start("embedded Kafka and Triton, the novelty table, an engine worker")
     pids: list[int] = []
-    with Stack(run, repo, kafka=args.kafka) as stack:
+    # explicit model control: a model set published while it runs is loaded beside the served one
+    with Stack(run, repo, kafka=args.kafka, triton_args=EXPLICIT_MODEL_CONTROL) as stack:
         ends = stack.endpoints
         assert ends is not None
         pids += [r.pid for r in stack.records if r.pid]
@@ -280,6 +315,7 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"  {r.name:7} {r.kind:9} {r.address}" + (f" (pid {r.pid}, log {r.log})" if r.pid else ""))
         cfg = EngineConfig().with_values({"bootstrap": ends.kafka_bootstrap, "triton_url": ends.triton_grpc,
                                           "catalog": str(run / "catalog"), "repository": str(repo),
+                                          "catalogs": str(run / "catalogs"),
                                           "app_id": "demo", "partitions": 4, "web_port": free_port(),
                                           "data_dir": str(run / "worker" / "data"), "m": 3, "n": 10,
                                           # the demo's record on an unknown item waits 10 s for it, then the DLQ
@@ -293,7 +329,8 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"  worker  faust     http://127.0.0.1:{cfg.web_port}/metrics (pid {worker.proc.pid}, "
               f"log {run}/worker.log)")
         try:
-            summary = _replay_and_watch(ds, start_ts, cfg, worker, catalog, run, args, steps, dataset_events, produce)
+            summary = _replay_and_watch(ds, start_ts, cfg, worker, catalog, run, args, steps, dataset_events, produce,
+                                        new_items, models["rows"])
         finally:
             worker.stop()
     steps.start("evaluation report")
@@ -301,9 +338,23 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         from explore.report import build_report
 
-        report = build_report(ds, run / "catalog", repo, summary["records"], start_ts, run / "report",
-                              k=2, m=cfg.m, n=cfg.n, progress=not args.quiet,
-                              seqrec_checkpoint=run / "seqrec" / "model.pt")
+        if new_items is None:
+            report = build_report(ds, run / "catalog", repo, summary["records"], start_ts, run / "report",
+                                  k=2, m=cfg.m, n=cfg.n, progress=not args.quiet,
+                                  seqrec_checkpoint=run / "seqrec" / "model.pt")
+        elif new_items.grown_catalog is not None:  # judged under the set that holds every item, in its item order
+            from interests.clusters.catalog import Catalog
+            from interests.data.splits import in_item_order
+
+            grown = Catalog.load(new_items.grown_catalog)
+            report = build_report(in_item_order(ds, grown.item_ids), new_items.grown_catalog,
+                                  new_items.grown_repository, summary["records"], start_ts, run / "report", k=2,
+                                  m=cfg.m, n=cfg.n, progress=not args.quiet,
+                                  seqrec_checkpoint=new_items.grown_checkpoint,
+                                  facts={"new items": new_items.summary(summary["records"], summary["new_items_dlq"])
+                                         .removeprefix("  new items: ")})
+        else:
+            print("no report: the set holding the new items was not published, and set 1's catalog lacks them")
     except ImportError as e:  # pragma: no cover - the report module ships with the package
         print(f"no report: {e}")
     steps.done()
@@ -313,12 +364,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _replay_and_watch(ds, start_ts, cfg, worker, catalog, run: Path, args, steps: Steps,  # type: ignore[no-untyped-def]
-                      dataset_events, produce) -> dict:
+                      dataset_events, produce, new_items: NewItems | None = None, rows: list | None = None) -> dict:
     events = dataset_events(ds)
     warm = [e for e in events if e.ts < start_ts]
     held = [e for e in events if e.ts >= start_ts]
     active = Counter(e.user_id for e in held).most_common(3)
-    view = LiveView(cfg.bootstrap, cfg.recommendations_topic, catalog, [u for u, _ in active], start_ts)
+    view = LiveView(cfg.bootstrap, cfg.recommendations_topic, catalog, [u for u, _ in active], start_ts, new_items)
     view.start()
     pinned = quote(",".join(u for u, _ in active), safe=",")
     print(f"  live page: http://127.0.0.1:{cfg.web_port}/live?users={pinned} (while the worker runs)", flush=True)
@@ -335,6 +386,14 @@ def _replay_and_watch(ds, start_ts, cfg, worker, catalog, run: Path, args, steps
 
     shower = threading.Thread(target=show, daemon=True)
     shower.start()
+    if new_items:  # they arrive: on the items topic at once, in a model set as soon as it is folded and published
+        placed = new_items.publish(cfg, run / "catalog", catalog.finest)
+        print(f"  published {len(placed)} new items on {cfg.items_topic!r}; folding them into model set 2", flush=True)
+        new_items.fold(cfg, run, placed, rows or [],
+                       lambda: metric_count(parse_metrics(worker.metrics_text()), "explore_serving_set"))
+        print(f"  {new_items.error}" if new_items.error else
+              f"  the worker serves set {new_items.set_number} {new_items.served_at - new_items.published_at:.1f} s "
+              "after the items were published", flush=True)
     t0 = time.perf_counter()
     records = _with_bad_records([e.encode() for e in held], args.bad_records, args.seed)
     produce(cfg.bootstrap, cfg.interactions_topic, records, rate=args.rate, progress=not args.quiet,
@@ -357,7 +416,8 @@ def _replay_and_watch(ds, start_ts, cfg, worker, catalog, run: Path, args, steps
     feedback = read_feedback_topic(cfg.bootstrap, cfg.feedback_topic)  # `explore novelty align --feedback` reads it
     (run / "feedback.jsonl").write_text("".join(r.encode().decode() + "\n" for r in feedback))
     return {"records": view.records, "events": len(events), "held": len(held), "replay_s": replay_s,
-            "start_ts": start_ts, "feedback": feedback,
+            "start_ts": start_ts, "feedback": feedback, "new_items": new_items,
+            "new_items_dlq": new_items.in_dlq(cfg) if new_items else 0,
             "metrics": parse_metrics(metrics)}
 
 
@@ -396,7 +456,8 @@ def _wait_slates(worker, view, timeout_s: float) -> None:  # type: ignore[no-unt
 
     def arrived() -> bool:
         m = parse_metrics(worker.metrics_text())
-        return len(view.records) >= sum(metric_count(m, "explore_slates_total", source=s) for s in ("table", "live"))
+        return len(view.records) >= sum(metric_count(m, "explore_slates_total", source=s)
+                                        for s in ("mixture", "table", "live"))
 
     wait_until(arrived, timeout_s, "the live view read every slate the worker sent", worker.proc, interval_s=0.2)
 
@@ -449,6 +510,8 @@ def _print_summary(s: dict, steps: Steps, run: Path, report: Path | None, total_
     print(f"  feedback: {len(fb):,} proposed clusters resolved (accepted {outcomes['accepted']:,}, not accepted "
           f"{outcomes['horizon']:,}, evicted {outcomes['evicted']:,}); acceptance by rank "
           + ", ".join(f"{k}: {v:.1%}" for k, v in sorted(by_rank.items())) + f"; {run}/feedback.jsonl")
+    if s.get("new_items") is not None:
+        print(s["new_items"].summary(s["records"], s["new_items_dlq"]))
     print("  steps: " + ", ".join(f"{k.split(',')[0].split(':')[0]} {v:.0f} s" for k, v in steps.times.items()))
     if report:
         print(f"  report: {report}")

@@ -53,13 +53,15 @@ def _day(ts: float) -> str:
 
 def build_report(ds: Dataset, catalog_dir: Path, repository: Path, recommendations: list[dict], start_ts: float,
                  out_dir: Path, k: int = 2, m: int = 3, n: int = 10, seed: int = 0, progress: bool = True,
-                 command: str | None = None, seqrec_checkpoint: Path | None = None) -> Path:
+                 command: str | None = None, seqrec_checkpoint: Path | None = None,
+                 facts: dict[str, str] | None = None) -> Path:
     """Evaluate the engine's records of the held-out period (event_ts >= start_ts) and the baselines at the same
     moments; write report.html, the plots as PNGs and metrics.json into `out_dir`; return the HTML's path.
 
     `command` is the line printed as the one that made the report (default: this process's command line).
     `seqrec_checkpoint` (the SASRec the engine serves, trained before `start_ts`) adds "SASRec explores": its
-    next-item probabilities summed per unknown cluster, the judge's best single explorer."""
+    next-item probabilities summed per unknown cluster, the judge's best single explorer. `facts`: lines about the run
+    that only its caller knows (the demo's new items), shown in the report's head and kept in metrics.json."""
     from streams.inference.seqrec import OnnxSeqRec
 
     t0 = time.perf_counter()
@@ -140,6 +142,7 @@ def build_report(ds: Dataset, catalog_dir: Path, repository: Path, recommendatio
         "empirical": empirical, "paired_novel_hit_vs_engine": paired,
         "latency_ms": _percentiles(latency),
         "command": command or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "facts": dict(facts or {}),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = _plots(doc, results, held.targets, descriptions, latency, buckets)
@@ -406,6 +409,7 @@ def _html(doc: dict, plots: dict[str, bytes]) -> str:
 <tr><td>model versions (records)</td><td>{e(versions)}</td></tr>
 <tr><td>engine paths</td><td>novel clusters from {e(', '.join(f'{k} {v:,}' for k, v in eng['source'].items()))};
  slates from {e(', '.join(f'{k} {v:,}' for k, v in eng['seqrec_path'].items()))}</td></tr>
+{"".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in doc.get("facts", {}).items())}
 </table>
 
 <h2>Side by side</h2>

@@ -132,6 +132,60 @@ def register_items(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the placements, publish nothing")
     add_dataset_args(p)  # only to fit the placement when the catalog has none (catalogs built before it)
     p.set_defaults(func=cmd_items_publish)
+    f = isub.add_parser("fold", help="stage the next model set: the served one grown by the published items",
+                        description="A published item is applied to users' states at once, but enters slates only "
+                                    "through a model set whose catalog holds it. This stages that set without "
+                                    "retraining: the catalog with the items appended (same clusters), the SASRec "
+                                    "with them as cold items (vectors from their text: a text model, `explore "
+                                    "seqrec train --text tfidf`), the LM under the grown catalog and, with "
+                                    "--mixture, the explorer. Then `explore models publish` rolls it out (or "
+                                    "--publish here).")
+    f.add_argument("--catalog", type=Path, required=True, help="the served set's catalog directory")
+    f.add_argument("--checkpoint", type=Path, required=True, help="the SASRec checkpoint the served seqrec came from")
+    f.add_argument("--generator", type=Path, required=True,
+                   help="the served interest_generator's version directory (<repository>/interest_generator/<N>)")
+    f.add_argument("--mixture", type=Path, default=None,
+                   help="the fitted mixture level the served explorer came from (`explore novelty mix`'s level "
+                        "directory); default: the new set has no explorer")
+    f.add_argument("--new-items", type=Path, default=None,
+                   help="the items to add (a file as for `publish`); default: every item of the items topic placed "
+                        "under --catalog that it does not hold")
+    f.add_argument("--out", type=Path, required=True, help="where the staged set goes (catalog/, repository/)")
+    f.add_argument("--top-n", type=int, default=20, help="slate candidates the exported seqrec returns")
+    f.add_argument("--publish", action="store_true", help="publish the staged set at once (`explore models publish`)")
+    f.add_argument("--table", type=Path, default=None, help="with --publish: the novelty table rows to publish with it")
+    f.set_defaults(func=cmd_items_fold)
+
+
+def cmd_items_fold(args: argparse.Namespace) -> int:
+    from exporters.grow_set import NewItem, grow_set
+    from interests.clusters.catalog import Catalog
+
+    catalog = Catalog.load(args.catalog)
+    if args.new_items is not None:
+        new = [NewItem(i, title, text) for i, title, text in read_items(args.new_items)]
+    else:
+        from streams.wiring.model_sets import published_items
+
+        level = int(json.loads((args.generator / "decoder.json").read_text()).get("level", catalog.finest))
+        new = [NewItem(i.item_id, i.title, i.text, i.cluster) for i in published_items(engine_settings())
+               if (i.catalog, i.level) == (catalog.version, level)]
+    known = set(catalog.item_ids)
+    new = [i for i in new if i.item_id not in known]
+    if not new:
+        print(f"nothing to fold: no published item outside catalog {catalog.version}")
+        return 0
+    grown = grow_set(args.catalog, new, args.checkpoint, args.generator, args.out, args.mixture, args.top_n)
+    print(f"staged in {args.out}: catalog {grown.catalog.version} = {catalog.version} + {grown.added} item(s); seqrec "
+          f"parity max {grown.seqrec.parity.max_abs_score_diff:.1e}"
+          + (f", explorer parity max {grown.explorer.parity.max_abs_score_diff:.1e}" if grown.explorer else
+             ", no explorer (no --mixture)"))
+    if not args.publish:
+        print(f"next: explore models publish --catalog {grown.catalog_dir} --staged {grown.repository}"
+              + (f" --table {args.table}" if args.table else ""))
+        return 0
+    return cmd_models_publish(argparse.Namespace(catalog=grown.catalog_dir, staged=grown.repository, table=args.table,
+                                                 triton_url=None))
 
 
 def read_items(path: Path) -> list[tuple[str, str, str]]:

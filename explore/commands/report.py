@@ -56,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--refresh", type=float, default=4.0, help="seconds between live views")
     demo.add_argument("--bad-records", type=int, default=25,
                       help="invalid records mixed into the held-out stream (they go to the dead-letter topic)")
+    demo.add_argument("--new-items", type=int, default=8,
+                      help="items of the held-out period held out of training: published on the items topic when the "
+                           "held-out replay starts, then folded into a second model set that the worker switches to, "
+                           "so that they reach slates (0: none; needs item text)")
     demo.add_argument("--kafka", choices=["tansu", "apache"], default="tansu",
                       help="which embedded broker to start: tansu (starts in milliseconds) or apache (real Apache "
                            "Kafka in KRaft mode; needs Java)")

@@ -124,3 +124,51 @@ def training_period(ds: Dataset, start_ts: float) -> Dataset:
     return replace(ds, name=f"{ds.name} (before {time.strftime('%Y-%m-%d', time.gmtime(start_ts))})",
                    users=ds.users[keep], items=ds.items[keep], timestamps=ds.timestamps[keep],
                    weights=ds.weights[keep], events=None if ds.events is None else ds.events[keep])
+
+
+def newest_items(ds: Dataset, start_ts: float, n: int) -> np.ndarray:
+    """Up to `n` items (dense, ascending) to hold out of a training period as if they arrived at `start_ts`: first
+    those first met at or after it (the most interactions after it first), then the others by the share of their
+    interactions that comes after it (a synthetic data set may have no new item at all; the share keeps the
+    choice off the items that most of the training period is about). An item with no interaction after
+    `start_ts` is never chosen: nothing would show that it arrived."""
+    after = np.bincount(ds.items[ds.timestamps >= start_ts], minlength=ds.n_items)
+    total = np.bincount(ds.items, minlength=ds.n_items)
+    new = np.flatnonzero((after == total) & (after > 0))
+    old = np.flatnonzero((after < total) & (after > 0))
+    share = after[old] / total[old]
+    order = [new[np.argsort(-after[new], kind="stable")], old[np.lexsort((-after[old], -share))]]
+    return np.sort(np.concatenate(order)[:n]).astype(np.int64)
+
+
+def arriving_at(ds: Dataset, items: np.ndarray, start_ts: float) -> Dataset:
+    """`ds` as if `items` (dense) arrived at `start_ts`: their interactions before it are gone (the items stay)."""
+    rows = ~(np.isin(ds.items, np.asarray(items, np.int64)) & (ds.timestamps < start_ts))
+    return replace(ds, users=ds.users[rows], items=ds.items[rows], timestamps=ds.timestamps[rows],
+                   weights=ds.weights[rows], events=None if ds.events is None else ds.events[rows])
+
+
+def without_items(ds: Dataset, items: np.ndarray) -> Dataset:
+    """`ds` as if `items` (dense) did not exist: their interactions and entries gone, the other items numbered again
+    in their order. Users keep their numbers (one left with no interaction stays, empty)."""
+    drop = np.zeros(ds.n_items, bool)
+    drop[np.asarray(items, np.int64)] = True
+    rows = ~drop[ds.items]
+    renumber = (np.cumsum(~drop) - 1).astype(np.int32)
+    return replace(ds, name=f"{ds.name} (without {int(drop.sum())} items)", item_ids=ds.item_ids[~drop],
+                   users=ds.users[rows], items=renumber[ds.items[rows]], timestamps=ds.timestamps[rows],
+                   weights=ds.weights[rows], events=None if ds.events is None else ds.events[rows],
+                   item_text={f: [t for t, d in zip(texts, drop, strict=True) if not d]
+                              for f, texts in ds.item_text.items()})
+
+
+def in_item_order(ds: Dataset, item_ids: list[str]) -> Dataset:
+    """`ds` with its items numbered in the order of `item_ids` (the same items): a catalog grown by items that
+    arrived later lists them last (`interests.clusters.new_items`), and whatever pairs the two needs one order."""
+    position = {str(i): j for j, i in enumerate(item_ids)}
+    if len(position) != len(item_ids) or set(position) != {str(i) for i in ds.item_ids}:
+        raise ValueError(f"{len(item_ids)} item ids are not the dataset's {ds.n_items} items")
+    new_of_old = np.array([position[str(i)] for i in ds.item_ids], np.int64)
+    old_of_new = np.argsort(new_of_old)
+    return replace(ds, item_ids=ds.item_ids[old_of_new], items=new_of_old[ds.items].astype(np.int32),
+                   item_text={f: [texts[k] for k in old_of_new] for f, texts in ds.item_text.items()})

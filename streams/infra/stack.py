@@ -115,8 +115,10 @@ class Stack(Service):
     """Kafka and Triton for the life of a `with` block; embedded parts are always stopped."""
 
     def __init__(self, work_dir: Path, model_repository: Path | None, kafka: KafkaKind = "tansu",
-                 kafka_port: int | None = None) -> None:
+                 kafka_port: int | None = None, triton_args: tuple[str, ...] = ()) -> None:
+        """`triton_args` go to an embedded tritonserver (e.g. explicit model control, for model sets)."""
         self.work_dir = Path(work_dir)
+        self.triton_args = triton_args
         self.model_repository = model_repository
         self.kafka_kind = kafka
         self.kafka_port = kafka_port
@@ -158,7 +160,8 @@ class Stack(Service):
             raise InfraError("No TRITON_URL and no model repository to start the embedded Triton with")
         from streams.infra.triton import EmbeddedTriton
 
-        self._triton = EmbeddedTriton(self.model_repository, self.work_dir / "triton").start()
+        self._triton = EmbeddedTriton(self.model_repository, self.work_dir / "triton",
+                                      extra_args=self.triton_args).start()
         t = self._triton
         self.records.append(ServiceRecord("triton", "embedded", t.grpc_url, t.process.pid,
                                           log=str(t.process.log_path),

@@ -29,6 +29,9 @@ from pathlib import Path
 
 from streams.infra.process import InfraError, ManagedProcess, ProcessService, free_port, require_free_port
 
+# Every model of the repository loaded at the start, and loaded again (new versions included) when asked: what
+# a server needs to take the model sets `explore models publish` writes (docs/design/lifecycle.md).
+EXPLICIT_MODEL_CONTROL = ("--model-control-mode=explicit", "--load-model=*")
 _PYTRITON_HINT = ("The embedded Triton server needs the nvidia-pytriton wheel: "
                   "pip install 'interest-explorer[embedded]' (or set TRITON_URL to use your own Triton)")
 

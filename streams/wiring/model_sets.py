@@ -199,19 +199,12 @@ def _load_in_triton(url: str, models: list[str], number: int, timeout_s: float =
         client.close()
 
 
-def place_items_again(cfg: EngineConfig, catalog_dir: Path, level: int) -> int:
-    """Place every item of the items topic that was placed under another catalog (or level) again under the
-    catalog of `catalog_dir`, from the text its record carries, and publish it; the count. Items of that
-    catalog itself are left alone (its own cluster stands)."""
-    from interests.clusters.catalog import Catalog
-    from interests.clusters.placement import load_placement
-
+def published_items(cfg: EngineConfig) -> list[PublishedItem]:
+    """The items topic's items as it holds them now: each item's latest valid record (withdrawn ones left out)."""
     try:
         records = read_topic_records(cfg.bootstrap, cfg.items_topic, cfg.kafka_security())
     except TopicMissing:
-        return 0
-    catalog = Catalog.load(catalog_dir)
-    known = set(catalog.item_ids)
+        return []
     latest: dict[bytes, PublishedItem] = {}
     for key, value in records:
         if key is None:
@@ -221,7 +214,19 @@ def place_items_again(cfg: EngineConfig, catalog_dir: Path, level: int) -> int:
             latest.pop(key, None)
             continue
         latest[key] = item
-    todo = [i for i in latest.values()
+    return list(latest.values())
+
+
+def place_items_again(cfg: EngineConfig, catalog_dir: Path, level: int) -> int:
+    """Place every item of the items topic that was placed under another catalog (or level) again under the
+    catalog of `catalog_dir`, from the text its record carries, and publish it; the count. Items of that
+    catalog itself are left alone (its own cluster stands)."""
+    from interests.clusters.catalog import Catalog
+    from interests.clusters.placement import load_placement
+
+    catalog = Catalog.load(catalog_dir)
+    known = set(catalog.item_ids)
+    todo = [i for i in published_items(cfg)
             if (i.catalog, i.level) != (catalog.version, level) and i.item_id not in known]
     if not todo:
         return 0
@@ -340,4 +345,5 @@ def prune(cfg: EngineConfig, keep: int, triton_url: str = "") -> list[int]:
     return gone
 
 
-__all__ = ["Published", "SetSwitcher", "place_items_again", "prune", "publish_set", "read_sets", "rollback"]
+__all__ = ["Published", "SetSwitcher", "place_items_again", "prune", "publish_set", "published_items", "read_sets",
+           "rollback"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from interests.clusters.catalog import Catalog
 from streams.infra.process import pid_alive, wait_until
 from tests.browser import Chromium, Visit
 
@@ -90,6 +91,18 @@ def test_demo_on_own_data_with_its_live_page_and_report_in_a_browser(tmp_path: P
     slate_ids = {x["item_id"] for r in records for x in r["slate"]}
     assert records and slate_ids <= set(titles)  # ids kept as strings: "0114709", not 114709
     assert any(i.startswith("0") for i in slate_ids)
+    # Eight items of the held-out period were held out of training and arrived while it ran: every event on them
+    # applied (none in the DLQ), a second model set holding them served, and slates of that set named them.
+    new = re.search(r"new items: 8 held out of training, published at the held-out start; ([\d,]+) events on them, "
+                    r"0 in the DLQ; set 2 \(catalog \+ them\) served ([\d.]+) s after .*; ([\d,]+) slates named one, "
+                    r"the first ([\d.]+) s after", stdout)
+    assert new and int(new[1].replace(",", "")) > 0 and int(new[3].replace(",", "")) > 0, stdout[-3000:]
+    first_catalog, grown = (Catalog.load(out / d) for d in ("catalog", "set-2/catalog"))
+    added = set(grown.item_ids) - set(first_catalog.item_ids)
+    assert len(added) == 8 and grown.item_ids[:len(first_catalog.item_ids)] == first_catalog.item_ids
+    naming = [r for r in records if added & {x["item_id"] for x in r["slate"]}]
+    assert len(naming) == int(new[3].replace(",", "")) and all(r["versions"]["set"] == "2" for r in naming)
+    assert "a new item in a live slate: user " in stdout
     live = stdout[stdout.rindex("── live:"):]
     slate_lines = [line for line in live.splitlines() if line.strip().startswith("slate:")]
     assert slate_lines and all(any(t[:20] in line for t in titles.values()) for line in slate_lines)
@@ -106,6 +119,7 @@ def test_demo_on_own_data_with_its_live_page_and_report_in_a_browser(tmp_path: P
 
     # The report, as the browser renders it: its tables and every figure loaded.
     assert "engine (as served)" in report.text and "exploit-only SASRec" in report.text
+    assert "new items\t8 held out of training" in report.text and "0 in the DLQ" in report.text
     assert report.images >= 1 and report.broken_images == 0 and report.scroll_width <= report.viewport_width
 
 

@@ -22,7 +22,7 @@ from interests.clusters.catalog import Catalog
 from streams.core.engine import Engine
 from streams.core.items import PublishedItem
 from streams.infra.process import wait_until
-from streams.infra.triton import EmbeddedTriton
+from streams.infra.triton import EXPLICIT_MODEL_CONTROL, EmbeddedTriton
 from streams.infra.worker_process import WorkerProcess
 from streams.wiring.items_topic import publish_items
 from streams.wiring.model_sets import publish_set, read_sets, rollback
@@ -100,7 +100,7 @@ def test_a_published_set_is_served_at_a_batch_boundary_and_a_rollback_returns_to
     shutil.copytree(Path(seqrec_artifacts.checkpoint).parent / "catalog", first_catalog)
     save_placement(first_catalog, fit_placer(seqrec_artifacts.dataset, seqrec_artifacts.catalog))  # for the rollback
     triton = EmbeddedTriton(repository, tmp_path / "triton",
-                            extra_args=("--model-control-mode=explicit", "--load-model=*")).start()
+                            extra_args=EXPLICIT_MODEL_CONTROL).start()
     try:
         cfg = engine_config(apache_bootstrap, seqrec_artifacts, repository, triton.grpc_url,
                             catalog=str(first_catalog), catalogs=str(tmp_path / "catalogs"),
@@ -243,7 +243,7 @@ def test_three_workers_under_a_steady_replay_switch_sets_together_and_apply_ever
     repository = tmp_path / "repository"
     shutil.copytree(tiny_repository, repository)
     triton = EmbeddedTriton(repository, tmp_path / "triton",
-                            extra_args=("--model-control-mode=explicit", "--load-model=*")).start()
+                            extra_args=EXPLICIT_MODEL_CONTROL).start()
     try:
         cfg = engine_config(apache_bootstrap, seqrec_artifacts, repository, triton.grpc_url,
                             catalogs=str(tmp_path / "catalogs"), models_topic=f"sets-{time.time_ns()}")
