@@ -69,7 +69,7 @@ def grow_set(catalog_dir: Path, items: Sequence[NewItem], checkpoint: Path, gene
     if placer is None:
         raise PlacementError(f"{catalog_dir} has no placement.npz: its items cannot be placed at every level")
     decoder = json.loads((Path(generator) / "decoder.json").read_text())
-    level = int(decoder.get("level", catalog.finest))
+    level = catalog.finest if decoder.get("level") is None else int(decoder["level"])
     fixed = {level: [i.cluster for i in items]} if items and all(i.cluster is not None for i in items) else None
     bigger, bigger_placer = add_items(catalog, placer, [i.item_id for i in items], [i.title for i in items],
                                       [i.text for i in items], fixed)

@@ -167,7 +167,8 @@ def cmd_items_fold(args: argparse.Namespace) -> int:
     else:
         from streams.wiring.model_sets import published_items
 
-        level = int(json.loads((args.generator / "decoder.json").read_text()).get("level", catalog.finest))
+        level = json.loads((args.generator / "decoder.json").read_text()).get("level")
+        level = catalog.finest if level is None else int(level)
         new = [NewItem(i.item_id, i.title, i.text, i.cluster) for i in published_items(engine_settings())
                if (i.catalog, i.level) == (catalog.version, level)]
     known = set(catalog.item_ids)

@@ -151,6 +151,8 @@ def arriving_at(ds: Dataset, items: np.ndarray, start_ts: float) -> Dataset:
 def without_items(ds: Dataset, items: np.ndarray) -> Dataset:
     """`ds` as if `items` (dense) did not exist: their interactions and entries gone, the other items numbered again
     in their order. Users keep their numbers (one left with no interaction stays, empty)."""
+    if not len(items):
+        return ds
     drop = np.zeros(ds.n_items, bool)
     drop[np.asarray(items, np.int64)] = True
     rows = ~drop[ds.items]

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
@@ -66,6 +67,26 @@ def second_set(seqrec_artifacts, tmp_path_factory: pytest.TempPathFactory) -> tu
                              {"catalog_version": catalog.version, "k": 2, "level": catalog.finest}, progress=False)
     export_generator(lm, staged)
     return work / "catalog", staged
+
+
+@pytest.fixture(scope="module")
+def text_seqrec(seqrec_artifacts, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """A SASRec with a text part for the first catalog (retrained: the shared one is id-only), its checkpoint keeping
+    the text encoder, so that items published later can be folded into a set (`exporters.grow_set`)."""
+    from interests.data.splits import leave_one_out, pad_left
+    from interests.seqrec.new_items import text_encoding
+    from interests.seqrec.train import TrainConfig, train
+
+    ds = seqrec_artifacts.dataset
+    split = leave_one_out(ds)
+    cfg = TrainConfig(max_len=20, dim=32, heads=2, blocks=1, lr=5e-3, epochs=4, patience=4, seed=2, text="tfidf",
+                      id_dropout=0.5)
+    text, encoder = text_encoding(ds, cfg)
+    path = tmp_path_factory.mktemp("text_seqrec") / "model.pt"
+    train(split, cfg, progress=False, checkpoint=path, item_text=text,
+          extra={**encoder, "catalog_version": seqrec_artifacts.catalog.version,
+                 "item_ids": [str(i) for i in ds.item_ids], "sample_histories": pad_left(split.test_history[:16], 20)})
+    return path
 
 
 def _event(user: str, item: str, n: int) -> tuple[bytes, bytes]:
@@ -236,17 +257,25 @@ def _assert_slate_matches_its_set(slate: dict, items: list[str], cluster: dict[s
 
 def test_three_workers_under_a_steady_replay_switch_sets_together_and_apply_every_event_once(
         apache_bootstrap: str, seqrec_artifacts, novelty_artifacts, tiny_repository: Path,  # type: ignore[no-untyped-def]
-        second_set: tuple[Path, Path], tmp_path: Path) -> None:
+        second_set: tuple[Path, Path], text_seqrec: Path, tmp_path: Path) -> None:
+    """Three workers under a steady replay: set 2 published mid-stream, then rolled back; then new items published
+    mid-stream (events on them applied at once, under set 1) and folded into set 3, whose slates name them."""
     import random
     import threading
 
-    repository = tmp_path / "repository"
+    from exporters.grow_set import NewItem, grow_set
+    from interests.clusters.placement import fit_placer, load_placement, save_placement
+
+    repository, first_catalog = tmp_path / "repository", tmp_path / "catalog"
     shutil.copytree(tiny_repository, repository)
+    shutil.copytree(Path(seqrec_artifacts.checkpoint).parent / "catalog", first_catalog)
+    save_placement(first_catalog, fit_placer(seqrec_artifacts.dataset, seqrec_artifacts.catalog))
     triton = EmbeddedTriton(repository, tmp_path / "triton",
                             extra_args=EXPLICIT_MODEL_CONTROL).start()
     try:
-        cfg = engine_config(apache_bootstrap, seqrec_artifacts, repository, triton.grpc_url,
-                            catalogs=str(tmp_path / "catalogs"), models_topic=f"sets-{time.time_ns()}")
+        cfg = engine_config(apache_bootstrap, seqrec_artifacts, repository, triton.grpc_url, catalog=str(first_catalog),
+                            catalogs=str(tmp_path / "catalogs"), models_topic=f"sets-{time.time_ns()}",
+                            unknown_item_wait_s=60.0, retry_interval_s=1.0)
         ensure_topics(cfg)
         first = Engine(cfg)
         catalogs = {"1": first.catalog, "2": Catalog.load(second_set[0])}
@@ -258,6 +287,11 @@ def test_three_workers_under_a_steady_replay_switch_sets_together_and_apply_ever
         pool = _pool(first, cluster)
         plan = {u: [rng.choice(pool) for _ in range(24)] for u in users}
         records = [_event(u, plan[u][j], j) for j in range(24) for u in users]
+        fresh = _fresh_items(seqrec_artifacts.dataset, first, set(cluster["1"][i] for i in pool))
+        # After the rollback: 12 more events a user; the first 10 users' every other one names a new item, the other
+        # 20 keep to the pool, so the new items' clusters stay novel for them and can reach their slates.
+        later = {u: [fresh[(n + j) % len(fresh)][0] if n < 10 and j % 2 else rng.choice(pool) for j in range(12)]
+                 for n, u in enumerate(users)}
         workers = [WorkerProcess(cfg, tmp_path, f"w{i}") for i in range(3)]
         try:
             for w in workers:
@@ -269,9 +303,13 @@ def test_three_workers_under_a_steady_replay_switch_sets_together_and_apply_ever
             def all_serve(number: int) -> bool:
                 return all(w.get("/ready")[1].get("model_set") == number for w in workers)
 
-            producer = threading.Thread(target=produce, args=(apache_bootstrap, cfg.interactions_topic, records),
-                                        kwargs={"rate": 50, "progress": False}, daemon=True)
-            producer.start()
+            def replay(events: list[tuple[bytes, bytes]]) -> threading.Thread:
+                producer = threading.Thread(target=produce, args=(apache_bootstrap, cfg.interactions_topic, events),
+                                            kwargs={"rate": 50, "progress": False}, daemon=True)
+                producer.start()
+                return producer
+
+            producer = replay(records)
             wait_until(lambda: applied() > len(records) / 4, 90, "a quarter of the events applied", workers[0].proc)
             t0 = time.monotonic()
             publish_set(cfg, second_set[0], second_set[1], None, triton.grpc_url, progress=lambda _: None)
@@ -286,33 +324,79 @@ def test_three_workers_under_a_steady_replay_switch_sets_together_and_apply_ever
             wait_until(lambda: all_serve(1), 60, "every worker serving set 1 again", workers[0].proc, interval_s=0.3)
             switched["rollback"] = time.monotonic() - t1
             producer.join(120)
-            wait_until(lambda: applied() >= len(records), 120, "every event applied", workers[0].proc)
+
+            # New items arrive while the replay goes on: on the items topic first, then in set 3.
+            placer = load_placement(first_catalog, first.catalog)
+            assert placer is not None
+            placed, distance = placer.place([text for _, text in fresh], first.level)
+            items_at = time.time()
+            publish_items(apache_bootstrap, cfg.items_topic,
+                          [PublishedItem(i, f"Fresh {i}", text, first.catalog.version, first.level, int(c), float(d),
+                                         placer.encoder, items_at)
+                           for (i, text), c, d in zip(fresh, placed, distance, strict=True)])
+            wait_until(lambda: all(w.get("/ready")[1].get("published_items") == len(fresh) for w in workers), 60,
+                       "every worker following the new items", workers[0].proc, interval_s=0.2)
+            more = [_event(u, later[u][j], 24 + j) for j in range(12) for u in users]
+            producer = replay(more[:len(more) // 2])
+            grown = grow_set(first_catalog, [NewItem(i, f"Fresh {i}", text, int(c))
+                                             for (i, text), c in zip(fresh, placed, strict=True)],
+                             text_seqrec, repository / "interest_generator" / "1", tmp_path / "set-3")
+            publish_set(cfg, grown.catalog_dir, grown.repository, None, triton.grpc_url, progress=lambda _: None)
+            wait_until(lambda: all_serve(3), 60, "every worker serving set 3", workers[0].proc, interval_s=0.3)
+            switched["fold"] = time.time() - items_at
+            producer.join(120)
+            producer = replay(more[len(more) // 2:])
+            producer.join(120)
+            total = len(records) + len(more)
+            wait_until(lambda: applied() >= total, 120, "every event applied", workers[0].proc)
             states = {u: workers[0].get(f"/users/{u}")[1] for u in users}  # from whichever worker holds the user
             texts = [w.metrics_text() for w in workers]
             assert all(w.alive() for w in workers)
         finally:
             for w in workers:
                 w.stop()
-        sent = sum(metric(t, f'explore_set_slates_total{{set="{v}"}}') for t in texts for v in ("1", "2"))
+        sent = sum(metric(t, f'explore_set_slates_total{{set="{v}"}}') for t in texts for v in ("1", "2", "3"))
         slates = read_topic(apache_bootstrap, cfg.recommendations_topic, lambda recs: len(recs) >= sent)
+        dlq = read_topic(apache_bootstrap, cfg.dlq_topic, lambda recs: True, timeout_s=5)
     finally:
         triton.stop()
-    by_set = Counter(_assert_slate_matches_its_set(json.loads(r.value), plan[json.loads(r.value)["user_id"]],
+    catalogs["3"] = grown.catalog
+    cluster["3"] = dict(zip(grown.catalog.item_ids, grown.catalog.item_clusters(first.level).tolist(), strict=True))
+    cluster["1"].update({i: int(c) for (i, _), c in zip(fresh, placed, strict=True)})  # placed, under set 1
+    full = {u: plan[u] + later[u] for u in users}
+    by_set = Counter(_assert_slate_matches_its_set(json.loads(r.value), full[json.loads(r.value)["user_id"]],
                                                    cluster, catalogs, cfg.k) for r in slates)
-    assert by_set["1"] > 0 and by_set["2"] > 0
-    assert applied_total(texts) == len(records)  # once each: a redelivered event is a duplicate, not applied
+    assert by_set["1"] > 0 and by_set["2"] > 0 and by_set["3"] > 0
+    assert applied_total(texts) == total and not dlq  # once each, the new items' events too: none in the DLQ
+    fresh_ids = {i for i, _ in fresh}
+    naming = sorted((json.loads(r.value) for r in slates
+                     if fresh_ids & {x["item_id"] for x in json.loads(r.value)["slate"]}), key=lambda r: r["sent_at"])
+    assert naming and {r["versions"]["set"] for r in naming} == {"3"}, Counter(r["versions"]["set"] for r in naming)
     for u, state in states.items():
-        assert state["events_applied"] == 24 and state["catalog_version"] == catalogs["1"].version, (u, state)
-        assert [c["id"] for c in state["context"]] == _last_distinct([cluster["1"][i] for i in plan[u]], cfg.k)
-    for t in texts:  # every worker switched both ways
-        assert metric(t, 'explore_set_switches_total{reason="publish"}') == 1.0
+        assert state["events_applied"] == 36 and state["catalog_version"] == catalogs["3"].version, (u, state)
+        assert [c["id"] for c in state["context"]] == _last_distinct([cluster["3"][i] for i in full[u]], cfg.k)
+    for t in texts:  # every worker switched both ways, then to the set with the new items
+        assert metric(t, 'explore_set_switches_total{reason="publish"}') == 2.0
         assert metric(t, 'explore_set_switches_total{reason="rollback"}') == 1.0
     migrations = sum(metric(t, 'explore_state_migrations_total{kind="mapped"}') for t in texts)
     duplicates = sum(metric(t, 'explore_events_total{outcome="duplicate"}') for t in texts)
-    print(f"3 workers, {len(records)} events of {len(users)} users at 50/s: each applied once ({duplicates:.0f} "
+    print(f"3 workers, {total} events of {len(users)} users at 50/s: each applied once ({duplicates:.0f} "
           f"redelivered as duplicates); slates by set {dict(by_set)}; {migrations:.0f} states migrated; publish "
           f"{switched['publish']:.1f} s, every worker on set 2 {switched['switch']:.1f} s after it, back on set 1 "
-          f"{switched['rollback']:.1f} s after the rollback (polled every 0.3 s)")
+          f"{switched['rollback']:.1f} s after the rollback (polled every 0.3 s); {len(fresh)} new items: "
+          f"{sum(i in fresh_ids for u in users for i in later[u])} events on them applied, every worker on set 3 "
+          f"(folded with them) {switched['fold']:.1f} s after they were "
+          f"published, {len(naming)} slates named one, the first {naming[0]['sent_at'] - items_at:.1f} s after")
+
+
+def _fresh_items(ds, first: Engine, known: set[int]) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    """Four new items, (id, text): the texts of the most interacted-with items of the clusters the pool's users do not
+    know, in turn, so that text placement puts them where those users' slates can reach them."""
+    traffic = ds.item_traffic()
+    labels = first.catalog.item_clusters(first.level)
+    ranked = [sorted(np.flatnonzero(labels == c), key=lambda j: -traffic[j])
+              for c in sorted(set(range(first.n_clusters)) - known)]
+    return [(f"fresh-{n}", ds.text_of(int(ranked[n % len(ranked)][n // len(ranked)]))) for n in range(4)]
 
 
 def applied_total(texts: list[str]) -> float:

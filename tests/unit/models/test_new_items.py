@@ -15,7 +15,8 @@ from interests.clusters.build import BuildConfig, build_catalog
 from interests.clusters.catalog import Catalog, CatalogError
 from interests.clusters.new_items import add_items
 from interests.clusters.placement import fit_placer, save_placement
-from interests.data.splits import leave_one_out, pad_left
+from interests.data.datasets import Dataset, build_dataset
+from interests.data.splits import arriving_at, in_item_order, leave_one_out, newest_items, pad_left, without_items
 from interests.data.synthetic import make_synthetic
 from interests.novelty.item_experts import ItemExperts, SparseRows
 from interests.seqrec.new_items import checkpoint_encoder, extend_checkpoint, text_encoding
@@ -161,3 +162,36 @@ def test_grow_set_stages_a_set_whose_catalog_models_and_lm_agree(world, tmp_path
     assert spec == {"catalog_version": back.version, "level": 1}
     assert (grown.repository / "interest_generator" / "1" / "model.onnx").read_bytes() == b"the LM"
     assert (grown.repository / "interest_generator" / "config.pbtxt").is_file()
+
+
+def _five_items() -> Dataset:
+    """Items a..e: a and b early and late, c only late (new), d early only, e mostly late."""
+    rows = [("u1", "a", 1), ("u1", "d", 2), ("u2", "b", 3), ("u2", "e", 4), ("u1", "a", 11), ("u1", "c", 12),
+            ("u2", "c", 13), ("u2", "e", 14), ("u2", "e", 15), ("u1", "b", 16)]
+    return build_dataset("five", [r[0] for r in rows], [r[1] for r in rows], np.array([r[2] for r in rows]),
+                         item_text={"title": {i: f"title {i}" for i in "abcde"}})
+
+
+def test_the_newest_items_are_the_new_ones_first_then_by_their_late_share() -> None:
+    ds = _five_items()
+    name = {i: str(x) for i, x in enumerate(ds.item_ids)}
+    assert [name[i] for i in newest_items(ds, 10, 1)] == ["c"]  # only met after the cut
+    assert sorted(name[i] for i in newest_items(ds, 10, 2)) == ["c", "e"]  # e: 2 of 3 late, the largest share
+    assert "d" not in {name[i] for i in newest_items(ds, 10, 5)}  # nothing after the cut: never chosen
+
+
+def test_items_arriving_later_and_a_dataset_without_them_or_in_another_order() -> None:
+    ds = _five_items()
+    e = int(np.flatnonzero(ds.item_ids == "e")[0])
+    later = arriving_at(ds, np.array([e]), 10)
+    assert later.n_interactions == ds.n_interactions - 1 and later.n_items == ds.n_items
+    gone = without_items(later, np.array([e]))
+    assert list(gone.item_ids) == ["a", "b", "c", "d"] and gone.item_text["title"] == ["title a", "title b",
+                                                                                          "title c", "title d"]
+    assert [str(gone.item_ids[i]) for i in gone.items] == [str(ds.item_ids[i]) for i in ds.items if i != e]
+    assert without_items(ds, np.zeros(0, np.int64)) is ds
+    moved = in_item_order(ds, ["e", "a", "b", "c", "d"])
+    assert [str(moved.item_ids[i]) for i in moved.items] == [str(ds.item_ids[i]) for i in ds.items]
+    assert moved.item_text["title"][0] == "title e"
+    with pytest.raises(ValueError, match="not the dataset's"):
+        in_item_order(ds, ["a", "b"])
