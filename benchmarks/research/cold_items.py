@@ -12,6 +12,9 @@ the cut is the validation target of early stopping (nothing after the cut choose
   (`TrainConfig.id_dropout`: each batch leaves out a warm item's id embedding with chance P), rows
   "text drop P", with their differences to the plain text model too. Choose P a priori: nothing here
   may be tuned on the test period.
+- "text map": today's model with a text part fitted after training (`interests.seqrec.sasrec.map_text`:
+  ridge regression, penalty 1, fixed a priori, of the warm items' id embeddings on their texts), whose
+  warm items keep today's vectors exactly; an item without training interactions is its mapped text.
 
 The items' text is what was known at the cut: titles, genres, and only the tags (tags.csv) written
 before it (a third of MovieLens' tags come later, many of them by the very users being tested).
@@ -52,12 +55,14 @@ from interests.clusters.catalog import Catalog, check_same_items
 from interests.configs import TrainConfig
 from interests.data.datasets import Dataset
 from interests.data.loaders import load_dataset
-from interests.data.splits import LeaveOneOut, held_out_start, pad_left, training_period
+from interests.data.splits import LeaveOneOut, held_out_start, pad_left, training_period, training_windows
 from interests.evaluation.stats import bootstrap_difference, bootstrap_interval
-from interests.seqrec.sasrec import SASRec
-from interests.seqrec.train import text_vectors, train
+from interests.seqrec.sasrec import SASRec, map_text
+from interests.seqrec.train import load_checkpoint, text_vectors, train
 
 K = 10
+COLD = np.zeros(0, bool)  # items first seen after the cut (set in main)
+MAP_RIDGE = 1.0  # "text map"'s L2 penalty, fixed before any run (text rows are unit vectors)
 T0 = time.perf_counter()
 
 
@@ -127,8 +132,10 @@ def test_moments(ds: Dataset, cut: float) -> tuple[list[np.ndarray], np.ndarray,
 
 
 def ranks(scores: np.ndarray, histories: list[np.ndarray], targets: np.ndarray,
-          clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rank in the target's cluster, rank among all items), the user's earlier items left out; ties count against."""
+          clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rank in the target's cluster, rank among all items, rank in the target's cluster among the warm items only),
+    the user's earlier items left out; ties count against. The third separates what a model does to the warm items'
+    order from the slots its ranked cold items take (`COLD` holds the cold items)."""
     eligible = np.ones_like(scores, dtype=bool)
     for b, h in enumerate(histories):
         eligible[b, h - 1] = False
@@ -136,21 +143,21 @@ def ranks(scores: np.ndarray, histories: list[np.ndarray], targets: np.ndarray,
     eligible[rows, targets] = True
     above = (scores >= scores[rows, targets][:, None]) & eligible
     same = clusters[None, :] == clusters[targets][:, None]
-    return (above & same).sum(1), above.sum(1)
+    return (above & same).sum(1), above.sum(1), (above & same & ~COLD[None, :]).sum(1)
 
 
 @torch.no_grad()
 def model_ranks(model: SASRec, histories: list[np.ndarray], targets: np.ndarray, clusters: np.ndarray,
-                batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                batch: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     out = []
     for s in range(0, len(targets), batch):
         x = torch.from_numpy(pad_left(histories[s:s + batch], model.cfg.max_len))
         out.append(ranks(model.last_scores(x).numpy(), histories[s:s + batch], targets[s:s + batch], clusters))
-    return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+    return tuple(np.concatenate([o[i] for o in out]) for i in range(3))  # type: ignore[return-value]
 
 
 def popularity_ranks(counts: np.ndarray, histories: list[np.ndarray], targets: np.ndarray, clusters: np.ndarray,
-                     seed: int, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+                     seed: int, batch: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training counts, ties broken at random (a jitter below 1 never reorders different counts)."""
     rng = np.random.default_rng(seed)
     out = []
@@ -158,7 +165,7 @@ def popularity_ranks(counts: np.ndarray, histories: list[np.ndarray], targets: n
         t = targets[s:s + batch]
         scores = counts[None, :] + rng.random((len(t), len(counts))) * 0.5
         out.append(ranks(scores, histories[s:s + batch], t, clusters))
-    return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+    return tuple(np.concatenate([o[i] for o in out]) for i in range(3))  # type: ignore[return-value]
 
 
 def per_moment(rank: np.ndarray) -> dict[str, np.ndarray]:
@@ -179,8 +186,9 @@ def difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray], users: np.nda
 
 
 def train_all(split: LeaveOneOut, cfg: TrainConfig, text: np.ndarray, dropouts: list[float], save: Path | None,
-              extra: dict) -> tuple[dict[str, SASRec], dict]:
-    """Today's model, the text model, and a text model per id dropout in `dropouts`: same recipe and seed."""
+              extra: dict, reuse: bool = False) -> tuple[dict[str, SASRec], dict]:
+    """Today's model, the text model, and a text model per id dropout in `dropouts`: same recipe and seed; then
+    "text map", today's model with a text part mapped onto it. `reuse`: load the checkpoints `save` holds."""
     runs = [("today", replace(cfg, text="none"), None), ("text", cfg, text)]
     runs += [(f"text drop {p:g}", replace(cfg, id_dropout=p), text) for p in dropouts]
     models, info = {}, {}
@@ -188,12 +196,24 @@ def train_all(split: LeaveOneOut, cfg: TrainConfig, text: np.ndarray, dropouts: 
         say(f"training {name}'s SASRec (text {c.text}, id dropout {c.id_dropout:g}) on the interactions before "
             "the cut ...")
         path = None if save is None else save / f"{name.replace(' ', '-')}.pt"
+        if reuse and path is not None and path.is_file():
+            models[name], ckpt = load_checkpoint(path)
+            info[name] = {"best_epoch": ckpt["best_epoch"], "epochs_run": len(ckpt["history"]), "valid": ckpt["valid"],
+                          "reused": str(path)}
+            say(f"  {name}: reused {path} (best epoch {ckpt['best_epoch']}, valid NDCG@10 "
+                f"{ckpt['valid']['NDCG@10']:.4f})")
+            continue
         model, result = train(split, c, progress=False, item_text=t, checkpoint=path, extra=extra)
         models[name] = model
         info[name] = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
                       "seconds": round(result.seconds, 1), "valid": result.valid}
         say(f"  {name}: best epoch {result.best_epoch} of {len(result.history)}, valid NDCG@10 "
             f"{result.valid['NDCG@10']:.4f}, {result.seconds:.0f} s")
+    inputs, targets = training_windows(split.train, cfg.max_len)
+    warm = np.zeros(split.n_items + 1, bool)
+    warm[np.union1d(inputs, targets)] = True  # as `new_model` marks them: in a training window
+    models["text map"] = map_text(models["today"], torch.from_numpy(text), torch.from_numpy(warm[1:]), MAP_RIDGE)
+    info["text map"] = {"ridge": MAP_RIDGE, "warm_items": int(warm.sum())}
     return models, info
 
 
@@ -211,7 +231,7 @@ def evaluate_all(models: dict[str, SASRec], counts: np.ndarray, moments: tuple, 
         g: dict = {"moments": int(mask.sum()), "users": len(np.unique(u)),
                    "median_rank": {name: {"cluster": float(np.median(r[0][mask])), "all": float(np.median(r[1][mask]))}
                                    for name, r in ranked.items()}}
-        for slate, i in (("cluster", 0), ("all", 1)):
+        for slate, i in (("cluster", 0), ("all", 1), *([("warm only", 2)] if group == "warm" else [])):
             vals = {name: per_moment(r[i][mask]) for name, r in ranked.items()}
             g[slate] = {name: summarise(v, u, rounds) for name, v in vals.items()}
             for name in (n for n in models if n.startswith("text")):
@@ -235,6 +255,9 @@ def print_table(results: dict) -> None:
         for name in g["cluster"]:
             print(f"{name:30}" + "".join(f"{cell(g[s][name][m], ' - ' in name):>28}" for s in ("cluster", "all")
                                          for m in (f"HR@{K}", f"NDCG@{K}")))
+        if "warm only" in g:
+            print("ranked among the warm items of the cluster only: " + "; ".join(
+                f"{name} {cell(v[f'HR@{K}'], ' - ' in name)}" for name, v in g["warm only"].items()))
         print("median rank (cluster / all): " + ", ".join(f"{name} {r['cluster']:.0f} / {r['all']:.0f}"
                                                            for name, r in g["median_rank"].items()))
 
@@ -258,6 +281,9 @@ def main() -> None:
     p.add_argument("--save", type=Path, default=None,
                    help="write the checkpoints here (today.pt, text.pt, text-drop-P.pt; exportable with `explore "
                         "seqrec export --catalog` of the same catalog)")
+    p.add_argument("--reuse", action="store_true",
+                   help="load the checkpoints --save holds instead of training them again (training is deterministic "
+                        "by seed: the same models)")
     args = p.parse_args()
 
     ds = load_dataset(args.data)
@@ -265,6 +291,8 @@ def main() -> None:
     first = np.full(ds.n_items, np.inf)
     np.minimum.at(first, ds.items, ds.timestamps)
     cold = first >= cut
+    global COLD
+    COLD = cold
     say(f"{ds.summary()}; cut {time.strftime('%Y-%m-%d', time.gmtime(cut))}: "
         f"{int((ds.timestamps < cut).sum()):,} interactions before, {int(cold.sum()):,} items first seen after")
     cfg = TrainConfig(epochs=args.epochs, patience=args.patience, threads=args.threads, seed=args.seed,
@@ -281,7 +309,7 @@ def main() -> None:
     extra = {"catalog_version": catalog.version, "dataset": ds.name, "item_ids": [str(i) for i in ds.item_ids],
              "trained_until": cut, "sample_histories": pad_left(moments[0][:64], cfg.max_len)}
     dropouts = [p for p in args.id_dropout if p > 0]
-    models, info = train_all(pre_cut_split(train_ds), cfg, text, dropouts, args.save, extra)
+    models, info = train_all(pre_cut_split(train_ds), cfg, text, dropouts, args.save, extra, args.reuse)
     counts = np.bincount(train_ds.items, minlength=ds.n_items).astype(np.float64)
     results = evaluate_all(models, counts, moments, clusters, cold[moments[1]], args.seed, args.rounds)
     print_table(results)

@@ -205,6 +205,38 @@ def with_items(model: SASRec, text: torch.Tensor) -> SASRec:
     return bigger.train(model.training)
 
 
+def map_text(model: SASRec, item_text: torch.Tensor, warm: torch.Tensor, ridge: float = 1.0) -> SASRec:
+    """A text model made from a trained id-only one, whose warm items keep their vectors exactly.
+
+    `text_proj` is fitted after training, by ridge regression of the warm items' id embeddings on their texts
+    (the mapping approach to cold start: content -> collaborative embedding, van den Oord et al., NeurIPS 2013),
+    and each warm item's id embedding becomes `id embedding - text_proj(text)`, so that `item_vectors` (their sum)
+    is today's vector for every warm item: the warm ranking cannot lose anything. An item that is not `warm`
+    (no training interaction, or added later by `with_items`) is its mapped text alone. `item_text` [n_items,
+    text_dim], `warm` [n_items] bool (items 1..n); `ridge` is the L2 penalty (text rows are unit vectors).
+    """
+    if model.cfg.text_dim:
+        raise ValueError("map_text takes an id-only SASRec (text 'none'); this one has a text part already")
+    text = torch.as_tensor(item_text, dtype=torch.float64)
+    warm = torch.as_tensor(warm, dtype=torch.bool)
+    n, d = model.cfg.n_items, model.cfg.dim
+    if text.ndim != 2 or text.shape[0] != n or tuple(warm.shape) != (n,):
+        raise ValueError(f"item_text must be [{n}, t] and warm [{n}], got {tuple(text.shape)}, {tuple(warm.shape)}")
+    ids = model.item_emb.weight.detach()[1:].double()
+    x, y = text[warm], ids[warm]
+    w = torch.linalg.solve(x.T @ x + ridge * torch.eye(text.shape[1], dtype=torch.float64), x.T @ y)  # [t, d]
+    mapped = SASRec(replace(model.cfg, text_dim=text.shape[1]), text.float(), warm)
+    state = {k: v for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        state["text_proj.weight"] = w.T.float()
+        emb = torch.zeros(n + 1, d)
+        emb[1:][warm] = (y - x @ w).float()  # so that id embedding + text part is the trained vector
+        state["item_emb.weight"] = emb
+        state["item_text"], state["warm"] = mapped.item_text, mapped.warm
+    mapped.load_state_dict(state)
+    return mapped.train(model.training)
+
+
 def fold_text(model: SASRec) -> SASRec:
     """A plain SASRec (text_dim 0) whose id embeddings are `model.item_vectors()`: same scores.
 
