@@ -342,12 +342,8 @@ def run_demo(args: argparse.Namespace) -> int:
             report = build_report(ds, run / "catalog", repo, summary["records"], start_ts, run / "report",
                                   k=2, m=cfg.m, n=cfg.n, progress=not args.quiet,
                                   seqrec_checkpoint=run / "seqrec" / "model.pt")
-        elif new_items.grown_catalog is not None:  # judged under the set that holds every item, in its item order
-            from interests.clusters.catalog import Catalog
-            from interests.data.splits import in_item_order
-
-            grown = Catalog.load(new_items.grown_catalog)
-            report = build_report(in_item_order(ds, grown.item_ids), new_items.grown_catalog,
+        elif new_items.grown_catalog is not None:  # judged under the set that holds every item
+            report = build_report(ds, new_items.grown_catalog,
                                   new_items.grown_repository, summary["records"], start_ts, run / "report", k=2,
                                   m=cfg.m, n=cfg.n, progress=not args.quiet,
                                   seqrec_checkpoint=new_items.grown_checkpoint,

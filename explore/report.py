@@ -22,6 +22,7 @@ import numpy as np
 
 from interests.clusters.catalog import Catalog, CatalogError, check_same_items
 from interests.data.datasets import Dataset
+from interests.data.splits import in_item_order
 from interests.evaluation.judge import target_flags
 from interests.evaluation.proposals import context_frequency_buckets, diversity
 from interests.evaluation.replay import (
@@ -71,6 +72,8 @@ def build_report(ds: Dataset, catalog_dir: Path, repository: Path, recommendatio
     if meta.get("catalog_version") != catalog.version:
         raise CatalogError(f"seqrec in {repository} was exported with catalog {meta.get('catalog_version')}, "
                            f"{catalog_dir} is catalog {catalog.version}")
+    if list(map(str, ds.item_ids)) != catalog.item_ids and set(map(str, ds.item_ids)) == set(catalog.item_ids):
+        ds = in_item_order(ds, catalog.item_ids)  # a catalog grown by new items lists them last
     check_same_items(catalog, ds.item_ids)
     level, max_len = int(meta["level"]), int(meta["max_len"])
     item_cluster = catalog.item_clusters(level).astype(np.int64)

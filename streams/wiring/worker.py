@@ -131,6 +131,7 @@ def create_app(cfg: EngineConfig) -> faust.App:
                              security=cfg.kafka_security())
     live = LiveFeed()  # the latest slates, for GET /live
     titles = dict(zip(engine.catalog.item_ids, engine.catalog.item_titles, strict=True))
+    titled = {engine.catalog.version}  # catalogs whose titles `titles` holds: a set switched to adds its own
     # Log every batch's offsets, stage times and slowest slate (debugging delivery; latency tails:
     # benchmarks/engine_throughput.py --trace reads these lines).
     trace = os.environ.get("EXPLORE_TRACE_BATCHES") == "1"
@@ -311,6 +312,9 @@ def create_app(cfg: EngineConfig) -> faust.App:
         if denied is not None:
             return denied
         pinned = [u for u in request.query.get("users", "").split(",") if u]
+        if engine.catalog.version not in titled:  # a grown set's new items, by title
+            titles.update(zip(engine.catalog.item_ids, engine.catalog.item_titles, strict=True))
+            titled.add(engine.catalog.version)
         return web.html(render_page(live, counters(metrics.registry), titles, pinned, own_url))
 
     @app.page("/users/{user_id}")
