@@ -6,6 +6,9 @@
 #   explore-models replay ... `explore replay` on the same data as the models (extra args passed on)
 #   explore-models publish    train a new model set (RETRAIN_LEVELS) and publish it to the running workers
 #   explore-models rollback   serve the model set served before the current one again
+#   explore-models fold       publish the items of $NEW_ITEMS (JSON lines: item_id, title, text fields) on the
+#                             items topic, then fold them into the models job's set (set 1, which must be the one
+#                             served) and publish the result: `explore items fold --publish`
 #
 # Data: a MovieLens directory (100K, 1M, latest, latest-small) mounted at $DATA_DIR; when that
 # directory is empty, the planted synthetic data set (the same one for training and replay).
@@ -38,17 +41,30 @@ MODE=build
 if [ "${1:-}" = "replay" ]; then
     MODE=replay
     shift
-elif [ "${1:-}" = "publish" ] || [ "${1:-}" = "rollback" ]; then
+elif [ "${1:-}" = "publish" ] || [ "${1:-}" = "rollback" ] || [ "${1:-}" = "fold" ]; then
     MODE=$1
     shift
 fi
 if [ "$MODE" != "replay" ] && [ "$#" -gt 0 ]; then
-    log "unknown arguments: $* (run without arguments, or: replay [explore replay flags], publish, rollback)"
+    log "unknown arguments: $* (run without arguments, or: replay [explore replay flags], publish, rollback, fold)"
     exit 2
 fi
 
 if [ "$MODE" = "rollback" ]; then
     exec explore models rollback
+fi
+
+if [ "$MODE" = "fold" ]; then
+    # New items into slates without retraining (docs/design/lifecycle.md): placed from their text under the
+    # models job's catalog, published, then the set grown by them (catalog, SASRec's cold rows from their text,
+    # LM, explorer) published as the next model set.
+    items=$(mktemp --suffix=.jsonl)
+    printf '%s\n' "${NEW_ITEMS:?set NEW_ITEMS to the new items, JSON lines}" > "$items"
+    explore items publish --catalog "$MODELS_DIR/catalog" "$items"
+    mixture=$(ls -d "$MODELS_DIR"/mixture/level-* 2>/dev/null | head -n 1 || true)
+    exec explore items fold --catalog "$MODELS_DIR/catalog" --checkpoint "$MODELS_DIR/seqrec/model.pt" \
+        --generator "$MODELS_DIR/repository/interest_generator/1" ${mixture:+--mixture "$mixture"} \
+        --out "$MODELS_DIR/fold/$(date -u +%Y%m%dT%H%M%SZ)" --table "$MODELS_DIR/novelty/table.jsonl" --publish
 fi
 
 # The data flags every explore command gets: the mounted dataset, or the synthetic one.
@@ -87,8 +103,11 @@ train_set() {  # $1: a directory, $2: the catalog's cluster counts, then the dat
     shift 2
     mkdir -p "$dir/seqrec"
     explore clusters build "$@" --levels "$levels" --out "$dir/catalog" --quiet
+    # A text part (`--text tfidf`), so that new items can be folded into the set later (`fold`); SEQREC_TRAIN_ARGS
+    # may say otherwise (the last flag wins).
     # shellcheck disable=SC2086  # the *_ARGS variables are flag lists, split on purpose
-    explore seqrec train "$@" --catalog "$dir/catalog" --out "$dir/seqrec/model.pt" --quiet ${SEQREC_TRAIN_ARGS:-}
+    explore seqrec train "$@" --catalog "$dir/catalog" --out "$dir/seqrec/model.pt" --quiet --text tfidf \
+        ${SEQREC_TRAIN_ARGS:-}
     explore seqrec export --checkpoint "$dir/seqrec/model.pt" --catalog "$dir/catalog" --repository "$dir/repository"
     # shellcheck disable=SC2086
     explore novelty train "$@" --catalog "$dir/catalog" --out "$dir/novelty" --quiet ${NOVELTY_TRAIN_ARGS:-}
@@ -98,7 +117,7 @@ train_set() {  # $1: a directory, $2: the catalog's cluster counts, then the dat
         # the novelty split's validation moments, scores them to fit the weights; the LM's level.
         # shellcheck disable=SC2086
         explore seqrec train "$@" --catalog "$dir/catalog" --until-novelty-valid --out "$dir/seqrec/valid.pt" \
-            --quiet ${SEQREC_TRAIN_ARGS:-}
+            --quiet --text tfidf ${SEQREC_TRAIN_ARGS:-}
         explore novelty mix "$@" --catalog "$dir/catalog" --seqrec-valid "$dir/seqrec/valid.pt" \
             --seqrec "$dir/seqrec/model.pt" --model "$dir/novelty" --out "$dir/mixture"
         explore novelty export-mixture --mixture "$(ls -d "$dir"/mixture/level-* | head -n 1)" \

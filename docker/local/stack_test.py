@@ -326,6 +326,38 @@ def retrain(workers: list[str], view: dict[str, dict]) -> None:
     compose("--profile", "retrain", "run", "--rm", "--no-deps", "retrain", "rollback")
     wait(lambda: all(serving_set(w) == 1 for w in workers), 300, "every worker serving model set 1 again", 5)
     log("rolled back: every worker serves model set 1 again")
+    fold(workers, now)
+
+
+def fold(workers: list[str], view: dict[str, dict]) -> None:
+    """`retrain fold`: eight new items (one per planted theme of the synthetic data) published while the workers run
+    and folded into set 3; every user's next event names one of them (applied, none in the DLQ) and set 3's slates
+    name them."""
+    from interests.data.synthetic import theme_words
+    from streams.wiring.replay import Event, produce
+
+    new = [{"item_id": f"stack-new-{c}", "title": f"A New {theme_words(c)[0].title()} Story",
+            "keywords": ", ".join(theme_words(c)[:4])} for c in range(8)]
+    log("retrain fold: publishing 8 new items and folding them into the next model set")
+    t0 = time.monotonic()
+    compose("--profile", "retrain", "run", "--rm", "--no-deps", "-e",
+            "NEW_ITEMS=" + "\n".join(json.dumps(x) for x in new), "retrain", "fold")
+    wait(lambda: all(serving_set(w) == 3 for w in workers), 300, "every worker serving model set 3", 5)
+    served_s = time.monotonic() - t0
+    users = sorted(view)
+    step = [Event(u, new[n % len(new)]["item_id"], int(view[u]["last_event_ts"]) + 3, f"stacktest-{u}-new")
+            for n, u in enumerate(users)]
+    produce("localhost:9094", "interactions", [e.encode() for e in step])
+    wait(lambda: all(v.get("events_applied") == view[u]["events_applied"] + 1
+                     for u, v in users_view(workers[0], users).items()), 300, "every user's event on a new item", 5)
+    ids = {x["item_id"] for x in new}
+    slates = [r for r in read_recommendations() if r["versions"].get("set") == "3"]
+    naming = [r for r in slates if ids & {x["item_id"] for x in r["slate"]}]
+    log(f"set 3 (set 1 + 8 new items) served by every worker {served_s:.0f} s after `retrain fold` started (it "
+        f"places, publishes and folds them); {len(users)} events on them applied; {len(naming)} of {len(slates)} "
+        "slates of set 3 name one")
+    if not naming:
+        raise SystemExit(f"stack-test: none of set 3's {len(slates)} slates names a new item")
 
 
 LISTS = {"container": ["ps", "-a", "--format", "{{.Names}}"], "volume": ["volume", "ls", "--format", "{{.Name}}"],

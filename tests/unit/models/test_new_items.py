@@ -195,3 +195,24 @@ def test_items_arriving_later_and_a_dataset_without_them_or_in_another_order() -
     assert moved.item_text["title"][0] == "title e"
     with pytest.raises(ValueError, match="not the dataset's"):
         in_item_order(ds, ["a", "b"])
+
+
+def test_explore_items_fold_stages_a_file_of_new_items_and_says_what_to_run_next(world, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from explore.cli import main
+
+    root, new = world["root"], world["new"]
+    generator = tmp_path / "interest_generator" / "1"
+    generator.mkdir(parents=True)
+    (generator / "decoder.json").write_text(json.dumps({"catalog_version": world["catalog"].version}))
+    items = tmp_path / "new.jsonl"
+    items.write_text("".join(json.dumps({"item_id": i.item_id, "title": i.title, "keywords": i.text}) + "\n"
+                             for i in [*new, NewItem(world["catalog"].item_ids[0], "known", "x")]))
+    args = ["items", "fold", "--catalog", str(root / "catalog"), "--checkpoint", str(root / "seqrec.pt"),
+            "--generator", str(generator), "--new-items", str(items), "--out", str(tmp_path / "staged")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    grown = Catalog.load(tmp_path / "staged" / "catalog")
+    assert f"catalog {grown.version} = {world['catalog'].version} + {HELD} item(s)" in out  # the known one left out
+    assert f"next: explore models publish --catalog {tmp_path / 'staged' / 'catalog'}" in out
+    assert main([*args[:-1], str(tmp_path / "again"), "--checkpoint", str(tmp_path / "missing.pt")]) == 1
+    assert "missing.pt" in capsys.readouterr().err
