@@ -20,7 +20,7 @@ from interests.data.splits import arriving_at, in_item_order, leave_one_out, new
 from interests.data.synthetic import make_synthetic
 from interests.novelty.item_experts import ItemExperts, SparseRows
 from interests.seqrec.new_items import checkpoint_encoder, extend_checkpoint, text_encoding
-from interests.seqrec.sasrec import SASRec, SASRecConfig, with_items
+from interests.seqrec.sasrec import SASRec, SASRecConfig, map_text, with_items
 from interests.seqrec.train import TrainConfig, load_checkpoint, train
 
 TINY = TrainConfig(max_len=12, dim=16, heads=2, blocks=1, dropout=0.0, lr=5e-3, batch_size=64, epochs=2,
@@ -216,3 +216,17 @@ def test_explore_items_fold_stages_a_file_of_new_items_and_says_what_to_run_next
     assert f"next: explore models publish --catalog {tmp_path / 'staged' / 'catalog'}" in out
     assert main([*args[:-1], str(tmp_path / "again"), "--checkpoint", str(tmp_path / "missing.pt")]) == 1
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_a_mapped_text_part_keeps_every_warm_vector_and_maps_the_others() -> None:
+    torch.manual_seed(1)
+    plain = SASRec(SASRecConfig(6, max_len=5, dim=8, heads=2, blocks=1, dropout=0.0)).eval()
+    text = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    warm = torch.tensor([True, True, True, True, False, True])
+    mapped = map_text(plain, text, warm, ridge=0.5)
+    with torch.no_grad():
+        vectors = mapped.item_vectors()
+        torch.testing.assert_close(vectors[1:][warm], plain.item_emb.weight[1:][warm])
+        torch.testing.assert_close(vectors[5], mapped.text_proj(text[4]))  # item 5 (row 4) is not warm
+    with pytest.raises(ValueError, match="id-only"):
+        map_text(mapped, text, warm)
