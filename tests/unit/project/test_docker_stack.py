@@ -512,14 +512,17 @@ def test_models_job_script_uses_real_commands_and_flags() -> None:
     build = [["clusters", "build"], ["seqrec", "train"], ["seqrec", "export"], ["novelty", "train"],
              ["novelty", "export"], ["seqrec", "train"], ["novelty", "mix"], ["novelty", "export-mixture"],
              ["novelty", "precompute"]]
-    # rollback and replay, a whole model set (`train_set`: the models job's and the retrain profile's), published
-    # to running workers by the retrain profile
-    assert [c[0] for c in calls] == [["models", "rollback"], ["replay"], *build, ["models", "publish"]]
-    # the mixture's fitting SASRec never sees the validation moments it fits the weights on
-    assert "--until-novelty-valid" in calls[7][1]
+    # rollback, new items published and folded into the next set, replay, a whole model set (`train_set`: the
+    # models job's and the retrain profile's), published to running workers by the retrain profile
+    assert [c[0] for c in calls] == [["models", "rollback"], ["items", "publish"], ["items", "fold"], ["replay"],
+                                     *build, ["models", "publish"]]
+    assert {"--catalog", "--checkpoint", "--generator", "--mixture", "--table", "--publish"} <= set(calls[2][1])
+    # both SASRecs have a text part (a set must be foldable); the mixture's fitting one never sees the validation
+    # moments it fits the weights on
+    assert "--text" in calls[5][1] and {"--text", "--until-novelty-valid"} <= set(calls[9][1])
     # a new set's table goes onto the set's own topic through `models publish`; the models job's onto the served
     # one (`publish_table`), after the whole set was trained
-    assert {"--catalog", "--staged", "--table"} <= set(calls[11][1])
+    assert {"--catalog", "--staged", "--table"} <= set(calls[13][1])
     assert script.count('train_set "$') == 2 and 'publish_table "$STAGE/novelty/table.jsonl"' in script
 
     def subparser(parser: argparse.ArgumentParser, path: list[str]) -> argparse.ArgumentParser:
