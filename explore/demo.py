@@ -299,6 +299,8 @@ def run_demo(args: argparse.Namespace) -> int:
               f"never see them; {new_items.events:,} held-out events on them, {removed:,} earlier ones left out of the "
               f"data), published while it replays: "
               + ", ".join(new_items.titles[:4]) + (" ..." if len(new_items.ids) > 4 else ""))
+    elif args.new_items and not ds.item_text:
+        print("new items: none held out (the data has no item text to place them by)")
 
     models = build_models(train_ds, run, small, steps, args.quiet, getattr(args, "novelty_model", None),
                           mixture=mixture, text=new_items is not None)
