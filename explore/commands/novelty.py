@@ -86,6 +86,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     nt.add_argument("--delta", action="store_true",
                     help="with --base-model: save only what differs from it (the LoRA adapter, ~2 MB; nothing with "
                          "--zero-shot) so that the directory travels; loading merges it into the base model again")
+    nt.add_argument("--pretrain-transitions", action="store_true",
+                    help="first fit every move to another cluster (novel or not) before the validation cut, three "
+                         "times the novel transitions' data, then the novel ones (issue 26, item 4b); each stage "
+                         "has --max-train-seconds and its best epoch chosen on the novel validation loss")
     nt.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines (for logs and scripts)")
     nt.set_defaults(func=cmd_novelty_train)
     from explore.commands import mix
@@ -288,7 +292,7 @@ def add_holdout_arg(p: argparse.ArgumentParser) -> None:
 
 def cmd_novelty_train(args: argparse.Namespace) -> int:
     from interests.configs import LMConfig
-    from interests.novelty.examples import auto_cap, distribution, diversify
+    from interests.novelty.examples import auto_cap, context_transitions, distribution, diversify
     from interests.novelty.lm import train_novelty_lm
     from interests.novelty.prior import choose_prior
 
@@ -309,14 +313,24 @@ def cmd_novelty_train(args: argparse.Namespace) -> int:
     meta = {"catalog_version": catalog.version, "level": level, "k": args.k, "dataset": ds.name,
             "cut_valid": split.cut_valid, "cut_test": split.cut_test, "max_per_target": cap_t,
             "max_per_context": cap_c, "distribution_before": before, "distribution_after": after}
+    pretrain = None
+    if args.pretrain_transitions:  # only moves before the validation cut: nothing of validation or test leaks in
+        moves = context_transitions(ds, catalog.item_clusters(level), args.k, until=split.cut_valid)
+        pretrain = diversify(moves, auto_cap(moves.targets, 1), auto_cap(moves.contexts, 5), args.seed)
+        print(f"pretraining on {len(pretrain):,} of {len(moves):,} moves to another cluster before the validation cut "
+              "(diversified alike)")
     lm, info = train_novelty_lm(catalog.descriptions(level), train, split.valid, cfg, meta, progress=not args.quiet,
-                                top_items=[c.top_items for c in catalog.clusters[level]])
+                                top_items=[c.top_items for c in catalog.clusters[level]], pretrain=pretrain)
     if cfg.zero_shot:
         print(f"zero-shot: {cfg.base_model} untrained")
     else:
         seen = sum(h["examples"] for h in info["history"])
         print(f"trained in {info['seconds']:.0f} s ({len(info['history'])} epochs, {seen:,} examples seen of "
               f"{info['train_examples']:,}, best valid loss {info['best_valid_loss']:.4f})")
+        if "pretrain" in info:
+            pre = info["pretrain"]
+            print(f"  after pretraining: {len(pre['history'])} epochs on {pre['examples']:,} moves, best valid loss "
+                  f"{pre['best_valid_loss']:.4f}")
     if args.prior_alphas:
         choose_prior(lm, split, n, args.prior_m, [float(a) for a in args.prior_alphas.split(",")],
                      max_moments=args.prior_max_moments, seed=args.seed)

@@ -401,17 +401,18 @@ def prompt_meta(descriptions: list[str], cfg: LMConfig, top_items: list[list[str
 
 def train_novelty_lm(descriptions: list[str], train: NoveltyExamples, valid: NoveltyExamples, cfg: LMConfig,
                      meta: dict | None = None, progress: bool = True,
-                     top_items: list[list[str]] | None = None) -> tuple[NoveltyLM, dict]:
+                     top_items: list[list[str]] | None = None,
+                     pretrain: NoveltyExamples | None = None) -> tuple[NoveltyLM, dict]:
     """Train (or fine-tune) the LM on prompt -> novel-cluster description; keep the best epoch.
 
     `top_items` (titles per cluster, most trafficked first) lets the prompt show titles (`cfg.titles`).
     `cfg.zero_shot` returns the base model untrained; `cfg.max_train_examples`, `max_valid_examples`
     and `max_train_seconds` bound what a pretrained model costs on a CPU (the best epoch by validation
     loss is still the one kept, and a budget that runs out mid-epoch ends training after that epoch's
-    validation).
+    validation). `pretrain` (`interests.novelty.examples.context_transitions`): examples fitted first, with the
+    same validation (novel transitions) choosing their best epoch and its own `max_train_seconds`, before the
+    novel ones (issue 26, item 4b: more data for a small LM).
     """
-    from tqdm import tqdm
-
     if cfg.score not in ("sum", "mean", "auto"):
         raise ValueError(f"score must be sum, mean or auto, not {cfg.score!r}")
     if cfg.zero_shot and not cfg.base_model:
@@ -432,18 +433,36 @@ def train_novelty_lm(descriptions: list[str], train: NoveltyExamples, valid: Nov
     train = diversified_sample(train, cfg.max_train_examples, cfg.seed)
     if cfg.max_valid_examples and len(valid) > cfg.max_valid_examples:
         valid = valid.subset(np.sort(np.random.default_rng(cfg.seed).permutation(len(valid))[:cfg.max_valid_examples]))
-    x, m, y = _batches(lm, train)
-    vx, vm, vy = _batches(lm, valid) if len(valid) else (x[:0], m[:0], y[:0])
+    checks = _batches(lm, valid) if len(valid) else None
+    before: dict = {}
+    if pretrain is not None and len(pretrain):
+        history, best = _fit(lm, _batches(lm, pretrain), checks, cfg, progress, "pretrain ")
+        before = {"pretrain": {"history": history, "best_valid_loss": best, "examples": len(pretrain)}}
+        lm.meta["pretrained_on_transitions"] = len(pretrain)
+    history, best = _fit(lm, _batches(lm, train), checks, cfg, progress, "")
+    return lm, {"history": history, "best_valid_loss": best, "seconds": time.perf_counter() - t0,
+                "train_examples": len(train), "valid_examples": len(valid), **before}
+
+
+def _fit(lm: NoveltyLM, data: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+         checks: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, cfg: LMConfig, progress: bool,
+         label: str) -> tuple[list[dict], float]:
+    """Epochs over `data` (ids, mask, labels) until `cfg.patience` epochs without a better loss on `checks` (the
+    training loss when there are none) or `cfg.max_train_seconds`; the best epoch's weights are kept."""
+    from tqdm import tqdm
+
+    model, (x, m, y) = lm.model, data
+    vx, vm, vy = checks if checks is not None else (x[:0], m[:0], y[:0])
     eval_batch = cfg.batch_size if cfg.base_model else 256  # a large vocabulary's logits are big
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(cfg.seed)
     best, best_state, since, history = float("inf"), None, 0, []
-    out_of_time = False
+    out_of_time, t0 = False, time.perf_counter()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         order = torch.randperm(len(x), generator=gen)
         total, seen = 0.0, 0
-        for start in tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", leave=False,
+        for start in tqdm(range(0, len(order), cfg.batch_size), desc=f"{label}epoch {epoch}", leave=False,
                           disable=not progress):
             idx = order[start:start + cfg.batch_size]
             width = int(m[idx].sum(1).max())  # right padding beyond the longest row changes nothing
@@ -461,7 +480,7 @@ def train_novelty_lm(descriptions: list[str], train: NoveltyExamples, valid: Nov
                                  for s in range(0, len(vx), eval_batch)])) if len(vx) else total / seen
         history.append({"epoch": epoch, "loss": total / seen, "valid_loss": val, "examples": seen})
         if progress:
-            tqdm.write(f"epoch {epoch:3d}  loss {total / seen:.4f}  valid loss {val:.4f}  "
+            tqdm.write(f"{label}epoch {epoch:3d}  loss {total / seen:.4f}  valid loss {val:.4f}  "
                        f"({time.perf_counter() - t0:.0f} s{', time budget spent' if out_of_time else ''})")
         if val < best - 1e-4:
             best, since = val, 0
@@ -475,5 +494,4 @@ def train_novelty_lm(descriptions: list[str], train: NoveltyExamples, valid: Nov
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
-    return lm, {"history": history, "best_valid_loss": best, "seconds": time.perf_counter() - t0,
-                "train_examples": len(train), "valid_examples": len(valid)}
+    return history, best
