@@ -16,7 +16,7 @@ from interests.clusters.build import BuildConfig, build_catalog
 from interests.data.datasets import build_dataset
 from interests.data.synthetic import make_synthetic
 from interests.evaluation.proposals import diversity
-from interests.novelty.examples import diversify, novel_transitions, prompt, split_by_time
+from interests.novelty.examples import context_transitions, diversify, novel_transitions, prompt, split_by_time
 from interests.novelty.lm import LMConfig, NoveltyLM, train_novelty_lm, train_tokenizer
 from interests.novelty.precompute import lm_proposals
 from interests.novelty.prior import choose_alpha
@@ -36,6 +36,33 @@ def test_novel_transitions_by_hand() -> None:
     assert ex.targets.tolist() == [2, 3]
     assert ex.known == [frozenset({0, 1}), frozenset({0, 1, 2})]
     assert ex.timestamps.tolist() == [4, 6]
+
+
+def test_context_transitions_by_hand_count_every_move_before_the_cut() -> None:
+    # one user; items named by cluster: a a b a c b d; every move to another cluster after 2 distinct ones
+    items = ["a1", "a2", "b1", "a1", "c1", "b2", "d1"]
+    ds = build_dataset("hand", ["u"] * 7, items, np.arange(7))
+    cluster_of = {"a": 0, "b": 1, "c": 2, "d": 3}
+    item_cluster = np.array([cluster_of[i[0]] for i in ds.item_ids])
+    ex = context_transitions(ds, item_cluster, k=2)
+    # a (back, after [a, b]), c (after [b, a]), b (back, after [a, c]), d (after [c, b]); staying (a a) is no move
+    assert ex.contexts.tolist() == [[0, 1], [1, 0], [0, 2], [2, 1]]
+    assert ex.targets.tolist() == [0, 2, 1, 3] and ex.timestamps.tolist() == [3, 4, 5, 6]
+    assert context_transitions(ds, item_cluster, k=2, until=5).targets.tolist() == [0, 2]
+
+
+def test_pretraining_on_moves_runs_first_and_is_recorded(planted) -> None:
+    ds, catalog, _, split = planted
+    moves = context_transitions(ds, catalog.item_clusters(), 2, until=split.cut_valid)
+    assert len(moves) > len(split.train) and moves.timestamps.max() < split.cut_valid
+    cfg = LMConfig(layers=1, dim=32, heads=2, epochs=1, patience=1, batch_size=256)
+    lm, info = train_novelty_lm(catalog.descriptions(), split.train, split.valid, cfg, {"k": 2}, progress=False,
+                                pretrain=moves)
+    assert info["pretrain"]["examples"] == len(moves) and len(info["pretrain"]["history"]) == 1
+    assert lm.meta["pretrained_on_transitions"] == len(moves) and len(info["history"]) == 1
+    plain, plain_info = train_novelty_lm(catalog.descriptions(), split.train, split.valid, cfg, {"k": 2},
+                                         progress=False)
+    assert "pretrain" not in plain_info and "pretrained_on_transitions" not in plain.meta
 
 
 @pytest.fixture(scope="module")
