@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,31 +46,40 @@ class NoveltyExamples:
                                self.users[idx], self.timestamps[idx], self.positions[idx])
 
 
+def _walk(ds: Dataset, item_cluster: np.ndarray, until: int | None = None
+          ) -> Iterator[tuple[int, int, int, list[int], set[int]]]:
+    """(user, row, cluster, the user's distinct clusters before it (most recent last), every cluster seen before it)
+    for each interaction in each user's order (before `until`). The list and set are the walk's own: copy them."""
+    off = ds.offsets
+    for u in range(ds.n_users):
+        recent: list[int] = []
+        seen: set[int] = set()
+        for j in range(off[u], off[u + 1]):
+            if until is not None and ds.timestamps[j] >= until:
+                break
+            c = int(item_cluster[ds.items[j]])
+            yield u, j, c, recent, seen
+            seen.add(c)
+            if c in recent:
+                recent.remove(c)
+            recent.append(c)
+
+
+def _examples(ds: Dataset, picked: list[tuple[int, int, int, list[int], frozenset[int]]], k: int) -> NoveltyExamples:
+    """NoveltyExamples of (user, row, target, context, known) tuples."""
+    return NoveltyExamples(np.array([p[3] for p in picked], np.int32).reshape(-1, k),
+                           np.array([p[2] for p in picked], np.int32), [p[4] for p in picked],
+                           np.array([p[0] for p in picked], np.int32),
+                           np.array([ds.timestamps[p[1]] for p in picked], np.int64),
+                           np.array([p[1] for p in picked], np.int64))
+
+
 def novel_transitions(ds: Dataset, item_cluster: np.ndarray, k: int = 2) -> NoveltyExamples:
     """Every novel transition that has at least K distinct clusters before it."""
     if k < 1:
         raise ValueError(f"K must be >= 1, got {k}")
-    contexts, targets, known, users, stamps, rows = [], [], [], [], [], []
-    off = ds.offsets
-    for u in range(ds.n_users):
-        recent: list[int] = []  # distinct clusters, most recent last
-        seen: set[int] = set()
-        for j in range(off[u], off[u + 1]):
-            c = int(item_cluster[ds.items[j]])
-            if c not in seen:
-                if len(recent) >= k:
-                    contexts.append(recent[-k:])
-                    targets.append(c)
-                    known.append(frozenset(seen))
-                    users.append(u)
-                    stamps.append(ds.timestamps[j])
-                    rows.append(j)
-                seen.add(c)
-            if c in recent:
-                recent.remove(c)
-            recent.append(c)
-    return NoveltyExamples(np.array(contexts, np.int32).reshape(-1, k), np.array(targets, np.int32), known,
-                           np.array(users, np.int32), np.array(stamps, np.int64), np.array(rows, np.int64))
+    return _examples(ds, [(u, j, c, recent[-k:], frozenset(seen)) for u, j, c, recent, seen in _walk(ds, item_cluster)
+                          if c not in seen and len(recent) >= k], k)
 
 
 def context_transitions(ds: Dataset, item_cluster: np.ndarray, k: int = 2, until: int | None = None) -> NoveltyExamples:
@@ -77,26 +87,9 @@ def context_transitions(ds: Dataset, item_cluster: np.ndarray, k: int = 2, until
     `until`, comes before that timestamp): what the LM can pretrain on before the novel transitions (issue 26,
     item 4b). About three times as many as the novel ones on MovieLens, and the same prompt shape: the last K
     distinct clusters, then the cluster the user went to. A return to a known cluster counts; staying does not."""
-    contexts, targets, known, users, stamps, rows = [], [], [], [], [], []
-    off = ds.offsets
-    for u in range(ds.n_users):
-        recent: list[int] = []
-        for j in range(off[u], off[u + 1]):
-            c = int(item_cluster[ds.items[j]])
-            if until is not None and ds.timestamps[j] >= until:
-                break
-            if len(recent) >= k and c != recent[-1]:
-                contexts.append(recent[-k:])
-                targets.append(c)
-                known.append(frozenset(recent))
-                users.append(u)
-                stamps.append(ds.timestamps[j])
-                rows.append(j)
-            if c in recent:
-                recent.remove(c)
-            recent.append(c)
-    return NoveltyExamples(np.array(contexts, np.int32).reshape(-1, k), np.array(targets, np.int32), known,
-                           np.array(users, np.int32), np.array(stamps, np.int64), np.array(rows, np.int64))
+    return _examples(ds, [(u, j, c, recent[-k:], frozenset(seen))
+                          for u, j, c, recent, seen in _walk(ds, item_cluster, until)
+                          if len(recent) >= k and c != recent[-1]], k)
 
 
 @dataclass(frozen=True)
