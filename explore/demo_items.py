@@ -54,16 +54,14 @@ class NewItems:
         """Place them under the served catalog from their text and publish them on the items topic."""
         from interests.clusters.catalog import Catalog
         from interests.clusters.placement import load_placement
-        from streams.core.items import PublishedItem
+        from streams.core.items import place_items
         from streams.wiring.items_topic import publish_items
 
         catalog = Catalog.load(catalog_dir)
         placer = load_placement(catalog_dir, catalog)
         assert placer is not None, "the demo saves the catalog's placement with it"
-        clusters, distances = placer.place(self.texts, level)
-        now = time.time()
-        items = [PublishedItem(i, t, x, catalog.version, level, int(c), float(d), placer.encoder, now)
-                 for i, t, x, c, d in zip(self.ids, self.titles, self.texts, clusters, distances, strict=True)]
+        items = place_items(list(zip(self.ids, self.titles, self.texts, strict=True)), placer, catalog.version, level,
+                            time.time())
         publish_items(cfg.bootstrap, cfg.items_topic, items, cfg.kafka_security(), cfg.replication_factor,
                       cfg.min_insync_replicas)
         self.published_at = time.time()

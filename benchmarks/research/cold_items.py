@@ -57,8 +57,9 @@ from interests.data.datasets import Dataset
 from interests.data.loaders import load_dataset
 from interests.data.splits import LeaveOneOut, held_out_start, pad_left, training_period, training_windows
 from interests.evaluation.stats import bootstrap_difference, bootstrap_interval
+from interests.seqrec.new_items import text_encoding
 from interests.seqrec.sasrec import SASRec, map_text
-from interests.seqrec.train import load_checkpoint, text_vectors, train
+from interests.seqrec.train import load_checkpoint, train
 
 K = 10
 COLD = np.zeros(0, bool)  # items first seen after the cut (set in main)
@@ -297,7 +298,7 @@ def main() -> None:
         f"{int((ds.timestamps < cut).sum()):,} interactions before, {int(cold.sum()):,} items first seen after")
     cfg = TrainConfig(epochs=args.epochs, patience=args.patience, threads=args.threads, seed=args.seed,
                       text=args.text)
-    text = text_vectors(text_at(ds, args.data, cut), cfg)
+    text = text_encoding(text_at(ds, args.data, cut), cfg)[0]
     assert text is not None
     catalog = Catalog.load(args.catalog)
     check_same_items(catalog, ds.item_ids)

@@ -211,7 +211,7 @@ def read_items(path: Path) -> list[tuple[str, str, str]]:
 def cmd_items_publish(args: argparse.Namespace) -> int:
     from interests.clusters.catalog import Catalog
     from interests.clusters.placement import fit_placer, load_placement, save_placement
-    from streams.core.items import PublishedItem
+    from streams.core.items import place_items
 
     catalog = Catalog.load(args.catalog)
     level = catalog.finest if args.level is None else args.level
@@ -231,10 +231,7 @@ def cmd_items_publish(args: argparse.Namespace) -> int:
     if already:
         print(f"{len(already)} item(s) are in the catalog already and keep its cluster: {', '.join(already[:5])}")
     new = [x for x in new if x[0] not in known]
-    clusters, distances = placer.place([text for _, _, text in new], level)
-    now = time.time()
-    published = [PublishedItem(i, title, text, catalog.version, level, int(c), float(d), placer.encoder, now)
-                 for (i, title, text), c, d in zip(new, clusters, distances, strict=True)]
+    published = place_items(new, placer, catalog.version, level, time.time())
     descriptions = catalog.descriptions(level)
     for item in published[:20]:
         print(f"  {item.item_id:>12}  -> cluster {item.cluster:3d} (distance {item.distance:.3f}) "

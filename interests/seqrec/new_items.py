@@ -33,7 +33,10 @@ PIECES = ("vocabulary", "idf", "components", "singular_values", "mean")
 
 def text_encoding(ds: Dataset, cfg: TrainConfig, progress: bool = False) -> tuple[np.ndarray | None, dict]:
     """([n_items, d] text vectors of `ds`'s items for `cfg.text`, the checkpoint entries of their encoder);
-    (None, {}) for text "none". The vectors are `interests.seqrec.train.text_vectors`' (same fit)."""
+    (None, {}) for text "none". The vectors are the catalog build's text embedding
+    (`interests.clusters.embeddings.fitted_text`: TF-IDF reduced by SVD to `cfg.dim`, or MiniLM): one
+    definition of an item's text vector. Text is known for every item, those without interactions included,
+    so it is no leak of the interactions held out."""
     if cfg.text == "none":
         return None, {}
     if not ds.item_text:

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from interests.configs import TrainConfig
-from interests.data.datasets import Dataset
 from interests.data.splits import LeaveOneOut, pad_left, ranking_metrics, ranks_of, training_windows
 from interests.seqrec.sasrec import SASRec, SASRecConfig
 
@@ -130,7 +129,8 @@ def train(split: LeaveOneOut, cfg: TrainConfig, progress: bool = True,
     from tqdm import tqdm
 
     if (cfg.text != "none") != (item_text is not None):
-        raise ValueError(f"text {cfg.text!r} needs item_text exactly when it is not 'none' (`text_vectors`)")
+        raise ValueError(f"text {cfg.text!r} needs item_text exactly when it is not 'none' "
+                         "(`interests.seqrec.new_items.text_encoding`)")
     set_determinism(cfg.seed, cfg.threads)
     inputs, targets = training_windows(split.train, cfg.max_len)
     model = new_model(split.n_items, cfg, item_text, np.union1d(inputs, targets))
@@ -174,22 +174,6 @@ def train(split: LeaveOneOut, cfg: TrainConfig, progress: bool = True,
     if checkpoint is not None:
         save_checkpoint(checkpoint, model, cfg, result, extra or {})
     return model, result
-
-
-def text_vectors(ds: Dataset, cfg: TrainConfig, progress: bool = False) -> np.ndarray | None:
-    """[n_items, d] text embeddings of every item for `cfg.text` (None for "none").
-
-    The catalog build's own (`interests.clusters.embeddings.text_embeddings`: TF-IDF reduced by SVD
-    to `cfg.dim`, or MiniLM): one definition of an item's text vector. Text is known for every item,
-    those without interactions included, so it is no leak of the interactions held out.
-    """
-    if cfg.text == "none":
-        return None
-    from interests.clusters.embeddings import text_embeddings
-
-    if not ds.item_text:
-        raise ValueError(f"{ds.name} has no item text: train with text 'none'")
-    return text_embeddings(ds, cfg.text, cfg.dim, cfg.seed, progress)[0]
 
 
 def new_model(n_items: int, cfg: TrainConfig, item_text: np.ndarray | None, trained_ids: np.ndarray) -> SASRec:

@@ -19,6 +19,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 ITEM_IGNORED = ("invalid", "stale", "in_catalog")  # why a worker leaves an items-topic record out
 FIRST_SEEN = "explore-first-seen"  # header of a waiting event: when a worker first met it (seconds, text)
@@ -44,6 +45,23 @@ class PublishedItem:
         return json.dumps({"item_id": self.item_id, "title": self.title, "text": self.text,
                            "catalog": self.catalog, "level": self.level, "cluster": self.cluster,
                            "distance": round(self.distance, 6), "encoder": self.encoder, "ts": self.ts}).encode()
+
+
+class Placer(Protocol):
+    """What places a text in a cluster (`interests.clusters.placement.TextPlacer`), as this module sees it."""
+
+    encoder: str
+
+    def place(self, texts: Sequence[str], level: int) -> tuple[Sequence[int], Sequence[float]]: ...
+
+
+def place_items(rows: Sequence[tuple[str, str, str]], placer: Placer, catalog: str, level: int,
+                ts: float) -> list[PublishedItem]:
+    """The records of (item id, title, text) rows placed by `placer` at `level` of catalog version `catalog`: what
+    `explore items publish`, a publish's placing again and the demo's new items write, alike."""
+    clusters, distances = placer.place([text for _, _, text in rows], level)
+    return [PublishedItem(i, title, text, catalog, level, int(c), float(d), placer.encoder, ts)
+            for (i, title, text), c, d in zip(rows, clusters, distances, strict=True)]
 
 
 def read_item(key: bytes, value: bytes) -> PublishedItem | str:
@@ -111,5 +129,6 @@ def first_seen(headers: object, default: float) -> float:
     return default
 
 
-__all__ = ["FIRST_SEEN", "ITEM_IGNORED", "PublishedItem", "first_seen", "item_fit", "parse_item", "read_item",
+__all__ = ["FIRST_SEEN", "ITEM_IGNORED", "Placer", "PublishedItem", "first_seen", "item_fit", "parse_item",
+           "place_items", "read_item",
            "retry_fate", "retry_tier"]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from streams.config import EngineConfig
 from streams.core.engine import Engine, ServingSet
-from streams.core.items import PublishedItem, read_item
+from streams.core.items import PublishedItem, place_items, read_item
 from streams.core.metrics import Metrics
 from streams.core.model_files import ModelFiles
 from streams.core.model_sets import (
@@ -235,10 +235,7 @@ def place_items_again(cfg: EngineConfig, catalog_dir: Path, level: int) -> int:
         raise FileNotFoundError(f"{catalog_dir} has no placement.npz: {len(todo)} published item(s) cannot be placed "
                                 "in its clusters (`explore clusters build` writes it; `explore items publish --data` "
                                 "fits it for an older catalog)")
-    clusters, distances = placer.place([i.text for i in todo], level)
-    now = time.time()
-    placed = [PublishedItem(i.item_id, i.title, i.text, catalog.version, level, int(c), float(d), placer.encoder, now)
-              for i, c, d in zip(todo, clusters, distances, strict=True)]
+    placed = place_items([(i.item_id, i.title, i.text) for i in todo], placer, catalog.version, level, time.time())
     return publish_items(cfg.bootstrap, cfg.items_topic, placed, cfg.kafka_security(), cfg.replication_factor,
                          cfg.min_insync_replicas)
 

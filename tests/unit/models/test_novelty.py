@@ -24,12 +24,14 @@ from interests.novelty.rules import baseline_scores, hit_rate, popular_scores, p
 from interests.runtime.constrained import DescriptionTrie, beam_search, beam_search_cached, exhaustive_scores
 
 
+def _by_hand():  # type: ignore[no-untyped-def]
+    """One user; items named by cluster: a a b a c b d (clusters 0 0 1 0 2 1 3)."""
+    ds = build_dataset("hand", ["u"] * 7, ["a1", "a2", "b1", "a1", "c1", "b2", "d1"], np.arange(7))
+    return ds, np.array([{"a": 0, "b": 1, "c": 2, "d": 3}[i[0]] for i in ds.item_ids])
+
+
 def test_novel_transitions_by_hand() -> None:
-    # one user; items named by cluster: a a b a c b d
-    items = ["a1", "a2", "b1", "a1", "c1", "b2", "d1"]
-    ds = build_dataset("hand", ["u"] * 7, items, np.arange(7))
-    cluster_of = {"a": 0, "b": 1, "c": 2, "d": 3}
-    item_cluster = np.array([cluster_of[i[0]] for i in ds.item_ids])
+    ds, item_cluster = _by_hand()
     ex = novel_transitions(ds, item_cluster, k=2)
     # c is novel after distinct clusters [b, a] (most recent last); d after [c, b]
     assert ex.contexts.tolist() == [[1, 0], [2, 1]]
@@ -39,11 +41,7 @@ def test_novel_transitions_by_hand() -> None:
 
 
 def test_context_transitions_by_hand_count_every_move_before_the_cut() -> None:
-    # one user; items named by cluster: a a b a c b d; every move to another cluster after 2 distinct ones
-    items = ["a1", "a2", "b1", "a1", "c1", "b2", "d1"]
-    ds = build_dataset("hand", ["u"] * 7, items, np.arange(7))
-    cluster_of = {"a": 0, "b": 1, "c": 2, "d": 3}
-    item_cluster = np.array([cluster_of[i[0]] for i in ds.item_ids])
+    ds, item_cluster = _by_hand()  # every move to another cluster after 2 distinct ones
     ex = context_transitions(ds, item_cluster, k=2)
     # a (back, after [a, b]), c (after [b, a]), b (back, after [a, c]), d (after [c, b]); staying (a a) is no move
     assert ex.contexts.tolist() == [[0, 1], [1, 0], [0, 2], [2, 1]]
